@@ -45,23 +45,26 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     raise DataError(f"{p}: file not found (nor {gz.name})")
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
-    return open(path, encoding="utf-8", newline="\n")
+def _open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
 def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
-    """(line number, line) for each non-blank line; decoding and gzip errors become DataError."""
+    """(line number, line) for each non-blank line; decoding and gzip errors become DataError.
+
+    Lines are decoded one by one (not through a buffered text wrapper) so an error names the right line.
+    """
     p = resolve(path)
     lineno = 0
     try:
-        with _open_text(p) as fh:
-            for lineno, line in enumerate(fh, 1):  # noqa: B007 - lineno is used after the loop on error
+        with _open_binary(p) as fh:
+            for lineno, raw in enumerate(fh, 1):  # noqa: B007 - lineno is used after the loop on error
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{p}:{lineno}: not UTF-8 text ({e.reason} at column {e.start + 1})") from None
                 if line.strip():
                     yield lineno, line
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}:{lineno + 1}: not UTF-8 text ({e.reason})") from None
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
         raise DataError(f"{p}:{lineno + 1}: unreadable or truncated file ({e})") from None
 
