@@ -43,3 +43,20 @@ def scifact_dir() -> Path:
     if not p.is_dir():
         pytest.skip("../shared/data/scifact not present")
     return p
+
+
+# ---------------------------------------------------------------------------------------------------
+# hce_export fixtures (added by the export helper): an EXPORT_DIR of the tiny model, fp32 + int8.
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_bert, tmp_path_factory) -> Path:
+    """``hce-export onnx --quantize`` of ``tiny_bert``: hce_model.json, model.onnx, model_int8.onnx, tokenizer.json."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("optimum.exporters.onnx")
+    from hce_export.api import export
+
+    out = tmp_path_factory.mktemp("exports") / "tiny-export"
+    export(tiny_bert, out, quantize=True)
+    return out

@@ -1,0 +1,205 @@
+"""Text -> L2-normalised embedding with an EXPORT_DIR's ONNX graph and fast tokenizer (no torch).
+
+The graph written by ``hce-export onnx`` already pools and normalises (output ``sentence_embedding``,
+shape (batch, dim)), so serving is: tokenize, pad to the batch's longest, run, re-normalise. Texts are
+sorted by length and batched under a token budget so one long document does not make a whole batch
+pay for its padding; results come back in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .card import ModelCard
+from .errors import ConfigError, FormatError, missing_dependency
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("auto", "int8", "fp32", "fp16")
+OUTPUT_NAME = "sentence_embedding"
+TOKEN_BUDGET = 16384  # padded tokens per session.run: bounds activation memory, keeps batches efficient
+MAX_BATCH = 128
+CUDA = "CUDAExecutionProvider"
+
+
+def _files(card: ModelCard, where: Path) -> dict[str, str]:
+    files = (card.onnx or {}).get("files")
+    if not isinstance(files, dict) or not files:
+        raise FormatError(f"{where}/hce_model.json: no onnx.files entry; export the model with hce-export onnx")
+    return {str(k): str(v) for k, v in files.items() if v}
+
+
+def choose_variant(files: dict[str, str], variant: str, cuda: bool) -> str:
+    """``auto`` = fp16 on CUDA (else fp32), int8 on CPU (else fp32)."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"variant must be one of {VARIANTS}, found {variant!r}")
+    if variant != "auto":
+        if variant not in files:
+            raise FormatError(f"export has no {variant} graph (it has: {', '.join(sorted(files))})")
+        return variant
+    for v in (("fp16", "fp32") if cuda else ("int8", "fp32")):
+        if v in files:
+            return v
+    raise FormatError(f"export has no usable graph for auto (it has: {', '.join(sorted(files))})")
+
+
+class Encoder:
+    """An onnxruntime session plus the export's tokenizer.
+
+    ``providers`` defaults to CPU; ask for ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` on a GPU
+    machine. ``providers`` on the instance is what the session really got (onnxruntime silently falls
+    back to CPU when the CUDA libraries are missing; this class logs a warning then).
+    """
+
+    def __init__(
+        self,
+        export_dir: str | os.PathLike[str],
+        variant: str = "auto",
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        session_options: Any = None,
+        token_budget: int = TOKEN_BUDGET,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+        except ImportError as e:
+            raise missing_dependency(e.name or "onnxruntime/tokenizers", "serve") from None
+        self.export_dir = Path(export_dir)
+        if not self.export_dir.is_dir():
+            raise FormatError(f"{self.export_dir}: export folder not found")
+        self.card = ModelCard.load(self.export_dir)
+        self.dim = self.card.dim
+        self.token_budget = max(int(token_budget), 1)
+        files = _files(self.card, self.export_dir)
+        asked = list(providers) if providers else ["CPUExecutionProvider"]
+        self.variant = choose_variant(files, variant, cuda=CUDA in asked)
+        graph = self.export_dir / files[self.variant]
+        if not graph.is_file():
+            raise FormatError(f"{graph}: ONNX graph named in hce_model.json is missing")
+
+        so = session_options if session_options is not None else ort.SessionOptions()
+        if threads is not None:
+            if threads < 1:
+                raise ConfigError(f"threads must be >= 1, found {threads}")
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(graph), sess_options=so, providers=asked)
+        except Exception as e:  # onnxruntime raises its own untyped errors for a corrupt graph
+            raise FormatError(f"{graph}: onnxruntime cannot load it ({' '.join(str(e).split())[:300]})") from None
+        self.providers = list(self.session.get_providers())
+        if CUDA in asked and CUDA not in self.providers:
+            log.warning("CUDA was asked for but onnxruntime runs %s only (CUDA libraries missing?)", self.providers)
+
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        unknown = set(self.input_names) - {"input_ids", "attention_mask", "token_type_ids"}
+        if unknown or "input_ids" not in self.input_names:
+            raise FormatError(f"{graph}: unexpected graph inputs {self.input_names}")
+        outputs = [o.name for o in self.session.get_outputs()]
+        if OUTPUT_NAME not in outputs:
+            raise FormatError(f"{graph}: no {OUTPUT_NAME!r} output (found {outputs})")
+        self._int_dtype = np.int64  # exported graphs declare int64 ids
+
+        tok_path = self.export_dir / "tokenizer.json"
+        if not tok_path.is_file():
+            raise FormatError(f"{tok_path}: tokenizer missing from the export")
+        # Two tokenizers, one per truncation length, so encoding never mutates shared state (thread-safe).
+        # The bundled tokenizer.json may pad every input to a fixed length: switch that off, we pad ourselves.
+        self._tok_q = Tokenizer.from_file(str(tok_path))
+        self._tok_q.no_padding()
+        self._tok_q.enable_truncation(max_length=self.card.query_max_length)
+        self._tok_d = Tokenizer.from_file(str(tok_path))
+        self._tok_d.no_padding()
+        self._tok_d.enable_truncation(max_length=self.card.max_length)
+
+    # ------------------------------------------------------------------ public API
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed queries (truncated at ``card.query_max_length``): float32 (n, dim), unit rows."""
+        texts = _check_texts(texts)
+        if len(texts) == 1:
+            return self._encode_one(self._tok_q, texts[0])
+        return self._encode(self._tok_q, texts, progress=False)
+
+    def encode_documents(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Embed documents (truncated at ``card.max_length``): float32 (n, dim), unit rows.
+
+        Callers pass ``Document.full_text`` (title + " " + text).
+        """
+        return self._encode(self._tok_d, _check_texts(texts), progress=progress)
+
+    def __repr__(self) -> str:
+        return f"Encoder({str(self.export_dir)!r}, variant={self.variant!r}, providers={self.providers})"
+
+    # ------------------------------------------------------------------ internals
+    def _feed(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        feed = {"input_ids": ids}
+        if "attention_mask" in self.input_names:
+            feed["attention_mask"] = mask
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = np.zeros_like(ids)  # single-segment inputs
+        return feed
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        (emb,) = self.session.run([OUTPUT_NAME], self._feed(ids, mask))  # (b, dim)
+        emb = np.asarray(emb, dtype=np.float32)
+        # Re-normalise: the graph does, but int8/fp16 rounding leaves norms a hair off 1.
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        return emb / np.maximum(norms, 1e-12)
+
+    def _encode_one(self, tok: Any, text: str) -> np.ndarray:
+        # Latency path for one query: no sorting, batching or padding work.
+        ids = np.asarray([tok.encode(text).ids], dtype=self._int_dtype)  # (1, L)
+        return self._run(ids, np.ones_like(ids))
+
+    def _encode(self, tok: Any, texts: list[str], progress: bool) -> np.ndarray:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        encs = tok.encode_batch(texts)
+        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        order = np.argsort(-lengths, kind="stable")  # longest first: the first batch shows a memory problem early
+        bar = _progress(len(texts), progress)
+        start = 0
+        while start < len(order):
+            width = int(lengths[order[start]])  # the batch's longest (sorted descending)
+            size = max(1, min(MAX_BATCH, self.token_budget // max(width, 1), len(order) - start))
+            rows = order[start : start + size]
+            ids = np.zeros((size, width), dtype=self._int_dtype)  # (b, L), pad id 0 is masked out
+            mask = np.zeros((size, width), dtype=self._int_dtype)  # (b, L)
+            for r, i in enumerate(rows):
+                seq = encs[i].ids
+                ids[r, : len(seq)] = seq
+                mask[r, : len(seq)] = 1
+            out[rows] = self._run(ids, mask)
+            start += size
+            if bar is not None:
+                bar.update(size)
+        if bar is not None:
+            bar.close()
+        return out
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise ConfigError("encode_* takes a list of texts, not a single string")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise ConfigError(f"text {i} is {type(t).__name__}, expected str")
+    return out
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="doc", desc="encode", file=sys.stderr)
