@@ -371,6 +371,7 @@ class Index:
             raise FormatError(f"{folder / IDS_FILE}: a live document id appears twice")
         if len(live_ids) != counts.get("live"):
             raise FormatError(f"{folder / IDS_FILE}: {len(live_ids):,} live ids but the manifest says {counts.get('live'):,}")
+        _check_hnsw_header(folder / HNSW_FILE, dim, n)
         self = cls.__new__(cls)
         cls.__init__(self, dim, params, capacity=16)
         h = _hnswlib().Index(space=params.space, dim=dim)
@@ -388,6 +389,23 @@ class Index:
         self._leaves = leaves
         self._free = np.flatnonzero(deleted)[::-1].tolist()
         return self
+
+
+def _check_hnsw_header(path: Path, dim: int, n: int) -> None:
+    """Read hnswlib's file header (hnswalg.h saveIndex) so a foreign or mismatched graph is refused by name
+    instead of being handed to C++ code that trusts it."""
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(96)
+    if len(head) < 96:
+        raise FormatError(f"{path}: too short to be an hnswlib index ({len(head)} bytes)")
+    _, max_el, count, per_elem, _, _, _, _, _, max_m0 = struct.unpack_from("<QQQQQQiiQQ", head)
+    file_dim, rem = divmod(per_elem - 8 - (max_m0 * 4 + 4), 4)
+    if rem or file_dim != dim:
+        raise FormatError(f"{path}: graph holds {file_dim}-d vectors but the manifest says dim {dim}")
+    if count != n or count > max_el:
+        raise FormatError(f"{path}: graph holds {count:,} elements (capacity {max_el:,}); {IDS_FILE} has {n:,} rows")
 
 
 def _load_array(path: Path, dtype: type) -> np.ndarray:
