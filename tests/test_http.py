@@ -1,0 +1,148 @@
+"""HTTP API through FastAPI's TestClient: search, writes, limits, token, 4xx JSON errors, durability."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("hnswlib")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from hce_serve.engine import Engine  # noqa: E402
+from hce_serve.http import Limits, create_app, is_loopback  # noqa: E402
+from hce_serve.store import IndexStore  # noqa: E402
+
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def built(tiny_export, tiny_beir, tmp_path_factory) -> Path:
+    idx = tmp_path_factory.mktemp("http") / "idx"
+    Engine.build(tiny_export, tiny_beir / "corpus.jsonl", idx)
+    return idx
+
+
+@pytest.fixture
+def idx(built, tmp_path) -> Path:
+    dst = tmp_path / "idx"
+    shutil.copytree(built, dst)
+    return dst
+
+
+@pytest.fixture
+def engine(idx):
+    eng = Engine.open(idx, writable=True)
+    yield eng
+    eng.close()
+
+
+def client(engine, token=None, **limits) -> TestClient:
+    return TestClient(create_app(engine, token=token, limits=Limits(**limits)))
+
+
+def test_health_stats_search(engine):
+    with client(engine) as c:
+        assert c.get("/healthz").json() == {"status": "ok", "live": 64}
+        st = c.get("/stats").json()
+        assert st["live"] == 64 and st["encoder"]["dim"] == 32
+        one = c.post("/search", json={"query": "protein enzyme", "k": 3}).json()
+        assert len(one["hits"]) == 3 and set(one["hits"][0]) == {"id", "score"}
+        assert c.get("/search", params={"q": "protein enzyme", "k": 3}).json() == one
+        batch = c.post("/search", json={"queries": ["protein enzyme", "climate ice"], "k": 2}).json()
+        ids = [h["id"] for h in batch["results"][0]["hits"]]
+        assert len(batch["results"]) == 2 and ids == [h["id"] for h in one["hits"][:2]]
+        big = c.post("/search", json={"query": "protein", "k": 500}).json()
+        assert len(big["hits"]) == 64  # k above the live count is clamped
+        assert "/search" in c.get("/openapi.json").json()["paths"]
+
+
+def test_add_replace_delete_are_durable(engine, idx):
+    with client(engine) as c:
+        r = c.post("/documents", json={"documents": [{"_id": "n1", "title": "t", "text": "glacier ice"},
+                                                     {"_id": "soil-1", "text": "market bank"}]})
+        assert r.status_code == 200 and r.json() == {"added": 1, "replaced": 1, "live": 65}
+        hits = c.post("/search", json={"query": "t glacier ice", "k": 1}).json()["hits"]
+        assert hits[0]["id"] == "n1"
+        assert c.delete("/documents/n1").json()["deleted"] == ["n1"]
+        r = c.delete("/documents/n1")
+        assert r.status_code == 404 and "n1" in r.json()["detail"]
+        r = c.post("/documents/delete", json={"ids": ["soil-2", "ghost"]}).json()
+        assert r["deleted"] == ["soil-2"] and r["missing"] == ["ghost"]
+        all_ids = {h["id"] for h in c.post("/search", json={"query": "x y", "k": 100}).json()["hits"]}
+        assert not {"n1", "soil-2"} & all_ids and len(all_ids) == 63
+        # acknowledged writes are in the log before any snapshot: a reader sees them
+        with IndexStore.open(idx) as r:
+            assert r.pending == 3 and "n1" not in r.index and "soil-1" in r.index and len(r.index) == 63
+    # shutting the app down folds the log into a snapshot
+    with IndexStore.open(idx) as r:
+        assert r.pending == 0 and r.manifest.generation == 2
+
+
+@pytest.mark.parametrize(
+    "method,path,body,status,needle",
+    [
+        ("post", "/search", {"query": "  ", "k": 3}, 400, "empty"),
+        ("post", "/search", {"query": "x", "k": 0}, 400, "k must"),
+        ("post", "/search", {"query": "x", "k": 51}, 400, "k must"),
+        ("post", "/search", {"query": "x", "queries": ["y"]}, 400, "exactly one"),
+        ("post", "/search", {"queries": ["a"] * 9}, 400, "limit"),
+        ("post", "/search", {"queries": []}, 400, "no queries"),
+        ("post", "/search", {"k": "ten", "query": "x"}, 422, "k"),
+        ("post", "/search", {"query": "x" * 5000}, 400, "characters"),
+        ("get", "/search", None, 422, "q"),
+        ("post", "/documents", {"documents": [{"_id": "a", "text": "x"}, {"_id": "a", "text": "y"}]}, 400, "more than once"),
+        ("post", "/documents", {"documents": [{"_id": "a\nb", "text": "x"}]}, 400, "line break"),
+        ("post", "/documents", {"documents": [{"_id": "a", "text": " "}]}, 400, "empty"),
+        ("post", "/documents", {"documents": [{"text": "x"}]}, 422, "_id"),
+        ("post", "/documents/delete", {"ids": []}, 400, "no ids"),
+    ],
+)
+def test_bad_requests_are_4xx_json(engine, method, path, body, status, needle):
+    with client(engine, max_k=50, max_batch=8, max_query_chars=4000) as c:
+        r = c.request(method.upper(), path, json=body)
+        assert r.status_code == status, r.text
+        detail = r.json()["detail"]
+        assert isinstance(detail, str) and needle in detail and "\n" not in detail
+        assert c.get("/healthz").json()["live"] == 64  # nothing stored was lost
+
+
+def test_body_limit_and_non_json(engine):
+    with client(engine, max_body_bytes=1000) as c:
+        r = c.post("/documents", json={"documents": [{"_id": "big", "text": "x" * 2000}]})
+        assert r.status_code == 413 and "limit" in r.json()["detail"]
+        r = c.post("/search", content=b"\xff\xfe not json", headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500 and "detail" in r.json()
+
+
+def test_token_required_for_writes_only(engine):
+    with client(engine, token=TOKEN) as c:
+        assert c.post("/search", json={"query": "protein", "k": 1}).status_code == 200
+        r = c.post("/documents", json={"documents": [{"_id": "z", "text": "x"}]})
+        assert r.status_code == 401 and "Bearer" in r.json()["detail"]
+        r = c.post("/documents/delete", json={"ids": ["protein-0"]}, headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401
+        assert c.delete("/documents/protein-0").status_code == 401
+        assert c.get("/healthz").json()["live"] == 64
+        r = c.post("/documents", json={"documents": [{"_id": "z", "text": "x"}]}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["added"] == 1
+
+
+def test_read_only_server_refuses_writes(idx):
+    eng = Engine.open(idx)  # no writer lock
+    try:
+        with client(eng) as c:
+            r = c.post("/documents/delete", json={"ids": ["protein-0"]})
+            assert r.status_code == 403 and "read-only" in r.json()["detail"]
+            assert c.post("/search", json={"query": "protein", "k": 1}).status_code == 200
+    finally:
+        eng.close()
+
+
+def test_is_loopback():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5") and not is_loopback("example.com")
