@@ -173,3 +173,21 @@ def test_concurrent_search_while_adding_and_deleting():
     # after the writers are done, no deleted id comes back
     assert not deleted & {h[0] for row in idx.search(q, 100) for h in row}
     assert len(idx) == 2000
+
+
+def test_hnswlib_failure_falls_back_to_exact(monkeypatch):
+    idx, vecs, ids = make(300, 8, **HNSW_ONLY)
+    expected = idx.search(vecs[:3], 5, exact=True)
+
+    class Failing:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def knn_query(self, *a, **kw):
+            raise RuntimeError("Cannot return the results in a contiguous 2D array. Probably ef or M is too small")
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    idx._hnsw = Failing(idx._hnsw)
+    assert idx.search(vecs[:3], 5) == expected

@@ -227,3 +227,15 @@ def test_acknowledged_writes_survive_sigkill(folder):
         for i in acked:
             assert f"k{i}" in s.index
             assert (f"d{i}" in s.index) == (i % 3 != 0)
+
+
+def test_autosave_every_n_mutations(folder):
+    with IndexStore.open(folder, writable=True) as s:
+        s.autosave_every = 2
+        s.add(["a"], unit(1, 1))
+        assert s.manifest.generation == 1 and s.pending == 1
+        s.delete(["d1"])
+        assert s.manifest.generation == 2 and s.pending == 0
+        assert s.index.delete(["never-there"]).missing == ["never-there"]
+    with IndexStore.open(folder) as r:
+        assert r.pending == 0 and "a" in r.index and "d1" not in r.index
