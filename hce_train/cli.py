@@ -1,0 +1,115 @@
+"""``hce-train fit|eval`` (DESIGN §5). Thin: parse, build the config, call the library, print JSON.
+
+Every option defaults to "not given" so that the precedence defaults -> --config JSON -> flags holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hce_serve.clitools import HCEGroup, setup_logging, verbosity_options
+
+from .config import DEVICES, MODES, NEGATIVES, REBUILD_EPOCH, load_config_file, make_config
+
+log = logging.getLogger(__name__)
+
+
+def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, found {value!r}") from None
+
+
+def _rebuild(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value == "epoch":
+        return REBUILD_EPOCH
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"expected 'epoch' or a step count (0 = never), found {value!r}") from None
+
+
+@click.group(cls=HCEGroup)
+def main() -> None:
+    """Train and evaluate HCE encoders (an encoder co-trained with a corpus tree)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="BEIR folder.")
+@click.option("--split", default=None, help="qrels split to train on (supervised) [train].")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="MODEL_DIR to write.")
+@click.option("--base-model", default=None, help="HF name or path [all-MiniLM-L6-v2].")
+@click.option("--mode", type=click.Choice(MODES), default=None, help="supervised (qrels) or unsupervised (spans).")
+@click.option("--negatives", type=click.Choice(NEGATIVES), default=None, help="hce siblings, flat random, mined.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="JSON of config fields.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after N steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Global batch [64].")
+@click.option("--lr", type=float, default=None, help="Peak learning rate [5e-5 sup / 1e-5 unsup].")
+@click.option("--device", type=click.Choice(DEVICES), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
+@click.option("--resume", is_flag=True, help="Continue from --out/checkpoint.")
+@click.option("--branching", type=click.IntRange(min=2), default=None, help="Most children per tree node [32].")
+@click.option("--leaf-size", type=click.IntRange(min=1), default=None, help="Most documents per leaf [16].")
+@click.option("--siblings", "negatives_per_query", type=click.IntRange(min=0), default=None,
+              help="S negatives per query [7].")
+@click.option("--temperature", "tau", type=float, default=None, help="Softmax temperature [0.05].")
+@click.option("--level-taus", callback=_floats, default=None, help="Per centroid level temperatures, top first.")
+@click.option("--level-weights", callback=_floats, default=None, help="Centroid level weights, top first [0.5].")
+@click.option("--doc-weight", type=float, default=None, help="Weight of the sibling-document level [1].")
+@click.option("--inbatch-weight", type=float, default=None, help="Lambda of in-batch InfoNCE [1].")
+@click.option("--rebuild-every", callback=_rebuild, default=None, help="'epoch' [default], N steps, or 0 (never).")
+@click.option("--query-max-length", type=click.IntRange(min=1), default=None, help="Query tokens [64].")
+@click.option("--doc-max-length", type=click.IntRange(min=1), default=None, help="Document tokens [256].")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=None, help="Also checkpoint every N steps.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@verbosity_options
+def fit(config_file: Path | None, overwrite: bool, resume: bool, no_progress: bool, verbose: int, quiet: bool,
+        **flags: Any) -> None:
+    """Train an encoder (and its corpus tree) and write MODEL_DIR."""
+    setup_logging(verbose, quiet)
+    from .loop import fit as run_fit  # torch/transformers import only when a command needs them
+
+    values = load_config_file(config_file) if config_file else {}
+    flags = {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}
+    cfg = make_config(values, flags)
+    summary = run_fit(cfg, overwrite=overwrite, resume=resume, progress=not no_progress and not quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(json.dumps(summary, sort_keys=True))
+
+
+@main.command("eval")
+@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="MODEL_DIR.")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="BEIR folder.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--query-max-length", type=click.IntRange(min=1), default=None, help="Override the card's.")
+@click.option("--doc-max-length", type=click.IntRange(min=1), default=None, help="Override the card's.")
+@click.option("--no-progress", is_flag=True)
+@verbosity_options
+def eval_cmd(model: Path, data: Path, split: str, device: str, batch_size: int, query_max_length: int | None,
+             doc_max_length: int | None, no_progress: bool, verbose: int, quiet: bool) -> None:
+    """Exact-search evaluation of a MODEL_DIR: prints nDCG@10, Recall@10/100, MRR@10 as JSON."""
+    setup_logging(verbose, quiet)
+    from .evaluate import evaluate_model_dir
+    from .loop import pick_device
+
+    metrics = evaluate_model_dir(model, data, split, pick_device(device), batch_size, query_max_length,
+                                 doc_max_length, progress=not no_progress and not quiet)
+    click.echo(json.dumps(metrics, sort_keys=True))
+    sys.stdout.flush()

@@ -1,0 +1,154 @@
+"""Every knob of ``hce-train fit`` in one frozen dataclass (defaults -> --config JSON -> explicit flags).
+
+Defaults follow the calibration in DESIGN §8: lr 5e-5, tau 0.05, batch 64, leaves of ~16 documents,
+S = 7 siblings, tree rebuilt every epoch. Fields left ``None`` are resolved by mode in ``resolved()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from hce_serve.errors import ConfigError
+
+MODES = ("supervised", "unsupervised")
+NEGATIVES = ("hce", "flat", "mined")
+DEVICES = ("auto", "cpu", "cuda")
+REBUILD_EPOCH = -1  # rebuild_every value meaning "at the start of every epoch"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = ""  # BEIR folder
+    out: str = ""  # MODEL_DIR
+    split: str = "train"  # qrels split (supervised); unsupervised uses the corpus only
+    base_model: str | None = None  # None -> all-MiniLM-L6-v2 (offline package when installed)
+    mode: str = "supervised"
+    negatives: str = "hce"  # hce: tree siblings; flat: random docs; mined: start-encoder ranks
+    epochs: int | None = None  # None -> 8 supervised, 1 unsupervised
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs, equal budgets)
+    batch_size: int = 64  # global batch (split across DDP ranks)
+    lr: float | None = None  # None -> 5e-5 supervised, 1e-5 unsupervised (DESIGN §8)
+    warmup_ratio: float = 0.1  # linear warmup share of all steps, then linear decay to 0
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # max gradient norm (0 = off)
+    device: str = "auto"
+    seed: int = 0
+    query_max_length: int = 64  # tokens (ArguAna wants 256)
+    doc_max_length: int = 256  # tokens; recorded as the card's max_length
+    # Loss.
+    tau: float = 0.05  # temperature of every softmax
+    level_taus: tuple[float, ...] | None = None  # per centroid level (top first); None -> tau
+    negatives_per_query: int = 7  # S: sampled siblings / random / mined documents per query
+    doc_weight: float = 1.0  # weight of the document-level sibling CE
+    level_weights: tuple[float, ...] = (0.5,)  # centroid levels, top first; the last value repeats
+    inbatch_weight: float = 1.0  # lambda of the two-way in-batch InfoNCE
+    normalize_centroids: bool = True  # see loss.py for why
+    # Tree.
+    branching: int = 32  # most children per node
+    leaf_size: int = 16  # most documents per leaf node
+    tree_balance: float = 1.3  # a child takes at most this times its fair share
+    kmeans_iters: int = 20
+    rebuild_every: int = REBUILD_EPOCH  # steps between re-encode + rebuild; -1 = every epoch, 0 = never
+    # Mined negatives: ranks [lo, hi) of the starting encoder, positives removed.
+    mined_rank_lo: int = 10
+    mined_rank_hi: int = 50
+    # Unsupervised pseudo-queries: a random span of this many words from each document.
+    span_min_words: int = 16
+    span_max_words: int = 48
+    # Housekeeping.
+    encode_batch_size: int = 128  # corpus encoding for tree rebuilds and mining
+    checkpoint_every: int = 0  # also checkpoint every N steps (0: only at each epoch end and the end)
+    log_every: int = 1  # steps between train_log.jsonl rows
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes recorded as given
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise ConfigError(f"config: {msg}")
+
+        if self.mode not in MODES:
+            bad(f"mode must be one of {MODES}, found {self.mode!r}")
+        if self.negatives not in NEGATIVES:
+            bad(f"negatives must be one of {NEGATIVES}, found {self.negatives!r}")
+        if self.device not in DEVICES:
+            bad(f"device must be one of {DEVICES}, found {self.device!r}")
+        for name in ("batch_size", "query_max_length", "doc_max_length", "branching", "leaf_size", "kmeans_iters",
+                     "encode_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                bad(f"{name} must be >= 1, found {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            bad(f"epochs must be >= 1, found {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            bad(f"max_steps must be >= 1, found {self.max_steps}")
+        if self.lr is not None and not (0 < self.lr < 1):
+            bad(f"lr must be in (0, 1), found {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            bad(f"warmup_ratio must be in [0, 1), found {self.warmup_ratio}")
+        if self.tau <= 0 or (self.level_taus is not None and any(t <= 0 for t in self.level_taus)):
+            bad("temperatures must be positive")
+        if self.negatives_per_query < 0:
+            bad(f"negatives_per_query must be >= 0, found {self.negatives_per_query}")
+        if min((self.doc_weight, self.inbatch_weight, *self.level_weights), default=0) < 0:
+            bad("loss weights must be >= 0")
+        if self.branching < 2:
+            bad(f"branching must be >= 2, found {self.branching}")
+        if self.tree_balance < 1:
+            bad(f"tree_balance must be >= 1, found {self.tree_balance}")
+        if self.rebuild_every < REBUILD_EPOCH:
+            bad(f"rebuild_every must be -1 (each epoch), 0 (never) or a step count, found {self.rebuild_every}")
+        if not 0 <= self.mined_rank_lo < self.mined_rank_hi:
+            bad(f"mined ranks need 0 <= lo < hi, found {self.mined_rank_lo}..{self.mined_rank_hi}")
+        if not 1 <= self.span_min_words <= self.span_max_words:
+            bad(f"span words need 1 <= min <= max, found {self.span_min_words}..{self.span_max_words}")
+        if self.checkpoint_every < 0:
+            bad(f"checkpoint_every must be >= 0, found {self.checkpoint_every}")
+
+    def resolved(self) -> TrainConfig:
+        """Fill the mode-dependent defaults."""
+        sup = self.mode == "supervised"
+        return replace(
+            self,
+            epochs=self.epochs if self.epochs is not None else (8 if sup else 1),
+            lr=self.lr if self.lr is not None else (5e-5 if sup else 1e-5),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        from hce_serve import atomic
+
+        atomic.write_json(path, self.to_json())
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a --config JSON object and check its keys against the dataclass (typos are errors)."""
+    p = Path(path)
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{p}: expected a JSON object, found {type(obj).__name__}")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        raise ConfigError(f"{p}: unknown config keys {unknown}")
+    for key in ("level_taus", "level_weights"):
+        if isinstance(obj.get(key), list):
+            obj[key] = tuple(obj[key])
+    return obj
+
+
+def make_config(file_values: dict[str, Any], flags: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the config file, then every flag the user actually gave (None = not given)."""
+    values = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
+    try:
+        return TrainConfig(**values).resolved()
+    except TypeError as e:
+        raise ConfigError(f"config: {e}") from None

@@ -1,0 +1,101 @@
+"""Training examples: (query text, positive document row, every relevant row of that query).
+
+Supervised examples are the graded-relevant pairs of a qrels split (unknown ids skipped, counted and
+warned by ``hce_serve.beir.check_qrels``). Unsupervised examples are pseudo-queries: a random span of
+words cut from each document, with that document as the positive; they are redrawn every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hce_serve import beir
+from hce_serve.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    ids: list[str]
+    texts: list[str]  # title + text, as the encoder sees them
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Examples:
+    queries: list[str]  # query text per example
+    doc_rows: np.ndarray  # (n,) int64: the positive's corpus row per example
+    positives: list[frozenset[int]]  # every relevant corpus row of the example's query (never a negative)
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+def load_corpus(data_dir: str | os.PathLike[str]) -> Corpus:
+    """The corpus of a BEIR folder; empty documents and duplicate ids are DataErrors."""
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise DataError(f"{d}: data folder not found")
+    docs = beir.load_corpus(d / "corpus.jsonl")
+    return Corpus([doc.id for doc in docs], [doc.full_text for doc in docs])
+
+
+def supervised_examples(data_dir: str | os.PathLike[str], split: str, corpus: Corpus) -> Examples:
+    """One example per relevant (grade > 0) judgment of ``split``."""
+    d = Path(data_dir)
+    qpath = beir.qrels_path(d, split)
+    queries = beir.load_queries(d / "queries.jsonl")
+    check = beir.check_qrels(beir.load_qrels(qpath), queries, corpus.ids, str(qpath))
+    row = {doc_id: i for i, doc_id in enumerate(corpus.ids)}
+    texts: list[str] = []
+    rows: list[int] = []
+    pos: list[frozenset[int]] = []
+    for qid, judged in check.kept.items():
+        relevant = frozenset(row[doc] for doc, grade in judged.items() if grade > 0)
+        for doc in sorted(judged):
+            if judged[doc] > 0:
+                texts.append(queries[qid])
+                rows.append(row[doc])
+                pos.append(relevant)
+    if not texts:
+        raise DataError(f"{qpath}: no relevant judgment refers to a known query and document")
+    log.info("%s: %d training pairs from %d queries", qpath, len(texts), len(check.kept))
+    return Examples(texts, np.asarray(rows, np.int64), pos)
+
+
+def pseudo_query_examples(corpus: Corpus, rng: np.random.Generator, span_min: int, span_max: int) -> Examples:
+    """One pseudo-query per document: ``span_min..span_max`` consecutive words at a random offset.
+
+    A document shorter than the drawn span gives its whole text (every document still trains).
+    """
+    texts = []
+    for text in corpus.texts:
+        words = text.split()
+        length = int(rng.integers(span_min, span_max + 1))
+        if len(words) <= length:
+            texts.append(" ".join(words))
+            continue
+        start = int(rng.integers(0, len(words) - length + 1))
+        texts.append(" ".join(words[start : start + length]))
+    rows = np.arange(len(corpus), dtype=np.int64)
+    return Examples(texts, rows, [frozenset((int(r),)) for r in rows])
+
+
+def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The epoch's global batches of example indices: a seeded shuffle, every batch exactly full.
+
+    The last batch is topped up from the start of the shuffle so that every step (and every DDP rank)
+    sees the same shapes; duplicates that this creates are masked as false negatives by the loss.
+    """
+    perm = np.random.default_rng([seed, epoch, 1]).permutation(n_examples)
+    steps = -(-n_examples // batch_size)
+    padded = np.resize(perm, steps * batch_size)  # repeats the shuffle from its start to fill the last batch
+    return [padded[i * batch_size : (i + 1) * batch_size] for i in range(steps)]

@@ -1,0 +1,115 @@
+"""One optimizer step: sample negatives, encode, gather across ranks, compute the loss, update.
+
+Negatives for the whole global batch are drawn from a generator seeded by (seed, step), identically on
+every rank, so each rank knows every pool entry's document id (for false-negative masks) without talking,
+and a resumed run draws exactly what the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hce_serve.errors import HCEError
+
+from . import dist
+from .config import TrainConfig
+from .data import Corpus, Examples
+from .loss import CentroidLevel, hce_loss
+from .model import HCEEncoder
+from .negatives import TreeIndex, mined_negatives, random_negatives
+
+
+class TrainingError(HCEError):
+    """Training diverged (NaN/inf loss)."""
+
+
+@dataclass
+class StepContext:
+    cfg: TrainConfig
+    encoder: HCEEncoder
+    optimizer: torch.optim.Optimizer
+    corpus: Corpus
+    env: dist.DistEnv
+    tree: TreeIndex | None = None  # hce arm
+    centroids: torch.Tensor | None = None  # (nodes, D) on the training device, hce arm
+    mined: np.ndarray | None = None  # (examples, pool) mined arm
+
+
+def sample_negatives(ctx: StepContext, exs: Examples, batch: np.ndarray, step: int) -> np.ndarray:
+    """(B, S) negative corpus rows for the global batch, -1 where fewer than S exist."""
+    cfg = ctx.cfg
+    s = cfg.negatives_per_query
+    rng = np.random.default_rng([cfg.seed, step, 2])
+    out = np.full((batch.size, s), -1, np.int64)
+    for i, ex in enumerate(batch):
+        doc, excl = int(exs.doc_rows[ex]), exs.positives[ex]
+        if cfg.negatives == "hce":
+            assert ctx.tree is not None
+            out[i] = ctx.tree.siblings(doc, excl, s, rng)
+        elif cfg.negatives == "mined":
+            assert ctx.mined is not None
+            out[i] = mined_negatives(ctx.mined[ex], s, rng)
+        else:
+            out[i] = random_negatives(len(ctx.corpus), doc, excl, s, rng)
+    return out
+
+
+def train_step(ctx: StepContext, exs: Examples, batch: np.ndarray, step: int, lr: float) -> dict[str, float]:
+    """Run one step on the global ``batch`` of example indices; returns the loss statistics."""
+    cfg, env, enc = ctx.cfg, ctx.env, ctx.encoder
+    big_b = batch.size
+    b = big_b // env.world
+    s = cfg.negatives_per_query
+    mine = slice(env.rank * b, (env.rank + 1) * b)
+    neg = sample_negatives(ctx, exs, batch, step)  # (B, S)
+    pos_rows = exs.doc_rows[batch]  # (B,)
+    local_ex, local_pos, local_neg = batch[mine], pos_rows[mine], neg[mine]
+
+    torch.manual_seed(cfg.seed * 100_003 + step)  # dropout: same draws for a resumed run
+    q = enc.embed([exs.queries[i] for i in local_ex], cfg.query_max_length)  # (b, D)
+    fill = np.where(local_neg >= 0, local_neg, local_pos[:, None])  # padding encodes the positive, masked below
+    doc_rows = np.concatenate([local_pos, fill.reshape(-1)])  # (b + b*S,)
+    docs = enc.embed([ctx.corpus.texts[r] for r in doc_rows], cfg.doc_max_length)  # (b + b*S, D)
+    d_pos, d_neg = docs[:b], docs[b:].reshape(b, s, docs.shape[1])  # (b, D), (b, S, D)
+    dev = q.device
+    neg_mask = torch.from_numpy(local_neg >= 0).to(dev)  # (b, S)
+
+    levels = []
+    if ctx.tree is not None and cfg.negatives == "hce":
+        assert ctx.centroids is not None
+        for cand, mask, target in ctx.tree.centroid_levels(local_pos):
+            vecs = ctx.centroids[torch.from_numpy(np.maximum(cand, 0)).to(dev)]  # (b, K, D)
+            levels.append(CentroidLevel(vecs, torch.from_numpy(mask).to(dev), torch.from_numpy(target).to(dev)))
+
+    all_q = dist.gather_with_grad(q, env)  # (B, D)
+    all_docs = torch.cat([dist.gather_with_grad(d_pos, env),
+                          dist.gather_with_grad(d_neg.reshape(b * s, q.shape[1]), env)])  # (B + B*S, D)
+    pool_rows = np.concatenate([pos_rows, neg.reshape(-1)])  # (B + B*S,) row of each pool entry, -1 = padding
+    qd_ex = np.array([[r < 0 or r in exs.positives[e] for r in pool_rows] for e in local_ex])  # (b, B + B*S)
+    dq_ex = np.array([[int(p) in exs.positives[e] for e in batch] for p in local_pos])  # (b, B)
+
+    out = hce_loss(
+        q, d_pos, d_neg, neg_mask, levels,
+        tau=cfg.tau, level_taus=cfg.level_taus, level_weights=cfg.level_weights, doc_weight=cfg.doc_weight,
+        inbatch_weight=cfg.inbatch_weight, all_q=all_q, all_docs=all_docs, offset=env.rank * b,
+        qd_exclude=torch.from_numpy(qd_ex).to(dev), dq_exclude=torch.from_numpy(dq_ex).to(dev),
+        normalize_centroids=cfg.normalize_centroids,
+    )
+    if not dist.all_finite(out.stats["loss"], env):
+        raise TrainingError(
+            f"loss became {out.stats['loss']} at step {step + 1}; try a lower --lr, a higher temperature "
+            "or fp32 (the model may also be broken)"
+        )
+    for group in ctx.optimizer.param_groups:
+        group["lr"] = lr
+    ctx.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    params = [p for p in enc.model.parameters() if p.requires_grad]
+    dist.average_gradients(params, env)
+    if cfg.grad_clip > 0:
+        out.stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+    ctx.optimizer.step()
+    return out.stats
