@@ -206,7 +206,8 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
         tree.save(out)
         card = ModelCard(dim=encoder.dim, base_model=recorded_base, pooling="mean", normalize=True,
                          max_length=cfg.doc_max_length, query_max_length=cfg.query_max_length, tree=tree.summary(),
-                         extra={"mode": cfg.mode, "negatives": cfg.negatives, "steps": step})
+                         extra={"mode": cfg.mode, "negatives": cfg.negatives, "steps": step,
+                                "processes": env.world, "global_batch": batch})
         encoder.save(out, card)  # weights, tokenizer, then the card last
     dist.barrier(env)
     return {"steps": step, "seconds": round(time.perf_counter() - t_start, 1), "final": stats,
