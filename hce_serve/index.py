@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DataError, FormatError, missing_dependency
+from .index_io import check_hnsw_header, fsync_file, load_array
 from .rwlock import RWLock
 from .search import as_f32_matrix, topk_inner_product
 from .tree import read_ids, write_ids
@@ -341,7 +342,7 @@ class Index:
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock.read():
             self._hnsw.save_index(str(folder / HNSW_FILE))
-            _fsync_file(folder / HNSW_FILE)
+            fsync_file(folder / HNSW_FILE)
             write_ids(folder / IDS_FILE, self._ids)
             for name, arr in ((DELETED_FILE, self._deleted), (LEAVES_FILE, self._leaves)):
                 with open(folder / name, "wb") as fh:
@@ -355,8 +356,8 @@ class Index:
         """Load the data files of one generation and check them against each other and ``counts``."""
         folder = Path(folder)
         ids = read_ids(folder / IDS_FILE)
-        deleted = _load_array(folder / DELETED_FILE, np.bool_)
-        leaves = _load_array(folder / LEAVES_FILE, np.int32)
+        deleted = load_array(folder / DELETED_FILE, np.bool_)
+        leaves = load_array(folder / LEAVES_FILE, np.int32)
         n = len(ids)
         if n != counts.get("labels"):
             raise FormatError(f"{folder / IDS_FILE}: {n:,} rows but the manifest says {counts.get('labels'):,} labels")
@@ -371,7 +372,7 @@ class Index:
             raise FormatError(f"{folder / IDS_FILE}: a live document id appears twice")
         if len(live_ids) != counts.get("live"):
             raise FormatError(f"{folder / IDS_FILE}: {len(live_ids):,} live ids but the manifest says {counts.get('live'):,}")
-        _check_hnsw_header(folder / HNSW_FILE, dim, n)
+        check_hnsw_header(folder / HNSW_FILE, dim, n, IDS_FILE)
         self = cls.__new__(cls)
         cls.__init__(self, dim, params, capacity=16)
         h = _hnswlib().Index(space=params.space, dim=dim)
@@ -389,38 +390,3 @@ class Index:
         self._leaves = leaves
         self._free = np.flatnonzero(deleted)[::-1].tolist()
         return self
-
-
-def _check_hnsw_header(path: Path, dim: int, n: int) -> None:
-    """Read hnswlib's file header (hnswalg.h saveIndex) so a foreign or mismatched graph is refused by name
-    instead of being handed to C++ code that trusts it."""
-    import struct
-
-    with open(path, "rb") as fh:
-        head = fh.read(96)
-    if len(head) < 96:
-        raise FormatError(f"{path}: too short to be an hnswlib index ({len(head)} bytes)")
-    _, max_el, count, per_elem, _, _, _, _, _, max_m0 = struct.unpack_from("<QQQQQQiiQQ", head)
-    file_dim, rem = divmod(per_elem - 8 - (max_m0 * 4 + 4), 4)
-    if rem or file_dim != dim:
-        raise FormatError(f"{path}: graph holds {file_dim}-d vectors but the manifest says dim {dim}")
-    if count != n or count > max_el:
-        raise FormatError(f"{path}: graph holds {count:,} elements (capacity {max_el:,}); {IDS_FILE} has {n:,} rows")
-
-
-def _load_array(path: Path, dtype: type) -> np.ndarray:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise FormatError(f"{path}: not a readable .npy array ({e})") from None
-    if arr.dtype != dtype or arr.ndim != 1:
-        raise FormatError(f"{path}: expected a 1-d {np.dtype(dtype)} array, found {arr.dtype} {arr.shape}")
-    return arr
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
