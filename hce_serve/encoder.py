@@ -106,6 +106,9 @@ class Encoder:
         outputs = [o.name for o in self.session.get_outputs()]
         if OUTPUT_NAME not in outputs:
             raise FormatError(f"{graph}: no {OUTPUT_NAME!r} output (found {outputs})")
+        out_dim = self.session.get_outputs()[outputs.index(OUTPUT_NAME)].shape[-1]
+        if isinstance(out_dim, int) and out_dim != self.dim:
+            raise FormatError(f"{graph}: graph returns {out_dim}-d embeddings but hce_model.json says dim {self.dim}")
         self._int_dtype = np.int64  # exported graphs declare int64 ids
 
         tok_path = self.export_dir / "tokenizer.json"
@@ -113,10 +116,13 @@ class Encoder:
             raise FormatError(f"{tok_path}: tokenizer missing from the export")
         # Two tokenizers, one per truncation length, so encoding never mutates shared state (thread-safe).
         # The bundled tokenizer.json may pad every input to a fixed length: switch that off, we pad ourselves.
-        self._tok_q = Tokenizer.from_file(str(tok_path))
+        try:
+            self._tok_q = Tokenizer.from_file(str(tok_path))
+            self._tok_d = Tokenizer.from_file(str(tok_path))
+        except Exception as e:  # tokenizers raises a bare Exception for a corrupt or non-UTF-8 file
+            raise FormatError(f"{tok_path}: not a readable tokenizer ({' '.join(str(e).split())[:300]})") from None
         self._tok_q.no_padding()
         self._tok_q.enable_truncation(max_length=self.card.query_max_length)
-        self._tok_d = Tokenizer.from_file(str(tok_path))
         self._tok_d.no_padding()
         self._tok_d.enable_truncation(max_length=self.card.max_length)
 
@@ -150,6 +156,8 @@ class Encoder:
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         (emb,) = self.session.run([OUTPUT_NAME], self._feed(ids, mask))  # (b, dim)
         emb = np.asarray(emb, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.dim:  # a graph with a dynamic output dim that lies
+            raise FormatError(f"{self.export_dir}: graph returned shape {emb.shape}, hce_model.json says dim {self.dim}")
         # Re-normalise: the graph does, but int8/fp16 rounding leaves norms a hair off 1.
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         return emb / np.maximum(norms, 1e-12)
