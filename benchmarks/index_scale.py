@@ -1,0 +1,261 @@
+"""Index scale: build time, peak memory, recall@10 vs exact against latency across ef, and deletions,
+for hce_serve's ``Index`` and raw hnswlib on the same vectors in the same run.
+
+    python benchmarks/index_scale.py --quick          # 10k, 100k
+    python benchmarks/index_scale.py                  # 10k, 100k, 1M
+
+Vectors are synthetic, 384-d, unit length, drawn around ``--clusters`` random centres (a mixture is
+harder for HNSW than uniform noise, and closer to real embeddings); queries come from the same mixture and
+are not in the index. Peak memory is the process's peak RSS growth during the build (VmHWM, reset
+through /proc/self/clear_refs before each build).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import PLOTS, percentiles, write_result
+from hce_serve.index import Index, IndexParams
+from hce_serve.search import recall_at_k, topk_inner_product
+
+log = logging.getLogger("bench.index_scale")
+
+DIM = 384
+EFS = (10, 20, 40, 80, 100, 200, 400)
+K = 10
+
+
+def _centres(clusters: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    c = rng.standard_normal((clusters, dim)).astype(np.float32)  # (c, dim)
+    return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
+def clustered(n: int, dim: int, clusters: int, seed: int, spread: float = 0.35) -> np.ndarray:
+    """(n, dim) float32 unit vectors around ``clusters`` random centres."""
+    rng = np.random.default_rng(seed)
+    centres = _centres(clusters, dim, rng)
+    out = np.empty((n, dim), np.float32)
+    step = 100_000
+    for s in range(0, n, step):  # chunked so 1M never needs a float64 temporary
+        m = min(step, n - s)
+        x = centres[rng.integers(0, clusters, m)] + spread * rng.standard_normal((m, dim)).astype(np.float32) / np.sqrt(dim)
+        out[s : s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak() -> int:
+    """Reset the peak-RSS counter where the kernel allows; return the current RSS (KiB)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _rss_kib("VmRSS")
+
+
+def peak_growth_mib(start_kib: int) -> float:
+    return round((_rss_kib("VmHWM") - start_kib) / 1024, 1)
+
+
+def build_raw(x: np.ndarray, params: IndexParams) -> tuple[Any, float, float]:
+    import hnswlib
+
+    rss = reset_peak()
+    t = time.perf_counter()
+    h = hnswlib.Index(space="ip", dim=x.shape[1])
+    h.init_index(max_elements=x.shape[0], M=params.M, ef_construction=params.ef_construction)
+    h.add_items(x, np.arange(x.shape[0]), num_threads=-1)
+    return h, time.perf_counter() - t, peak_growth_mib(rss)
+
+
+def build_ours(x: np.ndarray, params: IndexParams, ids: list[str]) -> tuple[Index, float, float]:
+    rss = reset_peak()
+    t = time.perf_counter()
+    index = Index(x.shape[1], params, capacity=x.shape[0])
+    for s in range(0, x.shape[0], 65536):  # the way Engine.build feeds it: chunk by chunk
+        index.add(ids[s : s + 65536], x[s : s + 65536])
+    return index, time.perf_counter() - t, peak_growth_mib(rss)
+
+
+def sweep_raw(h: Any, q: np.ndarray, truth: np.ndarray, efs: tuple[int, ...], n_lat: int) -> list[dict]:
+    out = []
+    for ef in efs:
+        h.set_ef(ef)
+        labels, _ = h.knn_query(q, k=K, num_threads=1)  # (nq, K)
+        lat = _single_query_times(lambda i: h.knn_query(q[i % len(q)][None], k=K, num_threads=1), n_lat)
+        out.append({"ef": ef, "recall@10": round(recall_at_k(labels, truth), 4), **percentiles(lat)})
+    return out
+
+
+def sweep_ours(index: Index, q: np.ndarray, truth: np.ndarray, efs: tuple[int, ...], n_lat: int,
+               row_of: dict[str, int]) -> list[dict]:
+    out = []
+    for ef in efs:
+        index.set_ef(ef)
+        hits = index.search(q, K, exact=False)
+        labels = np.array([[row_of[d] for d, _ in h] + [-1] * (K - len(h)) for h in hits])  # (nq, K)
+        lat = _single_query_times(lambda i: index.search(q[i % len(q)][None], K, exact=False), n_lat)
+        out.append({"ef": ef, "recall@10": round(recall_at_k(labels, truth), 4), **percentiles(lat)})
+    return out
+
+
+def _single_query_times(fn: Any, n: int) -> list[float]:
+    """Median-friendly timing: warm-up, then ``n`` timed single-query calls."""
+    for i in range(min(50, n)):
+        fn(i)
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn(i)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def clone(index: Index) -> Index:
+    """A deep copy through the index's own file format (what a restart would load)."""
+    with tempfile.TemporaryDirectory(prefix="hce-bench-") as tmp:
+        index.write_files(tmp)
+        counts = {"labels": index.num_labels, "live": len(index), "capacity": index.capacity}
+        return Index.read_files(tmp, index.dim, index.params, counts)
+
+
+def deletions(index: Index, x: np.ndarray, q: np.ndarray, ids: list[str], fracs: tuple[float, ...],
+              ef: int, n_lat: int, seed: int) -> list[dict]:
+    """Delete cumulative fractions (tombstones only), measure; then measure a compacted copy."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ids))
+    index.set_ef(ef)
+    done = 0
+    out = []
+    for frac in fracs:
+        upto = int(frac * len(ids))
+        index.delete([ids[i] for i in order[done:upto]], auto_compact=False)
+        done = upto
+        live = np.sort(order[upto:])
+        row_of = {ids[r]: j for j, r in enumerate(live.tolist())}
+        _, truth = topk_inner_product(x[live], q, K)  # (nq, K) rows into x[live]
+        row = {"deleted_fraction": frac, "live": len(index)}
+        for phase, idx in (("tombstoned", index), ("compacted", None)):
+            if idx is None:
+                idx = clone(index)
+                t = time.perf_counter()
+                idx.compact()
+                row["compact_seconds"] = round(time.perf_counter() - t, 2)
+                idx.set_ef(ef)
+            r = sweep_ours(idx, q, truth, (ef,), n_lat, row_of)[0]
+            row[phase] = {"recall@10": r["recall@10"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]}
+        out.append(row)
+        log.info("deleted %.0f%%: %s", frac * 100, row)
+    return out
+
+
+def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    x = clustered(n, DIM, args.clusters, args.seed)
+    q = _queries(args)
+    ids = [f"d{i}" for i in range(n)]
+    params = IndexParams(M=args.M, ef_construction=args.ef_construction, exact_threshold=0)
+    t = time.perf_counter()
+    _, truth = topk_inner_product(x, q, K)  # (nq, K)
+    exact_ms = (time.perf_counter() - t) / len(q) * 1e3
+    res: dict[str, Any] = {"n": n, "exact_search_ms_per_query_batched": round(exact_ms, 3)}
+
+    h, secs, mem = build_raw(x, params)
+    res["raw_hnswlib"] = {"build_seconds": round(secs, 2), "peak_rss_growth_mib": mem,
+                          "sweep": sweep_raw(h, q, truth, EFS, args.latency_queries)}
+    del h
+    index, secs, mem = build_ours(x, params, ids)
+    row_of = {d: i for i, d in enumerate(ids)}
+    res["hce_index"] = {"build_seconds": round(secs, 2), "peak_rss_growth_mib": mem,
+                        "sweep": sweep_ours(index, q, truth, EFS, args.latency_queries, row_of)}
+    res["overhead_p50_ratio_by_ef"] = {
+        str(a["ef"]): round(b["p50_ms"] / a["p50_ms"], 3)
+        for a, b in zip(res["raw_hnswlib"]["sweep"], res["hce_index"]["sweep"], strict=True)}
+    log.info("n=%d raw build %.1fs, ours %.1fs", n, res["raw_hnswlib"]["build_seconds"], secs)
+    if n in args.delete_at:
+        res["deletions"] = deletions(index, x, q, ids, (0.1, 0.3, 0.5), args.delete_ef, args.latency_queries,
+                                     args.seed)
+    return res
+
+
+def _queries(args: argparse.Namespace) -> np.ndarray:
+    # Same centres as the corpus (same seed), fresh noise: queries near but not equal to documents.
+    rng = np.random.default_rng(args.seed + 1)
+    centres = _centres(args.clusters, DIM, np.random.default_rng(args.seed))
+    v = centres[rng.integers(0, args.clusters, args.queries)] + 0.35 * rng.standard_normal(
+        (args.queries, DIM)).astype(np.float32) / np.sqrt(DIM)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def plot(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        for key, style in (("hce_index", "-o"), ("raw_hnswlib", "--x")):
+            sw = r[key]["sweep"]
+            ax.plot([s["p50_ms"] for s in sw], [s["recall@10"] for s in sw], style,
+                    label=f"{r['n']:,} {'Index' if key == 'hce_index' else 'raw hnswlib'}")
+    ax.set_xscale("log")
+    ax.set_xlabel("single-query p50 latency, ms (1 thread, log)")
+    ax.set_ylabel("recall@10 vs exact")
+    ax.set_title("HNSW recall vs latency across ef (384-d, M=16, efC=200; 2-core CPU)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="10k and 100k only")
+    ap.add_argument("--sizes", default=None, help="comma-separated sizes (overrides the mode)")
+    ap.add_argument("--queries", type=int, default=500)
+    ap.add_argument("--latency-queries", type=int, default=None)
+    ap.add_argument("--clusters", type=int, default=1000)
+    ap.add_argument("--M", type=int, default=16)
+    ap.add_argument("--ef-construction", type=int, default=200)
+    ap.add_argument("--delete-at", default=None, help="sizes at which to run the deletion study")
+    ap.add_argument("--delete-ef", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="index-scale")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    sizes = [int(s) for s in (args.sizes or ("10000,100000" if args.quick else "10000,100000,1000000")).split(",")]
+    args.delete_at = {int(s) for s in (args.delete_at or "100000").split(",")}
+    args.latency_queries = args.latency_queries or (300 if args.quick else 1000)
+    t0 = time.perf_counter()
+    results = [run_size(n, args) for n in sizes]
+    plot(results, PLOTS / "index-scale-recall-latency.png")
+    payload = {"benchmark": "index_scale", "mode": "quick" if args.quick else "full", "dim": DIM,
+               "data": f"synthetic: {args.clusters}-centre Gaussian mixture, unit vectors, seed {args.seed}",
+               "params": {"M": args.M, "ef_construction": args.ef_construction, "k": K, "build_threads": "all (2)",
+                          "search_threads": 1}, "queries": args.queries, "latency_queries": args.latency_queries,
+               "wall_seconds": round(time.perf_counter() - t0, 1), "sizes": results}
+    print(write_result(args.out, payload))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The benchmark scripts' core functions on tiny inputs, so the scripts keep running as the code changes.
+
+Each check asserts a property the benchmark's numbers rely on (recall of an exact run is 1, deletions are
+never returned, the new/seen split is exact), not just that nothing raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+pytest.importorskip("hnswlib")
+
+
+def test_index_scale_small(monkeypatch):
+    from benchmarks import index_scale as m
+
+    monkeypatch.setattr(m, "EFS", (10, 200))
+    x = m.clustered(500, 16, 10, 0)
+    assert x.shape == (500, 16) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    args = argparse.Namespace(queries=40, clusters=20, seed=0, M=16, ef_construction=100, latency_queries=10,
+                              delete_at={2000}, delete_ef=100)
+    res = m.run_size(2000, args)
+    ours, raw = res["hce_index"]["sweep"], res["raw_hnswlib"]["sweep"]
+    assert [s["ef"] for s in ours] == [10, 200]
+    assert ours[-1]["recall@10"] >= 0.95 and raw[-1]["recall@10"] >= 0.95  # 2k vectors at ef 200: near exact
+    assert ours[-1]["recall@10"] >= ours[0]["recall@10"] - 1e-9  # a wider beam never loses recall here
+    dels = res["deletions"]
+    assert [d["deleted_fraction"] for d in dels] == [0.1, 0.3, 0.5]
+    assert [d["live"] for d in dels] == [1800, 1400, 1000]
+    assert all(d["compacted"]["recall@10"] >= 0.9 for d in dels)
+
+
+def test_recall_dense_runs_and_bm25(tiny_beir):
+    from benchmarks.bm25 import bm25_run
+    from benchmarks.recall import dense_runs
+    from hce_serve.beir import load_beir
+    from hce_serve.metrics import evaluate
+
+    data = load_beir(tiny_beir, "test")
+    run, cfg = bm25_run(data.corpus, data.queries, k=10)
+    assert cfg["library"] == "bm25s" and set(run) == set(data.queries)
+    assert evaluate(data.qrels, run)["ndcg@10"] > 0.3  # topic words overlap: BM25 must find most targets
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((300, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    q = emb[:5] + 0.01
+    ids = [f"d{i}" for i in range(300)]
+    runs = dense_runs(emb, q, ids, [f"q{i}" for i in range(5)], efs=(200,))
+    exact, _ = runs["exact"]
+    assert max(exact["q3"], key=exact["q3"].get) == "d3"  # a query next to d3 finds d3 first
+    assert runs["hnsw-ef200"][1]["recall@10_vs_exact"] >= 0.95
+
+
+def test_recall_eval_dataset_tiny_export(tiny_beir, tiny_export):
+    from benchmarks.recall import eval_dataset
+    from hce_serve.beir import load_beir
+
+    data = load_beir(tiny_beir, "test")
+    rows = eval_dataset("tiny", data, {"tiny": tiny_export}, ("int8", "fp32"), threads=1, bm25=False, cache=False)
+    assert {(r["variant"], r["search"]) for r in rows} == {(v, s) for v in ("int8", "fp32")
+                                                           for s in ("exact", "hnsw-ef100", "hnsw-ef200")}
+    assert all(0.0 <= r["ndcg@10"] <= 1.0 for r in rows)
+
+
+def test_incremental_split_and_groups(tiny_beir, tmp_path):
+    from benchmarks.incremental import query_groups, split_corpus, write_folder
+    from hce_serve.beir import load_beir, load_corpus, load_qrels, load_queries
+
+    corpus = load_corpus(tiny_beir / "corpus.jsonl")
+    qrels = {s: load_qrels(tiny_beir / "qrels" / f"{s}.tsv") for s in ("train", "test")}
+    seen, new = split_corpus(corpus, qrels, 0.25, None, seed=1)
+    assert len(new) == 16 and len(seen) == 48 and not {d.id for d in seen} & {d.id for d in new}
+    folder = write_folder(tmp_path / "seen", seen, load_queries(tiny_beir / "queries.jsonl"), qrels)
+    written = load_beir(folder, "train")
+    assert {d.id for d in written.corpus} == {d.id for d in seen}
+    assert all(d in {x.id for x in seen} for ds in written.qrels.values() for d in ds)  # no withheld positive
+    groups = query_groups(qrels["test"], {d.id for d in new})
+    new_ids = {d.id for d in new}
+    assert all(all(d in new_ids for d in ds) for ds in groups["new"].values())
+    assert all(not any(d in new_ids for d in ds) for ds in groups["seen"].values())
+    assert sum(len(g) for g in groups.values()) == len(qrels["test"])
+
+
+def test_latency_timing_and_http(tiny_export, tmp_path):
+    from benchmarks.latency import measure_http, timed
+    from hce_serve.encoder import Encoder
+    from hce_serve.index import Index, IndexParams
+    from hce_serve.store import IndexStore
+
+    stats, samples = timed(lambda i: sum(range(100)), n=20, repeats=2, warmup=2)
+    assert stats["repeats"] == 2 and len(samples) == 40 and stats["p50_ms"] <= stats["p99_ms"]
+
+    enc = Encoder(tiny_export, threads=1)
+    texts = [f"protein fold {i}" for i in range(40)]
+    index = Index(enc.dim, IndexParams(exact_threshold=0), capacity=40)
+    index.add([f"d{i}" for i in range(40)], enc.encode_documents(texts))
+    IndexStore.create(tmp_path / "idx", index, tiny_export)
+    res, pooled = measure_http(tmp_path / "idx", texts[:5], threads=1, n=5, repeats=1, concurrency=2, total=10)
+    assert res["load"]["requests"] == 10 and res["load"]["qps"] > 0 and len(pooled) == 5
