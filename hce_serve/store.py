@@ -5,6 +5,7 @@ IDX_DIR/manifest.json        written last; names the current generation and ever
 IDX_DIR/gen-000003/          hnsw.bin, ids.txt (row i = label i, "" = free slot), deleted.npy, leaves.npy
 IDX_DIR/wal-000003.log       adds/deletes acknowledged since generation 3 (replayed on open)
 IDX_DIR/encoder/             a copy of the EXPORT_DIR the index was built with
+IDX_DIR/hnsw.bin, ids.txt …  hard links to the current generation's files (DESIGN §6's flat names)
 IDX_DIR/.lock                flock held by the one process that may write
 ```
 
@@ -297,7 +298,30 @@ def _write_snapshot(folder: Path, index: Index, generation: int, files: dict, ex
         extra={**extra, "data_dir": name, "params": index.params.to_dict(), "hce_version": __version__},
     )
     manifest.save(folder)
+    _link_top_level(folder, name)
     return manifest
+
+
+def _link_top_level(folder: Path, gen_dir: str) -> None:
+    """Expose the current generation's data files under DESIGN §6's flat names (``IDX_DIR/hnsw.bin`` …).
+
+    Hard links (a copy where links are unsupported), each swapped in with ``os.replace`` after the manifest:
+    they are a convenience for tools that read the flat layout; loading always follows the manifest, so a
+    crash between two swaps can leave the links mixed but never makes the index unloadable.
+    """
+    for name in DATA_FILES:
+        src = folder / gen_dir / name
+        tmp = folder / f"{TMP_PREFIX}link-{name}"
+        try:
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copy2(src, tmp)
+            os.replace(tmp, folder / name)
+        except OSError as e:  # never fail a save that already committed its manifest
+            log.warning("could not expose %s at the top level of %s: %s", name, folder, e)
+    fsync_dir(folder)
 
 
 def _clean(folder: Path, manifest: IndexManifest) -> None:

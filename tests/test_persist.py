@@ -55,7 +55,11 @@ def crash(store: IndexStore) -> None:
 
 def test_roundtrip_and_layout(folder):
     names = {p.name for p in folder.iterdir()}
-    assert {"manifest.json", "gen-000001", "encoder", ".lock"} >= names - {"wal-000001.log"}
+    flat = {"hnsw.bin", "ids.txt", "deleted.npy", "leaves.npy"}  # DESIGN §6 names, linked to the generation
+    assert {"manifest.json", "gen-000001", "encoder", ".lock"} | flat >= names - {"wal-000001.log"}
+    assert flat <= names
+    for name in flat:
+        assert (folder / name).read_bytes() == (folder / "gen-000001" / name).read_bytes()
     with IndexStore.open(folder) as s:
         assert len(s.index) == 200 and s.manifest.generation == 1
         assert s.index.leaf_of("d8") == 1
