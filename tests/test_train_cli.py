@@ -205,3 +205,47 @@ def test_imports_without_hnswlib_and_optimum():
     res = subprocess.run([sys.executable, "-c", BLOCKER], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny_beir, tiny_bert, tmp_path, monkeypatch):
+    """Crash in epoch 2 (after the epoch-1 checkpoint), resume: weights equal an uninterrupted run's."""
+    from safetensors.numpy import load_file
+
+    import hce_train.loop as loop_mod
+
+    args = ("--epochs", "2", "--seed", "2", "--siblings", "2")  # 24 pairs / batch 8: 3 steps per epoch
+    straight = tmp_path / "straight"
+    assert _fit(tiny_beir, tiny_bert, straight, *args).exit_code == 0
+
+    real = loop_mod.train_step
+
+    def crash_at_5(ctx, exs, batch, step, lr):
+        if step == 4:
+            raise KeyboardInterrupt("simulated crash")
+        return real(ctx, exs, batch, step, lr)
+
+    crashed = tmp_path / "crashed"
+    monkeypatch.setattr(loop_mod, "train_step", crash_at_5)
+    assert _fit(tiny_beir, tiny_bert, crashed, *args).exit_code != 0
+    assert not (crashed / "hce_model.json").exists()  # an unfinished run leaves no card
+    monkeypatch.setattr(loop_mod, "train_step", real)
+    res = _fit(tiny_beir, tiny_bert, crashed, *args, "--resume")
+    assert res.exit_code == 0, res.output
+    assert [r["step"] for r in _log(crashed) if "event" not in r] == [1, 2, 3, 4, 5, 6]
+    a, b = load_file(straight / "model.safetensors"), load_file(crashed / "model.safetensors")
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-6, err_msg=name)
+    np.testing.assert_array_equal(Tree.load(straight).doc_leaf, Tree.load(crashed).doc_leaf)
+
+
+@pytest.mark.slow
+def test_default_base_model_is_offline_minilm(tiny_beir, tmp_path, minilm_path):
+    """No --base-model: all-MiniLM-L6-v2 from the offline package; the card names the hub id."""
+    out = tmp_path / "mini"
+    res = CliRunner().invoke(main, ["fit", "--data", str(tiny_beir), "--out", str(out), "--max-steps", "1",
+                                    "--batch-size", "4", "--siblings", "1", "--doc-max-length", "32",
+                                    "--query-max-length", "16", "--device", "cpu", "--no-progress", "-q"])
+    assert res.exit_code == 0, res.output
+    card = ModelCard.load(out)
+    assert card.base_model == "sentence-transformers/all-MiniLM-L6-v2" and card.dim == 384
+    assert (out / "tokenizer.json").is_file()
