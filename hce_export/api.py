@@ -19,7 +19,8 @@ from typing import Any
 
 from hce_serve.atomic import fsync_dir
 from hce_serve.card import ModelCard
-from hce_serve.errors import ConfigError, FormatError, ValidationError
+from hce_serve.errors import ConfigError, DataError, FormatError, ValidationError
+from hce_serve.tree import Tree
 
 from . import onnx as onnx_export
 from . import optimize, validate
@@ -110,6 +111,8 @@ def export(
     src = load_source(model_dir)
     out = Path(out_dir)
     _check_out(out, src.path, overwrite)
+    if validate_data is not None and not Path(validate_data).is_dir():
+        raise DataError(f"{validate_data}: --validate-data folder not found")
     card = src.card
     if max_length is not None or query_max_length is not None:
         card = card.replace(max_length=max_length or card.max_length,
@@ -128,6 +131,7 @@ def export(
         raw.unlink()
         _copy_tokenizer(src.path, tmp)
         if src.has_tree:
+            Tree.load(src.path)  # a corrupt tree fails the export, not the first search that uses it
             for name in TREE_FILES:
                 shutil.copy2(src.path / name, tmp / name)
         files = {"fp32": FILES["fp32"]}

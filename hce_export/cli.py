@@ -1,0 +1,82 @@
+"""``hce-export``: command line over ``hce_export.api.export``.
+
+Exit codes: 0 success, 1 an error the user can fix (missing/foreign model folder, existing output without
+``--overwrite``, export out of tolerance, missing optimum), 2 bad usage. The export summary (files and
+validation numbers) goes to stdout as JSON; logs to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from hce_serve.clitools import HCEGroup, setup_logging, verbosity_options
+
+from .quantize import ISAS
+from .validate import Tolerances
+
+_DEFAULT = Tolerances()
+
+
+@click.group(cls=HCEGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Export HCE / Hugging Face encoders to ONNX for serving."""
+
+
+@main.command("onnx")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="MODEL_DIR from hce-train fit, or a plain Hugging Face encoder folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="EXPORT_DIR to write.")
+@click.option("--quantize", is_flag=True, help="Also write the dynamic int8 CPU graph model_int8.onnx.")
+@click.option("--fp16", is_flag=True, help="Also write the fp16 GPU graph model_fp16.onnx.")
+@click.option("--isa", type=click.Choice(ISAS), default=None,
+              help="int8 instruction set (default: detected from this machine's CPU).")
+@click.option("--exclude-node", "exclude", multiple=True,
+              help="Keep int8-sensitive nodes whose name contains this text in fp32 (repeatable; replaces the default).")
+@click.option("--validate-data", type=click.Path(path_type=Path), default=None,
+              help="BEIR folder: also compare nDCG@10 of fp32 and int8 by exact search.")
+@click.option("--validate-split", default="test", show_default=True, help="qrels split for --validate-data.")
+@click.option("--validate-max-queries", type=click.IntRange(min=1), default=None,
+              help="Subsample the --validate-data queries (recorded in the card).")
+@click.option("--validate-max-docs", type=click.IntRange(min=1), default=None,
+              help="Subsample the --validate-data corpus, judged documents kept (recorded in the card).")
+@click.option("--max-length", type=click.IntRange(min=1), default=None, help="Override the document max length.")
+@click.option("--query-max-length", type=click.IntRange(min=1), default=None,
+              help="Override the query max length (ArguAna's long queries need 256).")
+@click.option("--opset", type=click.IntRange(min=14), default=None, help="ONNX opset (default: optimum's).")
+@click.option("--max-fp32-diff", type=float, default=_DEFAULT.fp32_max_abs, show_default=True,
+              help="Tolerance: ONNX fp32 vs torch max abs difference.")
+@click.option("--min-int8-mean-cos", type=float, default=_DEFAULT.int8_mean_cos, show_default=True,
+              help="Tolerance: int8 vs fp32 mean cosine.")
+@click.option("--min-int8-cos", type=float, default=_DEFAULT.int8_min_cos, show_default=True,
+              help="Tolerance: int8 vs fp32 minimum cosine.")
+@click.option("--max-ndcg-loss", type=float, default=_DEFAULT.ndcg_max_loss, show_default=True,
+              help="Tolerance: nDCG@10 fp32 minus int8 with --validate-data.")
+@click.option("--allow-degraded", is_flag=True, help="Keep an export that is out of tolerance (marked degraded).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing EXPORT_DIR (swapped in only when complete).")
+@verbosity_options
+def onnx_cmd(model_dir: Path, out_dir: Path, quantize: bool, fp16: bool, isa: str | None, exclude: tuple[str, ...],
+             validate_data: Path | None, validate_split: str, validate_max_queries: int | None,
+             validate_max_docs: int | None, max_length: int | None, query_max_length: int | None,
+             opset: int | None, max_fp32_diff: float, min_int8_mean_cos: float, min_int8_cos: float,
+             max_ndcg_loss: float, allow_degraded: bool, overwrite: bool, verbose: int, quiet: bool) -> None:
+    """Export MODEL_DIR to a self-contained, self-validated EXPORT_DIR."""
+    setup_logging(verbose, quiet)
+    if (isa or exclude) and not quantize:
+        raise click.UsageError("--isa/--exclude-node only apply with --quantize")
+    from .api import export  # heavy imports (torch, optimum) only once the usage is known to be right
+
+    result = export(
+        model_dir, out_dir, quantize=quantize, fp16=fp16, overwrite=overwrite, validate_data=validate_data,
+        allow_degraded=allow_degraded, isa=isa, exclude=tuple(exclude) or None, opset=opset,
+        max_length=max_length, query_max_length=query_max_length,
+        tolerances=Tolerances(max_fp32_diff, min_int8_mean_cos, min_int8_cos, max_ndcg_loss),
+        validate_split=validate_split, validate_max_queries=validate_max_queries,
+        validate_max_docs=validate_max_docs,
+    )
+    summary = {"path": result["path"], "files": result["files"], "validation": result["validation"]}
+    click.echo(json.dumps(summary, indent=2, sort_keys=True))
+    sys.stdout.flush()
