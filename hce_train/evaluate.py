@@ -50,12 +50,19 @@ def evaluate_encoder(
     batch_size: int = 128,
     k: int = 100,
     progress: bool = True,
+    doc_emb: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Encode the corpus and the split's queries, search exactly, return metrics plus counts and timing."""
+    """Encode the corpus and the split's queries, search exactly, return metrics plus counts and timing.
+
+    ``doc_emb`` (docs, D), row-aligned with the corpus file, skips encoding the corpus.
+    """
     t0 = time.perf_counter()
     data = beir.load_beir(data_dir, split)
     qids = list(data.queries)
-    d_emb = encoder.encode([doc.full_text for doc in data.corpus], doc_max_length, batch_size, progress, "encode corpus")
+    if doc_emb is not None and doc_emb.shape[0] != len(data.corpus):
+        raise ValueError(f"doc_emb has {doc_emb.shape[0]} rows for {len(data.corpus)} documents")
+    d_emb = doc_emb if doc_emb is not None else encoder.encode(
+        [doc.full_text for doc in data.corpus], doc_max_length, batch_size, progress, "encode corpus")
     q_emb = encoder.encode([data.queries[q] for q in qids], query_max_length, batch_size, progress, "encode queries")
     # One extra hit per query: BEIR drops a hit whose id equals the query id (ArguAna) before cutting.
     scores, rows = exact_topk(q_emb, d_emb, k + 1)
@@ -74,6 +81,7 @@ def evaluate_model_dir(
     query_max_length: int | None = None,
     doc_max_length: int | None = None,
     progress: bool = True,
+    doc_emb: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """``evaluate_encoder`` for a MODEL_DIR, with max lengths from its card unless overridden."""
     from pathlib import Path
@@ -84,5 +92,6 @@ def evaluate_model_dir(
         card = ModelCard.load(model_dir)
         qlen, dlen = card.query_max_length, card.max_length
     return evaluate_encoder(
-        encoder, data_dir, split, query_max_length or qlen, doc_max_length or dlen, batch_size, progress=progress
+        encoder, data_dir, split, query_max_length or qlen, doc_max_length or dlen, batch_size, progress=progress,
+        doc_emb=doc_emb,
     )

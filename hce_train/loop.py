@@ -77,6 +77,7 @@ class _Run:
         self.corpus: Corpus = load_corpus(cfg.data)
         self._sup = supervised_examples(cfg.data, cfg.split, self.corpus) if cfg.mode == "supervised" else None
         self._epoch_cache: dict[int, Examples] = {}
+        self.last_embeddings: np.ndarray | None = None  # corpus embeddings behind the latest tree
 
     def examples(self, epoch: int) -> Examples:
         if self._sup is not None:
@@ -103,6 +104,7 @@ class _Run:
         """Re-encode the corpus and rebuild the tree (on rank 0, broadcast to the others)."""
         t0 = time.perf_counter()
         emb = self.encode_corpus(encoder)
+        self.last_embeddings = emb
         cfg = self.cfg
         tree = None
         if self.env.is_main:
@@ -118,19 +120,24 @@ class _Run:
         return tree
 
 
-def fit(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train per ``cfg`` and write MODEL_DIR; returns a summary (steps, seconds, final loss, tree)."""
+def fit(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progress: bool = True,
+        keep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train per ``cfg`` and write MODEL_DIR; returns a summary (steps, seconds, final loss, tree).
+
+    ``keep``, when given, receives ``keep["corpus_embeddings"]``: the final encoder's (docs, D) corpus
+    embeddings that the saved tree was built from (lets an evaluation skip re-encoding the corpus).
+    """
     kind = pick_device(cfg.device)
     env = dist.init(kind)
     device = f"cuda:{env.local_rank}" if kind == "cuda" else "cpu"
     try:
-        return _fit(cfg, env, device, overwrite, resume, progress)
+        return _fit(cfg, env, device, overwrite, resume, progress, keep)
     finally:
         dist.shutdown(env)
 
 
 def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resume: bool,
-         progress: bool) -> dict[str, Any]:
+         progress: bool, keep: dict[str, Any] | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = Path(cfg.out)
     if env.is_main:
@@ -200,8 +207,10 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
     bar.close()
 
     # The saved tree must match the final encoder: reuse the last one only if no step ran since.
-    if tree is None or tree_step != step:
+    if tree is None or tree_step != step or run.last_embeddings is None:
         tree = run.build(encoder, step)
+    if keep is not None:
+        keep["corpus_embeddings"] = run.last_embeddings
     if env.is_main:
         tree.save(out)
         card = ModelCard(dim=encoder.dim, base_model=recorded_base, pooling="mean", normalize=True,
