@@ -89,12 +89,12 @@ def hce_loss(
         stats["margin"] = float((pos_score - neg_score.max(1).values)[has].detach().mean())
 
     # Centroid levels, top first.
-    taus = list(level_taus) if level_taus is not None else [tau] * len(levels)
+    taus = list(level_taus) if level_taus else [tau]  # the last value repeats for deeper levels
     for i, lvl in enumerate(levels):
         cand = lvl.cand.float()
         if normalize_centroids:
             cand = F.normalize(cand, dim=-1)
-        logits = torch.einsum("bd,bkd->bk", q, cand).masked_fill(~lvl.mask, NEG_INF) / taus[i]  # (b, K)
+        logits = torch.einsum("bd,bkd->bk", q, cand).masked_fill(~lvl.mask, NEG_INF) / taus[min(i, len(taus) - 1)]  # (b, K)
         ce = F.cross_entropy(logits, lvl.target)
         weight = level_weights[i] if i < len(level_weights) else (level_weights[-1] if level_weights else 0.0)
         total = total + weight * ce

@@ -89,7 +89,9 @@ class HCEEncoder:
             raise ConfigError(f"base model {recorded!r} could not be loaded: {first}") from None
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError(f"base model {recorded!r} has no fast tokenizer (tokenizer.json); serving needs one")
-        return cls(model.to(device), tokenizer, recorded, device)
+        # fp32 master weights whatever the checkpoint's dtype (transformers 5 loads dtype="auto" by default);
+        # bf16 only enters through autocast on CUDA.
+        return cls(model.float().to(device), tokenizer, recorded, device)
 
     # ---- encoding ---------------------------------------------------------------------------
     @property

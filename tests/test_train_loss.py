@@ -98,3 +98,15 @@ def test_rows_with_no_candidates_do_not_produce_nan():
     out = hce_loss(q, d_pos, d_neg, torch.zeros(2, 2, dtype=torch.bool))
     assert math.isfinite(out.loss.item())
     assert "margin" not in out.stats
+
+
+def test_level_temperatures_apply_per_level_and_repeat():
+    q = _unit([1.0, 0.0, 0.0])
+    cand = _unit([1.0, 0.2, 0.0], [0.2, 1.0, 0.0])[None]  # (1, 2, 3)
+    lvl = CentroidLevel(cand, torch.ones(1, 2, dtype=torch.bool), torch.tensor([0]))
+    dpos, dneg, m = q.clone(), torch.zeros(1, 0, 3), torch.zeros(1, 0, dtype=torch.bool)
+    kw = {"level_weights": (1.0,), "inbatch_weight": 0.0, "doc_weight": 0.0}
+    sharp = hce_loss(q, dpos, dneg, m, [lvl, lvl], level_taus=(0.05,), **kw).stats
+    soft = hce_loss(q, dpos, dneg, m, [lvl, lvl], level_taus=(0.05, 1.0), **kw).stats
+    assert sharp["loss_level2"] == pytest.approx(sharp["loss_level1"])  # one value covers every level
+    assert soft["loss_level2"] > soft["loss_level1"]  # a softer temperature on level 2 only
