@@ -16,14 +16,20 @@ from .errors import HCEError
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Our packages log at INFO (DEBUG with -vv, WARNING with -q); third-party libraries only warnings.
+
+    onnxruntime's quantiser, for one, logs every tensor at INFO on the root logger.
+    """
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(
-        level=level,
+        level=logging.DEBUG if verbose > 2 else logging.WARNING,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         force=True,
     )
+    for name in ("hce_serve", "hce_train", "hce_export", "benchmarks"):
+        logging.getLogger(name).setLevel(level)
 
 
 def one_line(msg: object) -> str:
