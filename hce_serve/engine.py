@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -51,7 +52,7 @@ class LeafAssigner:
             try:
                 with np.load(path, allow_pickle=False) as z:
                     centroids, parent, doc_leaf = z["centroids"], z["parent"], z["doc_leaf"]
-            except (ValueError, OSError, KeyError, EOFError) as e:
+            except (ValueError, OSError, KeyError, EOFError, NotImplementedError, zipfile.BadZipFile) as e:
                 raise FormatError(f"{path}: not a readable tree ({e})") from None
             ids = []
         if centroids.ndim != 2 or centroids.shape[1] != dim:

@@ -52,6 +52,18 @@ class IndexManifest:
         for key in ("labels", "live", "deleted"):
             if not isinstance(self.counts.get(key), int) or self.counts[key] < 0:
                 raise FormatError(f"manifest: counts.{key} must be a non-negative integer, found {self.counts.get(key)!r}")
+        cap = self.counts.get("capacity", 0)
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+            raise FormatError(f"manifest: counts.capacity must be a non-negative integer, found {cap!r}")
+        if not isinstance(self.extra, dict):
+            raise FormatError(f"manifest: extra must be an object, found {type(self.extra).__name__}")
+        for rel, meta in self.files.items():
+            # Listed files are relative paths inside the index folder, each with its size and sha256.
+            if not isinstance(rel, str) or not rel or rel.startswith("/") or ".." in rel.split("/"):
+                raise FormatError(f"manifest: file name {rel!r} is not a relative path inside the index folder")
+            if (not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int) or isinstance(meta["bytes"], bool)
+                    or not isinstance(meta.get("sha256"), str)):
+                raise FormatError(f"manifest: files[{rel!r}] must be {{\"bytes\": int, \"sha256\": str}}, found {meta!r:.100}")
         if self.counts["live"] + self.counts["deleted"] != self.counts["labels"]:
             raise FormatError(
                 f"manifest: live ({self.counts['live']:,}) + deleted ({self.counts['deleted']:,}) "

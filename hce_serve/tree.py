@@ -148,7 +148,7 @@ class Tree:
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, NotImplementedError) as e:
             raise FormatError(f"{path}: not a readable npz file ({e})") from None
         missing = {"format", "format_version", "parent", "centroids", "doc_leaf"} - arrays.keys()
         if missing:
