@@ -57,3 +57,56 @@ def test_tokenizer_garbage_is_a_format_error(tiny_export, tmp_path):
     (exp / "tokenizer.json").write_bytes(b'{\n  "version": "1.0",\n  "trunc')
     with pytest.raises(FormatError, match="tokenizer.json: not a readable tokenizer"):
         Encoder(exp)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["files"].update({next(iter(m["files"])): None}),  # a file entry that is not an object
+        lambda m: m["files"].update({next(iter(m["files"])): [1]}),
+        lambda m: m["files"][next(iter(m["files"]))].pop("bytes"),  # size missing
+        lambda m: m["counts"].update(capacity=[]),
+        lambda m: m.update(extra=[1]),
+        lambda m: m["files"].update({"../outside.bin": {"bytes": 1, "sha256": "0" * 64}}),
+    ],
+)
+def test_malformed_manifest_fields_are_format_errors(fuzzer, edit):
+    """Found by the fuzzer: these raised AttributeError/TypeError from deep inside the load."""
+    import json
+
+    from hce_serve.errors import FormatError
+    from hce_serve.store import IndexStore
+
+    m = json.loads(json.dumps(fuzzer.manifest))
+    edit(m)
+    p = fuzzer._scratch() / "idx"
+    import shutil
+
+    shutil.copytree(fuzzer.index_dir, p)
+    (p / "manifest.json").write_text(json.dumps(m))
+    for writable in (False, True):
+        with pytest.raises(FormatError, match="manifest"):
+            IndexStore.open(p, writable=writable)
+
+
+def test_unsupported_zip_version_in_tree_is_a_format_error(fuzzer, tmp_path):
+    """Found by the fuzzer: zipfile raises NotImplementedError for an unknown zip version field."""
+    import shutil
+
+    from hce_serve.engine import LeafAssigner
+    from hce_serve.errors import FormatError
+    from hce_serve.tree import Tree
+
+    shutil.copytree(fuzzer.tree_dir, tmp_path / "t")
+    data = bytearray((tmp_path / "t" / "tree.npz").read_bytes())
+    cd = data.rfind(b"PK\x01\x02")  # central directory entry: 'version needed to extract' at offset 6
+    data[cd + 6] = 163
+    (tmp_path / "t" / "tree.npz").write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="tree.npz"):
+        Tree.load(tmp_path / "t")
+    (tmp_path / "t" / "tree_doc_ids.txt").unlink()  # the export-without-ids path of LeafAssigner
+    with pytest.raises(FormatError, match="tree.npz"):
+        LeafAssigner.from_export(tmp_path / "t", 8)
+    (tmp_path / "t" / "tree.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(FormatError, match="tree.npz"):
+        LeafAssigner.from_export(tmp_path / "t", 8)
