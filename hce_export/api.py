@@ -92,6 +92,7 @@ def export(
     allow_degraded: bool = False,
     isa: str | None = None,
     exclude: tuple[str, ...] | None = None,
+    keep_ffn_out: bool = True,
     opset: int | None = None,
     max_length: int | None = None,
     query_max_length: int | None = None,
@@ -117,7 +118,7 @@ def export(
     if max_length is not None or query_max_length is not None:
         card = card.replace(max_length=max_length or card.max_length,
                             query_max_length=query_max_length or card.query_max_length)
-    settings = _settings(isa, exclude) if quantize else None  # bad --isa fails before any work
+    settings = _settings(isa, exclude, keep_ffn_out) if quantize else None  # bad --isa fails before any work
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-export-{out.name}-", dir=out.parent))
     umask = os.umask(0)
@@ -176,8 +177,8 @@ def export(
     return {**section, "path": str(out)}
 
 
-def _settings(isa: str | None, exclude: tuple[str, ...] | None) -> q8.QuantSettings:
-    s = q8.settings_for(isa)
+def _settings(isa: str | None, exclude: tuple[str, ...] | None, keep_ffn_out: bool) -> q8.QuantSettings:
+    s = q8.settings_for(isa, keep_ffn_out=keep_ffn_out)
     return s if exclude is None else replace(s, exclude=tuple(exclude))
 
 

@@ -36,6 +36,8 @@ def main() -> None:
               help="int8 instruction set (default: detected from this machine's CPU).")
 @click.option("--exclude-node", "exclude", multiple=True,
               help="Keep int8-sensitive nodes whose name contains this text in fp32 (repeatable; replaces the default).")
+@click.option("--quantize-ffn-out", is_flag=True,
+              help="Also quantise the FFN output projections (faster, lower cosine; kept fp32 by default).")
 @click.option("--validate-data", type=click.Path(path_type=Path), default=None,
               help="BEIR folder: also compare nDCG@10 of fp32 and int8 by exact search.")
 @click.option("--validate-split", default="test", show_default=True, help="qrels split for --validate-data.")
@@ -59,19 +61,21 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing EXPORT_DIR (swapped in only when complete).")
 @verbosity_options
 def onnx_cmd(model_dir: Path, out_dir: Path, quantize: bool, fp16: bool, isa: str | None, exclude: tuple[str, ...],
+             quantize_ffn_out: bool,
              validate_data: Path | None, validate_split: str, validate_max_queries: int | None,
              validate_max_docs: int | None, max_length: int | None, query_max_length: int | None,
              opset: int | None, max_fp32_diff: float, min_int8_mean_cos: float, min_int8_cos: float,
              max_ndcg_loss: float, allow_degraded: bool, overwrite: bool, verbose: int, quiet: bool) -> None:
     """Export MODEL_DIR to a self-contained, self-validated EXPORT_DIR."""
     setup_logging(verbose, quiet)
-    if (isa or exclude) and not quantize:
-        raise click.UsageError("--isa/--exclude-node only apply with --quantize")
+    if (isa or exclude or quantize_ffn_out) and not quantize:
+        raise click.UsageError("--isa/--exclude-node/--quantize-ffn-out only apply with --quantize")
     from .api import export  # heavy imports (torch, optimum) only once the usage is known to be right
 
     result = export(
         model_dir, out_dir, quantize=quantize, fp16=fp16, overwrite=overwrite, validate_data=validate_data,
-        allow_degraded=allow_degraded, isa=isa, exclude=tuple(exclude) or None, opset=opset,
+        allow_degraded=allow_degraded, isa=isa, exclude=tuple(exclude) or None, keep_ffn_out=not quantize_ffn_out,
+        opset=opset,
         max_length=max_length, query_max_length=query_max_length,
         tolerances=Tolerances(max_fp32_diff, min_int8_mean_cos, min_int8_cos, max_ndcg_loss),
         validate_split=validate_split, validate_max_queries=validate_max_queries,

@@ -51,7 +51,10 @@ def test_graph_contract_and_card(tiny_export):
     onnx = card.onnx
     assert onnx["files"] == {"fp32": "model.onnx", "int8": "model_int8.onnx"}
     assert onnx["output"] == "sentence_embedding" and onnx["inputs"][:2] == ["input_ids", "attention_mask"]
-    assert onnx["quantization"]["per_channel"] is True and onnx["quantization"]["isa"] in ISAS
+    quant = onnx["quantization"]
+    assert quant["per_channel"] is True and quant["isa"] in ISAS
+    # The FFN output projections (fed by GELU) stay fp32: one per layer of the 2-layer tiny model.
+    assert len(quant["excluded_nodes"]) == 2 and all("output/dense" in n for n in quant["excluded_nodes"])
     val = onnx["validation"]
     assert val["fp32_vs_torch_max_abs_diff"] <= 1e-4 and val["int8_vs_fp32_mean_cos"] >= 0.99
     assert val["degraded"] is False and val["failures"] == []
@@ -167,7 +170,7 @@ def test_isa_settings():
     assert detect_isa() in ISAS
     assert settings_for("avx2").reduce_range is True  # u8s8 saturation without VNNI
     assert settings_for("avx512-vnni").reduce_range is False
-    assert settings_for("arm64").per_channel is True
+    assert settings_for("arm64").per_channel is True and settings_for("arm64").keep_ffn_out is True
     with pytest.raises(ConfigError):
         settings_for("sse2")
 
