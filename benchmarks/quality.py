@@ -151,6 +151,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--unsupervised", default="arguana,cisi", help="corpora to adapt on, or 'none'")
     ap.add_argument("--unsup-epochs", type=int, default=1)
+    ap.add_argument("--no-anchors", action="store_true", help="skip BM25 and zero-shot (e.g. arms split across processes)")
     ap.add_argument("--label", default="full study")
     ap.add_argument("--work", type=Path, default=Path("/tmp/hce-quality"))
     ap.add_argument("--out", type=Path, default=RESULTS / "quality-scifact.json")
@@ -181,9 +182,10 @@ def main() -> None:
 
     scifact = args.data_root / "scifact"
     sup = res["supervised"]
-    sup["bm25"] = dict(zip(("metrics", "config"), bm25_metrics(scifact, "test"), strict=True))
-    sup["zero_shot"] = zero_shot(scifact, "test", 64, args.doc_max_length, args.device_resolved)
-    save()
+    if not args.no_anchors:
+        sup["bm25"] = dict(zip(("metrics", "config"), bm25_metrics(scifact, "test"), strict=True))
+        sup["zero_shot"] = zero_shot(scifact, "test", 64, args.doc_max_length, args.device_resolved)
+        save()
     for arm in arms:
         runs = []
         for seed in seeds:
