@@ -167,11 +167,12 @@ def failures(numbers: dict[str, Any], tol: Tolerances) -> list[str]:
         bad.append(f"fp32 vs torch max abs diff {diff:.2e} > {tol.fp32_max_abs:.0e}")
     if numbers.get("finite") is False:
         bad.append("fp32 graph gives non-finite embeddings")
-    mean, low = numbers.get("int8_vs_fp32_mean_cos"), numbers.get("int8_vs_fp32_min_cos")
-    if mean is not None and not mean >= tol.int8_mean_cos:
-        bad.append(f"int8 vs fp32 mean cosine {mean:.4f} < {tol.int8_mean_cos}")
-    if low is not None and not low >= tol.int8_min_cos:
-        bad.append(f"int8 vs fp32 min cosine {low:.4f} < {tol.int8_min_cos}")
+    for v in ("int8", "fp16"):
+        mean, low = numbers.get(f"{v}_vs_fp32_mean_cos"), numbers.get(f"{v}_vs_fp32_min_cos")
+        if mean is not None and not mean >= tol.int8_mean_cos:
+            bad.append(f"{v} vs fp32 mean cosine {mean:.4f} < {tol.int8_mean_cos}")
+        if low is not None and not low >= tol.int8_min_cos:
+            bad.append(f"{v} vs fp32 min cosine {low:.4f} < {tol.int8_min_cos}")
     data = numbers.get("data") or {}
     if "ndcg@10_int8" in data and "ndcg@10_fp32" in data:
         loss = data["ndcg@10_fp32"] - data["ndcg@10_int8"]

@@ -178,3 +178,16 @@ def test_isa_settings():
 def test_card_json_is_valid_and_complete(tiny_export):
     obj = json.loads((tiny_export / "hce_model.json").read_text())
     assert obj["format"] == "hce-model" and obj["onnx"]["opset"] >= 14
+
+
+def test_fp16_variant_written_and_checked(tiny_bert, tmp_path):
+    out = tmp_path / "fp16"
+    result = export(tiny_bert, out, fp16=True)
+    assert result["files"] == {"fp32": "model.onnx", "fp16": "model_fp16.onnx"}
+    sess = ort.InferenceSession(str(out / "model_fp16.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_outputs()[0].type == "tensor(float)"  # keep_io_types: callers still get float32
+    val = result["validation"]
+    if "fp16_vs_fp32_mean_cos" in val:  # the CPU provider ran it
+        assert val["fp16_vs_fp32_min_cos"] >= 0.999
+    # Serving on CPU never picks fp16 by itself.
+    assert Encoder(out).variant == "fp32"
