@@ -108,19 +108,25 @@ def quantize(src: Path, dst: Path, settings: QuantSettings) -> dict[str, Any]:
         log.warning("no GELU-fed matmul found in %s: every matmul is quantised", src.name)
     keep = set(ffn_out) if settings.keep_ffn_out else set()
     excluded = [n for n in names if n in keep or any(pat in n for pat in settings.exclude)]
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        per_channel=settings.per_channel,
-        reduce_range=settings.reduce_range,
-        weight_type=QuantType.QInt8 if settings.weight_type == "qint8" else QuantType.QUInt8,
-        op_types_to_quantize=list(settings.op_types),
-        nodes_to_exclude=excluded,
-        extra_options={
-            "MatMulConstBOnly": True,  # only weight matmuls; activation x activation stays fp32
-            # ONNX shape inference cannot type the fused contrib ops' outputs; they are all float.
-            "DefaultTensorType": onnx.TensorProto.FLOAT,
-        },
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # the quantizer logs one INFO line per tensor on the root logger
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            weight_type=QuantType.QInt8 if settings.weight_type == "qint8" else QuantType.QUInt8,
+            op_types_to_quantize=list(settings.op_types),
+            nodes_to_exclude=excluded,
+            extra_options={
+                "MatMulConstBOnly": True,  # only weight matmuls; activation x activation stays fp32
+                # ONNX shape inference cannot type the fused contrib ops' outputs; they are all float.
+                "DefaultTensorType": onnx.TensorProto.FLOAT,
+            },
+        )
+    finally:
+        root.setLevel(level)
     log.info("int8 graph %s: %d quantisable nodes, %d kept fp32", dst.name, len(names), len(excluded))
     return {**settings.as_dict(), "excluded_nodes": excluded, "quantizable_nodes": len(names)}
