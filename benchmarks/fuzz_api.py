@@ -80,22 +80,35 @@ def _http_prop(op: Any, mode: Any, n: int, strict: bool, tally: Counter, problem
 
 
 def cli_argv(paths: dict[str, str]) -> st.SearchStrategy[list[str]]:
-    """Random command lines: real subcommands and options mixed with valid, missing and garbage files and values.
-
-    ``http`` is left out (it would serve forever); its refusal paths are tested in tests/test_security.py.
+    """Random command lines: each subcommand with its own options, given valid, missing or garbage files and
+    bad numbers, plus now and then a junk token. ``http`` is left out (it would serve forever); its refusal
+    paths are tested in tests/test_security.py.
     """
-    cmds = [["index", "build"], ["index", "add"], ["index", "delete"], ["index", "compact"], ["index", "stats"],
-            ["search"], ["eval"], ["index"], [], ["nope"]]
     files = st.sampled_from(sorted(paths.values()))
-    num = st.sampled_from(["0", "-1", "1", "3", "10001", "99999999999999999999", "1e3", "x", ""])
-    opt = st.one_of(
-        st.tuples(st.sampled_from(["--index", "--corpus", "--model", "--queries", "--qrels", "--run", "--ids-file"]), files),
-        st.tuples(st.sampled_from(["--k", "--M", "--ef", "--ef-construction", "--batch-size", "--exact-threshold"]), num),
-        st.tuples(st.sampled_from(["--id", "--variant"]), st.sampled_from(["int8", "fp16", "d1", "", "../x", "\x00"])),
-        st.tuples(st.sampled_from(["--json", "--overwrite", "-v", "-q", "--help", "--bogus"])),
-        st.tuples(st.text(max_size=12)),
-    )
-    return st.tuples(st.sampled_from(cmds), st.lists(opt, max_size=7)).map(lambda a: a[0] + [x for o in a[1] for x in o])
+    idx = st.sampled_from([paths["idx-cli"], paths["idx-cli"], paths["garbage.bin"], paths["missing"], paths["export"]])
+    num = st.sampled_from(["0", "-1", "1", "3", "100", "10001", "99999999999999999999", "1e3", "x", ""])
+    text = st.text(max_size=12)
+    cmds = {
+        ("index", "build"): [("--model", files), ("--corpus", files), ("--index", st.just(paths["out"] + ".idx")),
+                             ("--M", num), ("--ef", num), ("--batch-size", num), ("--overwrite",)],
+        ("index", "add"): [("--index", idx), ("--corpus", files), ("--batch-size", num)],
+        ("index", "delete"): [("--index", idx), ("--id", text), ("--ids-file", files)],
+        ("index", "compact"): [("--index", idx)],
+        ("index", "stats"): [("--index", idx)],
+        ("search",): [("--index", idx), (text,), ("--k", num), ("--json",), ("--queries", files), ("--run", files)],
+        ("eval",): [("--index", idx), ("--queries", files), ("--qrels", files), ("--k", num)],
+    }
+    junk = st.sampled_from([["--bogus"], ["-v"], ["-q"], ["--help"], ["--variant", "fp16"], ["--threads", "0"]])
+
+    def one(cmd: tuple[str, ...]) -> st.SearchStrategy[list[str]]:
+        opts = [st.tuples(*(st.just(o) if isinstance(o, str) else o for o in spec)) for spec in cmds[cmd]]
+        picked = st.lists(st.sampled_from(range(len(opts))), max_size=len(opts) + 1)
+
+        def build(choice: list[int]) -> st.SearchStrategy[list[str]]:
+            parts = [opts[i] for i in choice] + [st.lists(junk, max_size=1).map(lambda j: j[0] if j else [])]
+            return st.tuples(*parts).map(lambda t: [x for part in t for x in part])
+        return picked.flatmap(build).map(lambda rest: [*cmd, *rest])
+    return st.sampled_from(list(cmds)).flatmap(one)
 
 
 def cli_fuzz(paths: dict[str, str], n: int, strict: bool, tally: Counter, problems: list[str]) -> Counter:
