@@ -8,10 +8,12 @@
 4. ``hce-serve index delete`` documents (judged positives among them), search every query at k=100 before
    and after ``compact`` and after a reload, and count deleted ids returned (must be 0).
 
-    python benchmarks/incremental.py --quick      # 1,500-document SciFact subset, 30 steps, batch 32
+    python benchmarks/incremental.py --quick      # 400-document SciFact subset, 4 steps, batch 8
     python benchmarks/incremental.py              # full SciFact corpus, 60 steps, batch 32
 
-The subset keeps every judged document and fills up with random others (stated in the JSON).
+The subset keeps every test-judged document and fills up with random others (stated in the JSON); training
+pairs are those whose positive is in it. Budgets are CPU-sized: the point is the add/remove mechanics and
+new-vs-seen gap, not the quality ceiling (that is quality.py's job).
 """
 
 from __future__ import annotations
@@ -55,15 +57,15 @@ def _doc_rows(docs: list[Document]) -> list[dict]:
 
 def split_corpus(corpus: list[Document], qrels: dict[str, Qrels], withhold: float, max_docs: int | None,
                  seed: int) -> tuple[list[Document], list[Document]]:
-    """(seen, new): an optional subset keeping every judged document, then a random ``withhold`` share out."""
+    """(seen, new): an optional subset (every test-judged document, then random others, train positives
+    among them by chance), then a random ``withhold`` share of it held out."""
     rng = random.Random(seed)
-    judged = {d for split in qrels.values() for ds in split.values() for d in ds}
     docs = list(corpus)
     if max_docs and len(docs) > max_docs:
-        keep = [d for d in docs if d.id in judged]
-        others = [d for d in docs if d.id not in judged]
+        judged = {d for ds in qrels.get("test", {}).values() for d in ds}
+        others = [d.id for d in docs if d.id not in judged]
         rng.shuffle(others)
-        keep_ids = {d.id for d in keep + others[: max(0, max_docs - len(keep))]}
+        keep_ids = judged | set(others[: max(0, max_docs - len(judged))])
         docs = [d for d in docs if d.id in keep_ids]
     order = list(range(len(docs)))
     rng.shuffle(order)
@@ -130,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--data", default=str(SHARED_DATA / "scifact"))
     ap.add_argument("--withhold", type=float, default=0.2)
-    ap.add_argument("--max-docs", type=int, default=None, help="corpus subset size (default 1500 quick, all full)")
+    ap.add_argument("--max-docs", type=int, default=None, help="corpus subset size (default 400 quick, all full)")
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=None, help="batch size (8 quick, 32 full)")
     ap.add_argument("--doc-max-length", type=int, default=None, help="training document length (128 quick, 256 full)")
     ap.add_argument("--delete", type=float, default=0.1, help="fraction of documents deleted at the end")
     ap.add_argument("--seed", type=int, default=0)
@@ -145,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.base = args.base or str(base_model_path())
-    args.max_docs = args.max_docs if args.max_docs is not None else (1500 if args.quick else None)
-    args.steps = args.steps or (30 if args.quick else 60)
+    args.max_docs = args.max_docs if args.max_docs is not None else (400 if args.quick else None)
+    args.steps = args.steps or (4 if args.quick else 60)
+    args.batch = args.batch or (8 if args.quick else 32)
     args.doc_max_length = args.doc_max_length or (128 if args.quick else 256)
     work = Path(args.work) / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)

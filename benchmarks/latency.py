@@ -297,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args.n = args.n or (300 if args.quick else 1000)
+    args.n = args.n or (200 if args.quick else 1000)
     args.n_http = args.n_http or (200 if args.quick else 1000)
-    args.http_requests = args.http_requests or (1000 if args.quick else 4000)
+    args.http_requests = args.http_requests or (600 if args.quick else 4000)
     export_dir = Path(args.export) if args.export else ensure_export("minilm", base_model_path())
 
     from hce_serve.encoder import Encoder

@@ -79,6 +79,8 @@ def with_query_length(export_dir: Path, query_max_length: int | None) -> Path:
     if not query_max_length or card.query_max_length == query_max_length:
         return export_dir
     out = CACHE / "exports-q" / f"{export_dir.name}-q{query_max_length}"
+    if (out / CARD_NAME).is_file() and ModelCard.load(out) == card.replace(query_max_length=query_max_length):
+        return out  # already made (and maybe in use by another run): leave it alone
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -92,14 +94,18 @@ def with_query_length(export_dir: Path, query_max_length: int | None) -> Path:
     return out
 
 
+def emb_cache_path(encoder: Any, key: str) -> Path:
+    graph = encoder.export_dir / encoder.card.onnx["files"][encoder.variant]
+    st = graph.stat()
+    return CACHE / "emb" / f"{key}-{encoder.variant}-d{encoder.card.max_length}-{st.st_size}-{int(st.st_mtime)}.npy"
+
+
 def doc_embeddings(encoder: Any, data: BeirData, key: str, cache: bool = True) -> tuple[np.ndarray, float | None]:
     """(n, dim) float32 corpus embeddings (cached on disk) and the encode seconds (None when cached)."""
     if not cache:
         t = time.perf_counter()
         return encoder.encode_documents([d.full_text for d in data.corpus]), time.perf_counter() - t
-    graph = encoder.export_dir / encoder.card.onnx["files"][encoder.variant]
-    st = graph.stat()
-    path = CACHE / "emb" / f"{key}-{encoder.variant}-d{encoder.card.max_length}-{st.st_size}-{int(st.st_mtime)}.npy"
+    path = emb_cache_path(encoder, key)
     if path.is_file():
         emb = np.load(path, allow_pickle=False)
         if emb.shape == (len(data.corpus), encoder.dim):
@@ -131,7 +137,8 @@ def dense_runs(emb: np.ndarray, qemb: np.ndarray, doc_ids: list[str], qids: list
 
 
 def eval_dataset(name: str, data: BeirData, exports: dict[str, Path], variants: tuple[str, ...],
-                 threads: int, bm25: bool = True, cache: bool = True) -> list[dict[str, Any]]:
+                 threads: int, bm25: bool = True, cache: bool = True,
+                 skipped: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per (system, variant, search) on one dataset."""
     from hce_serve.encoder import Encoder
 
@@ -150,6 +157,10 @@ def eval_dataset(name: str, data: BeirData, exports: dict[str, Path], variants: 
                 log.warning("%s has no %s graph; skipped", exp, variant)
                 continue
             enc = Encoder(exp, variant=variant, threads=threads, session_options=_no_spin())
+            if skipped is not None and not emb_cache_path(enc, f"{model}-{name}").is_file():
+                skipped.append(f"{name}/{model}/{variant}: corpus embeddings not cached (--skip-uncached)")
+                log.warning("skipped %s", skipped[-1])
+                continue
             emb, enc_secs = doc_embeddings(enc, data, f"{model}-{name}", cache)
             qemb = enc.encode_queries([data.queries[q] for q in qids])  # (q, dim)
             for search, (run, extra) in dense_runs(emb, qemb, doc_ids, qids).items():
@@ -198,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=None, help="ONNX graphs to evaluate (default: int8 in --quick, int8,fp32 in full)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="base encoder + BM25 only (fine-tunes need --model)")
+    ap.add_argument("--skip-uncached", action="store_true",
+                    help="only evaluate encoders whose corpus embeddings an earlier run cached (listed as skipped)")
     ap.add_argument("--out", default="recall")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -212,18 +225,22 @@ def main(argv: list[str] | None = None) -> int:
         exports[name] = ensure_export(name, folder)
     variants = tuple(v for v in (args.variants or ("int8" if args.quick else "int8,fp32")).split(",") if v)
     results: dict[str, Any] = {}
+    skipped: list[str] | None = [] if args.skip_uncached else None
     t0 = time.perf_counter()
     for ds in datasets:
         path = Path(ds) if Path(ds).is_dir() else SHARED_DATA / ds
         name = path.name
         data = load_beir(path, "test")
-        rows = eval_dataset(name, data, exports, variants, args.threads)
+        rows = eval_dataset(name, data, exports, variants, args.threads, skipped=skipped)
         results[name] = {"queries": len(data.queries), "docs": len(data.corpus), "rows": rows}
         plot(name, rows, PLOTS / f"recall-{name}.png")
-    payload = {"benchmark": "recall", "mode": "quick" if args.quick else "full", "k": K,
-               "models": {k: str(v) for k, v in exports.items()}, "threads": args.threads,
-               "wall_seconds": round(time.perf_counter() - t0, 1), "datasets": results}
-    print(write_result(args.out, payload))
+        # Written after every dataset so a long run leaves its finished datasets behind.
+        payload = {"benchmark": "recall", "mode": "quick" if args.quick else "full", "k": K,
+                   "models": {k: str(v) for k, v in exports.items()}, "variants": list(variants),
+                   "threads": args.threads, "wall_seconds": round(time.perf_counter() - t0, 1),
+                   "skipped": skipped or [], "datasets": results}
+        path = write_result(args.out, payload)
+    print(path)
     return 0
 
 
