@@ -154,7 +154,12 @@ class Encoder:
         return feed
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        (emb,) = self.session.run([OUTPUT_NAME], self._feed(ids, mask))  # (b, dim)
+        try:
+            (emb,) = self.session.run([OUTPUT_NAME], self._feed(ids, mask))  # (b, dim)
+        except MemoryError:
+            raise
+        except Exception as e:  # onnxruntime's untyped errors: a graph that loads but cannot run (corrupt)
+            raise FormatError(f"{self.export_dir}: onnxruntime failed to run the graph ({' '.join(str(e).split())[:300]})") from None
         emb = np.asarray(emb, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.dim:  # a graph with a dynamic output dim that lies
             raise FormatError(f"{self.export_dir}: graph returned shape {emb.shape}, hce_model.json says dim {self.dim}")

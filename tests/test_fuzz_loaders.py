@@ -110,3 +110,21 @@ def test_unsupported_zip_version_in_tree_is_a_format_error(fuzzer, tmp_path):
     (tmp_path / "t" / "tree.npz").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(FormatError, match="tree.npz"):
         LeafAssigner.from_export(tmp_path / "t", 8)
+
+
+def test_graph_that_loads_but_cannot_run_is_a_format_error(tiny_export):
+    """Found by the fuzzer: a bit-flipped model_int8.onnx loaded, then session.run raised onnxruntime's Fail."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    from hce_serve.encoder import Encoder
+    from hce_serve.errors import FormatError
+
+    enc = Encoder(tiny_export)
+
+    class Broken:
+        def run(self, *a, **k):
+            raise Fail("Non-zero status code returned while running Clip node")
+
+    enc.session = Broken()
+    with pytest.raises(FormatError, match="failed to run the graph"):
+        enc.encode_queries(["a query"])
