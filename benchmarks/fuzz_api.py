@@ -86,28 +86,32 @@ def cli_argv(paths: dict[str, str]) -> st.SearchStrategy[list[str]]:
     """
     files = st.sampled_from(sorted(paths.values()))
     idx = st.sampled_from([paths["idx-cli"], paths["idx-cli"], paths["garbage.bin"], paths["missing"], paths["export"]])
-    num = st.sampled_from(["0", "-1", "1", "3", "100", "10001", "99999999999999999999", "1e3", "x", ""])
+    num = st.sampled_from(["1", "3", "8", "100", "0", "-1", "10001", "99999999999999999999", "1e3", "x"])
     text = st.text(max_size=12)
     cmds = {
         ("index", "build"): [("--model", files), ("--corpus", files), ("--index", st.just(paths["out"] + ".idx")),
                              ("--M", num), ("--ef", num), ("--batch-size", num), ("--overwrite",)],
         ("index", "add"): [("--index", idx), ("--corpus", files), ("--batch-size", num)],
-        ("index", "delete"): [("--index", idx), ("--id", text), ("--ids-file", files)],
+        ("index", "delete"): [("--index", idx), ("--id", text)],
+        ("index", "delete", ""): [("--index", idx), ("--ids-file", files)],
         ("index", "compact"): [("--index", idx)],
         ("index", "stats"): [("--index", idx)],
-        ("search",): [("--index", idx), (text,), ("--k", num), ("--json",), ("--queries", files), ("--run", files)],
+        ("search",): [("--index", idx), (text,), ("--k", num), ("--json",)],
+        ("search", ""): [("--index", idx), ("--queries", files), ("--k", num), ("--run", files)],
         ("eval",): [("--index", idx), ("--queries", files), ("--qrels", files), ("--k", num)],
     }
     junk = st.sampled_from([["--bogus"], ["-v"], ["-q"], ["--help"], ["--variant", "fp16"], ["--threads", "0"]])
 
     def one(cmd: tuple[str, ...]) -> st.SearchStrategy[list[str]]:
         opts = [st.tuples(*(st.just(o) if isinstance(o, str) else o for o in spec)) for spec in cmds[cmd]]
-        picked = st.lists(st.sampled_from(range(len(opts))), max_size=len(opts) + 1)
+        # Usually every option the command knows (in random order), so most runs get past click's usage checks.
+        full = st.permutations(range(len(opts)))
+        picked = st.one_of(full, full, st.lists(st.sampled_from(range(len(opts))), max_size=len(opts) + 1))
 
         def build(choice: list[int]) -> st.SearchStrategy[list[str]]:
             parts = [opts[i] for i in choice] + [st.lists(junk, max_size=1).map(lambda j: j[0] if j else [])]
             return st.tuples(*parts).map(lambda t: [x for part in t for x in part])
-        return picked.flatmap(build).map(lambda rest: [*cmd, *rest])
+        return picked.flatmap(build).map(lambda rest: [*(c for c in cmd if c), *rest])  # "" keys a variant
     return st.sampled_from(list(cmds)).flatmap(one)
 
 
