@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import tempfile
@@ -151,9 +152,11 @@ def run(index_dir: Path, live: dict[str, str], queries: list[str], requests: int
         concurrency: int = 8, seed: int = 0, k_choices: tuple[int, ...] = (10, 100), server_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """Serve ``index_dir`` (holding exactly ``live``: id -> text) in a child process and load it; returns the figures."""
     proc, base = start_server(index_dir, list(server_args))
+    load_before = os.getloadavg()  # the machine is shared: record how busy it was
     try:
         res = asyncio.run(_drive(base, live, queries, requests, seconds, concurrency, seed, k_choices))
         res["server_alive"] = proc.poll() is None
+        res["loadavg_1min"] = {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)}
     finally:
         proc.terminate()
         try:
