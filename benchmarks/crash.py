@@ -74,6 +74,7 @@ class Expect:
 class Tally:
     cycles: int = 0
     killed_mid_write: int = 0  # kills that landed while the writer was still running
+    in_flight_at_kill: int = 0  # ... inside an add/delete call: that mutation may or may not have landed
     acked_mutations: int = 0
     load_failures: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)  # acknowledged writes missing or wrong after the kill
@@ -84,7 +85,8 @@ class Tally:
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        return {"cycles": self.cycles, "killed_mid_write": self.killed_mid_write, "acked_mutations": self.acked_mutations,
+        return {"cycles": self.cycles, "killed_mid_write": self.killed_mid_write, "in_flight_at_kill": self.in_flight_at_kill,
+                "acked_mutations": self.acked_mutations,
                 "failed_loads": len(self.load_failures), "lost_acked_writes": len(self.lost),
                 "deleted_ids_returned": self.deleted_returned, "leftovers_cleaned": self.leftovers_cleaned,
                 "leftovers_after_writer_open": self.leftovers_after_open, "writer_errors": len(self.writer_errors),
@@ -368,6 +370,7 @@ def run(mode: str, cycles: int, workdir: Path, export: Path | None = None, seed:
     for _ in range(cycles):
         tally.cycles += 1
         step(folder, exp, tally, rng, dim, state)
+        tally.in_flight_at_kill += bool(exp.maybe)
         try:
             check(folder, exp, tally, dim, vectors=(mode == "store"))
         except Exception:  # counted in load_failures; the harness cannot go on with this folder
@@ -394,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
             res = run(mode, n, Path(tmp), a.export, a.seed)
             print(json.dumps(res), file=sys.stderr, flush=True)
             out.append(res)
-    total = {k: sum(r[k] for r in out) for k in ("cycles", "killed_mid_write", "acked_mutations", "failed_loads",
+    total = {k: sum(r[k] for r in out) for k in ("cycles", "killed_mid_write", "in_flight_at_kill", "acked_mutations", "failed_loads",
                                                   "lost_acked_writes", "deleted_ids_returned", "writer_errors")}
     update_results("crash", {"export": str(a.export) if a.export else None, "total": total, "modes": out}, stamp())
     print(json.dumps(total))
