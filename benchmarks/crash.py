@@ -21,7 +21,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reliability import hce_serve_argv, start_server, update_results  # noqa: E402
 
 UNIVERSE = 240  # document ids d0..d239: small enough that adds, upserts and deletes collide often
 WORDS = ["protein", "enzyme", "climate", "carbon", "vaccine", "immune", "brain", "neuron", "cancer", "tumor", "diet", "insulin", "market", "price", "soil", "crop", "ocean", "glacier", "kinase", "synapse", "antibody", "trial", "growth", "gene"]
@@ -226,11 +228,6 @@ def store_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim
 
 
 # ---- writer 2: the command line --------------------------------------------------------------------------
-def _hce_serve() -> list[str]:
-    exe = Path(sys.executable).with_name("hce-serve")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "hce_serve.cli"]
-
-
 def _random_write(rng: random.Random, state: dict) -> tuple[str, list[str], list[int] | None]:
     ids = list(dict.fromkeys(f"d{rng.randrange(UNIVERSE)}" for _ in range(rng.randint(1, 6))))
     if rng.random() < 0.6:
@@ -249,9 +246,9 @@ def cli_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim: 
             corpus = folder.parent / "more.jsonl"
             corpus.write_text("".join(json.dumps({"_id": i, "title": "", "text": doc_text(i, v)}) + "\n"
                                       for i, v in zip(ids, vers, strict=True)))  # type: ignore[arg-type]
-            argv = [*_hce_serve(), "-q", "index", "add", "--index", str(folder), "--corpus", str(corpus)]
+            argv = [*hce_serve_argv(), "-q", "index", "add", "--index", str(folder), "--corpus", str(corpus)]
         else:
-            argv = [*_hce_serve(), "-q", "index", "delete", "--index", str(folder), *sum((["--id", i] for i in ids), [])]
+            argv = [*hce_serve_argv(), "-q", "index", "delete", "--index", str(folder), *sum((["--id", i] for i in ids), [])]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             proc.wait(timeout=max(0.0, kill_at - time.monotonic()))
@@ -270,33 +267,6 @@ def cli_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim: 
 
 
 # ---- writer 3: the HTTP server ---------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(folder: Path, extra: list[str] = (), timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
-    """``hce-serve http`` on a free loopback port; returns once /healthz answers."""
-    import httpx
-
-    port = free_port()
-    proc = subprocess.Popen([*_hce_serve(), "-q", "http", "--index", str(folder), "--host", "127.0.0.1",
-                             "--port", str(port), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read().decode()[-500:]}")
-        try:
-            if httpx.get(base + "/healthz", timeout=1.0).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("server did not answer /healthz in time")
-
-
 def http_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim: int, state: dict) -> None:
     import httpx
 
@@ -380,7 +350,6 @@ def run(mode: str, cycles: int, workdir: Path, export: Path | None = None, seed:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
     from common import stamp
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -401,19 +370,6 @@ def main(argv: list[str] | None = None) -> None:
                                                   "lost_acked_writes", "deleted_ids_returned", "writer_errors")}
     update_results("crash", {"export": str(a.export) if a.export else None, "total": total, "modes": out}, stamp())
     print(json.dumps(total))
-
-
-def update_results(section: str, payload: dict, st: dict) -> Path:
-    """Merge one section (with its own stamp) into benchmarks/results/reliability.json."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from common import RESULTS
-
-    path = RESULTS / "reliability.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    old[section] = {**payload, "stamp": st}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(old, indent=2) + "\n")
-    return path
 
 
 if __name__ == "__main__":

@@ -296,7 +296,7 @@ class Fuzzer:
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from common import stamp
-    from crash import update_results
+    from reliability import update_results
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", type=int, default=10_000, help="total cases over all file targets")

@@ -168,7 +168,7 @@ def api_samples(root: Path, export: Path) -> tuple[Any, dict[str, str]]:
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from common import stamp
-    from crash import update_results
+    from reliability import update_results
 
     from hce_serve.http import create_app
 

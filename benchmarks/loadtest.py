@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import percentiles, stamp  # noqa: E402
-from crash import start_server, update_results  # noqa: E402
+from reliability import start_server, update_results  # noqa: E402
 
 MIX = {"search": 0.8, "add": 0.1, "delete": 0.1}
 

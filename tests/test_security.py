@@ -110,10 +110,10 @@ def test_real_server_listens_on_loopback_only(idx):
     import subprocess
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import crash
+    import reliability
 
-    port = crash.free_port()
-    proc = subprocess.Popen([*crash._hce_serve(), "-q", "http", "--index", str(idx), "--port", str(port), "--read-only"],
+    port = reliability.free_port()
+    proc = subprocess.Popen([*reliability.hce_serve_argv(), "-q", "http", "--index", str(idx), "--port", str(port), "--read-only"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         import httpx
