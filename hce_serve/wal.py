@@ -6,7 +6,8 @@ the next load replays the log on top of the snapshot it follows, and the next sa
 Layout: a 20-byte header (magic, dim, generation), then records ``<u32 payload length><u32 crc32>
 <payload>``; payload = ``<u32 meta length>`` + JSON meta (``{"op": "add", "ids": [...], "leaves": [...]}``
 or ``{"op": "delete", "ids": [...]}``) + the add's float32 vectors (n, dim) in C order. A record cut short
-by a crash, or whose checksum fails, ends the log: it was never acknowledged, so it is dropped.
+by a crash, or a last record whose checksum fails, ends the log: it was never acknowledged, so it is
+dropped. A failing record with more records behind it is corruption, and loading refuses it.
 """
 
 from __future__ import annotations
@@ -95,6 +96,13 @@ def read_log(path: str | os.PathLike[str], dim: int, generation: int) -> LogCont
             break
         payload = data[start : start + length]
         if zlib.crc32(payload) != crc:
+            if start + length < len(data):
+                # Records are fsync'ed one at a time, so only the last one can be torn by a crash. A bad
+                # checksum with records behind it is corruption: dropping the tail would lose acknowledged writes.
+                raise FormatError(
+                    f"{path}: record at byte {pos} fails its checksum and {len(data) - start - length:,} bytes of "
+                    "later records follow (disk corruption); refusing to drop acknowledged writes"
+                )
             break
         try:
             records.append(_decode_payload(payload, dim))

@@ -131,6 +131,21 @@ def test_corrupt_record_checksum_ends_log(folder):
         assert "a" not in r.index and len(r.index) == 200
 
 
+def test_corrupt_record_before_later_records_is_refused(folder):
+    s = IndexStore.open(folder, writable=True)
+    s.add(["a"], unit(6, 1))
+    first_end = s._wal.size
+    s.add(["b"], unit(7, 1))
+    crash(s)
+    log = folder / wal_name(1)
+    data = bytearray(log.read_bytes())
+    data[first_end - 3] ^= 0xFF  # inside the first record; the acknowledged "b" follows it
+    log.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="refusing to drop acknowledged writes"):
+        IndexStore.open(folder, writable=True)
+    assert log.read_bytes() == bytes(data)  # nothing truncated: the later record is still there to recover
+
+
 @pytest.mark.parametrize("fail_at", ["write_files", "rename_gen", "manifest"])
 def test_interrupted_save_leaves_previous_index(folder, monkeypatch, fail_at):
     s = IndexStore.open(folder, writable=True)
