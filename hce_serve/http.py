@@ -53,17 +53,30 @@ class _BodyLimit:
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             return await _json_error(send, 413, f"request body over the {self.max_bytes:,}-byte limit")
-        seen = 0
-
-        async def limited() -> dict:
-            nonlocal seen
+        if length is not None:
+            return await self.app(scope, receive, send)
+        # No Content-Length (chunked): read the body here, within the limit, then replay it, so an
+        # oversized body gets a 413 before any handler starts parsing it.
+        chunks, seen, more = [], 0, True
+        while more:
             msg = await receive()
-            seen += len(msg.get("body", b""))
+            if msg["type"] != "http.request":
+                return await self.app(scope, receive, send)  # client went away: let the app see it
+            chunks.append(msg.get("body", b""))
+            seen += len(chunks[-1])
             if seen > self.max_bytes:
-                raise DataError(f"request body over the {self.max_bytes:,}-byte limit")
-            return msg
+                return await _json_error(send, 413, f"request body over the {self.max_bytes:,}-byte limit")
+            more = msg.get("more_body", False)
+        body, replayed = b"".join(chunks), False
 
-        return await self.app(scope, limited, send)
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
 
 
 async def _json_error(send: Any, status: int, detail: str) -> None:
@@ -112,8 +125,7 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
 
     @app.exception_handler(HCEError)
     async def _hce_error(request: Request, exc: HCEError) -> Any:
-        status = 413 if "byte limit" in str(exc) else 400
-        return JSONResponse({"detail": " ".join(str(exc).split())}, status_code=status)
+        return JSONResponse({"detail": " ".join(str(exc).split())}, status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Any:

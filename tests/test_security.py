@@ -181,10 +181,16 @@ def test_body_size_is_bounded_even_without_content_length(engine):
                 yield b"b" * 1024
             yield b'"}]}'
 
-        # Refused while streaming; FastAPI reports the aborted body read as 400 rather than 413.
-        one_line_4xx(c.post("/documents", content=chunks(), headers={"content-type": "application/json"}))
+        # Refused while streaming, before any handler parses it.
+        one_line_4xx(c.post("/documents", content=chunks(), headers={"content-type": "application/json"}), 413)
         assert "big" not in engine.index
         one_line_4xx(c.post("/search", content=b"{}", headers={"content-length": "-5", "content-type": "application/json"}))
+
+        def small():  # chunked but within the limit: replayed to the handler intact
+            yield b'{"query": "protein '
+            yield b'binding", "k": 2}'
+
+        assert len(c.post("/search", content=small(), headers={"content-type": "application/json"}).json()["hits"]) == 2
 
 
 def test_default_limits_are_finite():
