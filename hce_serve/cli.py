@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 IDX = click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder (IDX_DIR).")
 VARIANT = click.option("--variant", type=click.Choice(["auto", "int8", "fp32", "fp16"]), default="auto",
                        show_default=True, help="Encoder graph (auto: int8 on CPU).")
-THREADS = click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+THREADS = click.option("--threads", type=click.IntRange(1, 1024), default=None, help="onnxruntime intra-op threads (1-1024).")
 EXISTING = dict(exists=True, dir_okay=False, path_type=Path)
 
 
