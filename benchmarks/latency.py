@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="latency")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.n = args.n or (200 if args.quick else 1000)
     args.n_http = args.n_http or (200 if args.quick else 1000)
