@@ -26,7 +26,7 @@ def main(base_eval: str, hce_eval: str, model_card: str, export_card: str) -> No
     val = (json.loads(Path(export_card).read_text()).get("onnx") or {}).get("validation") or {}
     if val:
         print("export validation: " + ", ".join(f"{k}={v}" for k, v in val.items() if not isinstance(v, (dict, list))))
-    print("(a short CPU fine-tune; benchmarks/RESULTS.md has the full-budget numbers)")
+    print("(a short CPU fine-tune: see scripts/demo.sh for its budget; benchmarks/quality.py runs the full study)")
 
 
 if __name__ == "__main__":
