@@ -82,6 +82,16 @@ def percentiles(samples_s: Sequence[float]) -> dict[str, float]:
             "p99_ms": round(float(np.percentile(a, 99)), 4), "mean_ms": round(float(a.mean()), 4), "n": int(a.size)}
 
 
+def save_figure(fig: object, out: Path, dpi: int = 110) -> None:
+    """Lay out, save (creating the plots folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+
+
 def time_calls(fn: Callable[[int], object], n: int, warmup: int = 20) -> list[float]:
     """Call fn(i) n times after ``warmup`` untimed calls; return per-call seconds."""
     for i in range(warmup):

@@ -25,7 +25,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import PLOTS, percentiles, write_result
+from benchmarks.common import PLOTS, percentiles, save_figure, time_calls, write_result
 from hce_serve.index import Index, IndexParams
 from hce_serve.search import recall_at_k, topk_inner_product
 
@@ -99,7 +99,7 @@ def sweep_raw(h: Any, q: np.ndarray, truth: np.ndarray, efs: tuple[int, ...], n_
     for ef in efs:
         h.set_ef(ef)
         labels, _ = h.knn_query(q, k=K, num_threads=1)  # (nq, K)
-        lat = _single_query_times(lambda i: h.knn_query(q[i % len(q)][None], k=K, num_threads=1), n_lat)
+        lat = time_calls(lambda i: h.knn_query(q[i % len(q)][None], k=K, num_threads=1), n_lat, warmup=min(50, n_lat))
         out.append({"ef": ef, "recall@10": round(recall_at_k(labels, truth), 4), **percentiles(lat)})
     return out
 
@@ -111,20 +111,8 @@ def sweep_ours(index: Index, q: np.ndarray, truth: np.ndarray, efs: tuple[int, .
         index.set_ef(ef)
         hits = index.search(q, K, exact=False)
         labels = np.array([[row_of[d] for d, _ in h] + [-1] * (K - len(h)) for h in hits])  # (nq, K)
-        lat = _single_query_times(lambda i: index.search(q[i % len(q)][None], K, exact=False), n_lat)
+        lat = time_calls(lambda i: index.search(q[i % len(q)][None], K, exact=False), n_lat, warmup=min(50, n_lat))
         out.append({"ef": ef, "recall@10": round(recall_at_k(labels, truth), 4), **percentiles(lat)})
-    return out
-
-
-def _single_query_times(fn: Any, n: int) -> list[float]:
-    """Median-friendly timing: warm-up, then ``n`` timed single-query calls."""
-    for i in range(min(50, n)):
-        fn(i)
-    out = []
-    for i in range(n):
-        t = time.perf_counter()
-        fn(i)
-        out.append(time.perf_counter() - t)
     return out
 
 
@@ -221,10 +209,7 @@ def plot(results: list[dict], out: Path) -> None:
     ax.set_title("HNSW recall vs latency across ef (384-d, M=16, efC=200; 2-core CPU)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> int:

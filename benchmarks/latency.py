@@ -29,7 +29,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import PLOTS, SHARED_DATA, percentiles, write_result
+from benchmarks.common import PLOTS, SHARED_DATA, percentiles, save_figure, write_result
 from benchmarks.recall import CACHE, base_model_path, doc_embeddings, ensure_export
 from hce_serve.beir import load_beir
 from hce_serve.index import Index, IndexParams
@@ -265,10 +265,7 @@ def plot_cdf(cdf: dict[str, list[float]], out: Path, name: str) -> None:
     ax.set_title(f"Latency CDF, {name} (2-core CPU, shared)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def make_index(folder: Path, export_dir: Path, ids: list[str], matrix: np.ndarray, ef: int) -> Path:

@@ -27,7 +27,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bm25 import bm25_run
-from benchmarks.common import PLOTS, ROOT, SHARED_DATA, write_result
+from benchmarks.common import PLOTS, ROOT, SHARED_DATA, save_figure, write_result
 from hce_serve.beir import BeirData, load_beir
 from hce_serve.card import CARD_NAME, ModelCard
 from hce_serve.index import Index, IndexParams
@@ -195,10 +195,7 @@ def plot(dataset: str, rows: list[dict[str, Any]], out: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_title(f"{dataset}: retrieval quality (this 2-core CPU)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> int:
