@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("hnswlib")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from index_fixtures import built, engine, idx  # noqa: E402,F401 - shared fixtures
 
 from hce_serve.engine import Engine  # noqa: E402
 from hce_serve.http import Limits, create_app, is_loopback  # noqa: E402
@@ -18,27 +16,6 @@ from hce_serve.store import IndexStore  # noqa: E402
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def built(tiny_export, tiny_beir, tmp_path_factory) -> Path:
-    idx = tmp_path_factory.mktemp("http") / "idx"
-    Engine.build(tiny_export, tiny_beir / "corpus.jsonl", idx)
-    return idx
-
-
-@pytest.fixture
-def idx(built, tmp_path) -> Path:
-    dst = tmp_path / "idx"
-    shutil.copytree(built, dst)
-    return dst
-
-
-@pytest.fixture
-def engine(idx):
-    eng = Engine.open(idx, writable=True)
-    yield eng
-    eng.close()
 
 
 def client(engine, token=None, **limits) -> TestClient:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ pytest.importorskip("hnswlib")
 
 from click.testing import CliRunner  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from index_fixtures import built, engine, idx  # noqa: E402,F401 - shared fixtures
 
 from hce_serve import cli  # noqa: E402
 from hce_serve.engine import Engine  # noqa: E402
@@ -23,26 +23,6 @@ from hce_serve.http import Limits, create_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "tok-3f9a"
-
-
-@pytest.fixture(scope="module")
-def built(tiny_export, tiny_beir, tmp_path_factory) -> Path:
-    idx = tmp_path_factory.mktemp("sec") / "idx"
-    Engine.build(tiny_export, tiny_beir / "corpus.jsonl", idx)
-    return idx
-
-
-@pytest.fixture
-def idx(built, tmp_path) -> Path:
-    shutil.copytree(built, tmp_path / "idx")
-    return tmp_path / "idx"
-
-
-@pytest.fixture
-def engine(idx):
-    eng = Engine.open(idx, writable=True)
-    yield eng
-    eng.close()
 
 
 @pytest.fixture
