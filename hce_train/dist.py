@@ -46,8 +46,14 @@ def init(device_kind: str) -> DistEnv:
     return DistEnv(dist.get_rank(), dist.get_world_size(), local, comm)
 
 
-def shutdown(env: DistEnv) -> None:
+def shutdown(env: DistEnv, clean: bool = True) -> None:
+    """Leave the process group. The barrier first matters for gloo: a rank that tears its pairs down while
+    a peer is still inside its last collective makes that peer abort (``terminate called without an
+    active exception``), which failed CI once. After an error (``clean=False``) the peers may never reach
+    the barrier, so it is skipped."""
     if env.enabled and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -61,9 +67,25 @@ def gather_with_grad(x: torch.Tensor, env: DistEnv) -> torch.Tensor:
     back to each rank's own slice (the backward sums the gradients all ranks computed for it)."""
     if not env.enabled:
         return x
-    from torch.distributed.nn.functional import all_gather
+    return _GatherWithGrad.apply(x.contiguous())  # (world * n, ...)
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)  # (world * n, ...)
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward sums every rank's gradient for the whole gathered tensor and keeps this
+    rank's rows (the same maths as ``torch.distributed.nn.all_gather``, which now warns it is deprecated)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
 def gather_rows(x: np.ndarray, env: DistEnv) -> np.ndarray:

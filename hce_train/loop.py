@@ -131,9 +131,12 @@ def fit(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progres
     env = dist.init(kind)
     device = f"cuda:{env.local_rank}" if kind == "cuda" else "cpu"
     try:
-        return _fit(cfg, env, device, overwrite, resume, progress, keep)
-    finally:
-        dist.shutdown(env)
+        summary = _fit(cfg, env, device, overwrite, resume, progress, keep)
+    except BaseException:
+        dist.shutdown(env, clean=False)
+        raise
+    dist.shutdown(env)
+    return summary
 
 
 def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resume: bool,
