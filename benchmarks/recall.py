@@ -63,14 +63,28 @@ def ensure_export(name: str, folder: str | os.PathLike[str], quantize: bool = Tr
     if is_export(folder):
         return folder
     out = CACHE / "exports" / name
-    if is_export(out) and (out / ".source").read_text().strip() == str(folder.resolve()):
+    stamp_file = out / ".source"
+    # The cache is valid for this source *and* this code's export recipe: an export cached before the int8
+    # recipe changed once served stale numbers (all matmuls int8) under the new recipe's name.
+    fingerprint = export_fingerprint(folder, quantize)
+    if is_export(out) and stamp_file.is_file() and stamp_file.read_text().strip() == fingerprint:
         return out
     from hce_export.api import export
 
     log.info("exporting %s -> %s (quantize=%s)", folder, out, quantize)
     export(folder, out, quantize=quantize, overwrite=True)
-    (out / ".source").write_text(str(folder.resolve()) + "\n")
+    stamp_file.write_text(fingerprint + "\n")
     return out
+
+
+def export_fingerprint(folder: Path, quantize: bool) -> str:
+    """Source path plus the default int8 recipe of the installed hce_export (one line of JSON)."""
+    import json
+
+    from hce_export.quantize import settings_for
+
+    recipe = settings_for().as_dict() if quantize else None
+    return json.dumps({"source": str(folder.resolve()), "int8": recipe}, sort_keys=True)
 
 
 def with_query_length(export_dir: Path, query_max_length: int | None) -> Path:

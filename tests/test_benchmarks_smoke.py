@@ -7,6 +7,7 @@ never returned, the new/seen split is exact), not just that nothing raised.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -103,5 +104,57 @@ def test_latency_timing_and_http(tiny_export, tmp_path):
     index = Index(enc.dim, IndexParams(exact_threshold=0), capacity=40)
     index.add([f"d{i}" for i in range(40)], enc.encode_documents(texts))
     IndexStore.create(tmp_path / "idx", index, tiny_export)
-    res, pooled = measure_http(tmp_path / "idx", texts[:5], threads=1, n=5, repeats=1, concurrency=2, total=10)
-    assert res["load"]["requests"] == 10 and res["load"]["qps"] > 0 and len(pooled) == 5
+    res, pooled = measure_http(tmp_path / "idx", texts[:5], threads=1, n=5, repeats=1, concurrency=[1, 3], total=10)
+    assert [x["concurrency"] for x in res["loads"]] == [1, 3] and len(pooled) == 5
+    assert all(x["requests"] == 10 and x["qps"] > 0 and x["errors"] == 0 for x in res["loads"])
+    assert res["load"]["qps"] == max(x["qps"] for x in res["loads"])
+
+
+def test_httpload_client_against_a_real_server(tiny_export, tmp_path):
+    """The lean load client parses keep-alive answers (JSON bodies, error statuses) like a real client."""
+    import asyncio
+    import subprocess
+    import time
+
+    import httpx
+
+    from benchmarks.httpload import Connection, run_load
+    from benchmarks.latency import free_port
+    from hce_serve.encoder import Encoder
+    from hce_serve.index import Index, IndexParams
+    from hce_serve.store import IndexStore
+
+    enc = Encoder(tiny_export, threads=1)
+    index = Index(enc.dim, IndexParams(), capacity=8)
+    index.add([f"d{i}" for i in range(8)], enc.encode_documents([f"protein fold {i}" for i in range(8)]))
+    IndexStore.create(tmp_path / "idx", index, tiny_export)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hce_serve.cli", "-q", "http", "--index", str(tmp_path / "idx"),
+                             "--port", str(port), "--read-only", "--threads", "1"], stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+
+        async def one() -> tuple:
+            c = await Connection("127.0.0.1", port).open()
+            try:
+                ok = await c.send(c.post_bytes("/search", b'{"query": "protein", "k": 3}'))
+                bad = await c.send(c.post_bytes("/search", b'{"query": "", "k": 3}'))
+                again = await c.send(c.post_bytes("/search", b'{"query": "fold", "k": 2}'))  # same connection
+            finally:
+                c.close()
+            return ok, bad, again
+
+        ok, bad, again = asyncio.run(one())
+        assert ok[0] == 200 and len(json.loads(ok[1])["hits"]) == 3
+        assert bad[0] == 400 and "detail" in json.loads(bad[1])
+        assert again[0] == 200 and len(json.loads(again[1])["hits"]) == 2
+        res = asyncio.run(run_load("127.0.0.1", port, [{"query": "protein", "k": 5}, {"query": "", "k": 5}], 2, 10))
+        assert res["status"] == {200: 5, 400: 5} and len(res["latencies"]) == 10 and res["bad_bodies"] == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -51,6 +51,29 @@ def test_results_in_input_order_and_independent_of_batching(enc):
     np.testing.assert_allclose(enc.encode_queries([TEXTS[1]])[0], enc.encode_queries(TEXTS[:2])[1], atol=1e-5)
 
 
+def test_batches_bound_the_padding(enc, monkeypatch):
+    """Sorted texts are cut into batches whose rows are padded by at most PAD_SLACK tokens (or width/8):
+    many short texts plus one long one must not pad the short ones to the long one's width."""
+    from hce_serve import encoder as encoder_mod
+
+    shapes, real = [], enc._run
+
+    def spy(ids, mask):
+        shapes.append((ids.shape, mask.sum(axis=1).min()))
+        return real(ids, mask)
+
+    monkeypatch.setattr(enc, "_run", spy)
+    texts = ["protein fold"] * 5 + ["climate ocean " * 20] + ["brain neuron cell"] * 4
+    out = enc.encode_documents(texts)
+    widths = [s[0][1] for s in shapes]
+    assert len(shapes) == 2 and sum(s[0][0] for s in shapes) == len(texts)
+    for (_, width), shortest in shapes:
+        assert width - shortest <= max(encoder_mod.PAD_SLACK, width // 8)
+    assert max(widths) > 40 and min(widths) < 10
+    monkeypatch.undo()
+    np.testing.assert_allclose(out, np.stack([enc.encode_documents([t])[0] for t in texts]), atol=1e-5)
+
+
 def test_distinct_texts_give_distinct_vectors(enc):
     out = enc.encode_documents(TEXTS)
     sims = out @ out.T
