@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PLOTS, SHARED_DATA, percentiles, save_figure, time_calls, write_result  # noqa: E402
+from common import PLOTS, SHARED_DATA, percentiles, save_figure, write_result  # noqa: E402
 
 log = logging.getLogger("int8_study")
 QUERY = "what is the effect of vitamin d on bone density in adults"
@@ -152,17 +152,34 @@ def study(dataset: str, exp: Path, work: Path, names: list[str], quick: bool) ->
     return out
 
 
-def query_latency(exp: Path, work: Path, names: list[str], n: int) -> dict:
+def query_latency(exp: Path, work: Path, names: list[str], n: int, rounds: int = 20) -> dict:
+    """Single-query encode at 1 thread, interleaved: ``rounds`` rounds, each timing every graph n/rounds
+    times in turn, so drift in the machine's speed (it moves by 20-30 % over an hour here) hits every graph
+    alike. Wall and calling-thread CPU percentiles over all samples."""
     from hce_serve.encoder import Encoder
 
+    encs = {name: Encoder(variant_dir(exp, work, name, 64), variant="fp32" if name == "fp32" else "int8", threads=1)
+            for name in ["fp32", *names]}
+    for e in encs.values():
+        for _ in range(30):
+            e.encode_queries([QUERY])
+    wall: dict[str, list[float]] = {k: [] for k in encs}
+    cpu: dict[str, list[float]] = {k: [] for k in encs}
+    per = max(1, n // rounds)
+    for _ in range(rounds):
+        for name, e in encs.items():
+            for _ in range(per):
+                c0, t0 = time.thread_time(), time.perf_counter()
+                e.encode_queries([QUERY])
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.thread_time() - c0)
     res = {}
-    for name in ["fp32", *names]:
-        enc = Encoder(variant_dir(exp, work, name, 64), variant="fp32" if name == "fp32" else "int8", threads=1)
-        reps = [percentiles(time_calls(lambda _i, e=enc: e.encode_queries([QUERY]), n, warmup=30))
-                for _ in range(3)]
-        res[name] = {"p50_ms": float(np.median([r["p50_ms"] for r in reps])),
-                     "p99_ms": float(np.median([r["p99_ms"] for r in reps]))}
+    for name in encs:
+        res[name] = {**percentiles(wall[name]), "thread_cpu_p50_ms": round(float(np.median(cpu[name])) * 1e3, 4)}
         log.info("query 1t %s: %s", name, res[name])
+    base = res["fp32"]["p50_ms"]
+    for name in encs:
+        res[name]["speedup_vs_fp32"] = round(base / res[name]["p50_ms"], 3)
     return res
 
 
@@ -190,7 +207,7 @@ def main() -> None:
     ap.add_argument("--datasets", default="scifact,arguana")
     ap.add_argument("--variants", default="default,all,u8u8")
     ap.add_argument("--work", type=Path, default=Path("/tmp/hce-int8-study"))
-    ap.add_argument("--latency-n", type=int, default=300)
+    ap.add_argument("--latency-n", type=int, default=1000)
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")

@@ -177,6 +177,38 @@ def measure_http(index_dir: Path, queries: list[str], threads: int, n: int, repe
             proc.kill()
 
 
+ROUNDS = 10
+
+
+def timed_interleaved(fns: dict[str, Callable[[int], object]], n: int, repeats: int,
+                      warmup: int = 20) -> tuple[dict[str, dict], dict[str, list[float]]]:
+    """``timed`` for several systems at once, in rounds of n/ROUNDS calls per system in turn."""
+    for fn in fns.values():
+        for i in range(warmup):
+            fn(i)
+    per = max(1, n // ROUNDS)
+    stats: dict[str, list[dict]] = {k: [] for k in fns}
+    pooled: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        samples: dict[str, list[float]] = {k: [] for k in fns}
+        for rnd in range(ROUNDS):
+            for name, fn in fns.items():
+                for j in range(per):
+                    i = rnd * per + j
+                    t = time.perf_counter()
+                    fn(i)
+                    samples[name].append(time.perf_counter() - t)
+        for name in fns:
+            stats[name].append(percentiles(samples[name]))
+            pooled[name] += samples[name]
+    out = {}
+    for name in fns:
+        out[name] = {k: round(float(np.median([s[k] for s in stats[name]])), 4)
+                     for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
+        out[name].update(n=per * ROUNDS, repeats=repeats, interleaved=True)
+    return out, pooled
+
+
 Fns = tuple[Callable[[int], object], Callable[[int], object], Callable[[int], object], Callable[[list[str]], object]]
 
 
@@ -216,21 +248,23 @@ def run_setting(name: str, index_dir: Path, export_dir: Path, matrix: np.ndarray
         n, r = args.n, args.repeats
         res: dict[str, Any] = {}
         sys_fns = systems(floor, eng, tq, queries, t)
-        for sysname, (e2e, enc, srch, batch) in sys_fns.items():
-            row = {}
-            row["end_to_end"], samples = timed(e2e, n, r)
-            row["encode_only"], _ = timed(enc, n, r)
-            row["search_only"], _ = timed(srch, n, r)
+        # Interleaved: the machine's speed drifts by 20-30 % over minutes here, so timing one system after
+        # the other skews their ratio; rounds of n/ROUNDS calls per system in turn hit all alike.
+        for col, which in (("end_to_end", 0), ("encode_only", 1), ("search_only", 2)):
+            stats, pooled = timed_interleaved({k: v[which] for k, v in sys_fns.items()}, n, r)
+            for sysname in sys_fns:
+                res.setdefault(sysname, {})[col] = stats[sysname]
+                if which == 0:
+                    cdf[f"{sysname} ({t}t)"] = pooled[sysname]
+        for sysname, (_, _, _, batch) in sys_fns.items():
             reps = []
             for _ in range(r):
                 t0 = time.perf_counter()
                 for b in batches:
                     batch(b)
                 reps.append(sum(len(b) for b in batches) / (time.perf_counter() - t0))
-            row["batched_qps"] = round(float(np.median(reps)), 1)
-            res[sysname] = row
-            cdf[f"{sysname} ({t}t)"] = samples
-            log.info("%s %dt %s: %s", name, t, sysname, row["end_to_end"])
+            res[sysname]["batched_qps"] = round(float(np.median(reps)), 1)
+            log.info("%s %dt %s: %s", name, t, sysname, res[sysname]["end_to_end"])
         eng.close()
         if not args.no_http:
             res["hce_http"], cdf[f"hce_http ({t}t)"] = measure_http(index_dir, queries, t, args.n_http, r,

@@ -91,13 +91,18 @@ def test_incremental_split_and_groups(tiny_beir, tmp_path):
 
 
 def test_latency_timing_and_http(tiny_export, tmp_path):
-    from benchmarks.latency import measure_http, timed
+    from benchmarks.latency import measure_http, timed, timed_interleaved
     from hce_serve.encoder import Encoder
     from hce_serve.index import Index, IndexParams
     from hce_serve.store import IndexStore
 
     stats, samples = timed(lambda i: sum(range(100)), n=20, repeats=2, warmup=2)
     assert stats["repeats"] == 2 and len(samples) == 40 and stats["p50_ms"] <= stats["p99_ms"]
+    calls: list[tuple[str, int]] = []
+    both, pooled = timed_interleaved({"a": lambda i: calls.append(("a", i)), "b": lambda i: calls.append(("b", i))},
+                                     n=20, repeats=2, warmup=0)
+    assert {k: len(v) for k, v in pooled.items()} == {"a": 40, "b": 40} and both["a"]["interleaved"]
+    assert calls[:4] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]  # rounds of n/ROUNDS calls, systems in turn
 
     enc = Encoder(tiny_export, threads=1)
     texts = [f"protein fold {i}" for i in range(40)]
