@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args.latency_queries = args.latency_queries or (300 if args.quick else 1000)
     t0 = time.perf_counter()
     results = [run_size(n, args) for n in sizes]
-    plot(results, PLOTS / "index-scale-recall-latency.png")
+    plot(results, PLOTS / f"{args.out}-recall-latency.png")
     payload = {"benchmark": "index_scale", "mode": "quick" if args.quick else "full", "dim": DIM,
                "data": f"synthetic: {args.clusters}-centre Gaussian mixture, unit vectors, seed {args.seed}",
                "params": {"M": args.M, "ef_construction": args.ef_construction, "k": K, "build_threads": "all (2)",
