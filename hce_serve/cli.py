@@ -216,8 +216,8 @@ def eval_cmd(index_dir, queries, qrels, k, variant, threads) -> None:
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=8.0, show_default=True)
 @VARIANT
 @click.option("--threads", type=click.IntRange(1, 1024), default=1, show_default=True,
-              help="onnxruntime intra-op threads per request. Requests run in parallel, so 1 gives the most "
-                   "throughput (measured: 222 vs 151 QPS at 2 cores); more lowers one query's latency at low load.")
+              help="onnxruntime intra-op threads per request. Requests run in parallel, one core each, so 1 "
+                   "avoids oversubscribing the cores under load; more lowers one query's latency at low load.")
 def http(index_dir, host, port, token, read_only, save_every, max_k, max_batch, max_body_mb, variant, threads) -> None:
     """Serve IDX_DIR over HTTP (FastAPI + uvicorn). OpenAPI docs at /docs."""
     from .http import Limits, create_app, is_loopback
