@@ -163,3 +163,22 @@ def test_httpload_client_against_a_real_server(tiny_export, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_export_cache_is_invalidated_by_a_new_int8_recipe(tiny_bert, tmp_path, monkeypatch):
+    """A cached benchmark export is reused only for the same source *and* the same default int8 recipe:
+    one made before the recipe changed once served stale numbers under the new recipe's name."""
+    import hce_export.api
+    from benchmarks import recall
+    from hce_export import quantize
+
+    monkeypatch.setattr(recall, "CACHE", tmp_path)
+    calls = []
+    real_export = hce_export.api.export
+    monkeypatch.setattr(hce_export.api, "export", lambda *a, **k: calls.append(1) or real_export(*a, **k))
+    first = recall.ensure_export("tiny", tiny_bert)
+    assert recall.ensure_export("tiny", tiny_bert) == first and len(calls) == 1  # cached
+    real_settings = quantize.settings_for
+    monkeypatch.setattr(quantize, "settings_for",
+                        lambda *a, **k: real_settings(*a, **{**k, "keep_ffn_out": False}))
+    assert recall.ensure_export("tiny", tiny_bert) == first and len(calls) == 2  # recipe changed: re-exported
