@@ -40,21 +40,13 @@ K = 10
 BATCH = 32
 
 
-def timed(fn: Callable[[int], object], n: int, repeats: int, warmup: int = 20) -> tuple[dict, list[float]]:
-    """Median over ``repeats`` of each percentile statistic, plus every sample (for the CDF)."""
-    for i in range(warmup):
-        fn(i)
-    stats, pooled = [], []
-    for _ in range(repeats):
-        samples = []
-        for i in range(n):
-            t = time.perf_counter()
-            fn(i)
-            samples.append(time.perf_counter() - t)
-        stats.append(percentiles(samples))
-        pooled += samples
-    med = {k: round(float(np.median([s[k] for s in stats])), 4) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
-    return {**med, "n": n, "repeats": repeats}, pooled
+STATS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms")
+
+
+def median_stats(repeats: list[list[float]]) -> dict[str, float]:
+    """Median over repeats of each percentile statistic of that repeat's samples (seconds in, ms out)."""
+    per_repeat = [percentiles(r) for r in repeats]
+    return {k: round(float(np.median([s[k] for s in per_repeat])), 4) for k in STATS}
 
 
 class Floor:
@@ -156,9 +148,7 @@ def measure_http(index_dir: Path, queries: list[str], threads: int, n: int, repe
                 time.sleep(0.1)
         asyncio.run(sequential("127.0.0.1", port, bodies, 50))  # warm-up
         reps = [asyncio.run(sequential("127.0.0.1", port, bodies, n)) for _ in range(repeats)]
-        stats = {k: round(float(np.median([percentiles(r)[k] for r in reps])), 4)
-                 for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
-        stats.update(n=n, repeats=repeats)
+        stats = {**median_stats(reps), "n": n, "repeats": repeats}
         loads = []
         for c in concurrency:
             r = asyncio.run(run_load("127.0.0.1", port, bodies, c, total))
@@ -182,13 +172,13 @@ ROUNDS = 10
 
 def timed_interleaved(fns: dict[str, Callable[[int], object]], n: int, repeats: int,
                       warmup: int = 20) -> tuple[dict[str, dict], dict[str, list[float]]]:
-    """``timed`` for several systems at once, in rounds of n/ROUNDS calls per system in turn."""
+    """Time several systems at once, in rounds of n/ROUNDS calls per system in turn, after a warm-up:
+    per system the median over ``repeats`` of each percentile statistic, plus every sample (for the CDF)."""
     for fn in fns.values():
         for i in range(warmup):
             fn(i)
     per = max(1, n // ROUNDS)
-    stats: dict[str, list[dict]] = {k: [] for k in fns}
-    pooled: dict[str, list[float]] = {k: [] for k in fns}
+    runs: dict[str, list[list[float]]] = {k: [] for k in fns}
     for _ in range(repeats):
         samples: dict[str, list[float]] = {k: [] for k in fns}
         for rnd in range(ROUNDS):
@@ -199,14 +189,10 @@ def timed_interleaved(fns: dict[str, Callable[[int], object]], n: int, repeats: 
                     fn(i)
                     samples[name].append(time.perf_counter() - t)
         for name in fns:
-            stats[name].append(percentiles(samples[name]))
-            pooled[name] += samples[name]
-    out = {}
-    for name in fns:
-        out[name] = {k: round(float(np.median([s[k] for s in stats[name]])), 4)
-                     for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
-        out[name].update(n=per * ROUNDS, repeats=repeats, interleaved=True)
-    return out, pooled
+            runs[name].append(samples[name])
+    out = {name: {**median_stats(r), "n": per * ROUNDS, "repeats": repeats, "interleaved": True}
+           for name, r in runs.items()}
+    return out, {name: [x for rep in r for x in rep] for name, r in runs.items()}
 
 
 Fns = tuple[Callable[[int], object], Callable[[int], object], Callable[[int], object], Callable[[list[str]], object]]

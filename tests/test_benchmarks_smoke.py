@@ -91,12 +91,13 @@ def test_incremental_split_and_groups(tiny_beir, tmp_path):
 
 
 def test_latency_timing_and_http(tiny_export, tmp_path):
-    from benchmarks.latency import measure_http, timed, timed_interleaved
+    from benchmarks.latency import measure_http, timed_interleaved
     from hce_serve.encoder import Encoder
     from hce_serve.index import Index, IndexParams
     from hce_serve.store import IndexStore
 
-    stats, samples = timed(lambda i: sum(range(100)), n=20, repeats=2, warmup=2)
+    one, pooled_one = timed_interleaved({"x": lambda i: sum(range(100))}, n=20, repeats=2, warmup=2)
+    stats, samples = one["x"], pooled_one["x"]
     assert stats["repeats"] == 2 and len(samples) == 40 and stats["p50_ms"] <= stats["p99_ms"]
     calls: list[tuple[str, int]] = []
     both, pooled = timed_interleaved({"a": lambda i: calls.append(("a", i)), "b": lambda i: calls.append(("b", i))},
