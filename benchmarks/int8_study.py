@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import os
-import random
 import shutil
 import sys
 import time
@@ -102,29 +101,20 @@ def encode_cached(work: Path, exp: Path, name: str, dataset: str, qlen: int, que
 
 
 def score(q: np.ndarray, d: np.ndarray, qids: list[str], ids: list[str], qrels: dict) -> tuple[dict, np.ndarray]:
+    """Metrics of the exact top-100 run, and each query's top-10 document rows (best first)."""
+    from hce_export.validate import exact_run
     from hce_serve.metrics import evaluate
 
-    s = q @ d.T  # (nq, nd)
-    k = min(100, len(ids))
-    top = np.argpartition(-s, k - 1, axis=1)[:, :k]  # (nq, k)
-    run = {qid: {ids[j]: float(s[r, j]) for j in top[r]} for r, qid in enumerate(qids)}
-    top10 = np.argsort(-s, axis=1)[:, :10]
-    return evaluate(qrels, run), top10
+    run, rows = exact_run(q, d, qids, ids)
+    return evaluate(qrels, run), rows[:, :10]
 
 
 def study(dataset: str, exp: Path, work: Path, names: list[str], quick: bool) -> dict:
+    from hce_export.validate import subsample
     from hce_serve.beir import load_beir
 
     data = load_beir(SHARED_DATA / dataset, "test")
-    rng = random.Random(0)
-    qids = sorted(data.queries)
-    docs = data.corpus
-    if quick:
-        qids = sorted(rng.sample(qids, min(100, len(qids))))
-        judged = {d for q in qids for d in data.qrels[q]}
-        keep = [d for d in docs if d.id in judged]
-        rest = [d for d in docs if d.id not in judged]
-        docs = keep + rng.sample(rest, max(0, min(len(rest), 1500 - len(keep))))
+    qids, docs = subsample(data, 100, 1500) if quick else subsample(data, None, None)
     qrels = {q: data.qrels[q] for q in qids}
     ids = [d.id for d in docs]
     tag = "quick" if quick else "full"

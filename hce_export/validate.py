@@ -131,6 +131,24 @@ def check_data(
     from hce_serve.metrics import evaluate
 
     data = load_beir(data_dir, split)
+    qids, docs = subsample(data, max_queries, max_docs, seed)
+    qrels = {q: data.qrels[q] for q in qids}
+    ids = [d.id for d in docs]
+    out: dict[str, Any] = {"data": str(data_dir), "split": split, "queries": len(qids), "docs": len(docs),
+                           "subsampled": len(qids) < len(data.queries) or len(docs) < len(data.corpus)}
+    for v in variants:
+        enc = Encoder(export_dir, variant=v)
+        q = enc.encode_queries([data.queries[i] for i in qids])  # (nq, dim)
+        d = enc.encode_documents([doc.full_text for doc in docs], progress=log.isEnabledFor(logging.INFO))
+        run, _ = exact_run(q, d, qids, ids)
+        out[f"ndcg@10_{v}"] = evaluate(qrels, run)["ndcg@10"]
+        log.info("nDCG@10 %s on %s: %.4f", v, data_dir.name, out[f"ndcg@10_{v}"])
+    return out
+
+
+def subsample(data: Any, max_queries: int | None, max_docs: int | None, seed: int = 0) -> tuple[list[str], list[Any]]:
+    """(query ids, documents) of a BEIR set, optionally cut to ``max_queries`` random queries and
+    ``max_docs`` documents, every document judged for a kept query kept."""
     rng = random.Random(seed)
     qids = sorted(data.queries)
     if max_queries is not None and len(qids) > max_queries:
@@ -142,21 +160,18 @@ def check_data(
         rest = [d for d in docs if d.id not in judged]
         keep += rng.sample(rest, max(0, min(len(rest), max_docs - len(keep))))
         docs = keep
-    qrels = {q: data.qrels[q] for q in qids}
-    ids = [d.id for d in docs]
-    out: dict[str, Any] = {"data": str(data_dir), "split": split, "queries": len(qids), "docs": len(docs),
-                           "subsampled": len(qids) < len(data.queries) or len(docs) < len(data.corpus)}
-    for v in variants:
-        enc = Encoder(export_dir, variant=v)
-        q = enc.encode_queries([data.queries[i] for i in qids])  # (nq, dim)
-        d = enc.encode_documents([doc.full_text for doc in docs], progress=log.isEnabledFor(logging.INFO))
-        scores = q @ d.T  # (nq, nd)
-        k = min(100, len(ids))
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        run = {qid: {ids[j]: float(scores[r, j]) for j in top[r]} for r, qid in enumerate(qids)}
-        out[f"ndcg@10_{v}"] = evaluate(qrels, run)["ndcg@10"]
-        log.info("nDCG@10 %s on %s: %.4f", v, data_dir.name, out[f"ndcg@10_{v}"])
-    return out
+    return qids, docs
+
+
+def exact_run(q: np.ndarray, d: np.ndarray, qids: list[str], ids: list[str], k: int = 100) -> tuple[dict, np.ndarray]:
+    """Exact top-``k`` run {qid: {doc id: score}} of unit query rows against document rows, and the
+    (nq, k) document rows best first."""
+    from hce_serve.search import topk_inner_product
+
+    scores, rows = topk_inner_product(d, q, k)  # (nq, k) each
+    run = {qid: {ids[j]: float(sc) for j, sc in zip(rr, ss, strict=True)}
+           for qid, rr, ss in zip(qids, rows.tolist(), scores.tolist(), strict=True)}
+    return run, rows
 
 
 def failures(numbers: dict[str, Any], tol: Tolerances) -> list[str]:
