@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import PLOTS, SHARED_DATA, percentiles, save_figure, write_result  # noqa: E402
 
 log = logging.getLogger("int8_study")
@@ -66,20 +66,15 @@ def build_graphs(work: Path) -> tuple[Path, dict[str, dict]]:
 
 def variant_dir(exp: Path, work: Path, name: str, qlen: int) -> Path:
     """A folder whose card serves graph ``name`` as its int8 variant with query length ``qlen``."""
+    from benchmarks.recall import export_view
     from hce_serve.card import ModelCard
 
-    d = work / f"v-{name}-q{qlen}"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    for f in exp.iterdir():
-        if f.name != "hce_model.json":
-            os.symlink(f.resolve(), d / f.name)
     card = ModelCard.load(exp)
     files = dict(card.onnx["files"])
     if name not in ("fp32", "default"):
         files["int8"] = f"model_int8_{name}.onnx"
-    card.replace(query_max_length=qlen, onnx={**card.onnx, "files": files}).save(d)
-    return d
+    return export_view(exp, work / f"v-{name}-q{qlen}",
+                       card.replace(query_max_length=qlen, onnx={**card.onnx, "files": files}))
 
 
 def encode_cached(work: Path, exp: Path, name: str, dataset: str, qlen: int, queries: list[str],

@@ -93,7 +93,13 @@ def with_query_length(export_dir: Path, query_max_length: int | None) -> Path:
     if not query_max_length or card.query_max_length == query_max_length:
         return export_dir
     out = CACHE / "exports-q" / f"{export_dir.name}-q{query_max_length}"
-    if (out / CARD_NAME).is_file() and ModelCard.load(out) == card.replace(query_max_length=query_max_length):
+    return export_view(export_dir, out, card.replace(query_max_length=query_max_length))
+
+
+def export_view(export_dir: Path, out: Path, card: ModelCard) -> Path:
+    """``out``: hard links to ``export_dir``'s files under a different card (made once, then reused while
+    its card is the same; a re-export changes the card's export time, so stale links are replaced)."""
+    if (out / CARD_NAME).is_file() and ModelCard.load(out) == card:
         return out  # already made (and maybe in use by another run): leave it alone
     if out.exists():
         shutil.rmtree(out)
@@ -104,7 +110,7 @@ def with_query_length(export_dir: Path, query_max_length: int | None) -> Path:
                 os.link(f, out / f.name)
             except OSError:
                 shutil.copy2(f, out / f.name)
-    card.replace(query_max_length=query_max_length).save(out)
+    card.save(out)
     return out
 
 
