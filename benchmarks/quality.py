@@ -1,22 +1,23 @@
-"""Quality study (issue 3): HCE against its baselines, trained by the same code on the same budget.
+"""Quality study (issue 10): does HCE beat plain hard-negative fine-tuning on the same data and budget?
 
 Supervised: train on SciFact train, evaluate on SciFact test (exact search, nDCG@10 / R@10 / R@100 /
-MRR@10 through pytrec_eval), starting from all-MiniLM-L6-v2, arms ``flat`` (in-batch + random
-negatives), ``mined`` (start-encoder ranks 10-50), ``hce`` (tree siblings + centroid levels) and optional
-ablations, one run per seed, mean and std. Anchors: zero-shot and BM25 (bm25s). Unsupervised: adapt on
-the ArguAna and CISI corpora (pseudo-queries, no qrels) and compare with zero-shot and BM25.
+MRR@10 through pytrec_eval, per-query nDCG@10 kept), from all-MiniLM-L6-v2, arms
+  flat            in-batch + S random negatives
+  mined           in-batch + S negatives from the starting encoder's ranks [10, 50)
+  mined-refresh   mined, re-mined from the current encoder on hce's rebuild schedule (fresh negatives,
+                  no hierarchy): separates "the tree" from "hard negatives that follow the encoder"
+  hce             in-batch + S tree siblings + centroid levels, tree rebuilt every epoch
+  hce-doc-level-only   ablation: hce without the centroid levels
+Every arm shares the profile's budget (epochs, batch, S, lengths, precision) and the same guard against
+unjudged positives (no negative among the query's top 10). Anchors: zero-shot and BM25. Unsupervised:
+adapt on the CISI and ArguAna corpora (pseudo-queries, no qrels) with hce and flat.
 
-The full study is meant for a GPU (DESIGN §8 calibration: 8 epochs, batch 64, 3 seeds):
+    python benchmarks/quality.py --profile cpu --seeds 0,1,2 --resume     # the 2-core CPU study
+    python benchmarks/quality.py --profile gpu --seeds 0,1,2 --device cuda --out ...gpu.json
 
-    python benchmarks/quality.py --seeds 0,1,2 --device cuda
-
-A reduced CPU run must say so in its label; it cannot be compared with the GPU targets:
-
-    nice python benchmarks/quality.py --seeds 0 --max-steps 12 --batch-size 16 --doc-max-length 128 \
-        --unsupervised none --label "CPU reduced budget"
-
-Results go to benchmarks/results/quality-scifact.json, rewritten after every finished run so a long study
-that is cut short keeps what it measured.
+Results: benchmarks/results/quality-<profile>.json, rewritten after every finished (arm, seed) run;
+``--resume`` skips the runs already there, so a study can span sessions. Paired tests, plots and the
+verdict are recomputed from the stored per-query scores on every save (``--report`` does only that).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,178 +35,243 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, SHARED_DATA, stamp  # noqa: E402
-
-from hce_serve import beir  # noqa: E402
-from hce_serve.metrics import evaluate  # noqa: E402
+from quality_report import report  # noqa: E402
 
 log = logging.getLogger("quality")
 
-# name -> (negatives, config overrides). Every arm shares the budget flags given on the command line.
+SCRIPT = "benchmarks/quality.py"
+# name -> (negatives, config overrides). Every arm shares the profile's budget.
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "flat": ("flat", {}),
     "mined": ("mined", {}),
+    "mined-refresh": ("mined", {"refresh_mined": True}),
     "hce": ("hce", {}),
-    "hce-doc-level-only": ("hce", {"level_weights": (0.0,)}),  # ablation: siblings without centroid levels
-    "hce-raw-centroids": ("hce", {"normalize_centroids": False}),  # ablation: the prototype's centroid logits
+    "hce-doc-level-only": ("hce", {"level_weights": (0.0,)}),
+    "hce-raw-centroids": ("hce", {"normalize_centroids": False}),
+    "hce-unguarded": ("hce", {"sibling_guard": 0}),
+}
+# Budgets. cpu: sized so one seed of flat, mined, mined-refresh and hce fits 90 minutes on 2 cores.
+PROFILES: dict[str, dict[str, Any]] = {
+    "cpu": {"epochs": 3, "batch_size": 32, "negatives_per_query": 7, "doc_max_length": 128, "precision": "auto",
+            "unsup_epochs": 1, "pseudo_queries": "crop"},
+    "gpu": {"epochs": 8, "batch_size": 64, "negatives_per_query": 7, "doc_max_length": 256, "precision": "auto",
+            "unsup_epochs": 1, "pseudo_queries": "crop"},
 }
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
+QUERY_LEN = {"arguana": 256}  # DESIGN §8: ArguAna queries are whole arguments; others 64
 
 
-def bm25_metrics(data_dir: Path, split: str) -> tuple[dict[str, float], dict[str, Any]]:
-    """BM25 (bm25s, Lucene variant, k1 1.2, b 0.75, English stop words, Snowball stemmer if installed)."""
-    import bm25s
+class StudyError(Exception):
+    """A study that can't start (one line, exit 1)."""
 
+
+def budget_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The profile's budget with the flags the user gave on top: what every arm of this file shares."""
+    b = dict(PROFILES[args.profile])
+    for key in b:
+        if getattr(args, key, None) is not None:
+            b[key] = getattr(args, key)
+    if args.lr is not None:
+        b["lr"] = args.lr
+    if args.base_model is not None:
+        b["base_model"] = args.base_model
+    return b
+
+
+def machine_facts() -> dict[str, Any]:
+    """The CPU's relevant instruction sets and the load beside a run (a run under load is slower, not worse)."""
+    from hce_train.model import cpu_bf16_flags
+
+    flags: set[str] = set()
     try:
-        import Stemmer
-
-        stem = Stemmer.Stemmer("english").stemWords
-    except ImportError:
-        stem = None
-    data = beir.load_beir(data_dir, split)
-    ids = [d.id for d in data.corpus]
-    retriever = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
-    retriever.index(bm25s.tokenize([d.full_text for d in data.corpus], stopwords="en", stemmer=stem,
-                                   show_progress=False), show_progress=False)
-    qids = list(data.queries)
-    qtok = bm25s.tokenize([data.queries[q] for q in qids], stopwords="en", stemmer=stem, show_progress=False)
-    rows, scores = retriever.retrieve(qtok, k=min(101, len(ids)), show_progress=False, n_threads=1)
-    run = {q: {ids[i]: float(s) for i, s in zip(r, sc, strict=True) if s > 0}
-           for q, r, sc in zip(qids, rows.tolist(), scores.tolist(), strict=True)}
-    return evaluate(data.qrels, run), {"library": "bm25s", "k1": 1.2, "b": 0.75, "stemmer": bool(stem)}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8", "amx_bf16", "avx512_bf16") if f in flags]
+    return {"isa": isa, "native_bf16": bool(cpu_bf16_flags()), "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
-def zero_shot(data_dir: Path, split: str, qlen: int, dlen: int, device: str) -> dict[str, Any]:
+def anchors(data_dir: Path, qlen: int, budget: dict[str, Any], device: str) -> dict[str, Any]:
+    """BM25 and the zero-shot base model, per-query nDCG@10 kept for the paired tests."""
+    from bm25 import bm25_run
+
+    from hce_serve import beir
+    from hce_serve.metrics import per_query
     from hce_train.evaluate import evaluate_encoder
-    from hce_train.model import HCEEncoder
+    from hce_train.model import HCEEncoder, use_bf16
 
+    data = beir.load_beir(data_dir, "test")
+    run, config = bm25_run(data.corpus, data.queries, k=100)
+    per = per_query(data.qrels, run)
+    bm25 = {"metrics": {m: round(sum(per[m].values()) / len(per[m]), 5) for m in METRICS}, "config": config,
+            "per_query": {"ndcg@10": {q: round(v, 5) for q, v in per["ndcg@10"].items()}}}
     t0 = time.perf_counter()
-    enc = HCEEncoder.build(None, device)
-    metrics = evaluate_encoder(enc, data_dir, split, qlen, dlen, progress=True)
-    return {"metrics": metrics, "seconds": round(time.perf_counter() - t0, 1)}
+    enc = HCEEncoder.build(budget.get("base_model"), device)
+    enc.autocast_bf16 = use_bf16(budget["precision"], device)
+    m = evaluate_encoder(enc, data_dir, "test", qlen, budget["doc_max_length"], with_per_query=True)
+    zs = {"metrics": {k: m[k] for k in METRICS}, "per_query": m["per_query"], "bf16_eval": enc.autocast_bf16,
+          "seconds": round(time.perf_counter() - t0, 1)}
+    return {"bm25": bm25, "zero_shot": zs}
 
 
-def train_and_eval(arm: str, seed: int, data_dir: Path, mode: str, args: argparse.Namespace, work: Path,
+def train_and_eval(arm: str, seed: int, data_dir: Path, mode: str, budget: dict[str, Any], args: argparse.Namespace,
                    qlen: int) -> dict[str, Any]:
     from hce_train.config import TrainConfig
-    from hce_train.evaluate import evaluate_model_dir
+    from hce_train.evaluate import evaluate_encoder
     from hce_train.loop import fit
 
     negatives, overrides = ARMS[arm]
-    out = work / f"{data_dir.name}-{mode}-{arm}-s{seed}"
-    budget = {k: v for k, v in {"epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
-                                "lr": args.lr}.items() if v is not None}
-    cfg = TrainConfig(data=str(data_dir), out=str(out), mode=mode, negatives=negatives, seed=seed,
-                      device=args.device, doc_max_length=args.doc_max_length, query_max_length=qlen,
-                      **budget, **overrides).resolved()
+    out = args.work / f"{data_dir.name}-{mode}-{arm}-s{seed}"
+    epochs = budget["epochs"] if mode == "supervised" else budget["unsup_epochs"]
+    extra = {k: budget[k] for k in ("lr", "base_model") if k in budget}
+    cfg = TrainConfig(data=str(data_dir), out=str(out), mode=mode, negatives=negatives, seed=seed, device=args.device,
+                      epochs=epochs, max_steps=args.max_steps, batch_size=budget["batch_size"],
+                      negatives_per_query=budget["negatives_per_query"], doc_max_length=budget["doc_max_length"],
+                      query_max_length=qlen, precision=budget["precision"],
+                      pseudo_queries=budget["pseudo_queries"], **extra, **overrides).resolved()
+    curve: list[dict[str, Any]] = []
+    eval_s = 0.0
+
+    def on_epoch(epoch: int, encoder: Any) -> None:  # learning curve, same precision as the final number
+        nonlocal eval_s  # fit skips the run's last epoch: that point is the final evaluation below
+        t = time.perf_counter()
+        m = evaluate_encoder(encoder, data_dir, "test", qlen, cfg.doc_max_length, progress=False)
+        curve.append({"epoch": epoch, "ndcg@10": m["ndcg@10"]})
+        eval_s += time.perf_counter() - t
+
+    facts = machine_facts()
     t0 = time.perf_counter()
     keep: dict[str, Any] = {}
-    summary = fit(cfg, overwrite=True, progress=True, keep=keep)
-    train_s = time.perf_counter() - t0
+    summary = fit(cfg, overwrite=True, progress=not args.no_progress, keep=keep, on_epoch=on_epoch)
+    train_s = time.perf_counter() - t0 - eval_s
     t0 = time.perf_counter()
-    # The final encoder's corpus embeddings (the saved tree's) are reused: one corpus encode less per run.
-    metrics = evaluate_model_dir(out, data_dir, "test", device=args.device_resolved,
-                                 doc_emb=keep["corpus_embeddings"])
-    return {"seed": seed, "metrics": {k: metrics[k] for k in METRICS}, "steps": summary["steps"],
-            "train_seconds": round(train_s, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
-            "config": json.loads((out / "train_config.json").read_text())}
+    from hce_train.model import HCEEncoder
+
+    encoder = HCEEncoder.load(out, device=args.device_resolved)
+    encoder.autocast_bf16 = summary["bf16"]
+    # The final tree's corpus embeddings came from this same encoder and precision: reused, not re-encoded.
+    m = evaluate_encoder(encoder, data_dir, "test", qlen, cfg.doc_max_length, doc_emb=keep["corpus_embeddings"],
+                         with_per_query=True)
+    eval_s += time.perf_counter() - t0
+    curve.append({"epoch": summary["epochs_done"], "ndcg@10": m["ndcg@10"]})
+    config = json.loads((out / "train_config.json").read_text())
+    if not args.keep_models:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+    return {"seed": seed, "metrics": {k: m[k] for k in METRICS}, "per_query": m["per_query"], "curve": curve,
+            "steps": summary["steps"], "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
+            "bf16": summary["bf16"], "machine": {**facts, "loadavg_1m_after": round(os.getloadavg()[0], 2)},
+            "commit": stamp()["commit"], "config": config}
 
 
-def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"seeds": [r["seed"] for r in runs], "per_seed": runs, "mean": {}, "std": {}}
-    for m in METRICS:
-        vals = [r["metrics"][m] for r in runs]
-        out["mean"][m] = round(statistics.fmean(vals), 5)
-        out["std"][m] = round(statistics.stdev(vals), 5) if len(vals) > 1 else 0.0
-    out["wall_seconds"] = round(sum(r["train_seconds"] + r["eval_seconds"] for r in runs), 1)
-    out["config"] = runs[0]["config"]
+def load_or_start(args: argparse.Namespace, budget: dict[str, Any]) -> dict[str, Any]:
+    if args.out.exists() and not (args.resume or args.fresh or args.report):
+        raise StudyError(f"{args.out} exists: pass --resume to continue it or --fresh to start over")
+    if args.out.exists() and not args.fresh:
+        res = json.loads(args.out.read_text())
+        if not args.report and res.get("budget") != budget:
+            raise StudyError(f"{args.out} was made with budget {res.get('budget')}, not {budget}; "
+                             "use another --out or --fresh")
+        return res
+    if args.report:
+        raise StudyError(f"{args.out}: no results to report on")
+    return {"script": SCRIPT, "profile": args.profile, "budget": budget, "notes": [],
+            "supervised": {"dataset": args.supervised, "train_split": "train", "test_split": "test", "arms": {}},
+            "unsupervised": {}}
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
+    """(dataset, mode, arm, seed) in run order: seed-major, so every finished seed compares all arms."""
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    out = []
+    unsup = [n for n in args.unsupervised.split(",") if n and n != "none"]
+    for seed in seeds:
+        out += [(args.supervised, "supervised", arm, seed) for arm in args.arms.split(",") if arm]
+        out += [(name, "unsupervised", arm, seed) for name in unsup for arm in args.unsup_arms.split(",") if arm]
     return out
-
-
-def verdict(res: dict[str, Any]) -> dict[str, Any]:
-    """Targets from issue 3, checked on whatever was measured (never on missing numbers)."""
-    v: dict[str, Any] = {}
-    arms = res["supervised"]["arms"]
-    if "hce" in arms and ({"flat", "mined"} & arms.keys()):
-        hce = arms["hce"]["mean"]["ndcg@10"]
-        best = max(arms[a]["mean"]["ndcg@10"] for a in ("flat", "mined") if a in arms)
-        v["scifact"] = {"hce_ndcg@10": hce, "best_baseline_ndcg@10": best, "hce_ge_0.80": hce >= 0.80,
-                        "hce_ge_best_plus_1pt": hce >= best + 0.01}
-    for name, d in res["unsupervised"].items():
-        if "hce" in d and "zero_shot" in d:
-            hce, zs = d["hce"]["mean"]["ndcg@10"], d["zero_shot"]["metrics"]["ndcg@10"]
-            v[name] = {"hce_ndcg@10": hce, "zero_shot": zs, "ge_zero_shot_plus_3pt": hce >= zs + 0.03,
-                       "above_bm25": hce > d["bm25"]["metrics"]["ndcg@10"] if "bm25" in d else None}
-    return v
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     ap.add_argument("--data-root", type=Path, default=SHARED_DATA)
-    ap.add_argument("--arms", default="flat,mined,hce", help=f"comma list of {list(ARMS)}")
+    ap.add_argument("--supervised", default="scifact", help="BEIR folder under --data-root with a train split")
+    ap.add_argument("--base-model", default=None, help="[all-MiniLM-L6-v2]")
+    ap.add_argument("--arms", default="flat,mined,mined-refresh,hce,hce-doc-level-only", help=f"of {list(ARMS)}")
+    ap.add_argument("--unsupervised", default="cisi,arguana", help="corpora to adapt on, or 'none'")
+    ap.add_argument("--unsup-arms", default="hce,flat")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--max-steps", type=int, default=None, help="same step budget for every arm")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=None, help="override the profile")
+    ap.add_argument("--batch-size", type=int, default=None, help="override the profile")
+    ap.add_argument("--negatives-per-query", type=int, default=None, help="S; override the profile")
+    ap.add_argument("--doc-max-length", type=int, default=None, help="override the profile")
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None, help="override the profile")
+    ap.add_argument("--pseudo-queries", choices=("span", "crop"), default=None, help="override the profile")
+    ap.add_argument("--unsup-epochs", type=int, default=None, help="override the profile")
     ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--doc-max-length", type=int, default=256)
+    ap.add_argument("--max-steps", type=int, default=None, help="cap every run (smoke tests); not a budget key")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--unsupervised", default="arguana,cisi", help="corpora to adapt on, or 'none'")
-    ap.add_argument("--unsup-epochs", type=int, default=1)
-    ap.add_argument("--no-anchors", action="store_true", help="skip BM25 and zero-shot (e.g. arms split across processes)")
-    ap.add_argument("--label", default="full study")
+    ap.add_argument("--resume", action="store_true", help="keep the results file and skip its finished runs")
+    ap.add_argument("--fresh", action="store_true", help="start the results file over")
+    ap.add_argument("--report", action="store_true", help="only recompute tests, plots and verdict from the file")
+    ap.add_argument("--note", action="append", default=[], help="a remark stored in the file's notes (repeatable)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/hce-quality"))
-    ap.add_argument("--out", type=Path, default=RESULTS / "quality-scifact.json")
+    ap.add_argument("--keep-models", action="store_true")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--out", type=Path, default=None, help="[benchmarks/results/quality-<profile>.json]")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    args.out = args.out or RESULTS / f"quality-{args.profile}.json"
+    unknown = [a for a in (args.arms + "," + args.unsup_arms).split(",") if a and a not in ARMS]
+    if unknown:
+        ap.error(f"unknown arms {unknown}")
+    try:
+        run_study(args)
+    except StudyError as e:
+        print(f"quality: {e}", file=sys.stderr)
+        sys.exit(1)
 
+
+def run_study(args: argparse.Namespace) -> None:
     from hce_train.loop import pick_device
 
     args.device_resolved = pick_device(args.device)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    arms = [a for a in args.arms.split(",") if a]
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown:
-        ap.error(f"unknown arms {unknown}")
-    res: dict[str, Any] = {
-        **stamp(args.device_resolved), "label": args.label,
-        "budget": {"epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
-                   "doc_max_length": args.doc_max_length, "query_max_length": 64, "seeds": seeds},
-        "anchors_from_issue": {"zero_shot": 0.644, "inbatch_best": 0.744, "mined_best": 0.787, "bm25": 0.686},
-        "supervised": {"dataset": "scifact", "train_split": "train", "test_split": "test", "arms": {}},
-        "unsupervised": {},
-    }
+    budget = budget_of(args)
+    res = load_or_start(args, budget)
+    res["notes"] = res.get("notes", []) + [{"date": stamp()["date"], "note": n} for n in args.note]
 
     def save() -> None:
-        res["verdict"] = verdict(res)
+        res.update({k: v for k, v in stamp(args.device_resolved).items()})
+        res["script"] = SCRIPT
+        report(res, args.out)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, indent=1) + "\n")
+        tmp.replace(args.out)
 
-    scifact = args.data_root / "scifact"
-    sup = res["supervised"]
-    if not args.no_anchors:
-        sup["bm25"] = dict(zip(("metrics", "config"), bm25_metrics(scifact, "test"), strict=True))
-        sup["zero_shot"] = zero_shot(scifact, "test", 64, args.doc_max_length, args.device_resolved)
+    if args.report:
         save()
-    for arm in arms:
-        runs = []
-        for seed in seeds:
-            runs.append(train_and_eval(arm, seed, scifact, "supervised", args, args.work, 64))
-            sup["arms"][arm] = {**aggregate(runs), "device": args.device_resolved}
+        return
+    for data_name, mode, arm, seed in plan(args):
+        block = res["supervised"] if mode == "supervised" else res["unsupervised"].setdefault(data_name, {"arms": {}})
+        data_dir = args.data_root / data_name
+        qlen = QUERY_LEN.get(data_name, 64)
+        if "zero_shot" not in block:
+            block.update(anchors(data_dir, qlen, budget, args.device_resolved), query_max_length=qlen)
             save()
-    for name in [n for n in args.unsupervised.split(",") if n and n != "none"]:
-        data = args.data_root / name
-        qlen = 256 if name == "arguana" else 64  # DESIGN §8: ArguAna queries are whole arguments
-        d: dict[str, Any] = {"query_max_length": qlen}
-        res["unsupervised"][name] = d
-        d["bm25"] = dict(zip(("metrics", "config"), bm25_metrics(data, "test"), strict=True))
-        d["zero_shot"] = zero_shot(data, "test", qlen, args.doc_max_length, args.device_resolved)
+        runs = block["arms"].setdefault(arm, {"runs": []})["runs"]
+        if any(r["seed"] == seed for r in runs):
+            log.info("skip %s/%s seed %d: already in %s", data_name, arm, seed, args.out)
+            continue
+        log.info("run %s %s %s seed %d", data_name, mode, arm, seed)
+        runs.append(train_and_eval(arm, seed, data_dir, mode, budget, args, qlen))
+        runs.sort(key=lambda r: r["seed"])
         save()
-        saved_epochs, args.epochs = args.epochs, args.unsup_epochs
-        runs = [train_and_eval("hce", seed, data, "unsupervised", args, args.work, qlen) for seed in seeds]
-        args.epochs = saved_epochs
-        d["hce"] = {**aggregate(runs), "device": args.device_resolved}
-        save()
-    print(json.dumps(res["verdict"], indent=2))
+    print(json.dumps(res.get("verdict", {}), indent=2))
 
 
 if __name__ == "__main__":

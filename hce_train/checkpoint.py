@@ -2,7 +2,7 @@
 
 ``model/`` (save_pretrained + tokenizer), ``state.pt`` (step, optimizer state dict, torch RNG state, the
 config it was written under: tensors and plain values only, loaded with ``weights_only=True``), the tree in
-use (``tree.npz`` + ids) and the mined-negative pools (``mined.npy``). The folder is written beside the old
+use (``tree.npz`` + ids), the mined-negative pools (``mined.npy``) and the siblings' guard (``guard.npy``). The folder is written beside the old
 one and swapped in by renames, so a crash mid-write leaves the previous checkpoint intact.
 """
 
@@ -33,10 +33,11 @@ class Checkpoint:
     model_dir: Path
     tree: Tree | None
     mined: np.ndarray | None
+    guard: np.ndarray | None = None
 
 
 def save(out: Path, encoder, optimizer: torch.optim.Optimizer, step: int, config: dict[str, Any],  # noqa: ANN001
-         tree: Tree | None, mined: np.ndarray | None) -> Path:
+         tree: Tree | None, mined: np.ndarray | None, guard: np.ndarray | None = None) -> Path:
     final = out / CKPT_DIR
     tmp = out / ".tmp-checkpoint"
     old = out / ".old-checkpoint"
@@ -50,6 +51,8 @@ def save(out: Path, encoder, optimizer: torch.optim.Optimizer, step: int, config
         tree.save(tmp)
     if mined is not None:
         np.save(tmp / "mined.npy", mined, allow_pickle=False)
+    if guard is not None:
+        np.save(tmp / "guard.npy", guard, allow_pickle=False)
     state = {"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
              "config": json.dumps(config, sort_keys=True)}
     torch.save(state, tmp / STATE)  # written last: a folder without state.pt is not a checkpoint
@@ -75,5 +78,6 @@ def load(out: Path) -> Checkpoint:
         raise FormatError(f"{d / STATE}: unreadable checkpoint ({type(e).__name__}: {e})") from None
     tree = Tree.load(d) if (d / TREE_NAME).is_file() else None
     mined = np.load(d / "mined.npy", allow_pickle=False) if (d / "mined.npy").is_file() else None
+    guard = np.load(d / "guard.npy", allow_pickle=False) if (d / "guard.npy").is_file() else None
     return Checkpoint(int(state["step"]), state["optimizer"], state["torch_rng"], json.loads(state["config"]),
-                      d / "model", tree, mined)
+                      d / "model", tree, mined, guard)

@@ -16,7 +16,7 @@ import click
 
 from hce_serve.clitools import HCEGroup, setup_logging, verbosity_options
 
-from .config import DEVICES, MODES, NEGATIVES, REBUILD_EPOCH, load_config_file, make_config
+from .config import DEVICES, MODES, NEGATIVES, PRECISIONS, PSEUDO_QUERIES, REBUILD_EPOCH, load_config_file, make_config
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ def main() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Global batch [64].")
 @click.option("--lr", type=float, default=None, help="Peak learning rate [5e-5 sup / 1e-5 unsup].")
 @click.option("--device", type=click.Choice(DEVICES), default=None)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="bf16 autocast; auto = on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16) [auto].")
 @click.option("--seed", type=int, default=None)
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
 @click.option("--resume", is_flag=True, help="Continue from --out/checkpoint.")
@@ -72,6 +74,12 @@ def main() -> None:
 @click.option("--level-weights", callback=_floats, default=None, help="Centroid level weights, top first [0.5].")
 @click.option("--doc-weight", type=float, default=None, help="Weight of the sibling-document level [1].")
 @click.option("--inbatch-weight", type=float, default=None, help="Lambda of in-batch InfoNCE [1].")
+@click.option("--refresh-mined/--static-mined", "refresh_mined", default=None,
+              help="mined: re-mine from the current encoder on the rebuild schedule [static].")
+@click.option("--sibling-guard", type=click.IntRange(min=0), default=None,
+              help="Skip the query's top-G documents as negatives in every arm [mined rank lo, 10].")
+@click.option("--pseudo-queries", type=click.Choice(PSEUDO_QUERIES), default=None,
+              help="Unsupervised queries: verbatim spans or crops with dropped words [span].")
 @click.option("--rebuild-every", callback=_rebuild, default=None, help="'epoch' [default], N steps, or 0 (never).")
 @click.option("--query-max-length", type=click.IntRange(min=1), default=None, help="Query tokens [64].")
 @click.option("--doc-max-length", type=click.IntRange(min=1), default=None, help="Document tokens [256].")

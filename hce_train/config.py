@@ -17,6 +17,8 @@ from hce_serve.errors import ConfigError
 MODES = ("supervised", "unsupervised")
 NEGATIVES = ("hce", "flat", "mined")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA and on CPUs with native bf16
+PSEUDO_QUERIES = ("span", "crop")
 REBUILD_EPOCH = -1  # rebuild_every value meaning "at the start of every epoch"
 
 
@@ -36,6 +38,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     device: str = "auto"
+    precision: str = "auto"  # autocast of the encoder's matmuls; master weights and the loss stay fp32
     seed: int = 0
     query_max_length: int = 64  # tokens (ArguAna wants 256)
     doc_max_length: int = 256  # tokens; recorded as the card's max_length
@@ -56,9 +59,18 @@ class TrainConfig:
     # Mined negatives: ranks [lo, hi) of the starting encoder, positives removed.
     mined_rank_lo: int = 10
     mined_rank_hi: int = 50
-    # Unsupervised pseudo-queries: a random span of this many words from each document.
+    refresh_mined: bool = False  # re-mine from the current encoder on the tree-rebuild schedule
+    # The same protection against unjudged positives for every hard-negative arm: no negative may be among
+    # the query's top ``sibling_guard`` documents (positives removed) under the encoder that picked it.
+    # mined skips ranks < mined_rank_lo; hce drops siblings in the query's top ranks at each rebuild.
+    # None -> mined_rank_lo (the fair default), 0 -> unguarded siblings.
+    sibling_guard: int | None = None
+    # Unsupervised pseudo-queries: ``span`` cuts span_min..span_max consecutive words; ``crop`` does the
+    # same, then drops each word with probability crop_drop (Contriever-style cropping with deletion).
+    pseudo_queries: str = "span"
     span_min_words: int = 16
     span_max_words: int = 48
+    crop_drop: float = 0.1
     # Housekeeping.
     encode_batch_size: int = 128  # corpus encoding for tree rebuilds and mining
     checkpoint_every: int = 0  # also checkpoint every N steps (0: only at each epoch end and the end)
@@ -75,6 +87,14 @@ class TrainConfig:
             bad(f"negatives must be one of {NEGATIVES}, found {self.negatives!r}")
         if self.device not in DEVICES:
             bad(f"device must be one of {DEVICES}, found {self.device!r}")
+        if self.precision not in PRECISIONS:
+            bad(f"precision must be one of {PRECISIONS}, found {self.precision!r}")
+        if self.pseudo_queries not in PSEUDO_QUERIES:
+            bad(f"pseudo_queries must be one of {PSEUDO_QUERIES}, found {self.pseudo_queries!r}")
+        if not 0 <= self.crop_drop < 1:
+            bad(f"crop_drop must be in [0, 1), found {self.crop_drop}")
+        if self.sibling_guard is not None and self.sibling_guard < 0:
+            bad(f"sibling_guard must be >= 0, found {self.sibling_guard}")
         for name in ("batch_size", "query_max_length", "doc_max_length", "branching", "leaf_size", "kmeans_iters",
                      "encode_batch_size", "log_every"):
             if getattr(self, name) < 1:
@@ -113,6 +133,7 @@ class TrainConfig:
             self,
             epochs=self.epochs if self.epochs is not None else (8 if sup else 1),
             lr=self.lr if self.lr is not None else (5e-5 if sup else 1e-5),
+            sibling_guard=self.sibling_guard if self.sibling_guard is not None else self.mined_rank_lo,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -71,20 +71,25 @@ def supervised_examples(data_dir: str | os.PathLike[str], split: str, corpus: Co
     return Examples(texts, np.asarray(rows, np.int64), pos)
 
 
-def pseudo_query_examples(corpus: Corpus, rng: np.random.Generator, span_min: int, span_max: int) -> Examples:
+def pseudo_query_examples(corpus: Corpus, rng: np.random.Generator, span_min: int, span_max: int,
+                          drop: float = 0.0) -> Examples:
     """One pseudo-query per document: ``span_min..span_max`` consecutive words at a random offset.
 
-    A document shorter than the drawn span gives its whole text (every document still trains).
+    A document shorter than the drawn span gives its whole text (every document still trains). ``drop`` > 0
+    deletes each word of the span with that probability (Contriever's cropping with word deletion), so the
+    query is no longer a verbatim substring of its positive; at least one word is always kept.
     """
     texts = []
     for text in corpus.texts:
         words = text.split()
         length = int(rng.integers(span_min, span_max + 1))
-        if len(words) <= length:
-            texts.append(" ".join(words))
-            continue
-        start = int(rng.integers(0, len(words) - length + 1))
-        texts.append(" ".join(words[start : start + length]))
+        start = int(rng.integers(0, len(words) - length + 1)) if len(words) > length else 0
+        span = words[start : start + length]
+        if drop > 0 and span:
+            keep = rng.random(len(span)) >= drop
+            keep[int(rng.integers(len(span)))] = True
+            span = [w for w, k in zip(span, keep, strict=True) if k]
+        texts.append(" ".join(span))
     rows = np.arange(len(corpus), dtype=np.int64)
     return Examples(texts, rows, [frozenset((int(r),)) for r in rows])
 

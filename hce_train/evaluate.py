@@ -14,7 +14,7 @@ import numpy as np
 
 from hce_serve import beir
 from hce_serve.card import CARD_NAME, ModelCard
-from hce_serve.metrics import evaluate
+from hce_serve.metrics import NAMES, per_query
 
 from .model import HCEEncoder
 
@@ -51,10 +51,12 @@ def evaluate_encoder(
     k: int = 100,
     progress: bool = True,
     doc_emb: np.ndarray | None = None,
+    with_per_query: bool = False,
 ) -> dict[str, Any]:
     """Encode the corpus and the split's queries, search exactly, return metrics plus counts and timing.
 
-    ``doc_emb`` (docs, D), row-aligned with the corpus file, skips encoding the corpus.
+    ``doc_emb`` (docs, D), row-aligned with the corpus file, skips encoding the corpus. ``with_per_query``
+    adds ``per_query``: {"ndcg@10": {qid: value}} (what paired significance tests need).
     """
     t0 = time.perf_counter()
     data = beir.load_beir(data_dir, split)
@@ -67,7 +69,10 @@ def evaluate_encoder(
     # One extra hit per query: BEIR drops a hit whose id equals the query id (ArguAna) before cutting.
     scores, rows = exact_topk(q_emb, d_emb, k + 1)
     run = {qid: {data.corpus[int(r)].id: float(s) for r, s in zip(rows[i], scores[i], strict=True)} for i, qid in enumerate(qids)}
-    metrics: dict[str, Any] = dict(evaluate(data.qrels, run))
+    per = per_query(data.qrels, run)
+    metrics: dict[str, Any] = {name: round(sum(per[name].values()) / len(data.qrels), 5) for name in NAMES.values()}
+    if with_per_query:
+        metrics["per_query"] = {"ndcg@10": {q: round(v, 5) for q, v in per["ndcg@10"].items()}}
     metrics.update(queries=len(qids), docs=len(data.corpus), split=split, seconds=round(time.perf_counter() - t0, 2))
     return metrics
 

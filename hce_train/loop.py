@@ -11,28 +11,26 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from hce_serve.card import CARD_NAME, ModelCard
 from hce_serve.errors import ConfigError
-from hce_serve.tree import Tree
 
-from . import checkpoint, dist
-from .config import REBUILD_EPOCH, TrainConfig
-from .data import Corpus, Examples, epoch_batches, load_corpus, pseudo_query_examples, supervised_examples
-from .model import HCEEncoder, resolve_base_model
-from .negatives import TreeIndex, mine_pools
+from . import checkpoint, dist, refresh
+from .config import TrainConfig
+from .data import epoch_batches
+from .model import HCEEncoder, resolve_base_model, use_bf16
+from .negatives import TreeIndex
+from .refresh import LOG_NAME, RunState
 from .step import StepContext, train_step
-from .tree_builder import TreeConfig, build_tree
 
 log = logging.getLogger(__name__)
 
-LOG_NAME = "train_log.jsonl"
 CONFIG_NAME = "train_config.json"
 MODEL_MARKERS = (CARD_NAME, checkpoint.CKPT_DIR, CONFIG_NAME, "model.safetensors", "pytorch_model.bin")
 
@@ -67,71 +65,20 @@ def prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
     (out / CARD_NAME).unlink(missing_ok=True)
 
 
-class _Run:
-    """State shared by the phases of one fit (kept in one place so the phases stay small functions)."""
-
-    def __init__(self, cfg: TrainConfig, env: dist.DistEnv, device: str, progress: bool) -> None:
-        self.cfg, self.env, self.device = cfg, env, device
-        self.progress = progress and env.is_main
-        self.out = Path(cfg.out)
-        self.corpus: Corpus = load_corpus(cfg.data)
-        self._sup = supervised_examples(cfg.data, cfg.split, self.corpus) if cfg.mode == "supervised" else None
-        self._epoch_cache: dict[int, Examples] = {}
-        self.last_embeddings: np.ndarray | None = None  # corpus embeddings behind the latest tree
-
-    def examples(self, epoch: int) -> Examples:
-        if self._sup is not None:
-            return self._sup
-        if epoch not in self._epoch_cache:
-            self._epoch_cache = {epoch: pseudo_query_examples(
-                self.corpus, np.random.default_rng([self.cfg.seed, epoch, 3]),
-                self.cfg.span_min_words, self.cfg.span_max_words)}
-        return self._epoch_cache[epoch]
-
-    def log_row(self, row: dict[str, Any]) -> None:
-        if self.env.is_main:
-            with open(self.out / LOG_NAME, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row, sort_keys=True) + "\n")
-
-    def encode_corpus(self, encoder: HCEEncoder) -> np.ndarray:
-        """(docs, D) corpus embeddings; under DDP each rank encodes a slice and all gather."""
-        part = np.array_split(np.arange(len(self.corpus)), self.env.world)[self.env.rank]
-        local = encoder.encode([self.corpus.texts[i] for i in part], self.cfg.doc_max_length,
-                               self.cfg.encode_batch_size, self.progress, "encode corpus")
-        return dist.gather_rows(local, self.env)
-
-    def build(self, encoder: HCEEncoder, step: int) -> Tree:
-        """Re-encode the corpus and rebuild the tree (on rank 0, broadcast to the others)."""
-        t0 = time.perf_counter()
-        emb = self.encode_corpus(encoder)
-        self.last_embeddings = emb
-        cfg = self.cfg
-        tree = None
-        if self.env.is_main:
-            tcfg = TreeConfig(cfg.branching, cfg.leaf_size, cfg.tree_balance, cfg.kmeans_iters, cfg.seed)
-            tree = build_tree(emb, self.corpus.ids, tcfg, progress=self.progress)
-        parent = dist.broadcast_array(tree.parent if tree else None, np.int32, 1, self.env)
-        cent = dist.broadcast_array(tree.centroids if tree else None, np.float32, 2, self.env)
-        leaf = dist.broadcast_array(tree.doc_leaf if tree else None, np.int32, 1, self.env)
-        tree = tree or Tree(parent, cent, leaf, self.corpus.ids)
-        secs = time.perf_counter() - t0
-        log.info("step %d: tree rebuilt in %.1f s: %s", step, secs, tree.summary())
-        self.log_row({"event": "tree_rebuild", "step": step, "seconds": round(secs, 2), **tree.summary()})
-        return tree
-
-
 def fit(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progress: bool = True,
-        keep: dict[str, Any] | None = None) -> dict[str, Any]:
+        keep: dict[str, Any] | None = None,
+        on_epoch: Callable[[int, HCEEncoder], None] | None = None) -> dict[str, Any]:
     """Train per ``cfg`` and write MODEL_DIR; returns a summary (steps, seconds, final loss, tree).
 
     ``keep``, when given, receives ``keep["corpus_embeddings"]``: the final encoder's (docs, D) corpus
     embeddings that the saved tree was built from (lets an evaluation skip re-encoding the corpus).
+    ``on_epoch(epoch, encoder)`` runs after each epoch's last step but the run's last (e.g. a learning curve).
     """
     kind = pick_device(cfg.device)
     env = dist.init(kind)
     device = f"cuda:{env.local_rank}" if kind == "cuda" else "cpu"
     try:
-        summary = _fit(cfg, env, device, overwrite, resume, progress, keep)
+        summary = _fit(cfg, env, device, overwrite, resume, progress, keep, on_epoch)
     except BaseException:
         dist.shutdown(env, clean=False)
         raise
@@ -140,13 +87,14 @@ def fit(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progres
 
 
 def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resume: bool,
-         progress: bool, keep: dict[str, Any] | None) -> dict[str, Any]:
+         progress: bool, keep: dict[str, Any] | None,
+         on_epoch: Callable[[int, HCEEncoder], None] | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = Path(cfg.out)
     if env.is_main:
         prepare_out(out, overwrite, resume)
     dist.barrier(env)
-    run = _Run(cfg, env, device, progress)
+    run = RunState(cfg, env, device, progress)
     ckpt = checkpoint.load(out) if resume else None
     if ckpt is not None:
         _check_resumable(ckpt.config, cfg)
@@ -155,7 +103,7 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
         encoder = HCEEncoder._from_pretrained(str(ckpt.model_dir), recorded_base, device)
     else:
         encoder = HCEEncoder.build(cfg.base_model, device)
-    encoder.autocast_bf16 = device.startswith("cuda")
+    encoder.autocast_bf16 = use_bf16(cfg.precision, device)
     encoder.model.train()
 
     n_ex = len(run.examples(0))
@@ -171,17 +119,17 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
 
     optimizer = torch.optim.AdamW(encoder.model.parameters(), lr=float(cfg.lr or 5e-5), weight_decay=cfg.weight_decay)
     ctx = StepContext(cfg, encoder, optimizer, run.corpus, env)
-    step, tree, tree_step = 0, None, -1
+    step, tree, tree_step = 0, None, -1  # tree_step: the step of the latest refresh (tree, guard or re-mine)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt.optimizer)
         torch.set_rng_state(ckpt.torch_rng)
-        step, tree, ctx.mined = ckpt.step, ckpt.tree, ckpt.mined
+        step, tree, ctx.mined, ctx.guard = ckpt.step, ckpt.tree, ckpt.mined, ckpt.guard
         tree_step = int(ckpt.config.get("_tree_step", -1))
         _truncate_log(out / LOG_NAME, step, env)
     if env.is_main:
         cfg.save(out / CONFIG_NAME)
-    if cfg.negatives == "mined" and ctx.mined is None:
-        ctx.mined = _mine(run, encoder, run.examples(0))
+    if cfg.negatives == "mined" and not cfg.refresh_mined and ctx.mined is None:
+        ctx.mined = refresh.mine(run, encoder, run.examples(0))
     if tree is not None:
         ctx.tree, ctx.centroids = TreeIndex(tree), torch.from_numpy(tree.centroids).to(device)
 
@@ -190,9 +138,8 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
     while step < total:
         epoch, pos = divmod(step, per_epoch)
         exs = run.examples(epoch)
-        if cfg.negatives == "hce" and _rebuild_due(cfg.rebuild_every, step, pos, tree_step, tree):
-            tree, tree_step = run.build(encoder, step), step
-            ctx.tree, ctx.centroids = TreeIndex(tree), torch.from_numpy(tree.centroids).to(device)
+        if refresh.refreshes(cfg) and refresh.due(cfg.rebuild_every, step, pos, tree_step):
+            tree, tree_step = refresh.refresh(run, ctx, encoder, step, exs) or tree, step
         t0 = time.perf_counter()
         lr = lr_at(step, total, float(cfg.lr or 5e-5), cfg.warmup_ratio)
         stats = train_step(ctx, exs, epoch_batches(len(exs), batch, cfg.seed, epoch)[pos], step, lr)
@@ -202,10 +149,12 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
                          **{k: round(v, 5) for k, v in stats.items()}})
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['inbatch_acc']:.2f}")
+        if on_epoch is not None and pos == per_epoch - 1 and step < total:
+            on_epoch(epoch + 1, encoder)
         if step == total or pos == per_epoch - 1 or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
             if env.is_main:
                 state_cfg = {**cfg.to_json(), "_tree_step": tree_step, "_batch": batch}
-                checkpoint.save(out, encoder, optimizer, step, state_cfg, tree, ctx.mined)
+                checkpoint.save(out, encoder, optimizer, step, state_cfg, tree, ctx.mined, ctx.guard)
             dist.barrier(env)
     bar.close()
 
@@ -223,25 +172,8 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
         encoder.save(out, card)  # weights, tokenizer, then the card last
     dist.barrier(env)
     return {"steps": step, "seconds": round(time.perf_counter() - t_start, 1), "final": stats,
+            "bf16": encoder.autocast_bf16, "epochs_done": round(step / per_epoch, 3),
             "tree": tree.summary(), "out": str(out)}
-
-
-def _rebuild_due(every: int, step: int, pos_in_epoch: int, tree_step: int, tree: Tree | None) -> bool:
-    if tree is None:
-        return True
-    if tree_step == step:
-        return False
-    if every == REBUILD_EPOCH:
-        return pos_in_epoch == 0
-    return every > 0 and step % every == 0
-
-
-def _mine(run: _Run, encoder: HCEEncoder, exs: Examples) -> np.ndarray:
-    """Pools of start-encoder ranks [lo, hi) per example, positives removed."""
-    cfg = run.cfg
-    d_emb = run.encode_corpus(encoder)
-    q_emb = encoder.encode(exs.queries, cfg.query_max_length, cfg.encode_batch_size, run.progress, "encode queries")
-    return mine_pools(q_emb, d_emb, exs.positives, cfg.mined_rank_lo, cfg.mined_rank_hi)
 
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:

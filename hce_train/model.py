@@ -41,6 +41,31 @@ def resolve_base_model(name: str | None) -> tuple[str, str]:
     return str(name), str(name)
 
 
+def cpu_bf16_flags() -> list[str]:
+    """The CPU's native bf16 instruction sets (``amx_bf16``, ``avx512_bf16``) from /proc/cpuinfo, if any."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def use_bf16(precision: str, device: str) -> bool:
+    """Whether to autocast to bf16: ``auto`` means on CUDA, and on CPUs that compute bf16 natively.
+
+    Without native bf16 a CPU emulates it and runs slower than fp32, so ``auto`` keeps fp32 there.
+    """
+    if precision == "fp32":
+        return False
+    if precision == "bf16":
+        return True
+    return str(device).startswith("cuda") or bool(cpu_bf16_flags())
+
+
 def _torch():  # noqa: ANN202
     try:
         import torch
@@ -57,7 +82,7 @@ class HCEEncoder:
         self.tokenizer = tokenizer
         self.base_model = base_model
         self.device = device
-        self.autocast_bf16 = False  # set by the trainer on CUDA
+        self.autocast_bf16 = False  # set by the trainer (``use_bf16``)
 
     # ---- constructors -----------------------------------------------------------------------
     @classmethod
@@ -90,7 +115,7 @@ class HCEEncoder:
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError(f"base model {recorded!r} has no fast tokenizer (tokenizer.json); serving needs one")
         # fp32 master weights whatever the checkpoint's dtype (transformers 5 loads dtype="auto" by default);
-        # bf16 only enters through autocast on CUDA.
+        # bf16 only enters through autocast (``use_bf16``).
         return cls(model.float().to(device), tokenizer, recorded, device)
 
     # ---- encoding ---------------------------------------------------------------------------

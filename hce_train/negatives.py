@@ -1,10 +1,15 @@
 """Negative documents and centroid levels for a batch, for the three arms.
 
-``hce``: up to S siblings from the positive's leaf (topped up from neighbouring leaves under the same
-parent, so every arm gets the same S), plus the positive's path through the tree for the centroid levels.
-``flat``: S uniformly random documents. ``mined``: S drawn from ranks [lo, hi) of the starting encoder.
-A query's own relevant documents are never negatives. Rows with fewer than S candidates are padded
-with -1 (masked in the loss).
+``hce``: up to S siblings from the positive's leaf, topped up from the leaves under the same parent in
+order of centroid similarity to the positive's leaf (nearest first), so every arm gets the same S; plus
+the positive's path through the tree for the centroid levels. ``flat``: S uniformly random documents.
+``mined``: S drawn from ranks [lo, hi) of the starting (or refreshed) encoder.
+
+A query's own relevant documents are never negatives, at any level: a centroid-level candidate that
+holds another positive of the same query is masked. Every hard-negative arm gets the same guard against
+unjudged positives: mined skips ranks < lo; hce drops siblings that rank in the query's top ``guard``
+(``mine_pools(..., 0, guard)`` of the encoder that built the tree). Rows with fewer than S candidates are
+padded with -1 (masked in the loss).
 """
 
 from __future__ import annotations
@@ -28,24 +33,37 @@ class TreeIndex:
         for depth in range(self.levels - 1, -1, -1):
             self.paths[:, depth] = node
             node = tree.parent[node].astype(np.int64)
-        # Children of each node as a position lookup, for the centroid-level target index.
-        self.max_children = max((c.size for c in self.children), default=1)
+        self._near: dict[int, list[int]] = {}  # leaf -> its parent's other leaves, nearest centroid first
 
-    def siblings(self, doc: int, exclude: frozenset[int], s: int, rng: np.random.Generator) -> np.ndarray:
-        """Up to ``s`` documents from doc's leaf, then from its parent's other leaves, in random order."""
+    def near_leaves(self, leaf: int) -> list[int]:
+        """The other leaves under ``leaf``'s parent, by cosine of their centroids to ``leaf``'s, nearest first."""
+        if leaf not in self._near:
+            kids = [int(c) for c in self.children[int(self.tree.parent[leaf])] if c != leaf]
+            cent = self.tree.centroids
+            unit = cent[kids] / np.maximum(np.linalg.norm(cent[kids], axis=1, keepdims=True), 1e-12)
+            own = cent[leaf] / max(float(np.linalg.norm(cent[leaf])), 1e-12)
+            self._near[leaf] = [kids[i] for i in np.argsort(-(unit @ own), kind="stable")]
+        return self._near[leaf]
+
+    def siblings(self, doc: int, exclude: frozenset[int] | set[int], s: int, rng: np.random.Generator) -> np.ndarray:
+        """Up to ``s`` documents from doc's leaf (random order), then from the nearest other leaves."""
         leaf = int(self.tree.doc_leaf[doc])
-        own = [int(d) for d in self.members[leaf] if d not in exclude and d != doc]
-        picked = list(rng.permutation(own)[:s]) if own else []
-        if len(picked) < s and self.levels >= 1:
-            parent = int(self.tree.parent[leaf])
-            near = [int(d) for c in self.children[parent] if c != leaf for d in self.members[c]
-                    if d not in exclude and d != doc]
-            if near:
-                picked += list(rng.choice(near, size=min(s - len(picked), len(near)), replace=False))
+        picked: list[int] = []
+        for node in [leaf, *self.near_leaves(leaf)]:
+            if len(picked) >= s:
+                break
+            pool = [int(d) for d in self.members[node] if d not in exclude and d != doc]
+            picked += [int(d) for d in rng.permutation(pool)[: s - len(picked)]] if pool else []
         return _pad(picked, s)
 
-    def centroid_levels(self, docs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per level (top first): (candidate node ids (b, K) padded -1, mask (b, K), target (b,))."""
+    def centroid_levels(
+        self, docs: np.ndarray, positives: list[frozenset[int]] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per level (top first): (candidate node ids (b, K) padded -1, mask (b, K), target (b,)).
+
+        ``positives[i]`` (every relevant row of example i's query) masks the candidates that hold another
+        positive of that query: they are not wrong answers, so they must not be pushed away.
+        """
         out = []
         for depth in range(self.levels):
             nodes = self.paths[docs, depth]  # (b,)
@@ -53,11 +71,16 @@ class TreeIndex:
             k = max(self.children[p].size for p in parents)
             cand = np.full((docs.size, k), -1, np.int64)
             target = np.zeros(docs.size, np.int64)
+            mask = np.zeros((docs.size, k), bool)
             for i, (node, p) in enumerate(zip(nodes, parents, strict=True)):
                 kids = self.children[p]
                 cand[i, : kids.size] = kids
                 target[i] = int(np.flatnonzero(kids == node)[0])
-            out.append((cand, cand >= 0, target))
+                mask[i, : kids.size] = True
+                if positives is not None and len(positives[i]) > 1:
+                    held = {int(self.paths[r, depth]) for r in positives[i]} - {int(node)}
+                    mask[i, : kids.size] &= ~np.isin(kids, list(held))
+            out.append((cand, mask, target))
         return out
 
 

@@ -36,6 +36,7 @@ class StepContext:
     tree: TreeIndex | None = None  # hce arm
     centroids: torch.Tensor | None = None  # (nodes, D) on the training device, hce arm
     mined: np.ndarray | None = None  # (examples, pool) mined arm
+    guard: np.ndarray | None = None  # (examples, G) hce arm: each example's top-G non-positive rows, -1 padded
 
 
 def sample_negatives(ctx: StepContext, exs: Examples, batch: np.ndarray, step: int) -> np.ndarray:
@@ -48,6 +49,8 @@ def sample_negatives(ctx: StepContext, exs: Examples, batch: np.ndarray, step: i
         doc, excl = int(exs.doc_rows[ex]), exs.positives[ex]
         if cfg.negatives == "hce":
             assert ctx.tree is not None
+            if ctx.guard is not None:
+                excl = excl | {int(r) for r in ctx.guard[ex] if r >= 0}
             out[i] = ctx.tree.siblings(doc, excl, s, rng)
         elif cfg.negatives == "mined":
             assert ctx.mined is not None
@@ -80,7 +83,7 @@ def train_step(ctx: StepContext, exs: Examples, batch: np.ndarray, step: int, lr
     levels = []
     if ctx.tree is not None and cfg.negatives == "hce":
         assert ctx.centroids is not None
-        for cand, mask, target in ctx.tree.centroid_levels(local_pos):
+        for cand, mask, target in ctx.tree.centroid_levels(local_pos, [exs.positives[e] for e in local_ex]):
             vecs = ctx.centroids[torch.from_numpy(np.maximum(cand, 0)).to(dev)]  # (b, K, D)
             levels.append(CentroidLevel(vecs, torch.from_numpy(mask).to(dev), torch.from_numpy(target).to(dev)))
 

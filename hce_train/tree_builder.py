@@ -8,8 +8,13 @@ from the corpus size so that every document hangs at the same depth: ``L`` is th
 
 Each split runs faiss k-means (spherical: embeddings are L2-normalised, so directions are what matter),
 then assigns points under a capacity: no child may receive more than its subtree can hold
-(``leaf_size * branching**(r-1)``) nor more than ``balance`` times the fair share. Capacity is what
+(``leaf_cap * branching**(r-1)``) nor more than ``balance`` times the fair share. Capacity is what
 makes the tree balanced; plain k-means happily puts half a corpus in one cluster.
+
+``leaf_size`` is the target that sets the number of nodes; the ``balance`` slack applies at the leaf level
+too, so a leaf holds at most ``leaf_cap = ceil(balance * leaf_size)`` documents. With a hard cap of exactly
+``leaf_size`` the last split is an exact fill (SciFact: 288-document nodes into 18 leaves of 16), and the
+last documents go to whichever leaf still has room instead of their nearest one.
 
 Centroids stored in the tree are the plain mean of the document vectors below each node (the format's
 contract), computed after the structure is known, not the k-means centroids.
@@ -34,7 +39,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TreeConfig:
     branching: int = 32  # most children of any internal node
-    leaf_size: int = 16  # most documents under any lowest-level node
+    leaf_size: int = 16  # target documents per lowest-level node (at most ceil(balance * leaf_size))
     balance: float = 1.3  # a child may take at most this times its fair share of its parent's docs
     niter: int = 20  # k-means iterations per split
     seed: int = 0
@@ -58,6 +63,11 @@ def num_levels(n_docs: int, branching: int, leaf_size: int) -> int:
     return levels
 
 
+def leaf_cap(cfg: TreeConfig) -> int:
+    """Most documents a leaf may hold: the target ``leaf_size`` with the ``balance`` slack."""
+    return math.ceil(cfg.balance * cfg.leaf_size - 1e-9)
+
+
 def build_tree(emb: np.ndarray, doc_ids: list[str], cfg: TreeConfig = TreeConfig(), progress: bool = False) -> Tree:
     """Build the corpus tree over ``emb`` (docs, dim); row i of ``emb`` is document ``doc_ids[i]``."""
     if emb.ndim != 2 or emb.shape[0] != len(doc_ids):
@@ -76,7 +86,7 @@ def build_tree(emb: np.ndarray, doc_ids: list[str], cfg: TreeConfig = TreeConfig
     bar = _bar(levels, progress)
     for depth in range(1, levels + 1):
         remaining = levels - depth + 1  # levels still to create under each frontier node, this one included
-        child_cap = cfg.leaf_size * cfg.branching ** (remaining - 1)
+        child_cap = leaf_cap(cfg) * cfg.branching ** (remaining - 1)
         nxt: list[tuple[int, np.ndarray]] = []
         for node, members in frontier:
             k = min(cfg.branching, max(1, math.ceil((members.size / cfg.leaf_size) ** (1.0 / remaining) - 1e-9)))

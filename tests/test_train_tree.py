@@ -9,7 +9,7 @@ pytest.importorskip("faiss")
 
 from hce_serve.errors import ConfigError, DataError  # noqa: E402
 from hce_serve.tree import Tree  # noqa: E402
-from hce_train.tree_builder import TreeConfig, balanced_assign, build_tree, num_levels  # noqa: E402
+from hce_train.tree_builder import TreeConfig, balanced_assign, build_tree, leaf_cap, num_levels  # noqa: E402
 
 
 def _clustered(n: int, dim: int = 24, clusters: int = 12, seed: int = 0) -> np.ndarray:
@@ -35,7 +35,7 @@ def test_invariants(n, branching, leaf):
     # Bounded fan-out and leaf size.
     kids = np.bincount(tree.parent[1:], minlength=tree.parent.size)
     assert kids.max() <= branching
-    assert np.bincount(tree.doc_leaf).max() <= leaf
+    assert np.bincount(tree.doc_leaf).max() <= leaf_cap(TreeConfig(branching=branching, leaf_size=leaf))
     # Every internal node's centroid is the mean of the documents below it.
     paths = np.array([tree.path(i) for i in range(n)])  # (n, L)
     for node in range(tree.parent.size):

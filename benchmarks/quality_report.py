@@ -1,0 +1,157 @@
+"""The quality study's derived numbers, recomputed from its stored runs on every save.
+
+Per arm: mean and standard deviation over seeds, the learning curve, the time per run. For hce against
+every other system of the same block: a paired randomization test and a bootstrap 95 % CI on the
+per-query nDCG@10, each arm's scores averaged over its seeds first (so the test's unit is the query, and
+seed noise is averaged out rather than counted as queries). The verdict checks issue 10's targets on
+what exists, never on missing numbers. Plots: nDCG@10 per arm with each seed's point, and nDCG@10
+against epoch per arm.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hce_serve.metrics import paired_test
+
+METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
+MAIN_ARMS = ("flat", "mined", "mined-refresh", "hce")
+BASELINES = ("flat", "mined", "mined-refresh")
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"seeds": [r["seed"] for r in runs], "mean": {}, "std": {}}
+    for m in METRICS:
+        vals = [r["metrics"][m] for r in runs]
+        out["mean"][m] = round(statistics.fmean(vals), 5)
+        out["std"][m] = round(statistics.stdev(vals), 5) if len(vals) > 1 else 0.0
+    epochs = sorted({p["epoch"] for r in runs for p in r.get("curve", [])})
+    out["curve_mean"] = [{"epoch": e, "ndcg@10": round(statistics.fmean(
+        [p["ndcg@10"] for r in runs for p in r.get("curve", []) if p["epoch"] == e]), 5)} for e in epochs]
+    out["minutes_per_run"] = round(statistics.fmean([(r["train_seconds"] + r["eval_seconds"]) / 60 for r in runs]), 1)
+    return out
+
+
+def seed_mean_per_query(runs: list[dict[str, Any]]) -> dict[str, float]:
+    qids = runs[0]["per_query"]["ndcg@10"].keys()
+    return {q: statistics.fmean(r["per_query"]["ndcg@10"][q] for r in runs) for q in qids}
+
+
+def compare(block: dict[str, Any], ref: str = "hce") -> dict[str, Any]:
+    """Paired tests of ``ref`` against every other arm and the anchors, in nDCG@10 points."""
+    arms = block.get("arms", {})
+    if not arms.get(ref, {}).get("runs"):
+        return {}
+    a = seed_mean_per_query(arms[ref]["runs"])
+    others: dict[str, dict[str, float]] = {name: seed_mean_per_query(d["runs"]) for name, d in arms.items()
+                                           if name != ref and d.get("runs")}
+    for anchor in ("zero_shot", "bm25"):
+        if "per_query" in block.get(anchor, {}):
+            others[anchor] = block[anchor]["per_query"]["ndcg@10"]
+    out = {}
+    for name, b in others.items():
+        qids = sorted(a)
+        t = paired_test([a[q] for q in qids], [b[q] for q in qids])
+        out[f"{ref}-vs-{name}"] = {
+            "diff_points": round(100 * t["diff"], 2), "p": round(t["p"], 4),
+            "ci95_points": [round(100 * t["ci_low"], 2), round(100 * t["ci_high"], 2)],
+            "seeds": [len(arms[ref]["runs"]), len(arms[name]["runs"]) if name in arms else 0],
+            "queries": t["queries"], "test": "paired randomization (sign flip), 100k; bootstrap CI",
+        }
+    return out
+
+
+def verdict(res: dict[str, Any]) -> dict[str, Any]:
+    v: dict[str, Any] = {}
+    sup = res["supervised"]
+    arms = sup["arms"]
+    have = [a for a in BASELINES if arms.get(a, {}).get("runs")]
+    if arms.get("hce", {}).get("runs") and have:
+        best = max(have, key=lambda a: arms[a]["summary"]["mean"]["ndcg@10"])
+        test = sup["tests"][f"hce-vs-{best}"]
+        v[sup["dataset"]] = {"hce": arms["hce"]["summary"]["mean"]["ndcg@10"], "best_baseline": best,
+                        "best_baseline_ndcg@10": arms[best]["summary"]["mean"]["ndcg@10"],
+                        "diff_points": test["diff_points"], "p": test["p"],
+                        "target_plus_1pt_p_lt_0.05": test["diff_points"] >= 1.0 and test["p"] < 0.05,
+                        "seeds": test["seeds"]}
+    for name, block in res["unsupervised"].items():
+        runs = block.get("arms", {}).get("hce", {}).get("runs")
+        if runs and "zero_shot" in block:
+            hce = block["arms"]["hce"]["summary"]["mean"]["ndcg@10"]
+            zs, bm = block["zero_shot"]["metrics"]["ndcg@10"], block["bm25"]["metrics"]["ndcg@10"]
+            v[name] = {"hce": hce, "zero_shot": zs, "bm25": bm, "target_zero_shot_plus_2pt": hce >= zs + 0.02,
+                       "target_above_bm25": hce > bm, "seeds": len(runs)}
+    return v
+
+
+def seed_minutes(sup: dict[str, Any]) -> dict[str, float]:
+    """Minutes of training + evaluation per seed for the four main arms (issue 10's 90-minute budget)."""
+    out = {}
+    seeds = {r["seed"] for a in MAIN_ARMS for r in sup["arms"].get(a, {}).get("runs", [])}
+    for s in sorted(seeds):
+        runs = [r for a in MAIN_ARMS for r in sup["arms"].get(a, {}).get("runs", []) if r["seed"] == s]
+        if len(runs) == len(MAIN_ARMS):
+            out[str(s)] = round(sum(r["train_seconds"] + r["eval_seconds"] for r in runs) / 60, 1)
+    return out
+
+
+def report(res: dict[str, Any], out: Path) -> None:
+    """Fill summaries, tests, timing and verdict into ``res`` and draw the plots beside the results."""
+    blocks = [("scifact", res["supervised"]), *res["unsupervised"].items()]
+    for _, block in blocks:
+        for d in block.get("arms", {}).values():
+            if d.get("runs"):
+                d["summary"] = aggregate(d["runs"])
+        block["tests"] = compare(block)
+    res["seed_minutes_main_arms"] = seed_minutes(res["supervised"])
+    res["verdict"] = verdict(res)
+    try:
+        plot(blocks, out)
+    except ImportError:  # matplotlib is in the bench extra; the numbers do not depend on it
+        pass
+
+
+def plot(blocks: list[tuple[str, dict[str, Any]]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from common import PLOTS, RESULTS, save_figure
+
+    where = PLOTS if out.parent.resolve() == RESULTS.resolve() else out.parent  # a test's file keeps its plots
+    blocks = [(n, b) for n, b in blocks if any(d.get("runs") for d in b.get("arms", {}).values())]
+    if not blocks:
+        return
+    fig, axes = plt.subplots(1, len(blocks), figsize=(4.5 * len(blocks), 3.6), squeeze=False)
+    for ax, (name, block) in zip(axes[0], blocks, strict=True):
+        arms = [a for a, d in block["arms"].items() if d.get("runs")]
+        for i, a in enumerate(arms):
+            vals = [100 * r["metrics"]["ndcg@10"] for r in block["arms"][a]["runs"]]
+            ax.scatter([i] * len(vals), vals, s=14, color="0.4", zorder=3)
+            ax.bar(i, float(np.mean(vals)), color="tab:blue" if a.startswith("hce") else "tab:gray", alpha=0.7)
+        for anchor, style in (("zero_shot", ":"), ("bm25", "--")):
+            if anchor in block:
+                ax.axhline(100 * block[anchor]["metrics"]["ndcg@10"], ls=style, color="k", lw=1, label=anchor)
+        lo = min(100 * r["metrics"]["ndcg@10"] for a in arms for r in block["arms"][a]["runs"])
+        ax.set_ylim(lo - 8, None)
+        ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{name}: nDCG@10 (bar: seed mean, dots: seeds)", fontsize=9)
+        ax.legend(fontsize=7)
+    save_figure(fig, where / f"{out.stem}-arms.png")
+
+    fig, axes = plt.subplots(1, len(blocks), figsize=(4.5 * len(blocks), 3.4), squeeze=False)
+    for ax, (name, block) in zip(axes[0], blocks, strict=True):
+        for a, d in block["arms"].items():
+            if d.get("runs"):
+                c = d["summary"]["curve_mean"]
+                ax.plot([0] + [p["epoch"] for p in c],
+                        [100 * block["zero_shot"]["metrics"]["ndcg@10"]] + [100 * p["ndcg@10"] for p in c],
+                        marker="o", label=a)
+        ax.set_xlabel("epoch (0 = zero-shot)")
+        ax.set_title(f"{name}: nDCG@10 by epoch (seed mean)", fontsize=9)
+        ax.legend(fontsize=7)
+    save_figure(fig, where / f"{out.stem}-curve.png")

@@ -1,0 +1,132 @@
+"""What a fit re-derives from the current encoder on the rebuild schedule (the E step of the EM loop).
+
+``hce``: re-encode the corpus, rebuild the tree, and recompute each example's guard (its top-G documents,
+positives removed, which siblings must not include). ``mined`` with ``refresh_mined``: re-encode and re-mine
+ranks [lo, hi) on the same schedule (the ``mined-refresh`` control: fresh hard negatives, no hierarchy).
+Static ``mined`` mines once from the starting encoder; ``flat`` needs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hce_serve.tree import Tree
+
+from . import dist
+from .config import REBUILD_EPOCH, TrainConfig
+from .data import Corpus, Examples, load_corpus, pseudo_query_examples, supervised_examples
+from .model import HCEEncoder
+from .negatives import TreeIndex, mine_pools
+from .tree_builder import TreeConfig, build_tree
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "train_log.jsonl"
+
+
+def due(every: int, step: int, pos_in_epoch: int, last_step: int) -> bool:
+    """Whether to refresh before ``step``: first step always; then each epoch start or every N steps."""
+    if last_step < 0:
+        return True
+    if last_step == step:
+        return False
+    if every == REBUILD_EPOCH:
+        return pos_in_epoch == 0
+    return every > 0 and step % every == 0
+
+
+def refreshes(cfg: TrainConfig) -> bool:
+    """Whether this arm re-derives anything from the encoder as training goes."""
+    return cfg.negatives == "hce" or (cfg.negatives == "mined" and cfg.refresh_mined)
+
+
+class RunState:
+    """State shared by the phases of one fit: data, the latest corpus embeddings, the train log."""
+
+    def __init__(self, cfg: TrainConfig, env: dist.DistEnv, device: str, progress: bool) -> None:
+        self.cfg, self.env, self.device = cfg, env, device
+        self.progress = progress and env.is_main
+        self.out = Path(cfg.out)
+        self.corpus: Corpus = load_corpus(cfg.data)
+        self._sup = supervised_examples(cfg.data, cfg.split, self.corpus) if cfg.mode == "supervised" else None
+        self._epoch_cache: dict[int, Examples] = {}
+        self.last_embeddings: np.ndarray | None = None  # corpus embeddings behind the latest tree
+
+    def examples(self, epoch: int) -> Examples:
+        if self._sup is not None:
+            return self._sup
+        if epoch not in self._epoch_cache:
+            cfg = self.cfg
+            drop = cfg.crop_drop if cfg.pseudo_queries == "crop" else 0.0
+            self._epoch_cache = {epoch: pseudo_query_examples(
+                self.corpus, np.random.default_rng([cfg.seed, epoch, 3]), cfg.span_min_words, cfg.span_max_words,
+                drop=drop)}
+        return self._epoch_cache[epoch]
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        if self.env.is_main:
+            with open(self.out / LOG_NAME, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def encode_corpus(self, encoder: HCEEncoder) -> np.ndarray:
+        """(docs, D) corpus embeddings; under DDP each rank encodes a slice and all gather."""
+        part = np.array_split(np.arange(len(self.corpus)), self.env.world)[self.env.rank]
+        local = encoder.encode([self.corpus.texts[i] for i in part], self.cfg.doc_max_length,
+                               self.cfg.encode_batch_size, self.progress, "encode corpus")
+        emb = dist.gather_rows(local, self.env)
+        self.last_embeddings = emb
+        return emb
+
+    def build(self, encoder: HCEEncoder, step: int, emb: np.ndarray | None = None) -> Tree:
+        """Rebuild the tree from ``emb`` (default: a fresh corpus encode) on rank 0, broadcast to the others."""
+        t0 = time.perf_counter()
+        emb = self.encode_corpus(encoder) if emb is None else emb
+        cfg = self.cfg
+        tree = None
+        if self.env.is_main:
+            tcfg = TreeConfig(cfg.branching, cfg.leaf_size, cfg.tree_balance, cfg.kmeans_iters, cfg.seed)
+            tree = build_tree(emb, self.corpus.ids, tcfg, progress=self.progress)
+        parent = dist.broadcast_array(tree.parent if tree else None, np.int32, 1, self.env)
+        cent = dist.broadcast_array(tree.centroids if tree else None, np.float32, 2, self.env)
+        leaf = dist.broadcast_array(tree.doc_leaf if tree else None, np.int32, 1, self.env)
+        tree = tree or Tree(parent, cent, leaf, self.corpus.ids)
+        secs = time.perf_counter() - t0
+        log.info("step %d: tree rebuilt in %.1f s: %s", step, secs, tree.summary())
+        self.log_row({"event": "tree_rebuild", "step": step, "seconds": round(secs, 2), **tree.summary()})
+        return tree
+
+    def rank_pools(self, encoder: HCEEncoder, exs: Examples, d_emb: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """(examples, hi - lo): each example's ranks [lo, hi) under ``encoder``, its positives removed."""
+        q_emb = encoder.encode(exs.queries, self.cfg.query_max_length, self.cfg.encode_batch_size, self.progress,
+                               "encode queries")
+        return mine_pools(q_emb, d_emb, exs.positives, lo, hi)
+
+
+def mine(run: RunState, encoder: HCEEncoder, exs: Examples) -> np.ndarray:
+    """Pools of the encoder's ranks [lo, hi) per example, positives removed (the mined arms)."""
+    cfg = run.cfg
+    return run.rank_pools(encoder, exs, run.encode_corpus(encoder), cfg.mined_rank_lo, cfg.mined_rank_hi)
+
+
+def refresh(run: RunState, ctx: Any, encoder: HCEEncoder, step: int, exs: Examples) -> Tree | None:
+    """One E step for ``ctx``'s arm; returns the new tree (hce) or None. Updates ctx in place."""
+    import torch
+
+    cfg = run.cfg
+    if cfg.negatives == "mined":
+        t0 = time.perf_counter()
+        ctx.mined = mine(run, encoder, exs)
+        run.log_row({"event": "remine", "step": step, "seconds": round(time.perf_counter() - t0, 2)})
+        return None
+    emb = run.encode_corpus(encoder)
+    tree = run.build(encoder, step, emb)
+    ctx.tree, ctx.centroids = TreeIndex(tree), torch.from_numpy(tree.centroids).to(run.device)
+    guard = int(cfg.sibling_guard or 0)
+    ctx.guard = run.rank_pools(encoder, exs, emb, 0, guard) if guard > 0 else None
+    return tree
