@@ -49,13 +49,16 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "hce-doc-level-only": ("hce", {"level_weights": (0.0,)}),
     "hce-raw-centroids": ("hce", {"normalize_centroids": False}),
     "hce-unguarded": ("hce", {"sibling_guard": 0}),
+    # What the CPU profile's one method cut (attention dropout off) changes: the base model's 0.1 restored.
+    "hce-attn-dropout": ("hce", {"attention_dropout": None}),
+    "mined-attn-dropout": ("mined", {"attention_dropout": None}),
 }
 # Budgets. cpu: sized so one seed of flat, mined, mined-refresh and hce fits 90 minutes on 2 cores.
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {"epochs": 3, "batch_size": 32, "negatives_per_query": 7, "doc_max_length": 128, "precision": "auto",
-            "unsup_epochs": 1, "pseudo_queries": "crop"},
+            "attention_dropout": 0.0, "unsup_epochs": 1, "pseudo_queries": "crop"},
     "gpu": {"epochs": 8, "batch_size": 64, "negatives_per_query": 7, "doc_max_length": 256, "precision": "auto",
-            "unsup_epochs": 1, "pseudo_queries": "crop"},
+            "attention_dropout": None, "unsup_epochs": 1, "pseudo_queries": "crop"},
 }
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 QUERY_LEN = {"arguana": 256}  # DESIGN §8: ArguAna queries are whole arguments; others 64
@@ -126,12 +129,11 @@ def train_and_eval(arm: str, seed: int, data_dir: Path, mode: str, budget: dict[
     negatives, overrides = ARMS[arm]
     out = args.work / f"{data_dir.name}-{mode}-{arm}-s{seed}"
     epochs = budget["epochs"] if mode == "supervised" else budget["unsup_epochs"]
-    extra = {k: budget[k] for k in ("lr", "base_model") if k in budget}
-    cfg = TrainConfig(data=str(data_dir), out=str(out), mode=mode, negatives=negatives, seed=seed, device=args.device,
-                      epochs=epochs, max_steps=args.max_steps, batch_size=budget["batch_size"],
-                      negatives_per_query=budget["negatives_per_query"], doc_max_length=budget["doc_max_length"],
-                      query_max_length=qlen, precision=budget["precision"],
-                      pseudo_queries=budget["pseudo_queries"], **extra, **overrides).resolved()
+    shared = {k: budget[k] for k in ("batch_size", "negatives_per_query", "doc_max_length", "precision",
+                                     "attention_dropout", "pseudo_queries", "lr", "base_model") if k in budget}
+    cfg = TrainConfig(**{"data": str(data_dir), "out": str(out), "mode": mode, "negatives": negatives, "seed": seed,
+                         "device": args.device, "epochs": epochs, "max_steps": args.max_steps,
+                         "query_max_length": qlen, **shared, **overrides}).resolved()
     curve: list[dict[str, Any]] = []
     eval_s = 0.0
 

@@ -62,6 +62,8 @@ def main() -> None:
 @click.option("--device", type=click.Choice(DEVICES), default=None)
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="bf16 autocast; auto = on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16) [auto].")
+@click.option("--attention-dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Attention dropout while training [the base model's]; 0 is ~2x faster on CPUs.")
 @click.option("--seed", type=int, default=None)
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
 @click.option("--resume", is_flag=True, help="Continue from --out/checkpoint.")

@@ -39,6 +39,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     device: str = "auto"
     precision: str = "auto"  # autocast of the encoder's matmuls; master weights and the loss stay fp32
+    # Attention-probability dropout while training; None keeps the base model's (0.1 for MiniLM). 0 lets CPU
+    # attention use the fused SDPA kernel (with dropout it runs unfused: a MiniLM step took ~2x as long).
+    attention_dropout: float | None = None
     seed: int = 0
     query_max_length: int = 64  # tokens (ArguAna wants 256)
     doc_max_length: int = 256  # tokens; recorded as the card's max_length
@@ -91,6 +94,8 @@ class TrainConfig:
             bad(f"precision must be one of {PRECISIONS}, found {self.precision!r}")
         if self.pseudo_queries not in PSEUDO_QUERIES:
             bad(f"pseudo_queries must be one of {PSEUDO_QUERIES}, found {self.pseudo_queries!r}")
+        if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
+            bad(f"attention_dropout must be in [0, 1), found {self.attention_dropout}")
         if not 0 <= self.crop_drop < 1:
             bad(f"crop_drop must be in [0, 1), found {self.crop_drop}")
         if self.sibling_guard is not None and self.sibling_guard < 0:

@@ -104,6 +104,7 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
     else:
         encoder = HCEEncoder.build(cfg.base_model, device)
     encoder.autocast_bf16 = use_bf16(cfg.precision, device)
+    encoder.training_dropout(cfg.attention_dropout)
     encoder.model.train()
 
     n_ex = len(run.examples(0))
