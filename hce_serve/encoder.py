@@ -60,6 +60,8 @@ class Encoder:
     ``providers`` defaults to CPU; ask for ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` on a GPU
     machine. ``providers`` on the instance is what the session really got (onnxruntime silently falls
     back to CPU when the CUDA libraries are missing; this class logs a warning then).
+    ``query_max_length`` overrides the card's query truncation (ArguAna's whole-argument queries want 256
+    tokens where the card says 64) without touching the export folder.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class Encoder:
         threads: int | None = None,
         session_options: Any = None,
         token_budget: int = TOKEN_BUDGET,
+        query_max_length: int | None = None,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -81,6 +84,9 @@ class Encoder:
             raise FormatError(f"{self.export_dir}: export folder not found")
         self.card = ModelCard.load(self.export_dir)
         self.dim = self.card.dim
+        if query_max_length is not None and query_max_length < 1:
+            raise ConfigError(f"query_max_length must be >= 1, found {query_max_length}")
+        self.query_max_length = query_max_length or self.card.query_max_length
         self.token_budget = max(int(token_budget), 1)
         files = _files(self.card, self.export_dir)
         asked = list(providers) if providers else ["CPUExecutionProvider"]
@@ -126,13 +132,13 @@ class Encoder:
         except Exception as e:  # tokenizers raises a bare Exception for a corrupt or non-UTF-8 file
             raise FormatError(f"{tok_path}: not a readable tokenizer ({' '.join(str(e).split())[:300]})") from None
         self._tok_q.no_padding()
-        self._tok_q.enable_truncation(max_length=self.card.query_max_length)
+        self._tok_q.enable_truncation(max_length=self.query_max_length)
         self._tok_d.no_padding()
         self._tok_d.enable_truncation(max_length=self.card.max_length)
 
     # ------------------------------------------------------------------ public API
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed queries (truncated at ``card.query_max_length``): float32 (n, dim), unit rows."""
+        """Embed queries (truncated at ``query_max_length``): float32 (n, dim), unit rows."""
         texts = _check_texts(texts)
         if len(texts) == 1:
             return self._encode_one(self._tok_q, texts[0])

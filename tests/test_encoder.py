@@ -96,6 +96,20 @@ def test_truncation_at_card_lengths(tiny_export, tmp_path):
     assert float(d[0] @ q[0]) < 0.9999
 
 
+def test_query_max_length_overrides_the_card(tiny_export):
+    """The override truncates queries like a card that says 6 would, and leaves documents alone."""
+    enc = Encoder(tiny_export, variant="fp32", query_max_length=6)
+    base = "protein enzyme amino fold binding receptor kinase peptide climate carbon warming ocean ice"
+    assert enc.query_max_length == 6 and ModelCard.load(tiny_export).query_max_length != 6
+    q = enc.encode_queries([base, "protein enzyme amino fold"])
+    np.testing.assert_allclose(q[0], q[1], atol=1e-6)
+    full = Encoder(tiny_export, variant="fp32")
+    assert float(full.encode_queries([base])[0] @ q[0]) < 0.9999  # the card's length sees every word
+    np.testing.assert_allclose(enc.encode_documents([base]), full.encode_documents([base]), atol=1e-6)
+    with pytest.raises(ConfigError, match="query_max_length"):
+        Encoder(tiny_export, query_max_length=0)
+
+
 def test_empty_input_and_bad_input(enc):
     assert enc.encode_queries([]).shape == (0, enc.dim)
     assert enc.encode_documents([]).shape == (0, enc.dim)
