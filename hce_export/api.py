@@ -25,6 +25,7 @@ from hce_serve.tree import Tree
 from . import onnx as onnx_export
 from . import optimize, validate
 from . import quantize as q8
+from . import query as qx
 from .source import TOKENIZER_FILES, TREE_FILES, load_source
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,11 @@ def export(
             files["int8"] = FILES["int8"]
             card.replace(onnx=section).save(tmp)
             numbers.update(validate.check_variant(tmp, "int8"))
+        qsrc = qx.query_source(src)
+        if qsrc is not None:  # a distilled shallow query encoder: its graphs go beside the document graphs
+            qmodel, qwrapper = qx.export_query(qsrc, card, tmp, settings, section, opset)
+            card.replace(onnx=section).save(tmp)
+            numbers.update(qx.check_query(qmodel, qwrapper, qsrc, tmp, card.replace(onnx=section)))
         if fp16:
             section["fp16"] = optimize.to_fp16(tmp / FILES["fp32"], tmp / FILES["fp16"], src.config)
             files["fp16"] = FILES["fp16"]
@@ -164,7 +170,7 @@ def export(
                 tmp, Path(validate_data), [v for v in ("fp32", "int8") if v in files], validate_split,
                 validate_max_queries, validate_max_docs,
             )
-        bad = validate.failures(numbers, tol)
+        bad = validate.failures(numbers, tol) + qx.query_failures(numbers, tol)
         numbers.update(tolerances=validate.tolerances_dict(tol), degraded=bool(bad), failures=bad)
         if bad and not allow_degraded:
             raise ValidationError("export out of tolerance: " + "; ".join(bad) + " (--allow-degraded to keep it)")

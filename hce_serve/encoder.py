@@ -23,6 +23,7 @@ from .errors import ConfigError, FormatError, missing_dependency
 log = logging.getLogger(__name__)
 
 VARIANTS = ("auto", "int8", "fp32", "fp16")
+QUERY_ENCODERS = ("auto", "full", "shallow")  # auto: the distilled query graph when the export has one
 OUTPUT_NAME = "sentence_embedding"
 TOKEN_BUDGET = 16384  # padded tokens per session.run: bounds activation memory, keeps batches efficient
 MAX_BATCH = 128
@@ -62,6 +63,9 @@ class Encoder:
     back to CPU when the CUDA libraries are missing; this class logs a warning then).
     ``query_max_length`` overrides the card's query truncation (ArguAna's whole-argument queries want 256
     tokens where the card says 64) without touching the export folder.
+    ``query_encoder``: queries go through the export's shallow query graph (``hce-train distill-query``,
+    card ``onnx.query_files``) when it has one (``auto``), or always through the full document graph
+    (``full``), or must use the shallow one (``shallow``: an error when the export has none).
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class Encoder:
         session_options: Any = None,
         token_budget: int = TOKEN_BUDGET,
         query_max_length: int | None = None,
+        query_encoder: str = "auto",
     ) -> None:
         try:
             import onnxruntime as ort
@@ -101,24 +106,12 @@ class Encoder:
                 raise ConfigError(f"threads must be >= 1, found {threads}")
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(graph), sess_options=so, providers=asked)
-        except Exception as e:  # onnxruntime raises its own untyped errors for a corrupt graph
-            raise FormatError(f"{graph}: onnxruntime cannot load it ({' '.join(str(e).split())[:300]})") from None
+        self.session = self._load_session(ort, graph, so, asked)
         self.providers = list(self.session.get_providers())
         if CUDA in asked and CUDA not in self.providers:
             log.warning("CUDA was asked for but onnxruntime runs %s only (CUDA libraries missing?)", self.providers)
-
         self.input_names = [i.name for i in self.session.get_inputs()]
-        unknown = set(self.input_names) - {"input_ids", "attention_mask", "token_type_ids"}
-        if unknown or "input_ids" not in self.input_names:
-            raise FormatError(f"{graph}: unexpected graph inputs {self.input_names}")
-        outputs = [o.name for o in self.session.get_outputs()]
-        if OUTPUT_NAME not in outputs:
-            raise FormatError(f"{graph}: no {OUTPUT_NAME!r} output (found {outputs})")
-        out_dim = self.session.get_outputs()[outputs.index(OUTPUT_NAME)].shape[-1]
-        if isinstance(out_dim, int) and out_dim != self.dim:
-            raise FormatError(f"{graph}: graph returns {out_dim}-d embeddings but hce_model.json says dim {self.dim}")
+        self.query_encoder, self.query_session = self._query_graph(ort, query_encoder, so, asked)
         self._int_dtype = np.int64  # exported graphs declare int64 ids
 
         tok_path = self.export_dir / "tokenizer.json"
@@ -136,13 +129,50 @@ class Encoder:
         self._tok_d.no_padding()
         self._tok_d.enable_truncation(max_length=self.card.max_length)
 
+    def _load_session(self, ort: Any, graph: Path, so: Any, asked: list[str]) -> Any:
+        try:
+            session = ort.InferenceSession(str(graph), sess_options=so, providers=asked)
+        except Exception as e:  # onnxruntime raises its own untyped errors for a corrupt graph
+            raise FormatError(f"{graph}: onnxruntime cannot load it ({' '.join(str(e).split())[:300]})") from None
+        names = [i.name for i in session.get_inputs()]
+        unknown = set(names) - {"input_ids", "attention_mask", "token_type_ids"}
+        if unknown or "input_ids" not in names:
+            raise FormatError(f"{graph}: unexpected graph inputs {names}")
+        outputs = [o.name for o in session.get_outputs()]
+        if OUTPUT_NAME not in outputs:
+            raise FormatError(f"{graph}: no {OUTPUT_NAME!r} output (found {outputs})")
+        out_dim = session.get_outputs()[outputs.index(OUTPUT_NAME)].shape[-1]
+        if isinstance(out_dim, int) and out_dim != self.dim:
+            raise FormatError(f"{graph}: graph returns {out_dim}-d embeddings but hce_model.json says dim {self.dim}")
+        return session
+
+    def _query_graph(self, ort: Any, choice: str, so: Any, asked: list[str]) -> tuple[str, Any]:
+        """("shallow", its session) or ("full", None: queries use the document session)."""
+        if choice not in QUERY_ENCODERS:
+            raise ConfigError(f"query_encoder must be one of {QUERY_ENCODERS}, found {choice!r}")
+        files = (self.card.onnx or {}).get("query_files") or {}
+        name = files.get(self.variant) if isinstance(files, dict) else None
+        if choice == "full" or (choice == "auto" and not name):
+            return "full", None
+        if not name:
+            raise FormatError(f"{self.export_dir}: no shallow {self.variant} query graph in this export "
+                              "(hce-train distill-query, then hce-export onnx)")
+        graph = self.export_dir / str(name)
+        if not graph.is_file():
+            raise FormatError(f"{graph}: ONNX graph named in hce_model.json is missing")
+        session = self._load_session(ort, graph, so, asked)
+        if [i.name for i in session.get_inputs()] != self.input_names:
+            raise FormatError(f"{graph}: the query graph's inputs differ from the document graph's")
+        return "shallow", session
+
     # ------------------------------------------------------------------ public API
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed queries (truncated at ``query_max_length``): float32 (n, dim), unit rows."""
+        """Embed queries (truncated at ``query_max_length``) with the query graph: float32 (n, dim), unit rows."""
         texts = _check_texts(texts)
+        session = self.query_session or self.session
         if len(texts) == 1:
-            return self._encode_one(self._tok_q, texts[0])
-        return self._encode(self._tok_q, texts, progress=False)
+            return self._encode_one(self._tok_q, texts[0], session)
+        return self._encode(self._tok_q, texts, progress=False, session=session)
 
     def encode_documents(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Embed documents (truncated at ``card.max_length``): float32 (n, dim), unit rows.
@@ -152,7 +182,8 @@ class Encoder:
         return self._encode(self._tok_d, _check_texts(texts), progress=progress)
 
     def __repr__(self) -> str:
-        return f"Encoder({str(self.export_dir)!r}, variant={self.variant!r}, providers={self.providers})"
+        return (f"Encoder({str(self.export_dir)!r}, variant={self.variant!r}, query_encoder={self.query_encoder!r}, "
+                f"providers={self.providers})")
 
     # ------------------------------------------------------------------ internals
     def _feed(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -163,9 +194,9 @@ class Encoder:
             feed["token_type_ids"] = np.zeros_like(ids)  # single-segment inputs
         return feed
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _run(self, ids: np.ndarray, mask: np.ndarray, session: Any = None) -> np.ndarray:
         try:
-            (emb,) = self.session.run([OUTPUT_NAME], self._feed(ids, mask))  # (b, dim)
+            (emb,) = (session or self.session).run([OUTPUT_NAME], self._feed(ids, mask))  # (b, dim)
         except MemoryError:
             raise
         except Exception as e:  # onnxruntime's untyped errors: a graph that loads but cannot run (corrupt)
@@ -177,12 +208,12 @@ class Encoder:
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         return emb / np.maximum(norms, 1e-12)
 
-    def _encode_one(self, tok: Any, text: str) -> np.ndarray:
+    def _encode_one(self, tok: Any, text: str, session: Any = None) -> np.ndarray:
         # Latency path for one query: no sorting, batching or padding work.
         ids = np.asarray([tok.encode(text).ids], dtype=self._int_dtype)  # (1, L)
-        return self._run(ids, np.ones_like(ids))
+        return self._run(ids, np.ones_like(ids), session)
 
-    def _encode(self, tok: Any, texts: list[str], progress: bool) -> np.ndarray:
+    def _encode(self, tok: Any, texts: list[str], progress: bool, session: Any = None) -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
@@ -203,7 +234,7 @@ class Encoder:
                 seq = encs[i].ids
                 ids[r, : len(seq)] = seq
                 mask[r, : len(seq)] = 1
-            out[rows] = self._run(ids, mask)
+            out[rows] = self._run(ids, mask, session)
             start += size
             if bar is not None:
                 bar.update(size)

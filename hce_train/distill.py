@@ -1,0 +1,204 @@
+"""``hce-train distill-query``: a shallow query encoder that lands where the full encoder puts the query.
+
+Documents are encoded once, offline, by the full encoder; queries are encoded on every request. The
+student is the teacher's first ``L`` transformer layers (same tokenizer, width and pooling), so it starts
+close and maps into the same space. It is trained, with the document side frozen, on
+
+    L = w_cos * (1 - cos(s(q), t(q)))                                     # land on the teacher's point
+      + w_kl  * KL( softmax(t(q) . D_pool / tau) || softmax(s(q) . D_pool / tau) )   # rank like it
+
+where ``t`` is the teacher's query embedding and ``D_pool`` the fixed, precomputed embeddings of the
+documents the teacher ranks highest for the batch's queries (each query's top ``pool_k``, pooled over
+the batch): the listwise term spends the student's capacity where rankings are decided. The queries are
+the data's training queries (when it has a train split) and pseudo-queries cropped from the corpus, so
+the method needs no labels and works on a new corpus.
+
+QMODEL_DIR is a plain encoder folder with a card (``extra.role = "query_encoder"``); MODEL_DIR's card then
+records the pair in ``extra.query_encoder`` so ``hce-export`` exports and validates both graphs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hce_serve import beir
+from hce_serve.card import ModelCard
+from hce_serve.errors import ConfigError, DataError
+
+from .data import load_corpus, pseudo_query_examples
+from .evaluate import exact_topk
+from .loop import lr_at, pick_device
+from .model import HCEEncoder, use_bf16
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    layers: int = 2  # transformer layers kept from the bottom of the teacher
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-4
+    warmup_ratio: float = 0.1
+    tau: float = 0.05  # temperature of the listwise term
+    cos_weight: float = 1.0
+    kl_weight: float = 1.0
+    pool_k: int = 32  # teacher's top documents per query in the listwise pool
+    max_pseudo: int = 20_000  # pseudo-queries per epoch at most (one per document, sampled)
+    heldout: float = 0.05  # share of queries kept out of training to measure fidelity
+    seed: int = 0
+    precision: str = "auto"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.layers < 1:
+            raise ConfigError(f"--layers must be >= 1, found {self.layers}")
+        for name in ("epochs", "batch_size", "pool_k", "max_pseudo"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, found {getattr(self, name)}")
+        if not 0 < self.lr < 1 or self.tau <= 0 or min(self.cos_weight, self.kl_weight) < 0:
+            raise ConfigError("lr must be in (0, 1), tau positive, weights >= 0")
+        if not 0 <= self.heldout < 0.5:
+            raise ConfigError(f"heldout must be in [0, 0.5), found {self.heldout}")
+
+
+def shallow_copy(teacher: HCEEncoder, layers: int) -> HCEEncoder:
+    """A deep copy of the teacher with only its first ``layers`` transformer layers."""
+    model = copy.deepcopy(getattr(teacher.model, "module", teacher.model))
+    stack = getattr(getattr(model, "encoder", None), "layer", None)
+    if stack is None:
+        raise ConfigError(f"{type(model).__name__}: no encoder.layer stack to cut (BERT-like models only)")
+    if layers >= len(stack):
+        raise ConfigError(f"--layers {layers}: the model has only {len(stack)} layers; a student needs fewer")
+    model.encoder.layer = type(stack)(list(stack)[:layers])
+    model.config.num_hidden_layers = layers
+    return HCEEncoder(model, teacher.tokenizer, teacher.base_model, teacher.device)
+
+
+def training_queries(data_dir: Path, corpus_texts: list[str], cfg: DistillConfig, epoch: int) -> list[str]:
+    """The train split's queries (if any) and up to ``max_pseudo`` cropped pseudo-queries for ``epoch``."""
+    texts: list[str] = []
+    qrels = data_dir / "qrels" / "train.tsv"
+    if qrels.is_file() and (data_dir / "queries.jsonl").is_file():
+        wanted = set(beir.load_qrels(qrels))
+        texts += [t for q, t in beir.load_queries(data_dir / "queries.jsonl").items() if q in wanted]
+    from .data import Corpus
+
+    rng = np.random.default_rng([cfg.seed, epoch, 7])
+    rows = rng.permutation(len(corpus_texts))[: cfg.max_pseudo]
+    sub = Corpus([str(r) for r in rows], [corpus_texts[r] for r in rows])
+    texts += pseudo_query_examples(sub, rng, 8, 24, drop=0.1).queries  # query-sized crops with dropped words
+    return texts
+
+
+def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg: DistillConfig,
+            data: str | os.PathLike[str] | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train the shallow query encoder, write QMODEL_DIR, record the pair in MODEL_DIR's card."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    mdir, qdir = Path(model_dir), Path(out)
+    card = ModelCard.load(mdir)
+    data_dir = Path(data) if data else _trained_on(mdir)
+    if qdir.exists() and any(qdir.iterdir()) and not overwrite:
+        raise ConfigError(f"{qdir}: already exists; pass --overwrite to replace it")
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    t_start = time.perf_counter()
+    teacher = HCEEncoder.load(mdir, device)
+    teacher.autocast_bf16 = use_bf16(cfg.precision, device)
+    corpus = load_corpus(data_dir)
+    d_emb = torch.from_numpy(teacher.encode(corpus.texts, card.max_length, 128, progress, "teacher: corpus"))
+    student = shallow_copy(teacher, cfg.layers)
+    student.autocast_bf16 = teacher.autocast_bf16
+    student.training_dropout(0.0)
+    student.model.train()
+    opt = torch.optim.AdamW(student.model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    per_epoch = math.ceil(len(training_queries(data_dir, corpus.texts, cfg, 0)) * (1 - cfg.heldout) / cfg.batch_size)
+    total, step, heldout, stats = per_epoch * cfg.epochs, 0, set(), {}
+    bar = tqdm(total=total, desc=f"distill L={cfg.layers}", unit="step", disable=not progress)
+    for epoch in range(cfg.epochs):
+        texts = training_queries(data_dir, corpus.texts, cfg, epoch)
+        t_q = teacher.encode(texts, card.query_max_length, 128, progress, "teacher: queries")
+        _, top = exact_topk(t_q, d_emb.numpy(), cfg.pool_k)
+        order = np.random.default_rng([cfg.seed, epoch, 8]).permutation(len(texts))
+        if epoch == 0:  # held out for good: a training query never trains in a later epoch either
+            heldout = {texts[i] for i in order[: int(len(order) * cfg.heldout)]}
+        order = np.array([i for i in order if texts[i] not in heldout], np.int64)
+        for lo in range(0, len(order), cfg.batch_size):
+            if step >= total:
+                break
+            idx = order[lo : lo + cfg.batch_size]
+            s = student.embed([texts[i] for i in idx], card.query_max_length)  # (b, D)
+            t = torch.from_numpy(t_q[idx]).to(s.device)
+            pool = torch.from_numpy(np.unique(top[idx])).to(s.device)
+            docs = d_emb.to(s.device)[pool]  # (P, D), fixed
+            cos = 1 - (s * t).sum(-1).mean()
+            kl = F.kl_div(F.log_softmax(s @ docs.T / cfg.tau, -1), F.log_softmax(t @ docs.T / cfg.tau, -1),
+                          log_target=True, reduction="batchmean")
+            loss = cfg.cos_weight * cos + cfg.kl_weight * kl
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, cfg.lr, cfg.warmup_ratio)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            stats = {"loss": float(loss.detach()), "cos": float(1 - cos.detach()), "kl": float(kl.detach())}
+            bar.update(1)
+            bar.set_postfix(cos=f"{stats['cos']:.3f}")
+    bar.close()
+    fidelity = _fidelity(teacher, student, sorted(heldout), d_emb.numpy(), card.query_max_length)
+    summary = {"layers": cfg.layers, "teacher_layers": int(teacher.model.config.num_hidden_layers), "steps": step,
+               "seconds": round(time.perf_counter() - t_start, 1), "final": stats, "heldout": fidelity,
+               "data": str(data_dir.resolve()), "config": asdict(cfg)}
+    _write(student, teacher, card, mdir, qdir, summary, overwrite)
+    return {**summary, "out": str(qdir)}
+
+
+def _trained_on(mdir: Path) -> Path:
+    cfg = mdir / "train_config.json"
+    if cfg.is_file():
+        data = json.loads(cfg.read_text(encoding="utf-8")).get("data")
+        if data and Path(data).is_dir():
+            return Path(data)
+    raise DataError(f"{mdir}: pass --data (a BEIR folder whose corpus the query encoder is distilled on)")
+
+
+def _fidelity(teacher: HCEEncoder, student: HCEEncoder, texts: list[str], d_emb: np.ndarray, qlen: int) -> dict:
+    """Held-out queries: cosine to the teacher's embedding and overlap of the two top-10 lists."""
+    if not texts:
+        return {}
+    t = teacher.encode(texts, qlen, 128, False)
+    s = student.encode(texts, qlen, 128, False)
+    cos = (t * s).sum(1)
+    _, tt = exact_topk(t, d_emb, 10)
+    _, st = exact_topk(s, d_emb, 10)
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(tt.tolist(), st.tolist(), strict=True)])
+    return {"queries": len(texts), "cosine_mean": round(float(cos.mean()), 4), "cosine_min": round(float(cos.min()), 4),
+            "top10_overlap": round(float(overlap), 4)}
+
+
+def _write(student: HCEEncoder, teacher: HCEEncoder, card: ModelCard, mdir: Path, qdir: Path,
+           summary: dict[str, Any], overwrite: bool) -> None:
+    import shutil
+
+    if qdir.exists() and overwrite:
+        shutil.rmtree(qdir)
+    qcard = card.replace(tree=None, onnx=None, extra={"role": "query_encoder", "teacher": str(mdir.resolve()),
+                                                      "distill": summary})
+    student.save(qdir, qcard)
+    rel = os.path.relpath(qdir.resolve(), mdir.resolve())
+    pair = {"path": rel, "layers": summary["layers"], "heldout": summary["heldout"]}
+    card.replace(extra={**card.extra, "query_encoder": pair}).save(mdir)  # the card is replaced atomically

@@ -1,0 +1,89 @@
+"""The shallow query encoder: distillation on a tiny model, its export beside the document graphs, serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("faiss")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("optimum.exporters.onnx")
+
+from click.testing import CliRunner  # noqa: E402
+
+from hce_serve.card import ModelCard  # noqa: E402
+from hce_serve.encoder import Encoder  # noqa: E402
+from hce_serve.errors import FormatError  # noqa: E402
+from hce_train.cli import main as train_cli  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_beir, tiny_bert, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """A 2-layer MODEL_DIR (2 fit steps) and its distilled 1-layer query encoder inside it."""
+    root = tmp_path_factory.mktemp("distill")
+    model = root / "m"
+    runner = CliRunner()
+    res = runner.invoke(train_cli, ["fit", "--data", str(tiny_beir), "--out", str(model), "--base-model",
+                                    str(tiny_bert), "--max-steps", "2", "--batch-size", "8", "--doc-max-length", "48",
+                                    "--query-max-length", "16", "--no-progress", "-q"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(train_cli, ["distill-query", "--model", str(model), "--layers", "1", "--out",
+                                    str(model / "query_encoder"), "--epochs", "2", "--batch-size", "16",
+                                    "--no-progress", "-q"])
+    assert res.exit_code == 0, res.output
+    return model, model / "query_encoder", json.loads(res.stdout)
+
+
+def test_distilled_student_is_the_teachers_bottom_layers_and_the_card_records_the_pair(pair):
+    model, qdir, summary = pair
+    cfg = json.loads((qdir / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 1 and summary["teacher_layers"] == 2
+    assert summary["steps"] > 0 and np.isfinite(summary["final"]["loss"])
+    qcard, card = ModelCard.load(qdir), ModelCard.load(model)
+    assert qcard.extra["role"] == "query_encoder" and qcard.dim == card.dim
+    assert card.extra["query_encoder"]["path"] == "query_encoder" and card.extra["query_encoder"]["layers"] == 1
+    held = summary["heldout"]
+    assert held["queries"] > 0 and -1 <= held["cosine_min"] <= held["cosine_mean"] <= 1
+
+
+def test_distill_refuses_a_student_as_deep_as_the_teacher(pair, tmp_path):
+    model, _, _ = pair
+    res = CliRunner().invoke(train_cli, ["distill-query", "--model", str(model), "--layers", "2", "--out",
+                                         str(tmp_path / "q"), "--no-progress"])
+    assert res.exit_code == 1 and "needs fewer" in res.output and "Traceback" not in res.output
+
+
+def test_export_writes_and_validates_the_query_graphs_and_serving_picks_them(pair, tmp_path):
+    import onnx
+
+    from hce_export.api import export
+
+    model, _, _ = pair
+    out = tmp_path / "ex"
+    section = export(model, out, quantize=True)
+    assert section["query_files"] == {"fp32": "query_model.onnx", "int8": "query_model_int8.onnx"}
+    v = section["validation"]
+    assert v["query_fp32_vs_torch_max_abs_diff"] < 1e-4 and v["query_finite"] and not v["degraded"]
+    assert v["query_int8_vs_fp32_min_cos"] > 0.9
+    graph = onnx.load(str(out / "query_model.onnx"))
+    assert [o.name for o in graph.graph.output] == ["sentence_embedding"]  # the pooled query-side output
+
+    shallow, full = Encoder(out), Encoder(out, query_encoder="full")
+    assert shallow.query_encoder == "shallow" and full.query_encoder == "full"
+    texts = ["protein folding", "soil erosion in rivers"]
+    qs, qf = shallow.encode_queries(texts), full.encode_queries(texts)
+    assert qs.shape == qf.shape == (2, shallow.dim) and not np.allclose(qs, qf)  # two different graphs
+    np.testing.assert_allclose(shallow.encode_documents(texts), full.encode_documents(texts), atol=1e-6)
+    assert shallow.encode_queries(texts[:1]).shape == (1, shallow.dim)  # the single-query path too
+
+
+def test_an_export_without_a_query_model_still_serves(tiny_export):
+    enc = Encoder(tiny_export)
+    assert enc.query_encoder == "full" and enc.query_session is None
+    assert enc.encode_queries(["a query"]).shape == (1, enc.dim)
+    with pytest.raises(FormatError, match="no shallow"):
+        Encoder(tiny_export, query_encoder="shallow")
