@@ -58,7 +58,7 @@ def test_batches_bound_the_padding(enc, monkeypatch):
 
     shapes, real = [], enc._run
 
-    def spy(ids, mask):
+    def spy(ids, mask, session=None):
         shapes.append((ids.shape, mask.sum(axis=1).min()))
         return real(ids, mask)
 
