@@ -8,8 +8,8 @@
 4. ``hce-serve index delete`` documents (judged positives among them), search every query at k=100 before
    and after ``compact`` and after a reload, and count deleted ids returned (must be 0).
 
-    python benchmarks/incremental.py --quick      # 400-document SciFact subset, 4 steps, batch 8
-    python benchmarks/incremental.py              # full SciFact corpus, 60 steps, batch 32
+    python -m benchmarks.incremental --quick      # 400-document SciFact subset, 4 steps, batch 8
+    python -m benchmarks.incremental              # full SciFact corpus, 60 steps, batch 32
 
 The subset keeps every test-judged document and fills up with random others (stated in the JSON); training
 pairs are those whose positive is in it. Budgets are CPU-sized: the point is the add/remove mechanics and
@@ -21,24 +21,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import SHARED_DATA, write_result
-from benchmarks.recall import CACHE, base_model_path, ensure_export
+from benchmarks import common
+from benchmarks.encoders import base_model_path, ensure_export
 from hce_serve.beir import Document, Qrels, load_corpus, load_qrels, load_queries
 from hce_serve.metrics import evaluate
 from hce_serve.trec import read_run
 
-log = logging.getLogger("bench.incremental")
+log = logging.getLogger(__name__)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -94,24 +91,21 @@ def query_groups(test: Qrels, new_ids: set[str]) -> dict[str, Qrels]:
     return out
 
 
-def sh(*cmd: str) -> str:
-    """Run a CLI step; its stdout (JSON) is returned, its stderr goes to ours."""
+def sh(tool: str, *args: str) -> str:
+    """Run a CLI step (``hce-serve``, ``hce-train``); its stdout (JSON) is returned, its stderr goes to ours."""
+    cmd = [*common.tool_argv(tool), *args]
     t = time.perf_counter()
-    proc = subprocess.run(list(cmd), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
-    log.info("%.1fs  %s", time.perf_counter() - t, " ".join(cmd[:4]))
+        raise RuntimeError(f"{tool} {' '.join(args)} exited {proc.returncode}")
+    log.info("%.1fs  %s %s", time.perf_counter() - t, tool, " ".join(args[:3]))
     return proc.stdout
-
-
-def cli(tool: str) -> str:
-    return str(Path(sys.executable).parent / tool)
 
 
 def train(data: Path, out: Path, args: argparse.Namespace) -> float:
     t = time.perf_counter()
     if not (out / "hce_model.json").is_file() or args.retrain:
-        sh(cli("hce-train"), "fit", "--data", str(data), "--split", "train", "--out", str(out), "--base-model",
+        sh("hce-train", "fit", "--data", str(data), "--split", "train", "--out", str(out), "--base-model",
            str(args.base), "--negatives", "hce", "--max-steps", str(args.steps), "--batch-size", str(args.batch),
            "--seed", str(args.seed), "--doc-max-length", str(args.doc_max_length), "--device", "cpu",
            "--no-progress", "--overwrite", *args.train_arg)
@@ -119,7 +113,7 @@ def train(data: Path, out: Path, args: argparse.Namespace) -> float:
 
 
 def search_run(index: Path, queries: Path, out: Path, k: int = 100) -> dict[str, dict[str, float]]:
-    sh(cli("hce-serve"), "search", "--index", str(index), "--queries", str(queries), "--k", str(k), "--run", str(out))
+    sh("hce-serve", "search", "--index", str(index), "--queries", str(queries), "--k", str(k), "--run", str(out))
     return read_run(out)
 
 
@@ -127,10 +121,9 @@ def grouped_metrics(run: dict, groups: dict[str, Qrels]) -> dict[str, Any]:
     return {g: {"queries": len(qr), **evaluate(qr, run)} for g, qr in groups.items() if qr}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--data", default=str(SHARED_DATA / "scifact"))
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = common.study_parser(__doc__, "incremental")
+    ap.add_argument("--data", default=str(common.SHARED_DATA / "scifact"))
     ap.add_argument("--withhold", type=float, default=0.2)
     ap.add_argument("--max-docs", type=int, default=None, help="corpus subset size (default 400 quick, all full)")
     ap.add_argument("--steps", type=int, default=None)
@@ -141,11 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", default=None)
     ap.add_argument("--train-arg", action="append", default=[], help="extra hce-train fit argument (repeat)")
     ap.add_argument("--retrain", action="store_true", help="retrain even when a model from an earlier run exists")
-    ap.add_argument("--work", default=str(CACHE / "incremental"))
-    ap.add_argument("--out", default="incremental")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ap.add_argument("--work", default=str(common.CACHE / "incremental"))
+    args = common.parse(ap, argv)
     args.base = args.base or str(base_model_path())
     args.max_docs = args.max_docs if args.max_docs is not None else (400 if args.quick else None)
     args.steps = args.steps or (4 if args.quick else 60)
@@ -181,17 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     for arm, (data_dir, incremental) in arms.items():
         model = args.base if data_dir is None else work / f"model-{arm}"
         secs = train(data_dir, Path(model), args) if data_dir is not None else 0.0
-        name = "minilm" if data_dir is None else f"incr-{'q' if args.quick else 'f'}-{arm}"
-        export = ensure_export(name, model)
+        export = ensure_export(arm, model, root=work / "exports")
         idx = work / f"index-{arm}"
         build_corpus = d80 if incremental else d100
-        sh(cli("hce-serve"), "index", "build", "--model", str(export), "--corpus", str(build_corpus / "corpus.jsonl"),
+        sh("hce-serve", "index", "build", "--model", str(export), "--corpus", str(build_corpus / "corpus.jsonl"),
            "--index", str(idx), "--overwrite")
         row: dict[str, Any] = {"train_seconds": secs, "model": str(model)}
         if incremental:
             before = search_run(idx, work / "test-queries.jsonl", work / f"{arm}-before-add.trec")
             row["before_add"] = grouped_metrics(before, groups)
-            row["add"] = json.loads(sh(cli("hce-serve"), "index", "add", "--index", str(idx), "--corpus",
+            row["add"] = json.loads(sh("hce-serve", "index", "add", "--index", str(idx), "--corpus",
                                        str(work / "new.jsonl")))
         run = search_run(idx, work / "test-queries.jsonl", work / f"{arm}.trec")
         row["metrics"] = grouped_metrics(run, groups)
@@ -199,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: %s", arm, row["metrics"])
     res["deletion"] = deletion_check(work / "index-hce-80-then-add", work, test, args)
     res["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    print(write_result(args.out, {"benchmark": "incremental", "mode": "quick" if args.quick else "full",
-                                  "data": str(src), **res}))
+    print(common.write_result(args.out, {"benchmark": "incremental", "mode": "quick" if args.quick else "full",
+                                         "data": str(src), **res}, __file__))
     return 0
 
 
@@ -218,11 +207,11 @@ def deletion_check(idx: Path, work: Path, test: Qrels, args: argparse.Namespace)
     victims |= set(rng.sample(live, int(args.delete * len(live))))
     (work / "delete-ids.txt").write_text("".join(f"{d}\n" for d in sorted(victims)))
     out: dict[str, Any] = {"deleted": len(victims), "judged_positives_deleted": len(victims & set(positives))}
-    out["delete"] = json.loads(sh(cli("hce-serve"), "index", "delete", "--index", str(idx), "--ids-file",
+    out["delete"] = json.loads(sh("hce-serve", "index", "delete", "--index", str(idx), "--ids-file",
                                   str(work / "delete-ids.txt")))
     for phase in ("after_delete", "after_compact"):
         if phase == "after_compact":
-            out["compact"] = json.loads(sh(cli("hce-serve"), "index", "compact", "--index", str(idx)))
+            out["compact"] = json.loads(sh("hce-serve", "index", "compact", "--index", str(idx)))
         run = search_run(idx, work / "test-queries.jsonl", work / f"{phase}.trec")
         returned = sum(d in victims for hits in run.values() for d in hits)
         out[phase] = {"results": sum(len(h) for h in run.values()), "deleted_ids_returned": returned}

@@ -1,13 +1,13 @@
 """Index scale: build time, peak memory, recall@10 vs exact against latency across ef, and deletions,
 for hce_serve's ``Index`` and raw hnswlib on the same vectors in the same run.
 
-    python benchmarks/index_scale.py --quick          # 10k, 100k
-    python benchmarks/index_scale.py                  # 10k, 100k, 1M
+    python -m benchmarks.index_scale --quick          # 10k, 100k
+    python -m benchmarks.index_scale                  # 10k, 100k, 1M
 
 Vectors are synthetic, 384-d, unit length, drawn around ``--clusters`` random centres (a mixture is
 harder for HNSW than uniform noise, and closer to real embeddings); queries come from the same mixture and
-are not in the index. Peak memory is the process's peak RSS growth during the build (VmHWM, reset
-through /proc/self/clear_refs before each build).
+are not in the index (``common.clustered``). Peak memory is the process's peak RSS growth during the
+build (VmHWM, reset through /proc/self/clear_refs before each build).
 """
 
 from __future__ import annotations
@@ -17,81 +17,46 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import PLOTS, percentiles, save_figure, time_calls, write_result
+from benchmarks import common
 from hce_serve.index import Index, IndexParams
 from hce_serve.search import recall_at_k, topk_inner_product
 
-log = logging.getLogger("bench.index_scale")
+log = logging.getLogger(__name__)
 
 DIM = 384
 EFS = (10, 20, 40, 80, 100, 200, 400)
 K = 10
 
 
-def _centres(clusters: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-    c = rng.standard_normal((clusters, dim)).astype(np.float32)  # (c, dim)
-    return c / np.linalg.norm(c, axis=1, keepdims=True)
-
-
-def clustered(n: int, dim: int, clusters: int, seed: int, spread: float = 0.35) -> np.ndarray:
-    """(n, dim) float32 unit vectors around ``clusters`` random centres."""
-    rng = np.random.default_rng(seed)
-    centres = _centres(clusters, dim, rng)
-    out = np.empty((n, dim), np.float32)
-    step = 100_000
-    for s in range(0, n, step):  # chunked so 1M never needs a float64 temporary
-        m = min(step, n - s)
-        x = centres[rng.integers(0, clusters, m)] + spread * rng.standard_normal((m, dim)).astype(np.float32) / np.sqrt(dim)
-        out[s : s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
-
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def reset_peak() -> int:
-    """Reset the peak-RSS counter where the kernel allows; return the current RSS (KiB)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return _rss_kib("VmRSS")
-
-
-def peak_growth_mib(start_kib: int) -> float:
-    return round((_rss_kib("VmHWM") - start_kib) / 1024, 1)
+def latency(fn: Callable[[int], object], n: int) -> dict[str, float]:
+    """Single-query statistics of ``fn(i)`` over ``n`` calls after a warm-up."""
+    return common.timed({"q": fn}, n, warmup=min(50, n))["q"].stats()
 
 
 def build_raw(x: np.ndarray, params: IndexParams) -> tuple[Any, float, float]:
     import hnswlib
 
-    rss = reset_peak()
+    rss = common.reset_peak()
     t = time.perf_counter()
     h = hnswlib.Index(space="ip", dim=x.shape[1])
     h.init_index(max_elements=x.shape[0], M=params.M, ef_construction=params.ef_construction)
     h.add_items(x, np.arange(x.shape[0]), num_threads=-1)
-    return h, time.perf_counter() - t, peak_growth_mib(rss)
+    return h, time.perf_counter() - t, common.peak_growth_mib(rss)
 
 
 def build_ours(x: np.ndarray, params: IndexParams, ids: list[str]) -> tuple[Index, float, float]:
-    rss = reset_peak()
+    rss = common.reset_peak()
     t = time.perf_counter()
     index = Index(x.shape[1], params, capacity=x.shape[0])
     for s in range(0, x.shape[0], 65536):  # the way Engine.build feeds it: chunk by chunk
         index.add(ids[s : s + 65536], x[s : s + 65536])
-    return index, time.perf_counter() - t, peak_growth_mib(rss)
+    return index, time.perf_counter() - t, common.peak_growth_mib(rss)
 
 
 def sweep_raw(h: Any, q: np.ndarray, truth: np.ndarray, efs: tuple[int, ...], n_lat: int) -> list[dict]:
@@ -99,8 +64,8 @@ def sweep_raw(h: Any, q: np.ndarray, truth: np.ndarray, efs: tuple[int, ...], n_
     for ef in efs:
         h.set_ef(ef)
         labels, _ = h.knn_query(q, k=K, num_threads=1)  # (nq, K)
-        lat = time_calls(lambda i: h.knn_query(q[i % len(q)][None], k=K, num_threads=1), n_lat, warmup=min(50, n_lat))
-        out.append({"ef": ef, "recall@10": round(recall_at_k(labels, truth), 4), **percentiles(lat)})
+        lat = latency(lambda i: h.knn_query(q[i % len(q)][None], k=K, num_threads=1), n_lat)
+        out.append({"ef": ef, "recall@10": round(recall_at_k(labels, truth), 4), **lat})
     return out
 
 
@@ -111,8 +76,8 @@ def sweep_ours(index: Index, q: np.ndarray, truth: np.ndarray, efs: tuple[int, .
         index.set_ef(ef)
         hits = index.search(q, K, exact=False)
         labels = np.array([[row_of[d] for d, _ in h] + [-1] * (K - len(h)) for h in hits])  # (nq, K)
-        lat = time_calls(lambda i: index.search(q[i % len(q)][None], K, exact=False), n_lat, warmup=min(50, n_lat))
-        out.append({"ef": ef, "recall@10": round(recall_at_k(labels, truth), 4), **percentiles(lat)})
+        lat = latency(lambda i: index.search(q[i % len(q)][None], K, exact=False), n_lat)
+        out.append({"ef": ef, "recall@10": round(recall_at_k(labels, truth), 4), **lat})
     return out
 
 
@@ -155,8 +120,8 @@ def deletions(index: Index, x: np.ndarray, q: np.ndarray, ids: list[str], fracs:
 
 
 def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    x = clustered(n, DIM, args.clusters, args.seed)
-    q = _queries(args)
+    x = common.clustered(n, DIM, args.clusters, args.seed)  # (n, DIM)
+    q = common.clustered(args.queries, DIM, args.clusters, args.seed, noise_seed=args.seed + 1)  # (nq, DIM)
     ids = [f"d{i}" for i in range(n)]
     params = IndexParams(M=args.M, ef_construction=args.ef_construction, exact_threshold=0)
     t = time.perf_counter()
@@ -182,21 +147,8 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def _queries(args: argparse.Namespace) -> np.ndarray:
-    # Same centres as the corpus (same seed), fresh noise: queries near but not equal to documents.
-    rng = np.random.default_rng(args.seed + 1)
-    centres = _centres(args.clusters, DIM, np.random.default_rng(args.seed))
-    v = centres[rng.integers(0, args.clusters, args.queries)] + 0.35 * rng.standard_normal(
-        (args.queries, DIM)).astype(np.float32) / np.sqrt(DIM)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
 def plot(results: list[dict], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results:
         for key, style in (("hce_index", "-o"), ("raw_hnswlib", "--x")):
@@ -209,36 +161,33 @@ def plot(results: list[dict], out: Path) -> None:
     ax.set_title("HNSW recall vs latency across ef (384-d, M=16, efC=200; 2-core CPU)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    save_figure(fig, out)
+    common.save_figure(fig, out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="10k and 100k only")
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = common.study_parser(__doc__, "index-scale")
     ap.add_argument("--sizes", default=None, help="comma-separated sizes (overrides the mode)")
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--latency-queries", type=int, default=None)
     ap.add_argument("--clusters", type=int, default=1000)
     ap.add_argument("--M", type=int, default=16)
     ap.add_argument("--ef-construction", type=int, default=200)
-    ap.add_argument("--delete-at", default=None, help="sizes at which to run the deletion study")
+    ap.add_argument("--delete-at", default="100000", help="sizes at which to run the deletion study")
     ap.add_argument("--delete-ef", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="index-scale")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    args = common.parse(ap, argv)
     sizes = [int(s) for s in (args.sizes or ("10000,100000" if args.quick else "10000,100000,1000000")).split(",")]
-    args.delete_at = {int(s) for s in (args.delete_at or "100000").split(",")}
+    args.delete_at = {int(s) for s in args.delete_at.split(",")}
     args.latency_queries = args.latency_queries or (300 if args.quick else 1000)
     t0 = time.perf_counter()
     results = [run_size(n, args) for n in sizes]
-    plot(results, PLOTS / f"{args.out}-recall-latency.png")
+    plot(results, common.plot_path(args.out, "recall-latency"))
     payload = {"benchmark": "index_scale", "mode": "quick" if args.quick else "full", "dim": DIM,
                "data": f"synthetic: {args.clusters}-centre Gaussian mixture, unit vectors, seed {args.seed}",
                "params": {"M": args.M, "ef_construction": args.ef_construction, "k": K, "build_threads": "all (2)",
                           "search_threads": 1}, "queries": args.queries, "latency_queries": args.latency_queries,
                "wall_seconds": round(time.perf_counter() - t0, 1), "sizes": results}
-    print(write_result(args.out, payload))
+    print(common.write_result(args.out, payload, __file__))
     return 0
 
 

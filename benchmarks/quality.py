@@ -12,8 +12,8 @@ Every arm shares the profile's budget (epochs, batch, S, lengths, precision) and
 unjudged positives (no negative among the query's top 10). Anchors: zero-shot and BM25. Unsupervised:
 adapt on the CISI and ArguAna corpora (pseudo-queries, no qrels) with hce and flat.
 
-    python benchmarks/quality.py --profile cpu --seeds 0,1,2 --resume     # the 2-core CPU study
-    python benchmarks/quality.py --profile gpu --seeds 0,1,2 --device cuda --out ...gpu.json
+    python -m benchmarks.quality --profile cpu --seeds 0,1,2 --resume     # the 2-core CPU study
+    python -m benchmarks.quality --profile gpu --seeds 0,1,2 --device cuda --out ...gpu.json
 
 Results: benchmarks/results/quality-<profile>.json, rewritten after every finished (arm, seed) run;
 ``--resume`` skips the runs already there, so a study can span sessions. Paired tests, plots and the
@@ -31,11 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import RESULTS, SHARED_DATA, stamp  # noqa: E402
-from quality_report import report  # noqa: E402
+from benchmarks.common import RESULTS, SHARED_DATA, stamp
+from benchmarks.quality_report import report
 
 log = logging.getLogger("quality")
 
@@ -99,8 +96,7 @@ def machine_facts() -> dict[str, Any]:
 
 def anchors(data_dir: Path, qlen: int, budget: dict[str, Any], device: str) -> dict[str, Any]:
     """BM25 and the zero-shot base model, per-query nDCG@10 kept for the paired tests."""
-    from bm25 import bm25_run
-
+    from benchmarks.bm25 import bm25_run
     from hce_serve import beir
     from hce_serve.metrics import per_query
     from hce_train.evaluate import evaluate_encoder

@@ -120,7 +120,8 @@ def plot(blocks: list[tuple[str, dict[str, Any]]], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from common import PLOTS, RESULTS, save_figure
+
+    from benchmarks.common import PLOTS, RESULTS, save_figure
 
     where = PLOTS if out.parent.resolve() == RESULTS.resolve() else out.parent  # a test's file keeps its plots
     blocks = [(n, b) for n, b in blocks if any(d.get("runs") for d in b.get("arms", {}).values())]

@@ -37,5 +37,7 @@ for q in "vitamin D deficiency and cancer risk" "antibiotic resistance in hospit
 done
 # 6. Evaluation on the 300 test claims.
 step hce-serve eval --index "$OUT/index" --queries "$DATA/queries.jsonl.gz" --qrels "$DATA/qrels/test.tsv" > "$OUT/eval-hce.json"
-python scripts/demo_table.py "$OUT/eval-base.json" "$OUT/eval-hce.json" "$OUT/model/hce_model.json" "$OUT/export/hce_model.json"
+# 7. The table, and benchmarks/results/demo.json written through the benchmarks' result writer.
+python -m benchmarks.demo --base-eval "$OUT/eval-base.json" --hce-eval "$OUT/eval-hce.json" \
+  --model "$OUT/model" --export "$OUT/export" --seconds "$(( $(date +%s) - start ))"
 echo "demo finished in $(( $(date +%s) - start )) s; artifacts in $OUT/" >&2

@@ -1,33 +1,45 @@
-"""The benchmark scripts' core functions on tiny inputs, so the scripts keep running as the code changes.
+"""Every study's ``--quick`` mode, end to end through its ``main`` on tiny inputs (a 2-layer random BERT,
+64 documents), so the studies keep running as the code changes.
 
-Each check asserts a property the benchmark's numbers rely on (recall of an exact run is 1, deletions are
-never returned, the new/seen split is exact), not just that nothing raised.
+Each test reads the results file the study wrote and asserts a property its published numbers rely on
+(recall of the widest beam is near 1, every system was timed, int8 recipes are compared with fp32, the
+new/seen split is exact), and that the file names its writer and carries the stamp.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 pytest.importorskip("hnswlib")
 
+from benchmarks import common  # noqa: E402
 
-def test_index_scale_small(monkeypatch):
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """Exports and embeddings of this test go to a temporary cache, never to runs/bench."""
+    monkeypatch.setattr(common, "CACHE", tmp_path / "cache")
+    return tmp_path / "cache"
+
+
+def read(path: Path, script: str) -> dict:
+    res = json.loads(path.read_text())
+    assert res["script"] == script and all(k in res for k in common.STAMP_KEYS)
+    return res
+
+
+def test_index_scale_quick(tmp_path, monkeypatch):
     from benchmarks import index_scale as m
 
     monkeypatch.setattr(m, "EFS", (10, 200))
-    x = m.clustered(500, 16, 10, 0)
-    assert x.shape == (500, 16) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
-    args = argparse.Namespace(queries=40, clusters=20, seed=0, M=16, ef_construction=100, latency_queries=10,
-                              delete_at={2000}, delete_ef=100)
-    res = m.run_size(2000, args)
+    out = tmp_path / "index-scale.json"
+    assert m.main(["--quick", "--sizes", "2000", "--queries", "40", "--clusters", "20", "--latency-queries", "10",
+                   "--delete-at", "2000", "--out", str(out)]) == 0
+    res = read(out, "benchmarks/index_scale.py")["sizes"][0]
     ours, raw = res["hce_index"]["sweep"], res["raw_hnswlib"]["sweep"]
     assert [s["ef"] for s in ours] == [10, 200]
     assert ours[-1]["recall@10"] >= 0.95 and raw[-1]["recall@10"] >= 0.95  # 2k vectors at ef 200: near exact
@@ -36,39 +48,88 @@ def test_index_scale_small(monkeypatch):
     assert [d["deleted_fraction"] for d in dels] == [0.1, 0.3, 0.5]
     assert [d["live"] for d in dels] == [1800, 1400, 1000]
     assert all(d["compacted"]["recall@10"] >= 0.9 for d in dels)
+    assert (tmp_path / "index-scale-recall-latency.png").is_file()
 
 
-def test_recall_dense_runs_and_bm25(tiny_beir):
-    from benchmarks.bm25 import bm25_run
-    from benchmarks.recall import dense_runs
-    from hce_serve.beir import load_beir
-    from hce_serve.metrics import evaluate
+def test_tree_build_quick(tmp_path):
+    from benchmarks import tree_build
 
-    data = load_beir(tiny_beir, "test")
-    run, cfg = bm25_run(data.corpus, data.queries, k=10)
-    assert cfg["library"] == "bm25s" and set(run) == set(data.queries)
-    assert evaluate(data.qrels, run)["ndcg@10"] > 0.3  # topic words overlap: BM25 must find most targets
-
-    rng = np.random.default_rng(0)
-    emb = rng.standard_normal((300, 8)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    q = emb[:5] + 0.01
-    ids = [f"d{i}" for i in range(300)]
-    runs = dense_runs(emb, q, ids, [f"q{i}" for i in range(5)], efs=(200,))
-    exact, _ = runs["exact"]
-    assert max(exact["q3"], key=exact["q3"].get) == "d3"  # a query next to d3 finds d3 first
-    assert runs["hnsw-ef200"][1]["recall@10_vs_exact"] >= 0.95
+    out = tmp_path / "tree.json"
+    assert tree_build.main(["--quick", "--docs", "3000", "--branching", "8", "--out", str(out)]) == 0
+    res = read(out, "benchmarks/tree_build.py")["result"]
+    assert res["docs"] == 3000 and all(res["checks"].values())
+    assert res["tree"]["max_leaf_size"] <= 21 and res["peak_rss_mib"] >= res["rss_after_data_mib"] > 0  # 1.3 x 16
 
 
-def test_recall_eval_dataset_tiny_export(tiny_beir, tiny_export):
-    from benchmarks.recall import eval_dataset
-    from hce_serve.beir import load_beir
+def test_recall_quick_and_its_embedding_cache(tiny_beir, tiny_export, tmp_path, cache):
+    from benchmarks import recall
 
-    data = load_beir(tiny_beir, "test")
-    rows = eval_dataset("tiny", data, {"tiny": tiny_export}, ("int8", "fp32"), threads=1, bm25=False, cache=False)
-    assert {(r["variant"], r["search"]) for r in rows} == {(v, s) for v in ("int8", "fp32")
-                                                           for s in ("exact", "hnsw-ef100", "hnsw-ef200")}
-    assert all(0.0 <= r["ndcg@10"] <= 1.0 for r in rows)
+    out = tmp_path / "recall.json"
+    argv = ["--quick", "--data", str(tiny_beir), "--base", str(tiny_export), "--variants", "int8,fp32",
+            "--threads", "1", "--out", str(out)]
+    assert recall.main(argv) == 0
+    rows = read(out, "benchmarks/recall.py")["datasets"][tiny_beir.name]["rows"]
+    assert {(r["variant"], r["search"]) for r in rows} == {(None, "bm25s")} | {
+        (v, s) for v in ("int8", "fp32") for s in ("exact", "hnsw-ef100", "hnsw-ef200")}
+    assert rows[0]["ndcg@10"] > 0.3  # topic words overlap: BM25 must find most targets
+    assert all(r["recall@10_vs_exact"] >= 0.95 for r in rows if r["search"] == "hnsw-ef200")
+    assert all(r["encode_seconds"] != "cached" for r in rows[1:])
+    assert recall.main(argv) == 0  # the second run reads the embeddings the first one cached
+    again = read(out, "benchmarks/recall.py")["datasets"][tiny_beir.name]["rows"]
+    assert all(r["encode_seconds"] == "cached" for r in again[1:])
+    assert [r["ndcg@10"] for r in again] == [r["ndcg@10"] for r in rows]
+    assert (tmp_path / f"recall-{tiny_beir.name}.png").is_file()
+
+
+def test_latency_quick(tiny_beir, tiny_export, tiny_bert, tmp_path, cache):
+    from benchmarks import latency
+
+    out = tmp_path / "latency.json"
+    assert latency.main(["--quick", "--data", str(tiny_beir), "--export", str(tiny_export), "--torch-model",
+                         str(tiny_bert), "--n", "20", "--repeats", "1", "--n-http", "10", "--http-requests", "20",
+                         "--concurrency", "1,3", "--out", str(out)]) == 0
+    (setting,) = read(out, "benchmarks/latency.py")["settings"]
+    assert set(setting["threads"]) == {"1", "2"}
+    for res in setting["threads"].values():
+        for system in ("floor", "hce_engine", "torch_exact"):
+            assert {"end_to_end", "encode_only", "search_only"} <= set(res[system]) and res[system]["batched_qps"] > 0
+            assert res[system]["end_to_end"]["n"] == 20 and res[system]["end_to_end"]["p50_ms"] > 0
+        loads = res["hce_http"]["loads"]
+        assert [x["concurrency"] for x in loads] == [1, 3] and all(x["errors"] == 0 for x in loads)
+        assert res["hce_http"]["load"]["qps"] == max(x["qps"] for x in loads)
+        assert set(res["ratios_p50_to_floor"]) == {"floor", "hce_engine", "torch_exact", "hce_http"}
+    assert list(cache.glob("hce-lat-*")) == []  # the temporary indexes are gone
+
+
+def test_export_latency_quick(tiny_bert, tiny_export, tiny_beir, tmp_path):
+    from benchmarks import export_latency
+
+    out = tmp_path / "export.json"
+    assert export_latency.main(["--quick", "--model", str(tiny_bert), "--export", str(tiny_export), "--data",
+                                str(tiny_beir), "--doc-tokens", "16", "--n", "20", "--out", str(out)]) == 0
+    speed = read(out, "benchmarks/export_latency.py")["speed"]
+    assert speed["docs"] > 10 and abs(speed["docs_tokens_mean"] - 16) <= 1  # cut at the 16th token
+    for t in ("1t", "2t"):
+        assert set(speed["query_latency"][t]) == set(speed["docs_per_s"][t]) == {"torch", "fp32", "int8"}
+        assert all(s["p50_ms"] > 0 and s["thread_cpu_p50_ms"] > 0 for s in speed["query_latency"][t].values())
+
+
+def test_int8_study_quick(tiny_bert, tiny_beir, tmp_path, cache):
+    from benchmarks import int8_study
+
+    out = tmp_path / "int8.json"
+    assert int8_study.main(["--quick", "--model", str(tiny_bert), "--datasets", str(tiny_beir), "--work",
+                            str(tmp_path / "work"), "--latency-n", "20", "--out", str(out)]) == 0
+    res = read(out, "benchmarks/int8_study.py")
+    assert res["recipes"]["all"]["keep_ffn_out"] is False and res["recipes"]["u8u8"]["weight_type"] == "quint8"
+    variants = res["datasets"][tiny_beir.name]["variants"]
+    assert list(variants) == ["fp32", "default", "all", "u8u8"] and "doc_cos_mean" not in variants["fp32"]
+    for v in ("default", "all", "u8u8"):
+        assert 0.0 < variants[v]["top10_overlap"] <= 1.0 and -1.0 <= variants[v]["doc_cos_min"] <= 1.0
+        loss = 100 * (variants["fp32"]["ndcg@10"] - variants[v]["ndcg@10"])
+        assert variants[v]["ndcg10_loss_points"] == pytest.approx(loss, abs=1e-3)
+    assert res["query_latency_1t"]["fp32"]["speedup_vs_fp32"] == 1.0
+    assert (tmp_path / "int8-ndcg.png").is_file()
 
 
 def test_incremental_split_and_groups(tiny_beir, tmp_path):
@@ -90,96 +151,50 @@ def test_incremental_split_and_groups(tiny_beir, tmp_path):
     assert sum(len(g) for g in groups.values()) == len(qrels["test"])
 
 
-def test_latency_timing_and_http(tiny_export, tmp_path):
-    from benchmarks.latency import measure_http, timed_interleaved
-    from hce_serve.encoder import Encoder
-    from hce_serve.index import Index, IndexParams
-    from hce_serve.store import IndexStore
+def test_incremental_quick(tiny_beir, tiny_bert, tmp_path, cache):
+    from benchmarks import incremental
 
-    one, pooled_one = timed_interleaved({"x": lambda i: sum(range(100))}, n=20, repeats=2, warmup=2)
-    stats, samples = one["x"], pooled_one["x"]
-    assert stats["repeats"] == 2 and len(samples) == 40 and stats["p50_ms"] <= stats["p99_ms"]
-    calls: list[tuple[str, int]] = []
-    both, pooled = timed_interleaved({"a": lambda i: calls.append(("a", i)), "b": lambda i: calls.append(("b", i))},
-                                     n=20, repeats=2, warmup=0)
-    assert {k: len(v) for k, v in pooled.items()} == {"a": 40, "b": 40} and both["a"]["interleaved"]
-    assert calls[:4] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]  # rounds of n/ROUNDS calls, systems in turn
-
-    enc = Encoder(tiny_export, threads=1)
-    texts = [f"protein fold {i}" for i in range(40)]
-    index = Index(enc.dim, IndexParams(exact_threshold=0), capacity=40)
-    index.add([f"d{i}" for i in range(40)], enc.encode_documents(texts))
-    IndexStore.create(tmp_path / "idx", index, tiny_export)
-    res, pooled = measure_http(tmp_path / "idx", texts[:5], threads=1, n=5, repeats=1, concurrency=[1, 3], total=10)
-    assert [x["concurrency"] for x in res["loads"]] == [1, 3] and len(pooled) == 5
-    assert all(x["requests"] == 10 and x["qps"] > 0 and x["errors"] == 0 for x in res["loads"])
-    assert res["load"]["qps"] == max(x["qps"] for x in res["loads"])
+    out = tmp_path / "incremental.json"
+    assert incremental.main(["--quick", "--data", str(tiny_beir), "--base", str(tiny_bert), "--steps", "1",
+                             "--batch", "4", "--doc-max-length", "32", "--work", str(tmp_path / "work"),
+                             "--out", str(out)]) == 0
+    res = read(out, "benchmarks/incremental.py")
+    assert res["seen_docs"] + res["new_docs"] == 64 and res["new_docs"] == 13
+    assert set(res["models"]) == {"hce-80-then-add", "hce-all-docs", "zero-shot"}
+    added = res["models"]["hce-80-then-add"]
+    assert added["add"]["added"] == res["new_docs"] and "metrics" in added and "before_add" in added
+    assert res["deletion"]["after_delete"]["deleted_ids_returned"] == 0
+    assert res["deletion"]["after_compact"]["deleted_ids_returned"] == 0
 
 
-def test_httpload_client_against_a_real_server(tiny_export, tmp_path):
-    """The lean load client parses keep-alive answers (JSON bodies, error statuses) like a real client."""
-    import asyncio
-    import subprocess
-    import time
+def test_demo_result(tmp_path, capsys):
+    from benchmarks import demo
 
-    import httpx
-
-    from benchmarks.httpload import Connection, run_load
-    from benchmarks.latency import free_port
-    from hce_serve.encoder import Encoder
-    from hce_serve.index import Index, IndexParams
-    from hce_serve.store import IndexStore
-
-    enc = Encoder(tiny_export, threads=1)
-    index = Index(enc.dim, IndexParams(), capacity=8)
-    index.add([f"d{i}" for i in range(8)], enc.encode_documents([f"protein fold {i}" for i in range(8)]))
-    IndexStore.create(tmp_path / "idx", index, tiny_export)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "hce_serve.cli", "-q", "http", "--index", str(tmp_path / "idx"),
-                             "--port", str(port), "--read-only", "--threads", "1"], stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-
-        async def one() -> tuple:
-            c = await Connection("127.0.0.1", port).open()
-            try:
-                ok = await c.send(c.post_bytes("/search", b'{"query": "protein", "k": 3}'))
-                bad = await c.send(c.post_bytes("/search", b'{"query": "", "k": 3}'))
-                again = await c.send(c.post_bytes("/search", b'{"query": "fold", "k": 2}'))  # same connection
-            finally:
-                c.close()
-            return ok, bad, again
-
-        ok, bad, again = asyncio.run(one())
-        assert ok[0] == 200 and len(json.loads(ok[1])["hits"]) == 3
-        assert bad[0] == 400 and "detail" in json.loads(bad[1])
-        assert again[0] == 200 and len(json.loads(again[1])["hits"]) == 2
-        res = asyncio.run(run_load("127.0.0.1", port, [{"query": "protein", "k": 5}, {"query": "", "k": 5}], 2, 10))
-        assert res["status"] == {200: 5, 400: 5} and len(res["latencies"]) == 10 and res["bad_bodies"] == 0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    evals = {"base": {"ndcg@10": 0.62, "recall@10": 0.77, "mrr@10": 0.58}, "hce": {"ndcg@10": 0.66, "recall@10": 0.79,
+                                                                                   "mrr@10": 0.62}}
+    for name, e in evals.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(e))
+    model, export = tmp_path / "model", tmp_path / "export"
+    model.mkdir()
+    export.mkdir()
+    (model / "hce_model.json").write_text(json.dumps({"tree": {"levels": 2, "nodes": 9, "max_branching": 4}}))
+    (model / "train_config.json").write_text(json.dumps({"data": "demo/data/scifact", "max_steps": 24, "seed": 0}))
+    (export / "hce_model.json").write_text(json.dumps({"onnx": {"validation": {"int8_vs_fp32_min_cos": 0.99}}}))
+    out = tmp_path / "demo.json"
+    assert demo.main(["--base-eval", str(tmp_path / "base.json"), "--hce-eval", str(tmp_path / "hce.json"), "--model",
+                      str(model), "--export", str(export), "--seconds", "748.4", "--out", str(out)]) == 0
+    res = read(out, "scripts/demo.sh")
+    assert res["zero_shot"] == evals["base"] and res["hce_demo"] == evals["hce"] and res["wall_seconds"] == 748
+    assert res["train_budget"]["max_steps"] == 24 and res["tree"]["nodes"] == 9
+    table = capsys.readouterr().out
+    assert "ndcg@10" in table and "+4.0p" in table and "recall@100" not in table  # only metrics both evals have
 
 
-def test_export_cache_is_invalidated_by_a_new_int8_recipe(tiny_bert, tmp_path, monkeypatch):
-    """A cached benchmark export is reused only for the same source *and* the same default int8 recipe:
-    one made before the recipe changed once served stale numbers under the new recipe's name."""
-    import hce_export.api
-    from benchmarks import recall
-    from hce_export import quantize
-
-    monkeypatch.setattr(recall, "CACHE", tmp_path)
-    calls = []
-    real_export = hce_export.api.export
-    monkeypatch.setattr(hce_export.api, "export", lambda *a, **k: calls.append(1) or real_export(*a, **k))
-    first = recall.ensure_export("tiny", tiny_bert)
-    assert recall.ensure_export("tiny", tiny_bert) == first and len(calls) == 1  # cached
-    real_settings = quantize.settings_for
-    monkeypatch.setattr(quantize, "settings_for",
-                        lambda *a, **k: real_settings(*a, **{**k, "keep_ffn_out": False}))
-    assert recall.ensure_export("tiny", tiny_bert) == first and len(calls) == 2  # recipe changed: re-exported
+def test_clustered_vectors_are_unit_and_queries_share_the_centres():
+    x = common.clustered(500, 16, 10, seed=0)
+    q = common.clustered(50, 16, 10, seed=0, noise_seed=1)
+    assert x.shape == (500, 16) and x.dtype == np.float32 and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    assert np.allclose(common.clustered(500, 16, 10, seed=0), x)  # deterministic for a seed
+    # A query's best document is close (same mixture), yet no query is a document.
+    best = (q @ x.T).max(axis=1)
+    assert best.min() > 0.7 and not np.isclose(best, 1.0, atol=1e-6).any()

@@ -1,4 +1,4 @@
-"""Malformed requests and command lines (benchmarks/fuzz_api.py, strict mode): never a 5xx, never a traceback.
+"""Malformed requests and command lines (tests/reliability/fuzz_api.py, strict mode): never a 5xx, never a traceback.
 
 HTTP: schemathesis cases (valid and invalid) for every operation of the app's OpenAPI document, in process.
 CLI: random ``hce-serve`` argv with garbage files and values: exit 0/1/2, no traceback, exit 1 = one Error line.
@@ -6,16 +6,14 @@ CLI: random ``hce-serve`` argv with garbage files and values: exit 0/1/2, no tra
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("hnswlib")
 pytest.importorskip("fastapi")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import fuzz_api  # noqa: E402
+
+from reliability import fuzz_api  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,17 @@
-"""Property-based malformed-input tests over every parser and loader (benchmarks/fuzz.py, strict mode).
+"""Property-based malformed-input tests over every parser and loader (tests/reliability/fuzz.py, strict mode).
 
-Each target gets a few dozen hypothesis cases here; ``python benchmarks/fuzz.py --cases 10000`` runs the
-same targets at benchmark size. Allowed outcomes: a clean result or an HCEError; anything else fails
+Each target gets a few dozen hypothesis cases here; ``python -m tests.reliability.fuzz --cases 10000`` runs
+the same targets at the published size. Allowed outcomes: a clean result or an HCEError; anything else fails
 the test with the shrunk input.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("hnswlib")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import fuzz  # noqa: E402
+
+from reliability import fuzz  # noqa: E402
 
 FILE_TARGETS = ["corpus_jsonl", "corpus_gzip", "queries_jsonl", "qrels_tsv", "trec_run", "model_card", "manifest",
                 "tree_npz", "tree_ids", "index:hnsw.bin", "index:ids.txt", "index:deleted.npy", "index:leaves.npy",

@@ -1,18 +1,17 @@
-"""Short version of benchmarks/crash.py: writers killed with SIGKILL lose no acknowledged write.
+"""Short version of tests/reliability/crash.py: writers killed with SIGKILL lose no acknowledged write.
 
-Store API, command line and HTTP server each run a few kill cycles; the benchmark runs >= 200.
+Store API, command line and HTTP server each run a few kill cycles; the published run does >= 200.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import json
 
 import pytest
 
 pytest.importorskip("hnswlib")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import crash  # noqa: E402
+
+from reliability import crash, ledger  # noqa: E402
 
 
 def assert_clean(res: dict) -> None:
@@ -43,6 +42,18 @@ def test_checker_catches_a_lost_write(tmp_path):
     """The harness itself: an acknowledged add that is not in the index must be reported."""
     exp = crash._initial_store(tmp_path / "idx", 16)
     exp.apply("add", ["d1"], [7])  # acknowledged, but never written
-    tally = crash.Tally(cycles=1)
-    crash.check(tmp_path / "idx", exp, tally, 16, vectors=True)
+    tally = ledger.Tally(cycles=1)
+    ledger.check(tmp_path / "idx", exp, tally, 16, vectors=True)
     assert any("d1" in x for x in tally.lost)
+
+
+def test_long_mode_writes_its_stamped_section(tmp_path):
+    """The command line behind the published figures: its section names this harness and carries the stamp."""
+    out = tmp_path / "reliability.json"
+    out.write_text(json.dumps({"load": {"script": "tests/reliability/loadtest.py"}}))  # another harness's section
+    assert crash.main(["--modes", "store", "--cycles", "2", "--seed", "4", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["load"] == {"script": "tests/reliability/loadtest.py"}  # left alone
+    section = written["crash"]
+    assert section["script"] == "tests/reliability/crash.py" and section["commit"] and section["machine"]["cpu"]
+    assert section["total"]["cycles"] == 2 and section["total"]["lost_acked_writes"] == 0

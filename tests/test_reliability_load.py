@@ -1,20 +1,16 @@
-"""Short version of benchmarks/loadtest.py: concurrent searches, adds and deletes against a real server."""
+"""Short version of tests/reliability/loadtest.py: concurrent searches, adds and deletes against a real server."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("hnswlib")
-pytest.importorskip("httpx")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import loadtest  # noqa: E402
 
 from hce_serve.beir import iter_corpus, load_queries  # noqa: E402
 from hce_serve.engine import Engine  # noqa: E402
 from hce_serve.index import IndexParams  # noqa: E402
+
+from reliability import loadtest  # noqa: E402
 
 
 def test_mixed_load_no_errors_no_deleted_hits(tiny_export, tiny_beir, tmp_path):

@@ -89,11 +89,11 @@ def test_real_server_listens_on_loopback_only(idx):
         pytest.skip("needs /proc/net/tcp")
     import subprocess
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import reliability
+    from benchmarks.common import tool_argv
+    from benchmarks.loopback import free_port
 
-    port = reliability.free_port()
-    proc = subprocess.Popen([*reliability.hce_serve_argv(), "-q", "http", "--index", str(idx), "--port", str(port), "--read-only"],
+    port = free_port()  # no --host: the default is what is tested
+    proc = subprocess.Popen([*tool_argv("hce-serve"), "-q", "http", "--index", str(idx), "--port", str(port), "--read-only"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         import httpx

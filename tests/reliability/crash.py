@@ -3,22 +3,16 @@
 Three writers, each in its own process: the Python store API (random vectors, so a cycle costs milliseconds),
 the ``hce-serve index add|delete`` command line, and the ``hce-serve http`` server driven over loopback.
 A mutation counts as *acknowledged* only once the call returned (store API: a line the child writes to an
-ack file after ``add``/``delete`` returns; CLI: exit status 0; HTTP: a 200 answer). After each kill:
+ack file after ``add``/``delete`` returns; CLI: exit status 0; HTTP: a 200 answer). After each kill
+``ledger.check`` verifies the folder (see there).
 
-- the folder must load (read-only first, so a killed writer's leftovers must not trip a reader);
-- every acknowledged add/upsert/delete must be visible (store API: the stored vector is the acknowledged
-  version's); the one mutation in flight at the kill may be present or not, but nothing else;
-- a search over every live document (``k`` = all) must return no deleted id;
-- the next writer's open must leave no temp file, unreferenced generation or stale log behind.
-
-Run ``python benchmarks/crash.py --modes store,cli,http --cycles 200 [--export EXPORT_DIR]``.
+    python -m tests.reliability.crash --modes store,cli,http --cycles 200 [--export EXPORT_DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
+import multiprocessing
 import random
 import signal
 import subprocess
@@ -26,130 +20,16 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from reliability import hce_serve_argv, start_server, update_results  # noqa: E402
+from benchmarks import common
+from benchmarks.loopback import start_server
 
-UNIVERSE = 240  # document ids d0..d239: small enough that adds, upserts and deletes collide often
-WORDS = ["protein", "enzyme", "climate", "carbon", "vaccine", "immune", "brain", "neuron", "cancer", "tumor", "diet", "insulin", "market", "price", "soil", "crop", "ocean", "glacier", "kinase", "synapse", "antibody", "trial", "growth", "gene"]
-
-
-def unit_vector(doc_id: str, version: int, dim: int) -> np.ndarray:
-    """The vector of one version of one document: derived from (id, version) so any process can recompute it."""
-    v = np.random.default_rng(zlib.crc32(f"{doc_id}:{version}".encode())).standard_normal(dim).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-def doc_text(doc_id: str, version: int) -> str:
-    r = random.Random(f"{doc_id}:{version}")
-    return " ".join(r.choice(WORDS) for _ in range(r.randint(6, 20))) + f" v{version}"
-
-
-@dataclass
-class Expect:
-    """What the index must hold: id -> acknowledged version. ``maybe``: ids of the mutation in flight at the kill."""
-
-    live: dict[str, int] = field(default_factory=dict)
-    maybe: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)  # id -> (before, after)
-    acked: int = 0
-
-    def apply(self, op: str, ids: list[str], versions: list[int] | None) -> None:
-        self.acked += 1
-        for j, i in enumerate(ids):
-            if op == "add":
-                self.live[i] = versions[j]  # type: ignore[index]
-            else:
-                self.live.pop(i, None)
-
-    def in_flight(self, op: str, ids: list[str], versions: list[int] | None) -> None:
-        for j, i in enumerate(ids):
-            self.maybe[i] = (self.live.get(i), versions[j] if op == "add" else None)  # type: ignore[index]
-
-
-@dataclass
-class Tally:
-    cycles: int = 0
-    killed_mid_write: int = 0  # kills that landed while the writer was still running
-    in_flight_at_kill: int = 0  # ... inside an add/delete call: that mutation may or may not have landed
-    acked_mutations: int = 0
-    load_failures: list[str] = field(default_factory=list)
-    lost: list[str] = field(default_factory=list)  # acknowledged writes missing or wrong after the kill
-    deleted_returned: int = 0
-    leftovers_cleaned: int = 0  # temp files / stale generations the next writer removed
-    leftovers_after_open: int = 0  # ... that were still there after it (must be 0)
-    writer_errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def summary(self) -> dict[str, Any]:
-        return {"cycles": self.cycles, "killed_mid_write": self.killed_mid_write, "in_flight_at_kill": self.in_flight_at_kill,
-                "acked_mutations": self.acked_mutations,
-                "failed_loads": len(self.load_failures), "lost_acked_writes": len(self.lost),
-                "deleted_ids_returned": self.deleted_returned, "leftovers_cleaned": self.leftovers_cleaned,
-                "leftovers_after_writer_open": self.leftovers_after_open, "writer_errors": len(self.writer_errors),
-                "examples": (self.load_failures + self.lost + self.writer_errors)[:5], "seconds": round(self.seconds, 1)}
-
-
-# ---- checking ------------------------------------------------------------------------------------------
-def _leftovers(folder: Path) -> list[str]:
-    from hce_serve.manifest import IndexManifest
-
-    m = IndexManifest.load(folder)
-    keep = {m.extra.get("data_dir"), f"wal-{m.generation:06d}.log"}
-    return [p.name for p in folder.iterdir()
-            if p.name.startswith(".tmp-") or (p.name.startswith(("gen-", "wal-")) and p.name not in keep)]
-
-
-def check(folder: Path, exp: Expect, tally: Tally, dim: int, vectors: bool) -> None:
-    """Load ``folder`` and compare it with ``exp``; afterwards ``exp`` holds what the index really holds."""
-    from hce_serve.errors import HCEError
-    from hce_serve.store import IndexStore
-
-    before = _leftovers(folder) if (folder / "manifest.json").is_file() else []
-    try:
-        store = IndexStore.open(folder)  # a reader: must not trip over a killed writer's leftovers
-    except HCEError as e:
-        tally.load_failures.append(f"cycle {tally.cycles}: {e}")
-        raise
-    with store:
-        idx = store.index
-        for doc_id in {f"d{i}" for i in range(UNIVERSE)} | set(exp.live) | set(idx.ids()):
-            has = doc_id in idx
-            if doc_id in exp.maybe:
-                ok = {exp.maybe[doc_id][0], exp.maybe[doc_id][1]}
-            else:
-                ok = {exp.live.get(doc_id)}
-            got = None
-            if has:
-                got = "?"
-                if vectors:
-                    vec = idx.get_vectors([doc_id])[0]
-                    got = next((v for v in ok if v is not None and np.allclose(vec, unit_vector(doc_id, v, dim), atol=1e-5)), "wrong")
-                elif ok - {None}:
-                    got = next(iter(ok - {None}))
-            if got not in ok:
-                tally.lost.append(f"cycle {tally.cycles}: {doc_id} expected version {sorted(ok, key=str)} found {got}")
-            if has and got not in (None, "?", "wrong"):
-                exp.live[doc_id] = got  # type: ignore[assignment]
-            elif not has:
-                exp.live.pop(doc_id, None)
-        exp.maybe.clear()
-        live = set(idx.ids())
-        if live:
-            rng = np.random.default_rng(tally.cycles)
-            q = rng.standard_normal((8, dim)).astype(np.float32)  # (8, dim)
-            for row in idx.search(q, k=UNIVERSE + 100):
-                tally.deleted_returned += sum(1 for d, _ in row if d not in live or d not in exp.live)
-    # The next writer's open removes what the killed one left; nothing may survive it.
-    IndexStore.open(folder, writable=True).close()
-    after = _leftovers(folder)
-    tally.leftovers_cleaned += len(set(before) - set(after))
-    tally.leftovers_after_open += len(after)
+from .ledger import UNIVERSE, Expect, Tally, check, doc_text, unit_vector
 
 
 # ---- writer 1: the store API in a child process ----------------------------------------------------------
@@ -208,18 +88,20 @@ def _read_acks(path: Path, exp: Expect) -> int:
 def store_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim: int, state: dict) -> None:
     acks = folder.parent / f"acks-{tally.cycles}.jsonl"
     acks.write_text("")
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import crash; "
-            f"crash._store_writer({str(folder)!r}, {str(acks)!r}, {rng.randrange(2**31)}, {dim}, {state['version']})")
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    # spawn: a fresh interpreter, as a real writer process would be, not a fork of this one's state.
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_store_writer, args=(str(folder), str(acks), rng.randrange(2**31), dim, state["version"]), daemon=True)
+    proc.start()
     deadline = time.monotonic() + 60
-    while '"ready"' not in acks.read_text() and proc.poll() is None and time.monotonic() < deadline:
+    while '"ready"' not in acks.read_text() and proc.is_alive() and time.monotonic() < deadline:
         time.sleep(0.005)
     time.sleep(rng.uniform(0.0, 0.25))
-    running = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
+    running = proc.is_alive()
+    proc.kill()  # SIGKILL
+    proc.join()
     if not running:
-        tally.writer_errors.append(f"cycle {tally.cycles}: store writer exited early: {err.decode()[-300:]}")
+        tally.writer_errors.append(f"cycle {tally.cycles}: store writer exited early with {proc.exitcode} "
+                                   "(its traceback went to stderr)")
     tally.killed_mid_write += running
     before = exp.acked
     state["version"] = _read_acks(acks, exp)
@@ -246,9 +128,9 @@ def cli_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim: 
             corpus = folder.parent / "more.jsonl"
             corpus.write_text("".join(json.dumps({"_id": i, "title": "", "text": doc_text(i, v)}) + "\n"
                                       for i, v in zip(ids, vers, strict=True)))  # type: ignore[arg-type]
-            argv = [*hce_serve_argv(), "-q", "index", "add", "--index", str(folder), "--corpus", str(corpus)]
+            argv = [*common.tool_argv(), "-q", "index", "add", "--index", str(folder), "--corpus", str(corpus)]
         else:
-            argv = [*hce_serve_argv(), "-q", "index", "delete", "--index", str(folder), *sum((["--id", i] for i in ids), [])]
+            argv = [*common.tool_argv(), "-q", "index", "delete", "--index", str(folder), *sum((["--id", i] for i in ids), [])]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             proc.wait(timeout=max(0.0, kill_at - time.monotonic()))
@@ -270,11 +152,11 @@ def cli_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim: 
 def http_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim: int, state: dict) -> None:
     import httpx
 
-    proc, base = start_server(folder, ["--save-every", str(rng.choice([1, 2, 5]))])
-    timer = threading.Timer(rng.uniform(0.0, 1.5), proc.send_signal, (signal.SIGKILL,))
+    server = start_server(folder, ["--save-every", str(rng.choice([1, 2, 5]))])
+    timer = threading.Timer(rng.uniform(0.0, 1.5), server.proc.send_signal, (signal.SIGKILL,))
     timer.start()
     try:
-        with httpx.Client(base_url=base, timeout=30.0) as client:
+        with httpx.Client(base_url=server.url, timeout=30.0) as client:
             while True:
                 op, ids, vers = _random_write(rng, state)
                 try:
@@ -296,8 +178,8 @@ def http_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim:
                     tally.writer_errors.append(f"cycle {tally.cycles}: {op} -> {r.status_code} {r.text[:200]}")
     finally:
         timer.cancel()
-        proc.kill()
-        proc.communicate()
+        server.proc.kill()
+        server.__exit__()
 
 
 # ---- driver ----------------------------------------------------------------------------------------------
@@ -349,29 +231,27 @@ def run(mode: str, cycles: int, workdir: Path, export: Path | None = None, seed:
     return {"mode": mode, **tally.summary()}
 
 
-def main(argv: list[str] | None = None) -> None:
-    from common import stamp
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--modes", default="store,cli,http")
-    p.add_argument("--cycles", default="200", help="cycles per mode, or mode=N,mode=N")
-    p.add_argument("--export", type=Path, default=None, help="EXPORT_DIR for the cli/http writers")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = common.study_parser(__doc__, "reliability", quick=False)
+    ap.add_argument("--modes", default="store,cli,http")
+    ap.add_argument("--cycles", default="200", help="cycles per mode, or mode=N,mode=N")
+    ap.add_argument("--export", type=Path, default=None, help="EXPORT_DIR for the cli/http writers")
+    ap.add_argument("--seed", type=int, default=0)
+    a = common.parse(ap, argv)
     per = dict(kv.split("=") for kv in a.cycles.split(",")) if "=" in a.cycles else {}
     out = []
     with tempfile.TemporaryDirectory(prefix="hce-crash-") as tmp:
         for mode in a.modes.split(","):
-            n = int(per.get(mode, a.cycles if not per else 0))
-            res = run(mode, n, Path(tmp), a.export, a.seed)
+            res = run(mode, int(per.get(mode, a.cycles if not per else 0)), Path(tmp), a.export, a.seed)
             print(json.dumps(res), file=sys.stderr, flush=True)
             out.append(res)
-    total = {k: sum(r[k] for r in out) for k in ("cycles", "killed_mid_write", "in_flight_at_kill", "acked_mutations", "failed_loads",
-                                                  "lost_acked_writes", "deleted_ids_returned", "writer_errors")}
-    update_results("crash", {"export": str(a.export) if a.export else None, "total": total, "modes": out}, stamp())
+    total = {k: sum(r[k] for r in out) for k in ("cycles", "killed_mid_write", "in_flight_at_kill", "acked_mutations",
+                                                  "failed_loads", "lost_acked_writes", "deleted_ids_returned", "writer_errors")}
+    common.write_result(a.out, {"export": str(a.export) if a.export else None, "total": total, "modes": out}, __file__,
+                        section="crash")
     print(json.dumps(total))
+    return 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    main()
+    sys.exit(main())

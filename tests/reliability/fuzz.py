@@ -3,28 +3,25 @@
 Each target turns one generated input into a file (or a folder, or a request) and runs the real loader on
 it. The only outcomes allowed are a clean result or a project error (``HCEError``: one line, exit 1 on the
 CLI, 4xx over HTTP); anything else is a *traceback* and is recorded with its input. Inputs are valid
-artifacts mutated (truncated, bit-flipped, bytes inserted/deleted/replaced, lines shuffled), structurally
-valid documents with random values in random fields, and random bytes.
+artifacts mutated, structurally valid documents with random values in random fields, and random bytes
+(``fuzz_inputs``).
 
-``python benchmarks/fuzz.py --cases 10000 [--export EXPORT_DIR]`` spreads the cases over the targets and
-writes the counts into benchmarks/results/reliability.json. tests/test_fuzz_*.py run each target briefly
-in strict mode (the first traceback fails the test, shrunk by hypothesis).
+``python -m tests.reliability.fuzz --cases 10000 [--export EXPORT_DIR]`` spreads the cases over the
+targets and writes the counts into benchmarks/results/reliability.json. tests/test_fuzz_loaders.py runs
+each target briefly in strict mode (the first traceback fails the test, shrunk by hypothesis).
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
-import io
 import json
 import shutil
 import sys
 import tempfile
 import time
 import traceback
-import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,67 +29,12 @@ import numpy as np
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from benchmarks import common
 from hce_serve.errors import HCEError
 
+from .fuzz_inputs import bytes_of, jsonl, mutated, replace_field, tree_arrays, wal_records
+
 DIM = 8
-JSON_LEAF = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20)
-JSON_ANY = st.recursive(JSON_LEAF, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                        max_leaves=12)
-
-
-@st.composite
-def mutated(draw: Any, base: bytes) -> bytes:
-    """``base`` after 1-3 random edits: truncate, flip bits, insert, delete, overwrite, duplicate a line."""
-    data = bytearray(base)
-    for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["truncate", "flip", "insert", "delete", "overwrite", "dupline"]))
-        n = len(data)
-        pos = draw(st.integers(0, max(n - 1, 0)))
-        if kind == "truncate":
-            del data[pos:]
-        elif kind == "flip" and n:
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
-        elif kind == "delete":
-            del data[pos : pos + draw(st.integers(1, 16))]
-        elif kind == "overwrite":
-            chunk = draw(st.binary(min_size=1, max_size=8))
-            data[pos : pos + len(chunk)] = chunk
-        elif kind == "dupline":
-            lines = bytes(data).split(b"\n")
-            i = draw(st.integers(0, len(lines) - 1))
-            lines.insert(i, lines[i])
-            data = bytearray(b"\n".join(lines))
-    return bytes(data)
-
-
-def bytes_of(base: bytes) -> st.SearchStrategy[bytes]:
-    return st.one_of(mutated(base), mutated(base), st.binary(max_size=200))
-
-
-def _replace_field(base: dict) -> st.SearchStrategy[bytes]:
-    """A JSON document whose field (top level or one level down) got a random value, or was removed."""
-    def edit(args: tuple) -> bytes:
-        path, value, drop = args
-        obj = json.loads(json.dumps(base))
-        cur = obj
-        for key in path[:-1]:
-            cur = cur.setdefault(key, {}) if isinstance(cur.get(key), dict) else cur
-        if drop:
-            cur.pop(path[-1], None)
-        else:
-            cur[path[-1]] = value
-        return json.dumps(obj).encode()
-    paths = [(k,) for k in base] + [(k, s) for k, v in base.items() if isinstance(v, dict) for s in v]
-    return st.tuples(st.sampled_from(paths), JSON_ANY, st.booleans()).map(edit)
-
-
-def _jsonl(fields: tuple[str, ...]) -> st.SearchStrategy[bytes]:
-    """JSON lines whose objects hold the right keys with random values (and sometimes non-objects)."""
-    obj = st.fixed_dictionaries({}, optional={f: JSON_ANY | st.text(max_size=12) for f in fields})
-    line = obj.map(json.dumps) | JSON_ANY.map(json.dumps) | st.text(max_size=30)
-    return st.lists(line, max_size=6).map(lambda ls: "\n".join(ls).encode("utf-8", "surrogatepass"))
 
 
 class Fuzzer:
@@ -159,16 +101,16 @@ class Fuzzer:
             return beir.load_corpus(p.with_suffix(""))
 
         t: dict[str, tuple[st.SearchStrategy, Callable[[Any], Any]]] = {
-            "corpus_jsonl": (bytes_of(self.corpus) | _jsonl(("_id", "title", "text")), file_target("c.jsonl", beir.load_corpus)),
-            "corpus_gzip": (mutated(gzip.compress(self.corpus)) | _jsonl(("_id", "text")).map(gzip.compress), gz),
-            "queries_jsonl": (bytes_of(self.queries) | _jsonl(("_id", "text")), file_target("q.jsonl", beir.load_queries)),
+            "corpus_jsonl": (bytes_of(self.corpus) | jsonl(("_id", "title", "text")), file_target("c.jsonl", beir.load_corpus)),
+            "corpus_gzip": (mutated(gzip.compress(self.corpus)) | jsonl(("_id", "text")).map(gzip.compress), gz),
+            "queries_jsonl": (bytes_of(self.queries) | jsonl(("_id", "text")), file_target("q.jsonl", beir.load_queries)),
             "qrels_tsv": (bytes_of(self.qrels), file_target("qrels.tsv", beir.load_qrels)),
             "trec_run": (bytes_of(self.run_file), file_target("run.trec", trec.read_run)),
-            "model_card": (bytes_of(json.dumps(self.card).encode()) | _replace_field(self.card),
+            "model_card": (bytes_of(json.dumps(self.card).encode()) | replace_field(self.card),
                            lambda b: self._in_folder("hce_model.json", b, ModelCard.load)),
-            "manifest": (bytes_of(json.dumps(self.manifest).encode()) | _replace_field(self.manifest),
+            "manifest": (bytes_of(json.dumps(self.manifest).encode()) | replace_field(self.manifest),
                          lambda b: self._in_folder("manifest.json", b, IndexManifest.load)),
-            "tree_npz": (mutated((self.tree_dir / "tree.npz").read_bytes()) | self._tree_arrays(),
+            "tree_npz": (mutated((self.tree_dir / "tree.npz").read_bytes()) | tree_arrays(DIM),
                          lambda b: self._tree_case("tree.npz", b, Tree.load)),
             "tree_ids": (bytes_of((self.tree_dir / "tree_doc_ids.txt").read_bytes()),
                          lambda b: self._tree_case("tree_doc_ids.txt", b, Tree.load)),
@@ -178,10 +120,10 @@ class Fuzzer:
             base = (self.index_dir / rel).read_bytes()
             strat = mutated(base) if rel.endswith("hnsw.bin") else bytes_of(base)
             if rel == "manifest.json":
-                strat = strat | _replace_field(self.manifest)
+                strat = strat | replace_field(self.manifest)
             t["index:" + rel.split("/")[-1]] = (strat, lambda b, rel=rel: self._index_case(rel, b))
         wal = f"wal-{self.manifest['generation']:06d}.log"
-        t["index:wal"] = (bytes_of((self.index_dir / wal).read_bytes()) | self._wal_records(),
+        t["index:wal"] = (bytes_of((self.index_dir / wal).read_bytes()) | wal_records(DIM, self.manifest["generation"]),
                           lambda b: self._index_case(wal, b))
         if self.export is not None:
             for name in ("hce_model.json", "tokenizer.json", "model_int8.onnx"):
@@ -206,39 +148,6 @@ class Fuzzer:
         shutil.copytree(self.tree_dir, p)
         (p / name).write_bytes(data)
         return loader(p)
-
-    def _tree_arrays(self) -> st.SearchStrategy[bytes]:
-        """npz files with the right names but random dtypes, shapes and values."""
-        arr = st.sampled_from(["int32", "int64", "float32", "float64", "bool"]).flatmap(
-            lambda dt: st.lists(st.integers(-3, 6), min_size=0, max_size=8).map(lambda xs: np.array(xs, dtype=dt)))
-
-        def pack(a: tuple) -> bytes:
-            parent, cent_rows, leaf, fmt, ver = a
-            buf = io.BytesIO()
-            np.savez(buf, format=np.array(fmt), format_version=np.array(ver), parent=parent,
-                     centroids=np.ones((cent_rows, DIM), np.float32), doc_leaf=leaf)
-            return buf.getvalue()
-        return st.tuples(arr, st.integers(0, 8), arr, st.sampled_from(["hce-tree", "x"]), st.integers(-1, 3)).map(pack)
-
-    def _wal_records(self) -> st.SearchStrategy[bytes]:
-        """Logs whose records carry *valid* checksums around random metadata and vector bytes."""
-        from hce_serve.wal import FRAME, HEADER, MAGIC, META
-
-        def pack(a: tuple) -> bytes:
-            dim, gen, recs = a
-            out = HEADER.pack(MAGIC, dim, gen)
-            for meta, body in recs:
-                m = json.dumps(meta).encode()
-                payload = META.pack(len(m)) + m + body
-                out += FRAME.pack(len(payload), zlib.crc32(payload)) + payload
-            return out
-        meta = st.fixed_dictionaries({"op": st.sampled_from(["add", "delete", "x"]) | JSON_ANY},
-                                     optional={"ids": st.lists(st.text(max_size=4), max_size=3) | JSON_ANY,
-                                               "leaves": JSON_ANY})
-        body = st.integers(0, 3).map(lambda n: np.ones((n, DIM), "<f4").tobytes()) | st.binary(max_size=40)
-        gen = self.manifest["generation"]
-        return st.tuples(st.sampled_from([DIM, DIM, 4]), st.sampled_from([gen, gen, gen + 1]),
-                         st.lists(st.tuples(meta | JSON_ANY, body), max_size=3)).map(pack)
 
     def _index_case(self, rel: str, data: bytes) -> Any:
         from hce_serve.store import IndexStore
@@ -293,15 +202,11 @@ class Fuzzer:
         return tally
 
 
-def main(argv: list[str] | None = None) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from common import stamp
-    from reliability import update_results
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", type=int, default=10_000, help="total cases over all file targets")
-    p.add_argument("--export", type=Path, default=None, help="an EXPORT_DIR to fuzz the encoder loader too")
-    a = p.parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = common.study_parser(__doc__, "reliability", quick=False)
+    ap.add_argument("--cases", type=int, default=10_000, help="total cases over all file targets")
+    ap.add_argument("--export", type=Path, default=None, help="an EXPORT_DIR to fuzz the encoder loader too")
+    a = common.parse(ap, argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hce-fuzz-") as tmp:
         fz = Fuzzer(Path(tmp), a.export)
@@ -309,20 +214,20 @@ def main(argv: list[str] | None = None) -> None:
         heavy = [n for n in names if n.startswith("export:")]
         per = a.cases // (len(names) - len(heavy) + len(heavy) / 10)
         for name in names:
-            n = max(1, int(per / 10 if name in heavy else per))
             t = time.perf_counter()
-            c = fz.run(name, n, strict=False)
+            c = fz.run(name, max(1, int(per / 10 if name in heavy else per)), strict=False)
             print(f"{name}: {dict(c)} in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
-    total = Counter()
+    total: Counter = Counter()
     for c in fz.tally.values():
         total.update(c)
     payload = {"cases": total["cases"], "tracebacks": total["traceback"], "clean_results": total["ok"],
                "project_errors": total["hce_error"], "multiline_messages": total["multiline_message"],
                "per_target": {k: dict(v) for k, v in fz.tally.items()}, "traceback_examples": fz.tracebacks[:10],
                "seconds": round(time.perf_counter() - t0, 1), "export": str(a.export) if a.export else None}
-    update_results("fuzz_files", payload, stamp())
+    common.write_result(a.out, payload, __file__, section="fuzz_files")
     print(json.dumps({k: payload[k] for k in ("cases", "tracebacks", "clean_results", "project_errors")}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,24 +6,26 @@ document and calls the FastAPI app in-process (ASGI); every answer must be < 500
 subcommands and options, valid/missing/garbage files and bad numbers; every run must exit 0, 1 or 2
 without a traceback, and exit 1 must print one ``Error:`` line.
 
-``python benchmarks/fuzz_api.py --export EXPORT_DIR [--http-cases 300 --cli-cases 600]``
+``python -m tests.reliability.fuzz_api --export EXPORT_DIR [--http-cases 300 --cli-cases 600]``
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
+
+from benchmarks import common
 
 
 # ---- HTTP (schemathesis over the OpenAPI document, in-process ASGI) and CLI argv --------------------------
@@ -165,18 +167,14 @@ def api_samples(root: Path, export: Path) -> tuple[Any, dict[str, str]]:
     return Engine.open(root / "idx-http", writable=True), paths
 
 
-def main(argv: list[str] | None = None) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from common import stamp
-    from reliability import update_results
-
+def main(argv: Sequence[str] | None = None) -> int:
     from hce_serve.http import create_app
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--export", type=Path, required=True, help="EXPORT_DIR the sample index is built with")
-    p.add_argument("--http-cases", type=int, default=300, help="schemathesis cases per operation and mode")
-    p.add_argument("--cli-cases", type=int, default=600)
-    a = p.parse_args(argv)
+    ap = common.study_parser(__doc__, "reliability", quick=False)
+    ap.add_argument("--export", type=Path, required=True, help="EXPORT_DIR the sample index is built with")
+    ap.add_argument("--http-cases", type=int, default=300, help="schemathesis cases per operation and mode")
+    ap.add_argument("--cli-cases", type=int, default=600)
+    a = common.parse(ap, argv)
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="hce-fuzz-api-") as tmp:
         (Path(tmp) / "api").mkdir()
@@ -190,10 +188,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: {dict(tally)}", file=sys.stderr, flush=True)
         eng.close()
     out["cases"] = sum(v["cases"] for v in out.values())
-    out["tracebacks"] = sum(v.get("traceback", 0) for k, v in out.items() if isinstance(v, dict))
-    update_results("fuzz_api", {**out, "export": str(a.export)}, stamp())
+    out["tracebacks"] = sum(v.get("traceback", 0) for v in out.values() if isinstance(v, dict))
+    common.write_result(a.out, {**out, "export": str(a.export)}, __file__, section="fuzz_api")
     print(json.dumps({k: out[k] for k in ("cases", "tracebacks")}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

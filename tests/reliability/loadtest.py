@@ -1,9 +1,9 @@
 """Bounded concurrent load test of ``hce-serve http`` on loopback: searches mixed with adds and deletes.
 
-An async httpx client keeps ``--concurrency`` requests in flight until ``--requests`` were sent or
-``--seconds`` passed (whichever first), against a server in its own process on 127.0.0.1. It reports
-throughput, latency percentiles per request kind, status counts (5xx must be 0), whether the server
-survived, and checks one invariant on every search answer:
+``--concurrency`` keep-alive connections (the lean client of ``benchmarks.loopback``) keep requests in
+flight until ``--requests`` were sent or ``--seconds`` passed (whichever first), against a server in its
+own process on 127.0.0.1. It reports throughput, latency percentiles per request kind, status counts (5xx
+must be 0), whether the server survived, and checks one invariant on every search answer:
 
     a document whose delete was acknowledged before the search was sent, and whose re-add was not sent
     before the search was answered, must not be in the hits.
@@ -11,26 +11,27 @@ survived, and checks one invariant on every search answer:
 No two writes for the same id are ever in flight together, so "acknowledged deleted" is well defined.
 Searches aim at recently deleted documents (their own text as the query) so a leak would show.
 
-``python benchmarks/loadtest.py --export EXPORT_DIR --corpus corpus.jsonl --queries queries.jsonl --seconds 60``
+    python -m tests.reliability.loadtest --export EXPORT_DIR --corpus corpus.jsonl --queries queries.jsonl --seconds 60
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import percentiles, stamp  # noqa: E402
-from reliability import start_server, update_results  # noqa: E402
+from benchmarks import common
+from benchmarks.loopback import Connection, start_server
 
 MIX = {"search": 0.8, "add": 0.1, "delete": 0.1}
 
@@ -60,86 +61,114 @@ class Invariant:
                 self.violations.append(f"{d!r} returned {time.monotonic() - gone:.3f} s after its delete was acknowledged")
 
 
-async def _worker(client: Any, inv: Invariant, rng: random.Random, queries: list[str], pool: list[str],
-                  budget: dict[str, Any], lat: dict[str, list[float]], status: Counter, k_choices: tuple[int, ...]) -> None:
-    import httpx
+class Load:
+    """The shared state of one run: the invariant, the request budget, latencies and status counts."""
 
-    while budget["left"] > 0 and time.monotonic() < budget["deadline"]:
-        budget["left"] -= 1
+    def __init__(self, live: dict[str, str], queries: list[str], requests: int, seconds: float,
+                 k_choices: tuple[int, ...]) -> None:
+        self.inv = Invariant(live)
+        self.queries, self.pool, self.k_choices = queries, list(live.values()), k_choices
+        self.left, self.deadline, self.fresh = requests, time.monotonic() + seconds, 0
+        self.lat: dict[str, list[float]] = {k: [] for k in MIX}
+        self.status: Counter = Counter()
+
+    def pick(self, rng: random.Random) -> tuple[str, list[str]]:
+        """The next request's kind and the id it writes (none for a search)."""
+        inv = self.inv
         kind = rng.choices(list(MIX), weights=list(MIX.values()))[0]
-        ids: list[str] = []
         if kind == "delete":
             cand = [d for d in rng.sample(sorted(inv.live), min(8, len(inv.live))) if d not in inv.busy]
-            if not cand:
-                kind = "search"
-            else:
-                ids = cand[:1]
-        elif kind == "add":
+            return ("delete", cand[:1]) if cand else ("search", [])
+        if kind == "add":
             dead = [d for d in inv.recent_deleted[-50:] if d not in inv.busy and d not in inv.live]
             if dead and rng.random() < 0.5:
-                ids = [rng.choice(dead)]  # re-add: reuses a freed slot
-            else:
-                ids = [f"new-{budget['fresh']}"]
-                budget["fresh"] += 1
-                inv.text[ids[0]] = rng.choice(pool)
-        sent = time.monotonic()
+                return "add", [rng.choice(dead)]  # re-add: reuses a freed slot
+            doc = f"new-{self.fresh}"
+            self.fresh += 1
+            inv.text[doc] = rng.choice(self.pool)
+            return "add", [doc]
+        return "search", []
+
+    async def send(self, conn: Connection, rng: random.Random, kind: str, ids: list[str], sent: float) -> int:
+        inv = self.inv
+        if kind == "search":
+            dead = inv.recent_deleted[-20:]
+            q = inv.text[rng.choice(dead)] if dead and rng.random() < 0.5 else rng.choice(self.queries)
+            code, body = await conn.request("POST", "/search", {"query": q[:2000], "k": rng.choice(self.k_choices)})
+            if code == 200:
+                inv.check(json.loads(body)["hits"], sent)
+            return code
+        inv.busy.update(ids)
         try:
-            if kind == "search":
-                dead = inv.recent_deleted[-20:]
-                q = inv.text[rng.choice(dead)] if dead and rng.random() < 0.5 else rng.choice(queries)
-                r = await client.post("/search", json={"query": q[:2000], "k": rng.choice(k_choices)})
-                if r.status_code == 200:
-                    inv.check(r.json()["hits"], sent)
-            elif kind == "add":
-                inv.busy.update(ids)
+            if kind == "add":
                 inv.add_sent_at[ids[0]] = sent
-                r = await client.post("/documents", json={"documents": [{"_id": ids[0], "text": inv.text[ids[0]]}]})
-                if r.status_code == 200:
+                code, _ = await conn.request("POST", "/documents", {"documents": [{"_id": ids[0], "text": inv.text[ids[0]]}]})
+                if code == 200:
                     inv.live.update(ids)
-                inv.busy.difference_update(ids)
+                return code
+            if rng.random() < 0.5:
+                code, _ = await conn.request("DELETE", f"/documents/{quote(ids[0], safe='')}")
             else:
-                inv.busy.update(ids)
-                if rng.random() < 0.5:
-                    r = await client.delete(f"/documents/{ids[0]}")
-                else:
-                    r = await client.post("/documents/delete", json={"ids": ids})
-                if r.status_code == 200:
-                    inv.deleted_at[ids[0]] = time.monotonic()
-                    inv.live.discard(ids[0])
-                    inv.recent_deleted.append(ids[0])
-                inv.busy.difference_update(ids)
-        except httpx.HTTPError as e:
-            status[f"transport:{type(e).__name__}"] += 1
+                code, _ = await conn.request("POST", "/documents/delete", {"ids": ids})
+            if code == 200:
+                inv.deleted_at[ids[0]] = time.monotonic()
+                inv.live.discard(ids[0])
+                inv.recent_deleted.append(ids[0])
+            return code
+        finally:
             inv.busy.difference_update(ids)
-            continue
-        lat[kind].append(time.monotonic() - sent)
-        status[str(r.status_code)] += 1
+
+    async def worker(self, port: int, rng: random.Random) -> None:
+        conn = await Connection(port).open()
+        try:
+            while self.left > 0 and time.monotonic() < self.deadline:
+                self.left -= 1
+                kind, ids = self.pick(rng)
+                sent = time.monotonic()
+                try:
+                    code = await self.send(conn, rng, kind, ids, sent)
+                except (OSError, asyncio.IncompleteReadError) as e:  # the connection broke: count it, reconnect
+                    self.status[f"transport:{type(e).__name__}"] += 1
+                    conn.close()
+                    try:
+                        conn = await Connection(port).open()
+                    except OSError:
+                        return  # the server is gone: the run reports it (server_alive, server_exit)
+                    continue
+                self.lat[kind].append(time.monotonic() - sent)
+                self.status[str(code)] += 1
+        finally:
+            conn.close()
 
 
-async def _drive(base: str, live: dict[str, str], queries: list[str], requests: int, seconds: float,
-                 concurrency: int, seed: int, k_choices: tuple[int, ...]) -> dict[str, Any]:
-    import httpx
+async def _stats(port: int) -> dict[str, Any]:
+    """The server's /stats, or {} when it no longer answers."""
+    try:
+        conn = await Connection(port).open()
+    except OSError:
+        return {}
+    try:
+        return json.loads((await conn.request("GET", "/stats"))[1])
+    except (OSError, asyncio.IncompleteReadError, ValueError):
+        return {}
+    finally:
+        conn.close()
 
-    inv = Invariant(live)
+
+async def _drive(port: int, load: Load, concurrency: int, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
-    pool = list(live.values())
-    lat: dict[str, list[float]] = {k: [] for k in MIX}
-    status: Counter = Counter()
-    budget = {"left": requests, "deadline": time.monotonic() + seconds, "fresh": 0}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     t0 = time.monotonic()
-    async with httpx.AsyncClient(base_url=base, timeout=30.0, limits=limits) as client:
-        await asyncio.gather(*(_worker(client, inv, random.Random(rng.random()), queries, pool, budget, lat, status, k_choices)
-                               for _ in range(concurrency)))
-        wall = time.monotonic() - t0
-        final = (await client.get("/stats")).json()
+    await asyncio.gather(*(load.worker(port, random.Random(rng.random())) for _ in range(concurrency)))
+    wall = time.monotonic() - t0
+    final = await _stats(port)
+    lat, status, inv = load.lat, load.status, load.inv
     done = sum(len(v) for v in lat.values())
     all_lat = [x for v in lat.values() for x in v]
     return {
         "requests": done, "seconds": round(wall, 2), "qps": round(done / wall, 1),
         "search_qps": round(len(lat["search"]) / wall, 1),
-        "latency": percentiles(all_lat) if all_lat else {},
-        "latency_by_kind": {k: percentiles(v) for k, v in lat.items() if v},
+        "latency": common.percentiles(all_lat) if all_lat else {},
+        "latency_by_kind": {k: common.percentiles(v) for k, v in lat.items() if v},
         "status": dict(status), "server_errors_5xx": sum(n for s, n in status.items() if s.startswith("5")),
         "transport_errors": sum(n for s, n in status.items() if s.startswith("transport")),
         "invariant_violations": len(inv.violations), "violation_examples": inv.violations[:5],
@@ -149,43 +178,35 @@ async def _drive(base: str, live: dict[str, str], queries: list[str], requests: 
 
 
 def run(index_dir: Path, live: dict[str, str], queries: list[str], requests: int = 100_000, seconds: float = 60.0,
-        concurrency: int = 8, seed: int = 0, k_choices: tuple[int, ...] = (10, 100), server_args: tuple[str, ...] = ()) -> dict[str, Any]:
+        concurrency: int = 8, seed: int = 0, k_choices: tuple[int, ...] = (10, 100),
+        server_args: Sequence[str] = ()) -> dict[str, Any]:
     """Serve ``index_dir`` (holding exactly ``live``: id -> text) in a child process and load it; returns the figures."""
-    proc, base = start_server(index_dir, list(server_args))
     load_before = os.getloadavg()  # the machine is shared: record how busy it was
-    try:
-        res = asyncio.run(_drive(base, live, queries, requests, seconds, concurrency, seed, k_choices))
-        res["server_alive"] = proc.poll() is None
+    with start_server(index_dir, list(server_args)) as server:
+        res = asyncio.run(_drive(server.port, Load(live, queries, requests, seconds, k_choices), concurrency, seed))
+        res["server_alive"] = server.proc.poll() is None
         res["loadavg_1min"] = {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)}
-    finally:
-        proc.terminate()
-        try:
-            _, err = proc.communicate(timeout=60)
-        except Exception:
-            proc.kill()
-            _, err = proc.communicate()
-    res["server_exit"] = proc.returncode
-    res["server_stderr_tail"] = err.decode(errors="replace")[-500:]
+        server.stop(timeout=60)
+        res["server_exit"] = server.proc.returncode
+        res["server_stderr_tail"] = server.stderr_tail()
     res["server_traceback"] = "Traceback" in res["server_stderr_tail"]
     return res
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     from hce_serve.beir import iter_corpus, load_queries
     from hce_serve.engine import Engine
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--export", type=Path, required=True)
-    p.add_argument("--corpus", type=Path, required=True)
-    p.add_argument("--queries", type=Path, required=True)
-    p.add_argument("--index", type=Path, default=None, help="reuse (a copy of) this built index instead of building")
-    p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--requests", type=int, default=200_000)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads in the server")
-    a = p.parse_args(argv)
-    import shutil
-
+    ap = common.study_parser(__doc__, "reliability", quick=False)
+    ap.add_argument("--export", type=Path, required=True)
+    ap.add_argument("--corpus", type=Path, required=True)
+    ap.add_argument("--queries", type=Path, required=True)
+    ap.add_argument("--index", type=Path, default=None, help="reuse (a copy of) this built index instead of building")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--requests", type=int, default=200_000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads in the server")
+    a = common.parse(ap, argv)
     docs = {d.id: d.full_text for d in iter_corpus(a.corpus)}
     with tempfile.TemporaryDirectory(prefix="hce-load-") as tmp:
         idx = Path(tmp) / "idx"
@@ -198,10 +219,12 @@ def main(argv: list[str] | None = None) -> None:
         res = run(idx, docs, list(load_queries(a.queries).values()), a.requests, a.seconds, a.concurrency,
                   server_args=("--threads", str(a.threads)))
     res.update({"export": str(a.export), "corpus": str(a.corpus), "documents": len(docs), "concurrency": a.concurrency,
-                "server_threads": a.threads, "mix": MIX, "build_seconds": round(build_s, 1)})
-    update_results("load", res, stamp())
+                "server_threads": a.threads, "mix": MIX, "build_seconds": round(build_s, 1),
+                "client": "benchmarks/loopback.py (asyncio keep-alive, same machine)"})
+    common.write_result(a.out, res, __file__, section="load")
     print(json.dumps(res, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""HCE's benchmark studies, each a module run from the repository root as ``python -m benchmarks.NAME``
+(``--quick`` for the small setting; tests/test_benchmarks_smoke.py runs every one on tiny inputs):
+
+    recall         BM25, zero-shot and fine-tuned encoders; fp32 / int8; exact and HNSW search
+    latency        Python API and HTTP server against the raw floor and torch, 1 and 2 threads
+    index_scale    HNSW build time, memory, recall against latency, deletions, up to 1M vectors
+    incremental    documents added and deleted after training, through the command line
+    export_latency export time, query latency and document throughput of torch / ORT fp32 / int8
+    int8_study     full-corpus quality of each int8 recipe
+    tree_build     the corpus tree over 1M vectors
+    quality        HCE against hard-negative baselines, several seeds (quality_report: its tests and plots)
+    demo           the table and results file of scripts/demo.sh
+
+``common`` is the harness they share (the result writer, timing, memory, synthetic vectors), ``encoders``
+the BEIR step (encode, exact search, evaluate), ``loopback`` the HTTP server and load client, ``bm25`` the
+baseline. Results go to benchmarks/results/NAME.json, each naming the script that wrote it.
+"""

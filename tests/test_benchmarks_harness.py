@@ -1,0 +1,88 @@
+"""The benchmark harness itself: interleaved timing, the loopback server and load client, the export cache."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+pytest.importorskip("hnswlib")
+
+from benchmarks import common  # noqa: E402
+
+
+def test_timed_interleaves_the_systems_in_rounds():
+    calls: list[tuple[str, int]] = []
+    timing = common.timed({"a": lambda i: calls.append(("a", i)), "b": lambda i: calls.append(("b", i))},
+                          n=20, repeats=2, warmup=0)
+    assert calls[:4] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]  # rounds of n/rounds calls, systems in turn
+    assert {k: len(t.samples) for k, t in timing.items()} == {"a": 40, "b": 40}
+    stats = timing["a"].stats()
+    assert stats["n"] == 20 and stats["repeats"] == 2 and 0 < stats["p50_ms"] <= stats["p99_ms"]
+    assert stats["thread_cpu_p50_ms"] >= 0
+    warm: list[int] = []
+    common.timed({"w": warm.append}, n=5, warmup=3, rounds=5)
+    assert warm == [0, 1, 2, 0, 1, 2, 3, 4]  # untimed warm-up calls first
+
+
+def test_percentiles_and_rate():
+    p = common.percentiles([0.001, 0.002, 0.003, 0.004])
+    assert p["n"] == 4 and p["mean_ms"] == 2.5 and p["p50_ms"] == 2.5
+    assert common.median_stats([[0.001] * 5, [0.003] * 5])["p50_ms"] == 2.0
+    assert 0 < common.rate(lambda: sum(range(1000)), items=10, repeats=3) < 1e9
+
+
+def test_loopback_server_and_load_client(tiny_export, tmp_path):
+    """The lean client parses keep-alive answers (JSON bodies, error statuses) like a real client."""
+    from benchmarks.loopback import Connection, run_load, sequential, start_server
+    from hce_serve.encoder import Encoder
+    from hce_serve.index import Index, IndexParams
+    from hce_serve.store import IndexStore
+
+    enc = Encoder(tiny_export, threads=1)
+    index = Index(enc.dim, IndexParams(), capacity=8)
+    index.add([f"d{i}" for i in range(8)], enc.encode_documents([f"protein fold {i}" for i in range(8)]))
+    IndexStore.create(tmp_path / "idx", index, tiny_export)
+
+    async def one(port: int) -> tuple:
+        c = await Connection(port).open()
+        try:
+            ok = await c.request("POST", "/search", {"query": "protein", "k": 3})
+            bad = await c.request("POST", "/search", {"query": "", "k": 3})
+            stats = await c.request("GET", "/stats")  # same connection, no body
+            missing = await c.request("DELETE", "/documents/nope")
+        finally:
+            c.close()
+        return ok, bad, stats, missing
+
+    with start_server(tmp_path / "idx", ["--threads", "1"]) as server:
+        ok, bad, stats, missing = asyncio.run(one(server.port))
+        res = asyncio.run(run_load(server.port, [{"query": "protein", "k": 5}, {"query": "", "k": 5}], 2, 10))
+        seq = asyncio.run(sequential(server.port, [{"query": "fold", "k": 2}], 4))
+    assert ok[0] == 200 and len(json.loads(ok[1])["hits"]) == 3
+    assert bad[0] == 400 and "detail" in json.loads(bad[1])
+    assert stats[0] == 200 and json.loads(stats[1])["live"] == 8
+    assert missing[0] == 404
+    assert res["status"] == {200: 5, 400: 5} and len(res["latencies"]) == 10 and res["bad_bodies"] == 0
+    assert len(seq) == 4 and all(s > 0 for s in seq)
+    assert server.proc.poll() is not None  # stopped on leaving the block
+
+
+def test_export_cache_is_invalidated_by_a_new_int8_recipe(tiny_bert, tmp_path, monkeypatch):
+    """A cached benchmark export is reused only for the same source *and* the same default int8 recipe:
+    one made before the recipe changed once served stale numbers under the new recipe's name."""
+    import hce_export.api
+    from benchmarks import encoders
+    from hce_export import quantize
+
+    calls = []
+    real_export = hce_export.api.export
+    monkeypatch.setattr(hce_export.api, "export", lambda *a, **k: calls.append(1) or real_export(*a, **k))
+    first = encoders.ensure_export("tiny", tiny_bert, root=tmp_path)
+    assert first == tmp_path / "tiny" and encoders.ensure_export("tiny", first) == first  # an export is itself
+    assert encoders.ensure_export("tiny", tiny_bert, root=tmp_path) == first and len(calls) == 1  # cached
+    real_settings = quantize.settings_for
+    monkeypatch.setattr(quantize, "settings_for",
+                        lambda *a, **k: real_settings(*a, **{**k, "keep_ffn_out": False}))
+    assert encoders.ensure_export("tiny", tiny_bert, root=tmp_path) == first and len(calls) == 2  # re-exported
