@@ -31,12 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, SHARED_DATA, stamp
+from benchmarks.common import RESULTS, SHARED_DATA, stamp, write_result
 from benchmarks.quality_report import report
 
 log = logging.getLogger("quality")
 
-SCRIPT = "benchmarks/quality.py"
 # name -> (negatives, config overrides). Every arm shares the profile's budget.
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "flat": ("flat", {}),
@@ -177,7 +176,7 @@ def load_or_start(args: argparse.Namespace, budget: dict[str, Any]) -> dict[str,
         return res
     if args.report:
         raise StudyError(f"{args.out}: no results to report on")
-    return {"script": SCRIPT, "profile": args.profile, "budget": budget, "notes": [],
+    return {"profile": args.profile, "budget": budget, "notes": [],
             "supervised": {"dataset": args.supervised, "train_split": "train", "test_split": "test", "arms": {}},
             "unsupervised": {}}
 
@@ -242,14 +241,9 @@ def run_study(args: argparse.Namespace) -> None:
     res = load_or_start(args, budget)
     res["notes"] = res.get("notes", []) + [{"date": stamp()["date"], "note": n} for n in args.note]
 
-    def save() -> None:
-        res.update({k: v for k, v in stamp(args.device_resolved).items()})
-        res["script"] = SCRIPT
+    def save() -> None:  # the derived numbers are recomputed from the runs, then one atomic stamped write
         report(res, args.out)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=1) + "\n")
-        tmp.replace(args.out)
+        write_result(args.out, res, __file__, device=args.device_resolved)
 
     if args.report:
         save()

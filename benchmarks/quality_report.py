@@ -121,9 +121,8 @@ def plot(blocks: list[tuple[str, dict[str, Any]]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.common import PLOTS, RESULTS, save_figure
+    from benchmarks.common import plot_path, save_figure
 
-    where = PLOTS if out.parent.resolve() == RESULTS.resolve() else out.parent  # a test's file keeps its plots
     blocks = [(n, b) for n, b in blocks if any(d.get("runs") for d in b.get("arms", {}).values())]
     if not blocks:
         return
@@ -142,7 +141,7 @@ def plot(blocks: list[tuple[str, dict[str, Any]]], out: Path) -> None:
         ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{name}: nDCG@10 (bar: seed mean, dots: seeds)", fontsize=9)
         ax.legend(fontsize=7)
-    save_figure(fig, where / f"{out.stem}-arms.png")
+    save_figure(fig, plot_path(out, "arms"))
 
     fig, axes = plt.subplots(1, len(blocks), figsize=(4.5 * len(blocks), 3.4), squeeze=False)
     for ax, (name, block) in zip(axes[0], blocks, strict=True):
@@ -155,4 +154,4 @@ def plot(blocks: list[tuple[str, dict[str, Any]]], out: Path) -> None:
         ax.set_xlabel("epoch (0 = zero-shot)")
         ax.set_title(f"{name}: nDCG@10 by epoch (seed mean)", fontsize=9)
         ax.legend(fontsize=7)
-    save_figure(fig, where / f"{out.stem}-curve.png")
+    save_figure(fig, plot_path(out, "curve"))
