@@ -102,8 +102,13 @@ def training_queries(data_dir: Path, corpus_texts: list[str], cfg: DistillConfig
 
 
 def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg: DistillConfig,
-            data: str | os.PathLike[str] | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train the shallow query encoder, write QMODEL_DIR, record the pair in MODEL_DIR's card."""
+            data: str | os.PathLike[str] | None = None, overwrite: bool = False, progress: bool = True,
+            doc_emb: np.ndarray | None = None) -> dict[str, Any]:
+    """Train the shallow query encoder, write QMODEL_DIR, record the pair in MODEL_DIR's card.
+
+    ``doc_emb`` (docs, D): the teacher's corpus embeddings when the caller already has them (row i = the
+    corpus file's document i, at the card's max_length); otherwise the corpus is encoded here.
+    """
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
@@ -119,7 +124,10 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
     teacher = HCEEncoder.load(mdir, device)
     teacher.autocast_bf16 = use_bf16(cfg.precision, device)
     corpus = load_corpus(data_dir)
-    d_emb = torch.from_numpy(teacher.encode(corpus.texts, card.max_length, 128, progress, "teacher: corpus"))
+    if doc_emb is not None and doc_emb.shape != (len(corpus), card.dim):
+        raise DataError(f"doc_emb has shape {doc_emb.shape}, expected ({len(corpus)}, {card.dim})")
+    d_emb = torch.from_numpy(np.ascontiguousarray(doc_emb, np.float32) if doc_emb is not None else
+                             teacher.encode(corpus.texts, card.max_length, 128, progress, "teacher: corpus"))
     student = shallow_copy(teacher, cfg.layers)
     student.autocast_bf16 = teacher.autocast_bf16
     student.training_dropout(0.0)

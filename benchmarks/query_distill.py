@@ -1,0 +1,118 @@
+"""What a shallow query encoder costs in quality (issue 12): nDCG@10 with the full vs the distilled query side.
+
+    python -m benchmarks.query_distill [--quick] [--datasets scifact,arguana,cisi] [--layers 2,3]
+                                       [--model MODEL_DIR]
+
+For each dataset and teacher (the base all-MiniLM-L6-v2, and ``--model``, e.g. an HCE-trained MODEL_DIR),
+the teacher encodes the corpus once; then for each L, ``hce-train distill-query``'s ``distill`` trains the
+L-layer student on that corpus (its train split's queries where it has one, else pseudo-queries only:
+never the test queries), and both query encoders are evaluated against the same document embeddings by
+exact search. Recorded per (dataset, teacher, L): nDCG@10 / R@100 of full and shallow queries, the paired
+randomization test and bootstrap CI of the difference (per-query nDCG@10), the distillation's wall time and
+held-out fidelity. Query lengths: 64 tokens, 256 on ArguAna (whole-argument queries); documents 256 (``--doc-max-length``).
+``--quick`` uses CISI only, one epoch and L = 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+
+QUERY_LEN = {"arguana": 256}
+
+
+def teacher_dir(name: str, work: Path, qlen: int, dlen: int, base_model: str | None) -> Path:
+    """A MODEL_DIR for ``distill``: the given one, or the base model saved with a card."""
+    from hce_serve.card import ModelCard
+    from hce_train.model import HCEEncoder
+
+    if name != "base":
+        return Path(name)
+    out = work / f"base-q{qlen}"
+    if not (out / "hce_model.json").is_file():
+        enc = HCEEncoder.build(base_model, "cpu")
+        enc.save(out, ModelCard(dim=enc.dim, base_model=enc.base_model, max_length=dlen, query_max_length=qlen))
+    return out
+
+
+def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[str, Any]:
+    from hce_serve import beir
+    from hce_serve.card import ModelCard
+    from hce_serve.metrics import paired_test, per_query
+    from hce_train.distill import DistillConfig, distill
+    from hce_train.evaluate import exact_topk
+    from hce_train.model import HCEEncoder, use_bf16
+
+    qlen = QUERY_LEN.get(data_dir.name, 64)
+    mdir = teacher_dir(teacher, args.work, qlen, args.doc_max_length, args.base_model)
+    card = ModelCard.load(mdir)
+    data = beir.load_beir(data_dir, "test")
+    qids = list(data.queries)
+    enc = HCEEncoder.load(mdir, "cpu")
+    enc.autocast_bf16 = use_bf16("auto", "cpu")
+    t0 = time.perf_counter()
+    d_emb = enc.encode([d.full_text for d in data.corpus], card.max_length, 128, True, "corpus")
+    encode_s = time.perf_counter() - t0
+
+    def scores(q_emb: Any) -> dict[str, dict[str, float]]:
+        s, rows = exact_topk(q_emb, d_emb, 101)
+        run = {q: {data.corpus[int(r)].id: float(v) for r, v in zip(rows[i], s[i], strict=True)}
+               for i, q in enumerate(qids)}
+        return per_query(data.qrels, run)
+
+    full = scores(enc.encode([data.queries[q] for q in qids], qlen, 128, False))
+    out: dict[str, Any] = {"teacher": teacher, "query_max_length": qlen, "corpus_encode_seconds": round(encode_s, 1),
+                           "full": _means(full), "students": {}}
+    for n_layers in layers:
+        qdir = args.work / f"{data_dir.name}-{Path(teacher).name}-L{n_layers}"
+        cfg = DistillConfig(layers=n_layers, epochs=args.epochs, seed=args.seed)
+        summary = distill(mdir, qdir, cfg, data=data_dir, overwrite=True, doc_emb=d_emb)
+        student = HCEEncoder.load(qdir, "cpu")
+        student.autocast_bf16 = enc.autocast_bf16
+        shallow = scores(student.encode([data.queries[q] for q in qids], qlen, 128, False))
+        test = paired_test([shallow["ndcg@10"][q] for q in data.qrels], [full["ndcg@10"][q] for q in data.qrels])
+        out["students"][f"L{n_layers}"] = {
+            **_means(shallow), "loss_points": round(100 * (_means(full)["ndcg@10"] - _means(shallow)["ndcg@10"]), 2),
+            "p": round(test["p"], 4), "ci95_points": [round(100 * test["ci_low"], 2), round(100 * test["ci_high"], 2)],
+            "distill_seconds": summary["seconds"], "steps": summary["steps"], "heldout": summary["heldout"],
+        }
+    return out
+
+
+def _means(per: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {m: round(sum(v.values()) / len(v), 5) for m, v in per.items() if m in ("ndcg@10", "recall@100")}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = common.study_parser(__doc__, "query-distill")
+    ap.add_argument("--data-root", type=Path, default=common.SHARED_DATA)
+    ap.add_argument("--datasets", default=None, help="[scifact,arguana,cisi; cisi with --quick]")
+    ap.add_argument("--layers", default=None, help="[2,3; 2 with --quick]")
+    ap.add_argument("--model", default=None, help="also distil this MODEL_DIR (e.g. an HCE-trained model)")
+    ap.add_argument("--epochs", type=int, default=None, help="[3; 1 with --quick]")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--base-model", default=None, help="the base teacher [all-MiniLM-L6-v2]")
+    ap.add_argument("--doc-max-length", type=int, default=256)
+    ap.add_argument("--work", type=Path, default=common.CACHE / "query-distill")
+    args = common.parse(ap, argv)
+    datasets = (args.datasets or ("cisi" if args.quick else "scifact,arguana,cisi")).split(",")
+    layers = [int(x) for x in (args.layers or ("2" if args.quick else "2,3")).split(",")]
+    args.epochs = args.epochs or (1 if args.quick else 3)
+    args.work.mkdir(parents=True, exist_ok=True)
+    teachers = ["base"] + ([args.model] if args.model else [])
+    results: dict[str, Any] = {}
+    for name in datasets:
+        results[name] = [run_one(args.data_root / name, t, layers, args) for t in teachers]
+        common.write_result(args.out, {"benchmark": "query-distill", "mode": "quick" if args.quick else "full",
+                                       "epochs": args.epochs, "layers": layers, "results": results}, __file__)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
