@@ -86,3 +86,41 @@ def test_fit_under_torchrun_with_two_gloo_processes(tiny_beir, tiny_bert, tmp_pa
     assert len(Tree.load(out).doc_ids) == 64
     steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if "event" not in r] == [1, 2]  # one writer: rank 0
+
+
+REBUILD = """
+import sys, numpy as np
+from pathlib import Path
+from hce_train import dist
+from hce_train.config import TrainConfig
+from hce_train.model import HCEEncoder
+from hce_train.refresh import RunState
+out = Path(sys.argv[3]); out.mkdir(parents=True, exist_ok=True)
+env = dist.init("cpu")
+cfg = TrainConfig(data=sys.argv[1], out=str(out), base_model=sys.argv[2], doc_max_length=32, leaf_size=4,
+                  branching=4, precision="fp32", device="cpu").resolved()
+run = RunState(cfg, env, "cpu", progress=False)
+tree = run.build(HCEEncoder.build(sys.argv[2], "cpu"), 0)  # every rank encodes 1/world of the corpus
+if env.is_main:
+    tree.save(out)
+    np.save(out / "emb.npy", run.last_embeddings)
+dist.shutdown(env)
+"""
+
+
+def test_tree_rebuild_sharded_over_two_ranks_gives_the_single_process_tree(tiny_beir, tiny_bert, tmp_path):
+    from hce_serve.tree import Tree
+
+    script = tmp_path / "rebuild.py"
+    script.write_text(REBUILD)
+    two = _torchrun([str(script), str(tiny_beir), str(tiny_bert), str(tmp_path / "two")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(script), str(tiny_beir), str(tiny_bert), str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert one.returncode == 0, one.stderr[-3000:]
+    e1, e2 = np.load(tmp_path / "one" / "emb.npy"), np.load(tmp_path / "two" / "emb.npy")
+    assert e1.shape == e2.shape == (64, 32)
+    np.testing.assert_allclose(e2, e1, atol=1e-5)  # the gathered shards, in corpus order
+    t1, t2 = Tree.load(tmp_path / "one"), Tree.load(tmp_path / "two")
+    np.testing.assert_array_equal(t1.parent, t2.parent)
+    np.testing.assert_array_equal(t1.doc_leaf, t2.doc_leaf)
