@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks import common
 from benchmarks.encoders import base_model_path, beir_exact, ensure_export
 from benchmarks.loopback import run_load, sequential, start_server
-from hce_serve.beir import load_beir
+from hce_serve.beir import Document, load_beir
 from hce_serve.index import Index, IndexParams
 from hce_serve.search import recall_at_k, topk_inner_product
 
@@ -115,15 +115,26 @@ Fns = tuple[Callable[[int], object], Callable[[int], object], Callable[[int], ob
 
 
 def systems(floor: Floor, eng: Any, tq: TorchExact, queries: list[str], t: int) -> dict[str, Fns]:
-    """Per system: (end to end, encode only, search only, batched call) closures over query index i."""
+    """Per system: (end to end, encode only, search only, batched call) closures over query index i.
+
+    ``hce_engine`` returns ids and scores (``fields=()``), the floor's work; ``hce_engine_docs`` (an index that
+    stores documents) adds the stored title/text/metadata lookup of every hit, as a search in the CLI, the
+    HTTP API and the Python API does by default.
+    """
     q1 = [[q] for q in queries]
     fv = floor.encode(queries[:1])  # (1, dim): a fixed vector for the search-only loops
     ev = eng.encoder.encode_queries(queries[:1])
+    docs = {} if not eng.stores_documents else {
+        "hce_engine_docs": (lambda i: eng.search_batch(q1[i % len(q1)], K), lambda i: eng.encoder.encode_queries(q1[i % len(q1)]),
+                            lambda i: eng.store.documents([d for d, _ in eng.index.search(ev, K)[0]]),
+                            lambda b: eng.search_batch(b, K, num_threads=t))}
     return {
         "floor": (lambda i: floor.search(floor.encode(q1[i % len(q1)])), lambda i: floor.encode(q1[i % len(q1)]),
                   lambda i: floor.search(fv), lambda b: floor.search(floor.encode(b), t)),
-        "hce_engine": (lambda i: eng.search(q1[i % len(q1)], K), lambda i: eng.encoder.encode_queries(q1[i % len(q1)]),
-                       lambda i: eng.index.search(ev, K), lambda b: eng.search(b, K, num_threads=t)),
+        "hce_engine": (lambda i: eng.search_batch(q1[i % len(q1)], K, fields=()),
+                       lambda i: eng.encoder.encode_queries(q1[i % len(q1)]),
+                       lambda i: eng.index.search(ev, K), lambda b: eng.search_batch(b, K, fields=(), num_threads=t)),
+        **docs,
         "torch_exact": (lambda i: tq.search(tq.encode(q1[i % len(q1)])), lambda i: tq.encode(q1[i % len(q1)]),
                         lambda i: tq.search(fv), lambda b: tq.search(tq.encode(b))),
     }
@@ -189,13 +200,15 @@ def plot_cdf(cdf: dict[str, list[float]], out: Path, name: str) -> None:
     common.save_figure(fig, out)
 
 
-def make_index(folder: Path, export_dir: Path, ids: list[str], matrix: np.ndarray, ef: int) -> Path:
+def make_index(folder: Path, export_dir: Path, ids: list[str], matrix: np.ndarray, ef: int,
+               documents: list[Document] | None = None) -> Path:
+    """An index folder over precomputed vectors (with ``documents`` stored, or ids only)."""
     from hce_serve.store import IndexStore
 
     index = Index(matrix.shape[1], IndexParams(ef_search=ef, exact_threshold=0), capacity=len(ids))
     for s in range(0, len(ids), 65536):
         index.add(ids[s : s + 65536], matrix[s : s + 65536])
-    IndexStore.create(folder, index, export_dir, overwrite=True)
+    IndexStore.create(folder, index, export_dir, overwrite=True, documents=documents)
     return folder
 
 
@@ -249,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = []
     common.CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hce-lat-", dir=common.CACHE) as tmp:
-        idx = make_index(Path(tmp) / "real", args.export, [d.id for d in data.corpus], matrix, 100)
+        idx = make_index(Path(tmp) / "real", args.export, [d.id for d in data.corpus], matrix, 100, data.corpus)
         settings.append(run_setting(f"{args.data.name}-{len(matrix) // 1000}k", idx, matrix, queries, 100, args))
         if args.million or not args.quick:
             settings.append(million(Path(tmp), queries, args))

@@ -14,12 +14,14 @@ import os
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
 
 from .errors import DataError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -27,11 +29,16 @@ class Document:
     id: str
     title: str
     text: str
+    metadata: dict[str, Any] | None = None  # flat: string keys, scalar or list-of-scalar values
 
     @property
     def full_text(self) -> str:
         """Title and text joined as the encoder sees them (BEIR/sentence-transformers convention)."""
         return f"{self.title} {self.text}".strip() if self.title else self.text
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.full_text.strip()
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
@@ -97,24 +104,45 @@ def _field(obj: dict, key: str, where: str, required: bool = True) -> str:
     return val
 
 
-def iter_corpus(path: str | os.PathLike[str], allow_empty: bool = False) -> Iterator[Document]:
-    """Stream documents from a corpus file, checking fields and id uniqueness."""
+EMPTY_POLICIES = ("error", "keep", "skip")
+
+
+def iter_corpus(path: str | os.PathLike[str], empty: str = "error") -> Iterator[Document]:
+    """Stream documents from a corpus file, checking fields and id uniqueness.
+
+    ``empty`` decides what a document with blank title and text does: ``error`` (DataError naming its line),
+    ``keep`` (yielded; BEIR's evaluation indexes such documents too) or ``skip``. A ``metadata`` object is
+    passed through as read (``checks.check_metadata`` flattens it); any other ``metadata`` value is ignored.
+    """
+    if empty not in EMPTY_POLICIES:
+        raise ValueError(f"empty must be one of {EMPTY_POLICIES}, found {empty!r}")
     seen: set[str] = set()
-    last = None
+    count = 0
     for fname, lineno, obj in iter_jsonl(path):
         where = f"{fname}:{lineno}"
         doc_id = _field(obj, "_id", where)
         if doc_id in seen:
             raise DataError(f"{where}: duplicate document id {doc_id!r}")
         seen.add(doc_id)
-        text = _field(obj, "text", where)
-        title = _field(obj, "title", where, required=False)
-        if not (text.strip() or title.strip()) and not allow_empty:
-            raise DataError(f"{where}: document {doc_id!r} has empty title and text")
-        last = fname
-        yield Document(doc_id, title, text)
-    if last is None and not allow_empty:
+        count += 1
+        meta = obj.get("metadata")
+        doc = Document(doc_id, _field(obj, "title", where, required=False), _field(obj, "text", where),
+                       meta if isinstance(meta, dict) and meta else None)
+        if doc.is_empty:
+            if empty == "error":
+                raise DataError(f"{where}: document {doc_id!r} has empty title and text")
+            if empty == "skip":
+                continue
+        yield doc
+    if not count:
         raise DataError(f"{resolve(path)}: no documents")
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last one shorter): a corpus streamed in bounded batches."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
 
 
 def load_corpus(path: str | os.PathLike[str]) -> list[Document]:

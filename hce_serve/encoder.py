@@ -181,6 +181,16 @@ class Encoder:
         """
         return self._encode(self._tok_d, _check_texts(texts), progress=progress)
 
+    def encode(self, texts: str | Sequence[str], query: bool = False, progress: bool = False) -> np.ndarray:
+        """sentence-transformers' ``encode``: one text -> (dim,), a list -> (n, dim); float32, unit rows.
+
+        Documents by default (pass ``Document.full_text``, title + " " + text); ``query=True`` embeds queries
+        (their own truncation length, and the shallow query graph where the export has one).
+        """
+        if isinstance(texts, str):
+            return self.encode([texts], query=query)[0]
+        return self.encode_queries(texts) if query else self.encode_documents(texts, progress=progress)
+
     def __repr__(self) -> str:
         return (f"Encoder({str(self.export_dir)!r}, variant={self.variant!r}, query_encoder={self.query_encoder!r}, "
                 f"providers={self.providers})")

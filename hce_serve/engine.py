@@ -1,244 +1,258 @@
-"""An index folder plus its encoder: what the CLI and the HTTP server drive.
+"""``Engine``: the one entry point to an index folder, for the CLI, the HTTP server and Python.
 
-``Engine.build`` streams a corpus through the encoder into a new index folder; ``Engine.open`` loads one
-(the encoder comes from the folder's own ``encoder/`` copy, so IDX_DIR is all a search needs). Text
-goes in, ``(id, score)`` hits come out; adds and deletes are durable when they return (mutation log).
+```python
+from hce_serve import Engine
+
+with Engine.open("idx") as engine:
+    for hit in engine.search("what causes ocean warming", k=5, filter={"lang": "en"}):
+        print(hit.score, hit.id, hit.title)
+```
+
+Text goes in, ``Hit`` objects (id, score and the stored title, text and metadata) come out. The encoder
+is opened on first use, so deleting, compacting, reading stats or fetching documents never loads
+onnxruntime. Writes go through the store (``store.py``), which checks, logs, applies and saves them; they
+are durable when the call returns. Thread-safe: many searches at once, one write at a time.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
-import zipfile
-from collections.abc import Iterable, Iterator, Sequence
-from itertools import islice
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .beir import Document, iter_corpus
+from . import defaults
+from .beir import Document, chunks, iter_corpus
+from .build import build_index, load_tree, progress_bar, report_empty, scan_corpus
+from .card import ModelCard
+from .checks import check_ef, check_fields, check_filter, check_k, check_query
 from .errors import DataError, FormatError
-from .index import NO_LEAF, AddResult, DeleteResult, Hit, Index, IndexParams
-from .store import ENCODER_DIR, IndexStore, check_can_create
+from .index import AddResult, DeleteResult, Index, ScoredId
+from .store import IndexStore
 
 log = logging.getLogger(__name__)
 
-MAX_K = 10_000  # larger k is almost certainly a mistake and costs a full sort of the collection
-CHUNK = 512  # documents encoded and added per step: bounds memory for any corpus size
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. Stored fields are None when not asked for or when the index stores ids only."""
+
+    id: str
+    score: float
+    title: str | None = None
+    text: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    def snippet(self, width: int = defaults.SNIPPET_CHARS) -> str:
+        """The start of the text on one line, cut at a word boundary."""
+        flat = " ".join((self.text or "").split())
+        if len(flat) <= width:
+            return flat
+        return flat[:width].rsplit(" ", 1)[0].rstrip(" ,.;:") + " …"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON shape: id, score and the stored fields that were asked for."""
+        out: dict[str, Any] = {"id": self.id, "score": self.score}
+        for name in defaults.FIELDS:
+            if (value := getattr(self, name)) is not None:
+                out[name] = value
+        return out
 
 
-class LeafAssigner:
-    """Tree leaf of each document: the export's own assignment for known ids, else the nearest leaf centroid."""
-
-    def __init__(self, centroids: np.ndarray, leaf_nodes: np.ndarray, known: dict[str, int]) -> None:
-        self.centroids = centroids  # (leaves, dim) float32
-        self.leaf_nodes = leaf_nodes  # (leaves,) int32 node ids
-        self.known = known
-
-    @classmethod
-    def from_export(cls, export_dir: Path, dim: int) -> LeafAssigner | None:
-        path = export_dir / "tree.npz"
-        if not path.is_file():
-            return None
-        from .tree import TREE_IDS_NAME, Tree
-
-        if (export_dir / TREE_IDS_NAME).is_file():
-            tree = Tree.load(export_dir)
-            doc_leaf, ids = tree.doc_leaf, tree.doc_ids
-            centroids, parent = tree.centroids, tree.parent
-        else:  # an export may ship the tree without its id file: centroids are enough for new documents
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    centroids, parent, doc_leaf = z["centroids"], z["parent"], z["doc_leaf"]
-            except (ValueError, OSError, KeyError, EOFError, NotImplementedError, zipfile.BadZipFile) as e:
-                raise FormatError(f"{path}: not a readable tree ({e})") from None
-            ids = []
-        if centroids.ndim != 2 or centroids.shape[1] != dim:
-            raise FormatError(f"{path}: tree centroids have shape {centroids.shape}, encoder dim is {dim}")
-        leaf_nodes = np.unique(doc_leaf).astype(np.int32)
-        if leaf_nodes.size == 0:  # no documents recorded: leaves are the nodes without children
-            has_child = np.zeros(parent.shape[0], bool)
-            has_child[parent[1:]] = True
-            leaf_nodes = np.flatnonzero(~has_child).astype(np.int32)
-        known = {d: int(leaf) for d, leaf in zip(ids, doc_leaf.tolist(), strict=True)}
-        return cls(np.ascontiguousarray(centroids[leaf_nodes], np.float32), leaf_nodes, known)
-
-    def assign(self, ids: Sequence[str], vectors: np.ndarray, use_known: bool) -> np.ndarray:
-        """(n,) int32 leaf node per document."""
-        nearest = self.leaf_nodes[np.argmax(vectors @ self.centroids.T, axis=1)]  # (n,)
-        if use_known:
-            nearest = np.array([self.known.get(i, int(n)) for i, n in zip(ids, nearest.tolist(), strict=True)])
-        return nearest.astype(np.int32)
-
-
-def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
-    it = iter(docs)
-    while batch := list(islice(it, size)):
-        yield batch
-
-
-def _progress(total: int | None, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return None
-    import sys
-
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="doc", desc=desc, file=sys.stderr)
-
-
-def check_query(text: object) -> str:
-    if not isinstance(text, str):
-        raise DataError(f"query must be a string, found {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise DataError("query is not valid UTF-8 text") from None
-    if not text.strip():
-        raise DataError("query is empty")
-    return text
-
-
-def check_k(k: object, max_k: int = MAX_K) -> int:
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= max_k:
-        raise DataError(f"k must be an integer between 1 and {max_k:,}, found {k!r}")
-    return k
+def _public_name(name: str) -> str:
+    """A model name for clients: a local folder becomes its last component (no filesystem path leaks);
+    a hub name (``org/model``) stays as it is."""
+    return Path(name).name if Path(name).is_absolute() or name.startswith((".", "~")) else name
 
 
 class Engine:
-    """Search and update an index folder by text. Thread-safe like ``Index`` (many readers, one writer)."""
+    """Search and update an index folder by text."""
 
-    def __init__(self, store: IndexStore, encoder: Any, leaves: LeafAssigner | None) -> None:
-        self.store = store
-        self.encoder = encoder
-        self.leaves = leaves
+    def __init__(self, store: IndexStore, card: ModelCard, variant: str = defaults.VARIANT,
+                 threads: int | None = None, providers: Sequence[str] | None = None) -> None:
+        self.store, self.card = store, card
+        self._encoder_args = {"variant": variant, "threads": threads, "providers": providers}
+        self._encoder: Any = None
+        self._tree: Any = None
+        self._lazy_lock = threading.Lock()
+
+    # ---- construction -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike[str], writable: bool = False, variant: str = defaults.VARIANT,
+             threads: int | None = None, providers: Sequence[str] | None = None, checksums: bool = True,
+             save_every: int | None = defaults.SAVE_EVERY) -> Engine:
+        """Open an index folder (read-only unless ``writable``; one writer per folder at a time).
+
+        Use it as a context manager: leaving the block of a writable engine folds its log into a snapshot.
+        """
+        store = IndexStore.open(index_dir, writable=writable, checksums=checksums, save_every=save_every)
+        try:
+            card = ModelCard.load(store.encoder_dir)
+            if card.dim != store.manifest.dim:
+                raise FormatError(f"{index_dir}: index dimension {store.manifest.dim} differs from its encoder's "
+                                  f"{card.dim} ({store.encoder_dir})")
+        except BaseException:
+            store.close()
+            raise
+        return cls(store, card, variant, threads, providers)
+
+    @staticmethod
+    def build(export_dir: str | os.PathLike[str], corpus: str | os.PathLike[str], index_dir: str | os.PathLike[str],
+              params: Any = None, **options: Any) -> dict[str, Any]:
+        """Encode a corpus file into a new index folder (options: ``build.build_index``); returns its stats."""
+        return build_index(export_dir, corpus, index_dir, params, **options)
 
     @property
     def index(self) -> Index:
         return self.store.index
 
-    # ---- construction -----------------------------------------------------------------------------
-    @staticmethod
-    def _encoder(export_dir: Path, variant: str, threads: int | None, providers: Sequence[str] | None) -> Any:
-        from .encoder import Encoder
+    @property
+    def writable(self) -> bool:
+        return self.store.writable
 
-        return Encoder(export_dir, variant=variant, providers=providers, threads=threads)
+    @property
+    def stores_documents(self) -> bool:
+        return self.store.docs is not None
 
-    @classmethod
-    def build(
-        cls,
-        export_dir: str | os.PathLike[str],
-        corpus: str | os.PathLike[str],
-        index_dir: str | os.PathLike[str],
-        params: IndexParams | None = None,
-        overwrite: bool = False,
-        variant: str = "auto",
-        threads: int | None = None,
-        chunk: int = CHUNK,
-        progress: bool = False,
-    ) -> dict[str, Any]:
-        """Encode a corpus file into a new index folder; returns its stats."""
-        export_dir, index_dir = Path(export_dir), Path(index_dir)
-        check_can_create(index_dir, overwrite)  # before minutes of encoding, not after
-        total = sum(1 for _ in iter_corpus(corpus))  # validates the whole file first (ids, UTF-8, JSON)
-        encoder = cls._encoder(export_dir, variant, threads, None)
-        assigner = LeafAssigner.from_export(export_dir, encoder.dim)
-        index = Index(encoder.dim, params or IndexParams(), capacity=total)
-        t0 = time.perf_counter()
-        bar = _progress(total, progress, "index build")
-        for batch in _chunks(iter_corpus(corpus), chunk):
-            ids = [d.id for d in batch]
-            vecs = encoder.encode_documents([d.full_text for d in batch])  # (n, dim)
-            leaves = assigner.assign(ids, vecs, use_known=True) if assigner else None
-            index.add(ids, vecs, leaves)
-            if bar is not None:
-                bar.update(len(batch))
-        if bar is not None:
-            bar.close()
-        extra = {"built_from": {"corpus": str(corpus), "export": str(export_dir), "seconds": round(time.perf_counter() - t0, 2)},
-                 "encoder_variant": encoder.variant, "tree": assigner is not None}
-        IndexStore.create(index_dir, index, export_dir, extra=extra, overwrite=overwrite)
-        log.info("built %s: %d documents in %.1f s", index_dir, len(index), time.perf_counter() - t0)
-        return index.stats()
+    @property
+    def encoder(self) -> Any:
+        """The ONNX encoder of the folder's ``encoder/`` copy, loaded on first use."""
+        if self._encoder is None:
+            with self._lazy_lock:
+                if self._encoder is None:
+                    from .encoder import Encoder
 
-    @classmethod
-    def open(
-        cls,
-        index_dir: str | os.PathLike[str],
-        writable: bool = False,
-        variant: str = "auto",
-        threads: int | None = None,
-        providers: Sequence[str] | None = None,
-        checksums: bool = True,
-    ) -> Engine:
-        """Load an index folder and the encoder copy inside it; dimensions must agree."""
-        from .card import ModelCard
-        from .manifest import IndexManifest
+                    enc = Encoder(self.store.encoder_dir, **self._encoder_args)
+                    if enc.dim != self.store.manifest.dim:
+                        raise FormatError(f"{self.store.encoder_dir}: encoder dim {enc.dim} differs from the "
+                                          f"index's {self.store.manifest.dim}")
+                    self._encoder = enc
+        return self._encoder
 
-        index_dir = Path(index_dir)
-        if not index_dir.is_dir():
-            raise FormatError(f"{index_dir}: index folder not found")
-        manifest, card = IndexManifest.load(index_dir), ModelCard.load(index_dir / ENCODER_DIR)
-        if card.dim != manifest.dim:  # checked before the graph is loaded with the wrong dimension
-            raise FormatError(f"{index_dir}: index dimension {manifest.dim} differs from its encoder's {card.dim} "
-                              f"({index_dir / ENCODER_DIR})")
-        store = IndexStore.open(index_dir, writable=writable, checksums=checksums)
-        try:
-            encoder = cls._encoder(store.encoder_dir, variant, threads, providers)
-            if encoder.dim != store.manifest.dim:
-                raise FormatError(f"{index_dir}: index dimension {store.manifest.dim} differs from its encoder's "
-                                  f"{encoder.dim} ({store.encoder_dir})")
-            assigner = LeafAssigner.from_export(store.encoder_dir, encoder.dim)
-        except BaseException:
-            store.close()
-            raise
-        return cls(store, encoder, assigner)
+    @property
+    def tree(self) -> Any:
+        """The corpus tree of the folder's ``encoder/`` copy (``tree.Tree``), or None; loaded on first use."""
+        if self._tree is None:
+            with self._lazy_lock:
+                if self._tree is None:
+                    self._tree = load_tree(self.store.encoder_dir, self.card.dim) or False
+        return self._tree or None
 
     # ---- reads ------------------------------------------------------------------------------------
-    def search(self, queries: Sequence[str], k: int = 10, max_k: int = MAX_K, num_threads: int = 1) -> list[list[Hit]]:
-        """Top-``k`` (id, score) per query, best first. Empty queries and bad ``k`` raise DataError."""
-        k = check_k(k, max_k)
+    def search(self, query: str, k: int = defaults.K, filter: Mapping[str, Any] | None = None,
+               ef: int | None = None, subtree: int | None = None, fields: Iterable[str] | None = None,
+               max_k: int = defaults.MAX_K) -> list[Hit]:
+        """The ``k`` best documents for ``query``, best first.
+
+        ``filter``: ``{"field": value}`` keeps documents whose metadata field equals value (a list: any of
+        them; several fields: all must match), applied inside the graph search. ``ef``: beam width for this
+        query. ``subtree``: only documents under that node of the corpus tree. ``fields``: stored fields to
+        return (default: title, text, metadata).
+        """
+        return self.search_batch([query], k, filter, ef, subtree, fields, max_k)[0]
+
+    def search_batch(self, queries: Sequence[str], k: int = defaults.K, filter: Mapping[str, Any] | None = None,
+                     ef: int | None = None, subtree: int | None = None, fields: Iterable[str] | None = None,
+                     max_k: int = defaults.MAX_K, num_threads: int = 1, progress: bool = False) -> list[list[Hit]]:
+        """``search`` for many queries (encoded in batches; ``num_threads`` graph threads, -1: all cores)."""
+        if isinstance(queries, str):
+            raise DataError("search_batch takes a list of queries; use search() for one")
+        k, ef, fields, flt = check_k(k, max_k), check_ef(ef), check_fields(fields), check_filter(filter)
         texts = [check_query(q) for q in queries]
-        if not texts:
-            return []
-        vecs = self.encoder.encode_queries(texts)  # (q, dim)
-        return self.index.search(vecs, k, num_threads=num_threads)
-
-    def stats(self) -> dict[str, Any]:
-        enc = self.encoder
-        return {**self.store.stats(), "encoder": {"variant": enc.variant, "providers": list(enc.providers),
-                                                  "base_model": enc.card.base_model, "dim": enc.dim}}
-
-    # ---- writes -----------------------------------------------------------------------------------
-    def add_documents(self, docs: Sequence[Document]) -> AddResult:
-        """Encode and add/replace documents; durable when it returns. Duplicate ids in the batch: DataError."""
-        docs = list(docs)
-        ids = [d.id for d in docs]
-        self.index.validate_batch(ids, np.zeros((len(ids), self.index.dim), np.float32))  # fail before encoding
-        if not docs:
-            return AddResult(0, 0)
-        vecs = self.encoder.encode_documents([d.full_text for d in docs])  # (n, dim)
-        leaves = self.leaves.assign(ids, vecs, use_known=False) if self.leaves else np.full(len(ids), NO_LEAF)
-        return self.store.add(ids, vecs, leaves)
-
-    def add_corpus(self, corpus: str | os.PathLike[str], chunk: int = CHUNK, progress: bool = False) -> AddResult:
-        """Stream a corpus file into the index (validated in full before the first document is added)."""
-        total = sum(1 for _ in iter_corpus(corpus))
-        added = replaced = 0
-        bar = _progress(total, progress, "index add")
-        for batch in _chunks(iter_corpus(corpus), chunk):
-            res = self.add_documents(batch)
-            added, replaced = added + res.added, replaced + res.replaced
+        allow_ids = self.store.match(flt) if flt else None
+        allow_leaves = self._subtree_leaves(subtree) if subtree is not None else None
+        out: list[list[Hit]] = []
+        bar = progress_bar(len(texts), progress, "search", unit="query")
+        for part in chunks(texts, defaults.SEARCH_CHUNK):
+            vecs = self.encoder.encode_queries(part)  # (q, dim)
+            rows = self.index.search(vecs, k, ef=ef, num_threads=num_threads, allow_ids=allow_ids,
+                                     allow_leaves=allow_leaves)
+            out.extend(self._with_fields(rows, fields))
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(len(part))
         if bar is not None:
             bar.close()
-        return AddResult(added, replaced)
+        return out
 
-    def delete(self, ids: Sequence[str]) -> DeleteResult:
-        return self.store.delete(list(ids))
+    def _subtree_leaves(self, node: object) -> Any:
+        tree = self.tree
+        if tree is None:
+            raise DataError("this index has no corpus tree (its export carried none): subtree search needs one")
+        n = tree.parent.shape[0]
+        if not isinstance(node, int) or isinstance(node, bool) or not 0 <= node < n:
+            raise DataError(f"subtree must be a node id between 0 and {n - 1:,}, found {node!r}")
+        return tree.leaves_under(node)
+
+    def _with_fields(self, rows: list[list[ScoredId]], fields: tuple[str, ...]) -> list[list[Hit]]:
+        if not fields or self.store.docs is None:
+            return [[Hit(d, s) for d, s in row] for row in rows]
+        docs = self.store.documents({d for row in rows for d, _ in row})
+        # A hit whose document is gone was deleted after the graph answered: it is not returned.
+        return [[Hit(d, s, *self._fields(docs[d], fields)) for d, s in row if d in docs] for row in rows]
+
+    @staticmethod
+    def _fields(doc: Document, fields: tuple[str, ...]) -> tuple[Any, Any, Any]:
+        return (doc.title if "title" in fields else None, doc.text if "text" in fields else None,
+                (doc.metadata or {}) if "metadata" in fields else None)
+
+    def get(self, doc_id: str) -> Document | None:
+        """The stored document with this id, or None when the index does not hold it."""
+        if not isinstance(doc_id, str):
+            raise DataError(f"document id must be a string, found {type(doc_id).__name__}")
+        if self.store.docs is None:
+            raise DataError("this index stores no documents (built with --no-store); it can return ids only")
+        if doc_id not in self.index:
+            return None
+        return self.store.documents([doc_id]).get(doc_id)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, parameters and the encoder in use; no filesystem paths (HTTP clients see this)."""
+        enc = {"base_model": _public_name(self.card.base_model), "dim": self.card.dim, "loaded": self._encoder is not None}
+        if self._encoder is not None:
+            enc.update(variant=self._encoder.variant, providers=list(self._encoder.providers))
+        return {**self.store.stats(), "tree": self.card.tree, "encoder": enc}
+
+    # ---- writes -----------------------------------------------------------------------------------
+    def add(self, docs: Iterable[Document | Mapping[str, Any]] | Document | Mapping[str, Any]) -> AddResult:
+        """Add documents (``Document`` or ``{"_id", "title", "text", "metadata"}``); an id already in the index
+        is replaced. Checked in full before anything is encoded; durable when this returns."""
+        if isinstance(docs, (Document, Mapping)):
+            docs = [docs]
+        batch = self.store.prepare(docs)
+        if not batch.docs:
+            return AddResult(0, 0)
+        vecs = self.encoder.encode_documents([d.full_text for d in batch.docs])  # (n, dim)
+        leaves = self.tree.assign(vecs) if self.tree is not None else None
+        return self.store.add_batch(batch, vecs, leaves)
+
+    def add_corpus(self, corpus: str | os.PathLike[str], batch_size: int = defaults.BATCH_SIZE,
+                   progress: bool = False, skip_empty: bool = False) -> AddResult:
+        """Stream a corpus file into the index (the whole file is checked before the first document is added)."""
+        self.store.prepare([])  # writable? before reading the file
+        scan = scan_corpus(corpus)
+        added = replaced = empty = dropped = 0
+        bar = progress_bar(scan.kept(skip_empty), progress, "index add")
+        for raw in chunks(iter_corpus(corpus, empty="skip" if skip_empty else "keep"), batch_size):
+            batch = self.store.prepare(raw, strict=False)
+            vecs = self.encoder.encode_documents([d.full_text for d in batch.docs])  # (n, dim)
+            res = self.store.add_batch(batch, vecs, self.tree.assign(vecs) if self.tree is not None else None)
+            added, replaced, empty = added + res.added, replaced + res.replaced, empty + res.empty
+            dropped += batch.dropped_metadata
+            if bar is not None:
+                bar.update(len(raw))
+        if bar is not None:
+            bar.close()
+        report_empty(corpus, scan, skip_empty)
+        if dropped:
+            log.warning("%s: left out %d nested metadata values (metadata is flat)", corpus, dropped)
+        return AddResult(added, replaced, empty)
+
+    def delete(self, ids: Iterable[str] | str) -> DeleteResult:
+        """Delete documents by id; ids not in the index come back in ``missing``. Durable when this returns."""
+        return self.store.delete([ids] if isinstance(ids, str) else list(ids))
 
     def save(self, force: bool = False) -> bool:
         return self.store.save(force=force)
@@ -246,8 +260,9 @@ class Engine:
     def compact(self) -> int:
         return self.store.compact()
 
-    def close(self, save: bool = False) -> None:
-        self.store.close(save=save)
+    def close(self, save: bool | None = None) -> None:
+        """Release the folder; a writable engine first folds its log into a snapshot (unless ``save=False``)."""
+        self.store.close(save=self.store.writable if save is None else save)
 
     def __enter__(self) -> Engine:
         return self

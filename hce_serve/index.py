@@ -1,46 +1,43 @@
-"""The vector index: hnswlib (inner product) plus string ids, tombstones and tree leaves.
+"""The vector index: hnswlib (inner product), the label <-> id table, tree leaves and a readers-writer lock.
 
-Label ``i`` is row ``i`` of ``ids``. A deleted document keeps its label as a *free slot*: hnswlib's
+Mechanism only. Input checks, the writer lock, the compaction policy and all file IO belong to
+``IndexStore`` (``store.py``, ``index_io.py``); this class trusts its caller and guards only its own
+invariant (one label per live id). Mutations must not run concurrently with each other (the store
+serialises them); searches run concurrently with everything.
+
+Label ``i`` is row ``i`` of the id table. A deleted document keeps its label as a *free slot*: hnswlib's
 deletion marker hides it from every search and the next new document reuses it, so the label count does
-not grow under churn. Why not hnswlib's ``replace_deleted=True``: it reuses an arbitrary deleted slot
-and drops that slot's label, which a row-aligned id file cannot follow without scanning every label.
-Instead the index is opened with ``allow_replace_deleted=False`` and a new document is added *under the
-free label itself*: hnswlib then un-marks that slot and re-links it (its update path). Same cost, and the
-label -> id mapping stays exact.
+not grow under churn. Why not hnswlib's ``replace_deleted=True``: it reuses an arbitrary deleted slot and
+drops that slot's label, which a row-aligned id table cannot follow without scanning every label. Instead
+a new document is added *under the free label itself*: hnswlib then un-marks that slot and re-links it.
 
-Searches never raise because ``k`` exceeds the live count (``k`` is clamped; hnswlib already searches
-with ``max(ef, k)``), never return a deleted id (hnswlib skips marked slots; results are filtered again
-here in case a marker and the id table ever disagree), and fall back to exact search if hnswlib cannot
-fill the result array. Small indexes (``exact_threshold``) are searched exactly.
+Per-query ``ef`` without shared state: hnswlib searches with a beam of ``max(ef, k)`` and ``ef`` is one
+number per graph, so the graph's own ``ef`` stays 1 and a search asks for ``max(k, ef)`` results, keeping
+the best ``k`` — the same beam, the same answer, and concurrent searches with different ``ef`` never race.
+
+Filters (an allowed set of labels) run inside hnswlib's filter callback, so the top-k is the top-k of the
+allowed documents, not a post-filtered top-k. A filter that allows few documents is answered exactly.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DataError, FormatError, missing_dependency
-from .index_io import check_hnsw_header, fsync_file, load_array
+from . import defaults
+from .errors import ConfigError, missing_dependency
+from .index_types import NO_LEAF, AddResult, DeleteResult, IndexParams, IndexState, ScoredId
 from .rwlock import RWLock
 from .search import as_f32_matrix, topk_inner_product
-from .tree import read_ids, write_ids
 
 log = logging.getLogger(__name__)
 
-HNSW_FILE, IDS_FILE, DELETED_FILE, LEAVES_FILE = "hnsw.bin", "ids.txt", "deleted.npy", "leaves.npy"
-DATA_FILES = (HNSW_FILE, IDS_FILE, DELETED_FILE, LEAVES_FILE)
-NO_LEAF = -1  # leaves.npy value for a free slot or an index built without a tree
-Hit = tuple[str, float]
-
-
-def _hnswlib() -> Any:
+def hnswlib_module() -> Any:
     try:
         import hnswlib
     except ImportError:
@@ -48,83 +45,43 @@ def _hnswlib() -> Any:
     return hnswlib
 
 
-@dataclass(frozen=True)
-class IndexParams:
-    """HNSW and maintenance knobs, stored in the manifest."""
-
-    M: int = 16  # graph degree: memory and recall
-    ef_construction: int = 200  # build-time beam: build speed vs graph quality
-    ef_search: int = 100  # query-time beam (hnswlib uses max(ef, k))
-    space: str = "ip"  # documents and queries are L2-normalised: inner product = cosine
-    exact_threshold: int = 4096  # search exactly (numpy) while the live count is at most this
-    compact_ratio: float = 0.3  # rebuild automatically once deleted / labels exceeds this ...
-    compact_min_deleted: int = 1024  # ... and at least this many slots are dead
-
-    def __post_init__(self) -> None:
-        if self.space != "ip":
-            raise ConfigError(f"index space must be 'ip' (normalised vectors), found {self.space!r}")
-        for name in ("M", "ef_construction", "ef_search"):
-            if not 1 <= getattr(self, name) <= 100_000:
-                raise ConfigError(f"{name} must be between 1 and 100000, found {getattr(self, name)}")
-        if self.exact_threshold < 0 or self.compact_min_deleted < 0:
-            raise ConfigError("exact_threshold and compact_min_deleted must be >= 0")
-        if not 0.0 < self.compact_ratio <= 1.0:
-            raise ConfigError(f"compact_ratio must be in (0, 1], found {self.compact_ratio}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class AddResult:
-    added: int  # ids that were not live before
-    replaced: int  # live ids whose vector was replaced (upsert)
-
-
-@dataclass(frozen=True)
-class DeleteResult:
-    deleted: list[str]
-    missing: list[str]  # ids that were not live: reported, not an error
-
-
-def check_ids(ids: Sequence[str]) -> list[str]:
-    """Validate a batch of document ids (non-empty strings, no tab/line break, unique in the batch)."""
-    out = list(ids)
-    for i in out:
-        if not isinstance(i, str) or not i.strip() or any(c in i for c in "\t\r\n"):
-            raise DataError(f"document id {i!r} is empty, not a string, or contains a tab or line break")
-    seen: set[str] = set()
-    for i in out:
-        if i in seen:
-            raise DataError(f"document id {i!r} appears more than once in one batch; nothing was added")
-        seen.add(i)
-    return out
-
-
 class Index:
-    """An updatable MIPS index over string ids. Thread-safe: many searches, one writer at a time."""
+    """An updatable MIPS index over string ids. Many concurrent searches; mutations one at a time."""
 
     def __init__(self, dim: int, params: IndexParams | None = None, capacity: int = 1024) -> None:
         if dim <= 0:
             raise ConfigError(f"dim must be positive, found {dim}")
         self.dim = int(dim)
         self.params = params or IndexParams()
-        self._hnsw = self._new_hnsw(max(16, capacity))
-        self._ids: list[str] = []  # row = label; "" for a free slot
-        self._label: dict[str, int] = {}  # live id -> label
-        self._deleted = np.zeros(0, bool)  # (labels,)
-        self._leaves = np.zeros(0, np.int32)  # (labels,)
-        self._free: list[int] = []  # free labels, reused last-in first-out
+        self._set_state(IndexState(self._new_hnsw(max(16, capacity)), [], np.zeros(0, bool), np.zeros(0, np.int32)))
         self._lock = RWLock()
-        self._writer = threading.RLock()  # serialises mutations (compaction builds under the read lock)
         self._exact: tuple[np.ndarray, np.ndarray] | None = None  # (labels (n,), vectors (n, dim))
         self._exact_lock = threading.Lock()
 
     def _new_hnsw(self, capacity: int) -> Any:
-        h = _hnswlib().Index(space=self.params.space, dim=self.dim)
+        h = hnswlib_module().Index(space=self.params.space, dim=self.dim)
         h.init_index(max_elements=capacity, M=self.params.M, ef_construction=self.params.ef_construction)
-        h.set_ef(self.params.ef_search)
+        h.set_ef(1)  # the beam is max(k, ef) per query (module docstring)
         return h
+
+    def _set_state(self, st: IndexState) -> None:
+        st.hnsw.set_ef(1)
+        self._hnsw, self._ids, self._deleted, self._leaves = st.hnsw, st.ids, st.deleted, st.leaves
+        self._label = {d: i for i, d in enumerate(st.ids) if d}  # live id -> label
+        self._free = np.flatnonzero(st.deleted)[::-1].tolist()  # free labels, reused last-in first-out
+        self._exact = None
+
+    @classmethod
+    def from_state(cls, dim: int, params: IndexParams, state: IndexState) -> Index:
+        index = cls(dim, params, capacity=16)
+        index._set_state(state)
+        return index
+
+    @contextmanager
+    def read_state(self) -> Iterator[IndexState]:
+        """The arrays under the read lock (searches go on, mutations wait): for writing them to disk."""
+        with self._lock.read():
+            yield IndexState(self._hnsw, self._ids, self._deleted, self._leaves)
 
     # ---- sizes ------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -155,44 +112,24 @@ class Index:
 
     def stats(self) -> dict[str, Any]:
         n = self.num_labels
-        return {
-            "dim": self.dim,
-            **self.params.to_dict(),
-            "live": len(self),
-            "deleted": self.num_deleted,
-            "labels": n,
-            "capacity": self.capacity,
-            "tombstone_ratio": round(self.num_deleted / n, 4) if n else 0.0,
-        }
+        return {"dim": self.dim, **self.params.to_dict(), "live": len(self), "deleted": self.num_deleted, "labels": n,
+                "capacity": self.capacity, "tombstone_ratio": round(self.num_deleted / n, 4) if n else 0.0}
 
     # ---- changes ----------------------------------------------------------------------------------
-    def validate_batch(
-        self, ids: Sequence[str], vectors: np.ndarray, leaves: Sequence[int] | np.ndarray | None = None
-    ) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Check a batch before anything changes: (ids, float32 vectors (n, dim), int32 leaves (n,))."""
-        ids = check_ids(ids)
-        try:
-            vecs = as_f32_matrix(vectors, self.dim)  # (n, dim)
-        except ValueError as e:
-            raise DataError(f"vector dimension mismatch: index has dim {self.dim}; {e}") from None
-        if vecs.shape[0] != len(ids):
-            raise DataError(f"{len(ids)} ids but {vecs.shape[0]} vectors")
-        if not np.isfinite(vecs).all():
-            raise DataError("vectors contain NaN or infinity; nothing was added")
-        leaf_arr = np.full(len(ids), NO_LEAF, np.int32) if leaves is None else np.asarray(leaves, np.int32)
-        if leaf_arr.shape != (len(ids),):
-            raise DataError(f"{len(ids)} ids but leaves has shape {leaf_arr.shape}")
-        return ids, vecs, leaf_arr
-
     def add(self, ids: Sequence[str], vectors: np.ndarray, leaves: Sequence[int] | np.ndarray | None = None) -> AddResult:
-        """Add documents; an id that is already live is replaced (upsert). All-or-nothing validation first."""
-        ids, vecs, leaf_arr = self.validate_batch(ids, vectors, leaves)
+        """Add documents; an id that is already live is replaced (upsert). The batch must be checked
+        (``checks.check_ids``, finite vectors): ``IndexStore.add`` does that."""
+        ids = list(ids)
+        vecs = as_f32_matrix(vectors, self.dim)  # (n, dim)
+        leaf_arr = np.full(len(ids), NO_LEAF, np.int32) if leaves is None else np.asarray(leaves, np.int32)
+        if len(set(ids)) != len(ids) or vecs.shape[0] != len(ids) or leaf_arr.shape != (len(ids),):
+            raise ValueError(f"unchecked batch: {len(ids)} ids ({len(set(ids))} distinct), {vecs.shape[0]} vectors, "
+                             f"leaves {leaf_arr.shape}")
         if not ids:
             return AddResult(0, 0)
-        with self._writer, self._lock.write():
+        with self._lock.write():
             labels = np.empty(len(ids), np.int64)
-            fresh = 0
-            replaced = 0
+            fresh = replaced = 0
             free = list(self._free)
             for j, doc_id in enumerate(ids):
                 if doc_id in self._label:
@@ -222,27 +159,23 @@ class Index:
             self._exact = None
         return AddResult(len(ids) - replaced, replaced)
 
-    def delete(self, ids: Sequence[str], auto_compact: bool = True) -> DeleteResult:
-        """Mark documents deleted; unknown ids are returned in ``missing``. May compact afterwards."""
-        wanted = list(dict.fromkeys(ids))
-        with self._writer:
-            with self._lock.write():
-                done, missing = [], []
-                for doc_id in wanted:
-                    lab = self._label.pop(doc_id, None) if isinstance(doc_id, str) else None
-                    if lab is None:
-                        missing.append(doc_id)
-                        continue
-                    self._hnsw.mark_deleted(lab)
-                    self._ids[lab] = ""
-                    self._deleted[lab] = True
-                    self._leaves[lab] = NO_LEAF
-                    self._free.append(lab)
-                    done.append(doc_id)
-                if done:
-                    self._exact = None
-            if auto_compact and self.needs_compaction():
-                self.compact()
+    def delete(self, ids: Sequence[str]) -> DeleteResult:
+        """Mark documents deleted; ids that are not live are returned in ``missing``."""
+        done, missing = [], []
+        with self._lock.write():
+            for doc_id in dict.fromkeys(ids):
+                lab = self._label.pop(doc_id, None) if isinstance(doc_id, str) else None
+                if lab is None:
+                    missing.append(doc_id)
+                    continue
+                self._hnsw.mark_deleted(lab)
+                self._ids[lab] = ""
+                self._deleted[lab] = True
+                self._leaves[lab] = NO_LEAF
+                self._free.append(lab)
+                done.append(doc_id)
+            if done:
+                self._exact = None
         return DeleteResult(done, missing)
 
     def needs_compaction(self) -> bool:
@@ -250,35 +183,25 @@ class Index:
         return d >= max(1, self.params.compact_min_deleted) and d > self.params.compact_ratio * n
 
     def compact(self, chunk: int = 65536) -> int:
-        """Rebuild the graph from live vectors only; returns the number of slots dropped.
-
-        The new graph is built under the read lock (searches go on; other writers wait), then swapped in.
-        """
-        with self._writer:
-            with self._lock.read():
-                dropped = self.num_deleted
-                live = np.flatnonzero(~self._deleted)  # (n,)
-                fresh = self._new_hnsw(max(16, int(live.size * 1.25)))
-                for start in range(0, live.size, chunk):
-                    part = live[start : start + chunk]
-                    fresh.add_items(self._hnsw.get_items(part, return_type="numpy"), np.arange(start, start + part.size))
-                ids = [self._ids[i] for i in live.tolist()]
-                leaves = self._leaves[live].copy()
-            with self._lock.write():
-                self._hnsw = fresh
-                self._ids = ids
-                self._label = {d: i for i, d in enumerate(ids)}
-                self._deleted = np.zeros(len(ids), bool)
-                self._leaves = leaves
-                self._free = []
-                self._exact = None
-        log.info("compacted index: %d live documents, %d dead slots dropped", len(ids), dropped)
+        """Rebuild the graph from live vectors only (built under the read lock, swapped in under the write
+        lock: searches go on meanwhile); returns the number of slots dropped."""
+        with self._lock.read():
+            dropped = self.num_deleted
+            live = np.flatnonzero(~self._deleted)  # (n,)
+            fresh = self._new_hnsw(max(16, int(live.size * 1.25)))
+            for start in range(0, live.size, chunk):
+                part = live[start : start + chunk]
+                fresh.add_items(self._hnsw.get_items(part, return_type="numpy"), np.arange(start, start + part.size))
+            state = IndexState(fresh, [self._ids[i] for i in live.tolist()], np.zeros(live.size, bool),
+                               self._leaves[live].copy())
+        with self._lock.write():
+            self._set_state(state)
+        log.info("compacted index: %d live documents, %d dead slots dropped", live.size, dropped)
         return dropped
 
     def set_ef(self, ef: int) -> None:
-        with self._writer, self._lock.write():
-            self.params = IndexParams(**{**self.params.to_dict(), "ef_search": int(ef)})
-            self._hnsw.set_ef(int(ef))
+        """Change the default beam width of searches that do not pass their own ``ef``."""
+        self.params = IndexParams(**{**self.params.to_dict(), "ef_search": int(ef)})
 
     # ---- reads ------------------------------------------------------------------------------------
     def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
@@ -289,30 +212,58 @@ class Index:
                 return np.zeros((0, self.dim), np.float32)
             return np.asarray(self._hnsw.get_items(labels, return_type="numpy"), np.float32)
 
-    def search(self, queries: np.ndarray, k: int, num_threads: int = 1, exact: bool | None = None) -> list[list[Hit]]:
-        """Top-``k`` live documents per query as [(id, score)], best first; ``k`` clamped to the live count.
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        ef: int | None = None,
+        num_threads: int = 1,
+        exact: bool | None = None,
+        allow_ids: Collection[str] | None = None,
+        allow_leaves: Collection[int] | None = None,
+    ) -> list[list[ScoredId]]:
+        """Top-``k`` live documents per query as [(id, score)], best first; ``k`` clamped to what can match.
 
-        ``exact=None`` searches exactly while the live count is at most ``params.exact_threshold``.
+        ``ef``: beam width (default ``params.ef_search``). ``allow_ids`` / ``allow_leaves``: only documents
+        with one of these ids / whose tree leaf is one of these nodes (both: both must hold). ``exact=None``
+        searches exactly while the live (or allowed) count is small.
         """
         q = as_f32_matrix(queries, self.dim, "queries")  # (nq, dim)
         if k <= 0:
-            raise DataError(f"k must be positive, found {k}")
+            raise ValueError(f"k must be positive, found {k}")
         with self._lock.read():
-            k_eff = min(int(k), len(self._label))
+            mask = self._mask(allow_ids, allow_leaves)  # (labels,) bool or None
+            n_ok = len(self._label) if mask is None else int(np.count_nonzero(mask))
+            k_eff = min(int(k), n_ok)
             if k_eff == 0:
                 return [[] for _ in range(q.shape[0])]
             if exact is None:
-                exact = len(self._label) <= self.params.exact_threshold
+                exact = n_ok <= (self.params.exact_threshold if mask is None else
+                                 max(self.params.exact_threshold, defaults.FILTER_EXACT_MAX))
             if exact:
-                return self._search_exact(q, k_eff)
+                return self._search_exact(q, k_eff, mask)
+            beam = min(max(k_eff, ef or self.params.ef_search), n_ok)
+            allowed = mask.tobytes().__getitem__ if mask is not None else None  # label -> 0/1, no numpy scalar
             try:
-                labels, dists = self._hnsw.knn_query(q, k=k_eff, num_threads=num_threads)  # (nq, k) each
-            except RuntimeError as e:  # too few reachable live nodes for k: answer exactly instead
-                log.warning("hnswlib could not return %d results (%s); using exact search", k_eff, e)
-                return self._search_exact(q, k_eff)
-            return [self._hits(lab, 1.0 - dist) for lab, dist in zip(labels, dists, strict=True)]
+                labels, dists = self._hnsw.knn_query(q, k=beam, num_threads=num_threads, filter=allowed)  # (nq, beam)
+            except RuntimeError as e:  # too few reachable allowed nodes for the beam: answer exactly
+                log.warning("hnswlib could not return %d results (%s); using exact search", beam, e)
+                return self._search_exact(q, k_eff, mask)
+            return [self._hits(lab, 1.0 - dist)[:k_eff] for lab, dist in zip(labels, dists, strict=True)]
 
-    def _hits(self, labels: np.ndarray, scores: np.ndarray) -> list[Hit]:
+    def _mask(self, allow_ids: Collection[str] | None, allow_leaves: Collection[int] | None) -> np.ndarray | None:
+        if allow_ids is None and allow_leaves is None:
+            return None
+        mask = ~self._deleted
+        if allow_leaves is not None:
+            mask &= np.isin(self._leaves, np.fromiter(allow_leaves, np.int32))
+        if allow_ids is not None:
+            by_id = np.zeros(len(self._ids), bool)
+            by_id[[lab for i in allow_ids if (lab := self._label.get(i)) is not None]] = True
+            mask &= by_id
+        return mask
+
+    def _hits(self, labels: np.ndarray, scores: np.ndarray) -> list[ScoredId]:
         out = []
         for lab, s in zip(labels.tolist(), scores.tolist(), strict=True):
             if 0 <= lab < len(self._ids) and not self._deleted[lab] and self._ids[lab]:
@@ -327,66 +278,14 @@ class Index:
                 self._exact = (live, np.ascontiguousarray(vecs, dtype=np.float32))
             return self._exact
 
-    def _search_exact(self, q: np.ndarray, k: int) -> list[list[Hit]]:
-        live, mat = self._exact_matrix()
+    def _search_exact(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> list[list[ScoredId]]:
+        if mask is None or len(self._label) <= self.params.exact_threshold:
+            labels, mat = self._exact_matrix()  # cached: small indexes are searched this way every time
+            if mask is not None:
+                keep = mask[labels]
+                labels, mat = labels[keep], mat[keep]
+        else:
+            labels = np.flatnonzero(mask)
+            mat = np.asarray(self._hnsw.get_items(labels, return_type="numpy"), np.float32)  # (allowed, dim)
         scores, rows = topk_inner_product(mat, q, k)  # (nq, k) each
-        return [self._hits(live[r], s) for r, s in zip(rows, scores, strict=True)]
-
-    # ---- files ------------------------------------------------------------------------------------
-    def write_files(self, folder: str | os.PathLike[str]) -> list[str]:
-        """Write the four data files into ``folder`` (a fresh generation folder) and fsync them.
-
-        Holds the read lock: searches continue, writers wait until the files are complete.
-        """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        with self._lock.read():
-            self._hnsw.save_index(str(folder / HNSW_FILE))
-            fsync_file(folder / HNSW_FILE)
-            write_ids(folder / IDS_FILE, self._ids)
-            for name, arr in ((DELETED_FILE, self._deleted), (LEAVES_FILE, self._leaves)):
-                with open(folder / name, "wb") as fh:
-                    np.save(fh, arr, allow_pickle=False)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-        return list(DATA_FILES)
-
-    @classmethod
-    def read_files(cls, folder: str | os.PathLike[str], dim: int, params: IndexParams, counts: dict[str, int]) -> Index:
-        """Load the data files of one generation and check them against each other and ``counts``."""
-        folder = Path(folder)
-        ids = read_ids(folder / IDS_FILE)
-        deleted = load_array(folder / DELETED_FILE, np.bool_)
-        leaves = load_array(folder / LEAVES_FILE, np.int32)
-        n = len(ids)
-        if n != counts.get("labels"):
-            raise FormatError(f"{folder / IDS_FILE}: {n:,} rows but the manifest says {counts.get('labels'):,} labels")
-        for path, arr in ((folder / DELETED_FILE, deleted), (folder / LEAVES_FILE, leaves)):
-            if arr.shape != (n,):
-                raise FormatError(f"{path}: shape {arr.shape} but {folder / IDS_FILE} has {n:,} rows")
-        empty = np.array([not i for i in ids], bool)
-        if not np.array_equal(empty, deleted):
-            raise FormatError(f"{folder / DELETED_FILE}: deletion mask disagrees with the empty rows of {IDS_FILE}")
-        live_ids = [i for i in ids if i]
-        if len(set(live_ids)) != len(live_ids):
-            raise FormatError(f"{folder / IDS_FILE}: a live document id appears twice")
-        if len(live_ids) != counts.get("live"):
-            raise FormatError(f"{folder / IDS_FILE}: {len(live_ids):,} live ids but the manifest says {counts.get('live'):,}")
-        check_hnsw_header(folder / HNSW_FILE, dim, n, IDS_FILE)
-        self = cls.__new__(cls)
-        cls.__init__(self, dim, params, capacity=16)
-        h = _hnswlib().Index(space=params.space, dim=dim)
-        try:
-            h.load_index(str(folder / HNSW_FILE), max_elements=max(counts.get("capacity", n), n, 16))
-        except (RuntimeError, ValueError, MemoryError) as e:
-            raise FormatError(f"{folder / HNSW_FILE}: hnswlib cannot load it ({e})") from None
-        if h.get_current_count() != n:
-            raise FormatError(f"{folder / HNSW_FILE}: holds {h.get_current_count():,} vectors but {IDS_FILE} has {n:,} rows")
-        h.set_ef(params.ef_search)
-        self._hnsw = h
-        self._ids = ids
-        self._label = {d: i for i, d in enumerate(ids) if d}
-        self._deleted = deleted
-        self._leaves = leaves
-        self._free = np.flatnonzero(deleted)[::-1].tolist()
-        return self
+        return [self._hits(labels[r], s) for r, s in zip(rows, scores, strict=True)]

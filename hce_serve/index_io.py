@@ -1,4 +1,10 @@
-"""Low-level checks and IO for the index's data files (kept apart so index.py stays about the index)."""
+"""The index's data files: the only code that reads or writes them.
+
+One generation folder holds ``hnsw.bin`` (hnswlib's own format), ``ids.txt`` (row i = label i, an empty
+line for a free slot), ``deleted.npy`` (bool per label) and ``leaves.npy`` (int32 tree leaf per label).
+Loading checks them against each other and the manifest's counts, and reads hnswlib's header first so a
+foreign or mismatched graph is refused by name instead of being handed to C++ code that trusts it.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,65 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FormatError
+from .index import Index, IndexParams, IndexState, hnswlib_module
+from .tree import read_ids, write_ids
+
+HNSW_FILE, IDS_FILE, DELETED_FILE, LEAVES_FILE = "hnsw.bin", "ids.txt", "deleted.npy", "leaves.npy"
+DATA_FILES = (HNSW_FILE, IDS_FILE, DELETED_FILE, LEAVES_FILE)
 
 
-def check_hnsw_header(path: Path, dim: int, n: int, ids_name: str = "ids.txt") -> None:
-    """Read hnswlib's file header (hnswalg.h saveIndex) so a foreign or mismatched graph is refused by name
-    instead of being handed to C++ code that trusts it."""
+def write_index(index: Index, folder: str | os.PathLike[str]) -> list[str]:
+    """Write the four data files into ``folder`` (a fresh generation folder) and fsync them.
+
+    Holds the index's read lock: searches continue, mutations wait until the files are complete.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with index.read_state() as st:
+        st.hnsw.save_index(str(folder / HNSW_FILE))
+        fsync_file(folder / HNSW_FILE)
+        write_ids(folder / IDS_FILE, st.ids)
+        for name, arr in ((DELETED_FILE, st.deleted), (LEAVES_FILE, st.leaves)):
+            with open(folder / name, "wb") as fh:
+                np.save(fh, arr, allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+    return list(DATA_FILES)
+
+
+def read_index(folder: str | os.PathLike[str], dim: int, params: IndexParams, counts: dict[str, int]) -> Index:
+    """Load the data files of one generation and check them against each other and ``counts``."""
+    folder = Path(folder)
+    ids = read_ids(folder / IDS_FILE)
+    deleted = load_array(folder / DELETED_FILE, np.bool_)
+    leaves = load_array(folder / LEAVES_FILE, np.int32)
+    n = len(ids)
+    if n != counts.get("labels"):
+        raise FormatError(f"{folder / IDS_FILE}: {n:,} rows but the manifest says {counts.get('labels'):,} labels")
+    for path, arr in ((folder / DELETED_FILE, deleted), (folder / LEAVES_FILE, leaves)):
+        if arr.shape != (n,):
+            raise FormatError(f"{path}: shape {arr.shape} but {folder / IDS_FILE} has {n:,} rows")
+    empty = np.array([not i for i in ids], bool)
+    if not np.array_equal(empty, deleted):
+        raise FormatError(f"{folder / DELETED_FILE}: deletion mask disagrees with the empty rows of {IDS_FILE}")
+    live_ids = [i for i in ids if i]
+    if len(set(live_ids)) != len(live_ids):
+        raise FormatError(f"{folder / IDS_FILE}: a live document id appears twice")
+    if len(live_ids) != counts.get("live"):
+        raise FormatError(f"{folder / IDS_FILE}: {len(live_ids):,} live ids but the manifest says {counts.get('live'):,}")
+    check_hnsw_header(folder / HNSW_FILE, dim, n)
+    h = hnswlib_module().Index(space=params.space, dim=dim)
+    try:
+        h.load_index(str(folder / HNSW_FILE), max_elements=max(counts.get("capacity", n), n, 16))
+    except (RuntimeError, ValueError, MemoryError) as e:
+        raise FormatError(f"{folder / HNSW_FILE}: hnswlib cannot load it ({e})") from None
+    if h.get_current_count() != n:
+        raise FormatError(f"{folder / HNSW_FILE}: holds {h.get_current_count():,} vectors but {IDS_FILE} has {n:,} rows")
+    return Index.from_state(dim, params, IndexState(h, ids, deleted, leaves))
+
+
+def check_hnsw_header(path: Path, dim: int, n: int) -> None:
+    """Read hnswlib's file header (hnswalg.h saveIndex) and compare dimension and count."""
     with open(path, "rb") as fh:
         head = fh.read(96)
     if len(head) < 96:
@@ -23,7 +83,7 @@ def check_hnsw_header(path: Path, dim: int, n: int, ids_name: str = "ids.txt") -
     if rem or file_dim != dim:
         raise FormatError(f"{path}: graph holds {file_dim}-d vectors but the manifest says dim {dim}")
     if count != n or count > max_el:
-        raise FormatError(f"{path}: graph holds {count:,} elements (capacity {max_el:,}); {ids_name} has {n:,} rows")
+        raise FormatError(f"{path}: graph holds {count:,} elements (capacity {max_el:,}); {IDS_FILE} has {n:,} rows")
 
 
 def load_array(path: Path, dtype: type) -> np.ndarray:

@@ -2,6 +2,11 @@
 
 It names every data file with its size and sha256, the counts and the HNSW parameters, so a load can
 say exactly what is wrong with a folder (a missing, truncated or foreign file).
+
+Versions: 1 = vectors and ids only; 2 adds ``documents``, the name of the SQLite document store inside the
+folder. A folder without stored documents is still written as version 1, so older hce releases keep
+reading it; one with documents is version 2, so they refuse it instead of changing its vectors without its
+documents.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from .formats import read_versioned_json, require, write_versioned_json
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "hce-index"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # newest version written and read
 SPACES = ("ip", "cosine", "l2")
 
 
@@ -42,6 +47,7 @@ class IndexManifest:
     counts: dict[str, int]  # labels (slots used), live, deleted, capacity
     files: dict[str, dict[str, Any]]  # relative path -> {"bytes", "sha256"}
     generation: int = 0  # increases on every save; names the mutation log that follows it
+    documents: str | None = None  # file name of the document store (version 2), None: ids only
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -55,6 +61,9 @@ class IndexManifest:
         cap = self.counts.get("capacity", 0)
         if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
             raise FormatError(f"manifest: counts.capacity must be a non-negative integer, found {cap!r}")
+        if self.documents is not None and (not isinstance(self.documents, str) or not self.documents
+                                           or "/" in self.documents or self.documents.startswith(".")):
+            raise FormatError(f"manifest: documents must be a file name inside the index folder, found {self.documents!r}")
         if not isinstance(self.extra, dict):
             raise FormatError(f"manifest: extra must be an object, found {type(self.extra).__name__}")
         for rel, meta in self.files.items():
@@ -72,7 +81,10 @@ class IndexManifest:
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         path = Path(folder) / MANIFEST_NAME
-        write_versioned_json(path, MANIFEST_FORMAT, MANIFEST_VERSION, asdict(self))
+        body = asdict(self)
+        if self.documents is None:  # version 1 has no such field: keep ids-only folders readable by old releases
+            del body["documents"]
+        write_versioned_json(path, MANIFEST_FORMAT, MANIFEST_VERSION if self.documents else 1, body)
         return path
 
     @classmethod
@@ -92,6 +104,7 @@ class IndexManifest:
                 counts=require(obj, "counts", dict, w),
                 files=require(obj, "files", dict, w),
                 generation=require(obj, "generation", int, w),
+                documents=obj.get("documents"),
                 extra=obj.get("extra") or {},
             )
         except FormatError as e:

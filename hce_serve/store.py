@@ -1,128 +1,85 @@
-"""The index folder on disk: snapshots by generation, the mutation log, the writer lock.
+"""An opened index folder: the vector index, its stored documents and its mutation log, kept in agreement.
 
-```
-IDX_DIR/manifest.json        written last; names the current generation and every file's size + sha256
-IDX_DIR/gen-000003/          hnsw.bin, ids.txt (row i = label i, "" = free slot), deleted.npy, leaves.npy
-IDX_DIR/wal-000003.log       adds/deletes acknowledged since generation 3 (replayed on open)
-IDX_DIR/encoder/             a copy of the EXPORT_DIR the index was built with
-IDX_DIR/hnsw.bin, ids.txt …  hard links to the current generation's files (DESIGN §6's flat names)
-IDX_DIR/.lock                flock held by the one process that may write
-```
+``IndexStore`` is the one owner of writes: it checks every batch once, takes the single writer lock,
+logs the change, applies it to the document store and the vector index, saves snapshots (every
+``save_every`` logged writes, and on request) and compacts the graph when tombstones pile up.
 
-A save writes the next generation into ``.tmp-gen-N``, fsyncs, renames it to ``gen-N``, then replaces
-the manifest: until that rename of the manifest the previous generation (and its log) is what a load
-sees, after it the new one. Leftovers of a killed writer (temp folders, generations or logs the manifest
-does not name) are removed when a writer next opens the folder; readers never delete anything.
+Durability rule, for vectors and documents alike: a write is acknowledged only after its log record
+(ids, vectors, leaves and the documents themselves) is fsync'ed. The record is then applied to SQLite and
+to the graph. After a kill -9 at any point, the next open replays the log onto the snapshot it follows
+and into the document store, so the live ids of the vector index and of the document store are the same
+set. Adds reach SQLite before the graph and deletes leave the graph before SQLite, so even a concurrent
+reader never meets a live id without its document. A reader (which must not write) keeps the replayed
+documents in memory instead: it sees the documents as of the log it replayed.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import shutil
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .atomic import TMP_PREFIX, fsync_dir, remove_stale_temps
-from .errors import FormatError, HCEError
-from .index import DATA_FILES, AddResult, DeleteResult, Index, IndexParams
-from .manifest import MANIFEST_NAME, IndexManifest, file_digest
+from . import defaults
+from .beir import Document
+from .checks import Batch, check_documents, check_ids, check_leaves, check_vectors
+from .docstore import DocStore, matches
+from .errors import DataError, FormatError, HCEError
+from .index import NO_LEAF, AddResult, DeleteResult, Index, IndexParams
+from .index_io import DATA_FILES, read_index
+from .manifest import MANIFEST_NAME, IndexManifest
+from .snapshot import ENCODER_DIR, clean, create_folder, generation_changed, take_lock, write_snapshot
 from .wal import MutationLog, Record, read_log, wal_name
 
 log = logging.getLogger(__name__)
-
-ENCODER_DIR = "encoder"
-LOCK_NAME = ".lock"
-
-
-def gen_name(generation: int) -> str:
-    return f"gen-{generation:06d}"
-
-
-def holds_index(folder: str | os.PathLike[str]) -> bool:
-    return (Path(folder) / MANIFEST_NAME).is_file()
-
-
-def _digests(root: Path, rel_dir: str) -> dict[str, dict[str, Any]]:
-    base = root / rel_dir
-    return {
-        p.relative_to(root).as_posix(): file_digest(p)
-        for p in sorted(base.rglob("*"))
-        if p.is_file() and not p.name.startswith(TMP_PREFIX)
-    }
 
 
 class IndexStore:
     """An opened index folder. Writers (``writable=True``) hold an exclusive lock on it."""
 
-    def __init__(self, folder: Path, manifest: IndexManifest, index: Index, writable: bool) -> None:
-        self.folder = folder
-        self.manifest = manifest
-        self.index = index
-        self.writable = writable
+    def __init__(self, folder: Path, manifest: IndexManifest, index: Index, writable: bool,
+                 docs: DocStore | None, save_every: int | None) -> None:
+        self.folder, self.manifest, self.index, self.writable, self.docs = folder, manifest, index, writable, docs
         self.pending = 0  # log records not yet folded into a snapshot
-        self.autosave_every: int | None = None  # save after this many logged mutations (None: never)
-        self._mutex = threading.RLock()
+        self.autosave_every = save_every  # save after this many logged mutations (None: only when asked)
+        self._mutex = threading.RLock()  # the writer lock: one change at a time, checked once, logged once
         self._wal: MutationLog | None = None
         self._lock_fd: int | None = None
+        self._overlay: dict[str, Document | None] = {}  # a reader's replayed documents (None: deleted)
+        self._broken: str | None = None  # set when a logged change could not be applied in memory
 
     # ---- create / open ----------------------------------------------------------------------------
     @classmethod
-    def create(
-        cls,
-        folder: str | os.PathLike[str],
-        index: Index,
-        encoder_src: str | os.PathLike[str] | None,
-        extra: dict[str, Any] | None = None,
-        overwrite: bool = False,
-    ) -> None:
-        """Write a new index folder (generation 1). Built beside ``folder`` and renamed into place."""
-        folder = Path(folder)
-        check_can_create(folder, overwrite)
-        parent = folder.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        for stale in parent.glob(f"{TMP_PREFIX}{folder.name}.*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = parent / f"{TMP_PREFIX}{folder.name}.build-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            if encoder_src is not None:
-                shutil.copytree(encoder_src, tmp / ENCODER_DIR, ignore=shutil.ignore_patterns(TMP_PREFIX + "*"))
-            files = _digests(tmp, ENCODER_DIR) if encoder_src is not None else {}
-            _write_snapshot(tmp, index, 1, files, extra or {})
-            if folder.exists():
-                old = parent / f"{TMP_PREFIX}{folder.name}.old-{os.getpid()}"
-                os.replace(folder, old)
-                os.replace(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, folder)
-            fsync_dir(parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    def create(cls, folder: str | os.PathLike[str], index: Index, encoder_src: str | os.PathLike[str] | None,
+               extra: dict[str, Any] | None = None, overwrite: bool = False,
+               documents: Iterable[Document] | None = None, docs_file: Path | None = None) -> None:
+        """Write a new index folder (generation 1), built beside ``folder`` and renamed into place.
+
+        ``documents`` (the stored text of the index's live ids), or ``docs_file``, a finished document store
+        (``DocStore.create`` ... ``close``) to move in; with neither the index stores ids only.
+        """
+        create_folder(Path(folder), index, encoder_src, extra or {}, overwrite, documents, docs_file)
 
     @classmethod
-    def open(cls, folder: str | os.PathLike[str], writable: bool = False, checksums: bool = True) -> IndexStore:
+    def open(cls, folder: str | os.PathLike[str], writable: bool = False, checksums: bool = True,
+             save_every: int | None = defaults.SAVE_EVERY) -> IndexStore:
         """Load the current snapshot and replay its mutation log. Writers also clean up and lock."""
         folder = Path(folder)
         if not folder.is_dir():
             raise FormatError(f"{folder}: index folder not found")
-        lock_fd = _take_lock(folder) if writable else None
+        lock_fd = take_lock(folder) if writable else None
         try:
             for attempt in range(3):
                 try:
-                    store = cls._load(folder, writable, checksums)
+                    store = cls._load(folder, writable, checksums, save_every)
                     break
                 except FormatError:
                     # A reader can race a writer's save (the generation it read is deleted under it).
-                    if writable or attempt == 2 or not _generation_changed(folder):
+                    if writable or attempt == 2 or not generation_changed(folder):
                         raise
         except BaseException:
             if lock_fd is not None:
@@ -132,10 +89,10 @@ class IndexStore:
         return store
 
     @classmethod
-    def _load(cls, folder: Path, writable: bool, checksums: bool) -> IndexStore:
+    def _load(cls, folder: Path, writable: bool, checksums: bool, save_every: int | None) -> IndexStore:
         manifest = IndexManifest.load(folder)
         if writable:
-            _clean(folder, manifest)
+            clean(folder, manifest)
         manifest.verify_files(folder, checksums=checksums)
         extra = manifest.extra
         data_dir = extra.get("data_dir")
@@ -149,57 +106,104 @@ class IndexStore:
                                     "ef_construction": manifest.ef_construction, "ef_search": manifest.ef_search})
         except (TypeError, HCEError) as e:
             raise FormatError(f"{folder / MANIFEST_NAME}: bad index parameters ({e})") from None
-        index = Index.read_files(folder / data_dir, manifest.dim, params, manifest.counts)
-        store = cls(folder, manifest, index, writable)
-        wal_path = folder / wal_name(manifest.generation)
-        end = None
-        if wal_path.is_file():
-            contents = read_log(wal_path, manifest.dim, manifest.generation)
-            for rec in contents.records:
-                store._apply(rec)
-            store.pending = len(contents.records)
-            end = contents.end
-            if contents.records:
-                log.info("%s: replayed %d logged mutations", wal_path, len(contents.records))
-        if writable:
-            store._wal = MutationLog(wal_path, manifest.dim, manifest.generation, truncate_at=end)
+        index = read_index(folder / data_dir, manifest.dim, params, manifest.counts)
+        docs = DocStore.open(folder / manifest.documents, readonly=not writable) if manifest.documents else None
+        store = cls(folder, manifest, index, writable, docs, save_every)
+        try:
+            store._replay(folder / wal_name(manifest.generation))
+        except BaseException:
+            store.close()
+            raise
         return store
 
-    # ---- changes ----------------------------------------------------------------------------------
-    def _apply(self, rec: Record) -> None:
-        if rec.op == "add":
-            self.index.add(rec.ids, rec.vectors, rec.leaves)  # type: ignore[arg-type]
-        else:
-            self.index.delete(rec.ids, auto_compact=False)
+    def _replay(self, wal_path: Path) -> None:
+        end = None
+        if wal_path.is_file():
+            contents = read_log(wal_path, self.manifest.dim, self.manifest.generation)
+            net: dict[str, Document | None] = {}  # the log's last word on each id it touches
+            for rec in contents.records:
+                if rec.op == "add":
+                    self.index.add(rec.ids, rec.vectors, rec.leaves)  # type: ignore[arg-type]
+                    net.update((d.id, d) for d in (rec.docs or [Document(i, "", "") for i in rec.ids]))
+                else:
+                    self.index.delete(rec.ids)
+                    net.update(dict.fromkeys(rec.ids))
+            self.pending, end = len(contents.records), contents.end
+            if contents.records:
+                log.info("%s: replayed %d logged mutations", wal_path, len(contents.records))
+            if self.docs is not None and not self.writable:
+                self._overlay = net
+            elif self.docs is not None and net:
+                self.docs.write(put=[d for d in net.values() if d is not None], remove=[i for i, d in net.items() if d is None])
+        if self.writable:
+            if self.docs is not None and (n := self.docs.count()) != len(self.index):
+                raise FormatError(f"{self.docs.path}: holds {n:,} documents but the index has {len(self.index):,} "
+                                  "live ids (changed by another program?)")
+            self._wal = MutationLog(wal_path, self.manifest.dim, self.manifest.generation, truncate_at=end)
 
+    # ---- changes ----------------------------------------------------------------------------------
     def _require_writable(self) -> MutationLog:
         if not self.writable or self._wal is None:
-            raise HCEError(f"{self.folder}: index was opened read-only")
+            raise HCEError(f"{self.folder.name}: index was opened read-only (open it writable to change it)")
+        if self._broken:
+            raise HCEError(f"{self.folder.name}: a write failed half-way ({self._broken}); reopen the index, "
+                           "its mutation log restores a consistent state")
         return self._wal
 
-    def add(self, ids: list[str], vectors: np.ndarray, leaves: Any = None) -> AddResult:
-        """Add or replace documents; durable (logged and fsync'ed) when this returns."""
+    def prepare(self, docs: Iterable[Document | Mapping[str, Any]], strict: bool = True) -> Batch:
+        """Check a batch of documents before anything is spent on it (ids, fields, metadata, writability)."""
+        self._require_writable()
+        checked, dropped = check_documents(docs, strict=strict)
+        return Batch(checked, dropped)
+
+    def add_batch(self, batch: Batch, vectors: np.ndarray, leaves: Any = None) -> AddResult:
+        """Add or replace ``batch`` with its vectors; durable (logged and fsync'ed) when this returns."""
+        ids = batch.ids
+        vecs = check_vectors(vectors, len(ids), self.index.dim)  # (n, dim)
+        leaf_arr = check_leaves(leaves, len(ids), NO_LEAF)
+        if not ids:
+            return AddResult(0, 0)
+        docs = batch.docs if self.docs is not None else None
         with self._mutex:
             wal = self._require_writable()
-            ids, vecs, leaf_arr = self.index.validate_batch(ids, vectors, leaves)
-            if not ids:
-                return AddResult(0, 0)
-            wal.append(Record("add", ids, vecs, leaf_arr.tolist()))
-            result = self.index.add(ids, vecs, leaf_arr)
+            start = wal.append(Record("add", ids, vecs, leaf_arr.tolist(), docs))
+            try:
+                if docs is not None:
+                    self.docs.write(put=docs)  # type: ignore[union-attr]
+            except BaseException:
+                wal.rollback(start)  # nothing changed anywhere: withdraw the record
+                raise
+            res = self._apply(lambda: self.index.add(ids, vecs, leaf_arr))
             self._after_mutation()
-            return result
+            return AddResult(res.added, res.replaced, batch.empty)
 
-    def delete(self, ids: list[str]) -> DeleteResult:
-        """Delete documents; unknown ids are reported in ``missing``. Durable when this returns."""
+    def add(self, ids: Sequence[str], vectors: np.ndarray, leaves: Any = None) -> AddResult:
+        """Add or replace vectors by id (no text; an index that stores documents gets empty ones)."""
+        self._require_writable()
+        return self.add_batch(Batch([Document(i, "", "") for i in check_ids(ids)]), vectors, leaves)
+
+    def delete(self, ids: Sequence[str]) -> DeleteResult:
+        """Delete documents; ids that are not live are reported in ``missing``. Durable when this returns."""
         with self._mutex:
             wal = self._require_writable()
             present = [i for i in dict.fromkeys(ids) if isinstance(i, str) and i in self.index]
-            if present:
-                wal.append(Record("delete", present))
-            result = self.index.delete(ids)
-            if present:
-                self._after_mutation()
-            return result
+            if not present:
+                return DeleteResult([], list(dict.fromkeys(ids)))
+            wal.append(Record("delete", present))
+            res = self._apply(lambda: self.index.delete(ids))
+            if self.docs is not None:
+                self._apply(lambda: self.docs.write(remove=present))  # type: ignore[union-attr]
+            self._after_mutation()
+            if self.index.needs_compaction():
+                self.compact()
+            return res
+
+    def _apply(self, change: Any) -> Any:
+        try:
+            return change()
+        except BaseException as e:  # logged but not applied in memory: only a reopen (replay) is consistent
+            self._broken = f"{type(e).__name__}: {e}"
+            raise
 
     def _after_mutation(self) -> None:
         self.pending += 1
@@ -207,6 +211,7 @@ class IndexStore:
             self.save()
 
     def compact(self) -> int:
+        """Rebuild the graph without deleted slots and save it as a new generation."""
         with self._mutex:
             self._require_writable()
             dropped = self.index.compact()
@@ -219,39 +224,56 @@ class IndexStore:
             wal = self._require_writable()
             if not self.pending and not force:
                 return False
+            if self.docs is not None:
+                self.docs.checkpoint()  # durable before the log that covers it is retired
             old = self.manifest
             enc = {k: v for k, v in old.files.items() if k.startswith(ENCODER_DIR + "/")}
-            new = _write_snapshot(self.folder, self.index, old.generation + 1, enc, old.extra)
+            new = write_snapshot(self.folder, self.index, old.generation + 1, enc, old.extra, old.documents)
             # Committed: the new manifest names the new generation; the old one and its log are garbage.
             self.manifest = new
             wal.close()
             self._wal = MutationLog(self.folder / wal_name(new.generation), new.dim, new.generation)
             self.pending = 0
-            _clean(self.folder, new)
+            clean(self.folder, new)
             return True
 
-    # ---- info / lifecycle -------------------------------------------------------------------------
+    # ---- reads ------------------------------------------------------------------------------------
+    def documents(self, ids: Iterable[str]) -> dict[str, Document]:
+        """Stored documents of ``ids`` (those that have one); empty for an index that stores ids only."""
+        if self.docs is None:
+            return {}
+        ids = list(ids)
+        out = {i: d for i in ids if (d := self._overlay.get(i)) is not None}
+        rest = [i for i in ids if i not in self._overlay]
+        return {**out, **self.docs.get_many(rest)} if rest else out
+
+    def match(self, flt: Mapping[str, tuple[str, ...]]) -> set[str]:
+        """Ids whose metadata passes a checked filter."""
+        if self.docs is None:
+            raise DataError("this index stores no documents (built with --no-store): filters need their metadata")
+        found = self.docs.match(flt) - self._overlay.keys()
+        return found | {i for i, d in self._overlay.items() if d is not None and matches(d.metadata, flt)}
+
     @property
     def encoder_dir(self) -> Path:
         return self.folder / ENCODER_DIR
 
     def stats(self) -> dict[str, Any]:
-        return {
-            **self.index.stats(),
-            "generation": self.manifest.generation,
-            "pending_log_records": self.pending,
-            "log_bytes": self._wal.size if self._wal else None,
-            "writable": self.writable,
-            "folder": str(self.folder),
-        }
+        """Counts and parameters (no filesystem paths: this goes to HTTP clients)."""
+        return {**self.index.stats(), "generation": self.manifest.generation, "pending_log_records": self.pending,
+                "log_bytes": self._wal.size if self._wal else None, "writable": self.writable,
+                "stores_documents": self.docs is not None}
 
     def close(self, save: bool = False) -> None:
         with self._mutex:
-            if save and self.writable and self.pending:
+            if save and self.writable and self.pending and not self._broken:
                 self.save()
             if self._wal is not None:
                 self._wal.close()
                 self._wal = None
+            if self.docs is not None:
+                self.docs.close()
+                self.docs = None
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
@@ -263,96 +285,4 @@ class IndexStore:
         self.close()
 
 
-def check_can_create(folder: Path, overwrite: bool) -> None:
-    """Refuse to build over an existing index (or a non-empty foreign folder) unless ``overwrite``."""
-    if folder.exists() and not folder.is_dir():
-        raise HCEError(f"{folder}: exists and is not a folder")
-    if overwrite or not folder.exists():
-        return
-    if holds_index(folder):
-        raise HCEError(f"{folder}: already holds an index; pass --overwrite to replace it")
-    if any(folder.iterdir()):
-        raise HCEError(f"{folder}: folder is not empty and holds no index; pass --overwrite to replace it")
-
-
-def _write_snapshot(folder: Path, index: Index, generation: int, files: dict, extra: dict) -> IndexManifest:
-    name = gen_name(generation)
-    tmp = folder / (TMP_PREFIX + name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    index.write_files(tmp)
-    fsync_dir(tmp)
-    final = folder / name
-    shutil.rmtree(final, ignore_errors=True)  # an unreferenced leftover of a killed save
-    os.replace(tmp, final)
-    fsync_dir(folder)
-    st = index.stats()
-    manifest = IndexManifest(
-        dim=index.dim,
-        space=index.params.space,
-        M=index.params.M,
-        ef_construction=index.params.ef_construction,
-        ef_search=index.params.ef_search,
-        counts={k: st[k] for k in ("labels", "live", "deleted", "capacity")},
-        files={**files, **_digests(folder, name)},
-        generation=generation,
-        extra={**extra, "data_dir": name, "params": index.params.to_dict(), "hce_version": __version__},
-    )
-    manifest.save(folder)
-    _link_top_level(folder, name)
-    return manifest
-
-
-def _link_top_level(folder: Path, gen_dir: str) -> None:
-    """Expose the current generation's data files under DESIGN §6's flat names (``IDX_DIR/hnsw.bin`` …).
-
-    Hard links (a copy where links are unsupported), each swapped in with ``os.replace`` after the manifest:
-    they are a convenience for tools that read the flat layout; loading always follows the manifest, so a
-    crash between two swaps can leave the links mixed but never makes the index unloadable.
-    """
-    for name in DATA_FILES:
-        src = folder / gen_dir / name
-        tmp = folder / f"{TMP_PREFIX}link-{name}"
-        try:
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copy2(src, tmp)
-            os.replace(tmp, folder / name)
-        except OSError as e:  # never fail a save that already committed its manifest
-            log.warning("could not expose %s at the top level of %s: %s", name, folder, e)
-    fsync_dir(folder)
-
-
-def _clean(folder: Path, manifest: IndexManifest) -> None:
-    """Remove what a killed writer left: temp files/folders, unreferenced generations, stale logs."""
-    remove_stale_temps(folder)
-    current_gen = manifest.extra.get("data_dir")
-    current_log = wal_name(manifest.generation)
-    for p in folder.iterdir():
-        stale_dir = p.name.startswith(TMP_PREFIX) or (p.name.startswith("gen-") and p.name != current_gen)
-        if stale_dir and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.name.startswith("wal-") and p.name.endswith(".log") and p.name != current_log:
-            try:
-                p.unlink()
-            except OSError:
-                pass
-
-
-def _take_lock(folder: Path) -> int:
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise HCEError(f"{folder}: another process has this index open for writing") from None
-    return fd
-
-
-def _generation_changed(folder: Path) -> bool:
-    try:
-        IndexManifest.load(folder)
-        return True  # readable now: worth one more try
-    except FormatError:
-        return False
+__all__ = ["ENCODER_DIR", "Batch", "IndexStore"]

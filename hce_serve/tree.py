@@ -110,6 +110,55 @@ class Tree:
         counts = np.bincount(self.doc_leaf, minlength=n)
         return np.split(order.astype(np.int32), np.cumsum(counts)[:-1])
 
+    @cached_property
+    def leaf_nodes(self) -> np.ndarray:
+        """The nodes documents hang under: every node at the documents' depth (int32, ascending)."""
+        if self.doc_leaf.size:
+            return np.flatnonzero(self.depth == self.num_levels).astype(np.int32)
+        has_child = np.zeros(self.parent.shape[0], bool)  # no documents recorded: the childless nodes
+        has_child[self.parent[1:]] = True
+        return np.flatnonzero(~has_child).astype(np.int32)
+
+    def leaves_under(self, node: int) -> np.ndarray:
+        """Leaf nodes in the subtree of ``node`` (itself if it is one); the caller checks 0 <= node < nodes."""
+        inside = np.zeros(self.parent.shape[0], bool)
+        inside[node] = True
+        for i in range(node + 1, self.parent.shape[0]):  # parents come first: one pass marks the subtree
+            inside[i] = inside[self.parent[i]]
+        return self.leaf_nodes[inside[self.leaf_nodes]]
+
+    @cached_property
+    def _descent(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """(children that lead down to a leaf node, per node; unit-norm centroids)."""
+        reaches = np.zeros(self.parent.shape[0], bool)
+        reaches[self.leaf_nodes] = True
+        for i in range(self.parent.shape[0] - 1, 0, -1):  # children come after parents: bottom-up
+            reaches[self.parent[i]] |= reaches[i]
+        kids = [c[reaches[c]] for c in self.children()]
+        norms = np.linalg.norm(self.centroids, axis=1, keepdims=True)
+        return kids, self.centroids / np.maximum(norms, 1e-12)
+
+    def assign(self, vectors: np.ndarray) -> np.ndarray:
+        """Leaf node (int32, (n,)) for each of ``vectors`` (n, dim): from the root, step to the child whose
+        L2-normalised centroid has the highest cosine, down to a leaf node.
+
+        The rule training uses: at every level a query is scored against its node's siblings by cosine to
+        their normalised centroids (``hce_train.loss``), and the builder splits top-down. Raw centroids
+        would not do: a centroid's norm is its cluster's tightness, so a raw dot product favours tight
+        clusters over the nearest one.
+        """
+        kids, unit = self._descent
+        x = np.asarray(vectors, np.float32)  # (n, dim)
+        node = np.zeros(x.shape[0], np.int64)  # (n,) current node, all at the root
+        for _ in range(self.num_levels or int(self.depth.max())):
+            for cur in np.unique(node):
+                options = kids[cur]
+                if options.size == 0:
+                    continue
+                rows = np.flatnonzero(node == cur)
+                node[rows] = options[np.argmax(x[rows] @ unit[options].T, axis=1)]  # (rows,)
+        return node.astype(np.int32)
+
     def summary(self) -> dict[str, int | float]:
         """Small numbers for the model card: levels, nodes, docs, max branching, max/mean leaf size."""
         child_counts = np.bincount(self.parent[1:], minlength=self.parent.shape[0])

@@ -4,8 +4,10 @@ An add or delete is acknowledged only after its record is written and fsync'ed, 
 the next load replays the log on top of the snapshot it follows, and the next save folds it in.
 
 Layout: a 20-byte header (magic, dim, generation), then records ``<u32 payload length><u32 crc32>
-<payload>``; payload = ``<u32 meta length>`` + JSON meta (``{"op": "add", "ids": [...], "leaves": [...]}``
-or ``{"op": "delete", "ids": [...]}``) + the add's float32 vectors (n, dim) in C order. A record cut short
+<payload>``; payload = ``<u32 meta length>`` + JSON meta (``{"op": "add", "ids": [...], "leaves": [...],
+"docs": [[title, text, metadata], ...]}`` or ``{"op": "delete", "ids": [...]}``) + the add's float32 vectors
+(n, dim) in C order. ``docs`` is there when the index stores documents: the log is the truth for every
+change since the snapshot, so the document store is replayed from it exactly as the vectors are. A record cut short
 by a crash, or a last record whose checksum fails, ends the log: it was never acknowledged, so it is
 dropped. A failing record with more records behind it is corruption, and loading refuses it.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import fsync_dir
+from .beir import Document
 from .errors import FormatError
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ class Record:
     ids: list[str]
     vectors: np.ndarray | None = None  # (n, dim) float32 for "add"
     leaves: list[int] | None = None
+    docs: list[Document] | None = None  # row-aligned with ids, for an index that stores documents
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ def encode_record(rec: Record) -> bytes:
         if rec.vectors is None:
             raise ValueError("an add record needs vectors")
         meta["leaves"] = list(rec.leaves) if rec.leaves is not None else None
+        if rec.docs is not None:
+            meta["docs"] = [[d.title, d.text, d.metadata] for d in rec.docs]
         body = np.ascontiguousarray(rec.vectors, dtype="<f4").tobytes()
     m = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     payload = META.pack(len(m)) + m + body
@@ -75,7 +81,12 @@ def _decode_payload(payload: bytes, dim: int) -> Record:
     vec = np.frombuffer(payload[META.size + mlen :], dtype="<f4")
     if vec.size != len(ids) * dim:
         raise ValueError(f"add record holds {vec.size} floats for {len(ids)} ids of dim {dim}")
-    return Record("add", ids, vec.reshape(len(ids), dim).astype(np.float32), meta.get("leaves"))
+    docs = meta.get("docs")
+    if docs is not None:
+        if len(docs) != len(ids):
+            raise ValueError(f"add record holds {len(docs)} documents for {len(ids)} ids")
+        docs = [Document(i, t, x, m) for i, (t, x, m) in zip(ids, docs, strict=True)]
+    return Record("add", ids, vec.reshape(len(ids), dim).astype(np.float32), meta.get("leaves"), docs)
 
 
 def read_log(path: str | os.PathLike[str], dim: int, generation: int) -> LogContents:
@@ -136,7 +147,8 @@ class MutationLog:
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
-    def append(self, rec: Record) -> None:
+    def append(self, rec: Record) -> int:
+        """Write and fsync one record; returns the offset it starts at (for ``rollback``)."""
         data = encode_record(rec)
         start = self._fh.tell()
         try:
@@ -151,6 +163,14 @@ class MutationLog:
                 pass
             raise
         self.records += 1
+        return start
+
+    def rollback(self, offset: int) -> None:
+        """Cut the log back to ``offset`` (a record whose change could not be applied is withdrawn)."""
+        self._fh.truncate(offset)
+        self._fh.seek(offset)
+        self._sync()
+        self.records -= 1
 
     @property
     def size(self) -> int:

@@ -8,7 +8,7 @@ import pytest
 
 from hce_serve.card import CARD_NAME, ModelCard
 from hce_serve.errors import FormatError, VersionError
-from hce_serve.manifest import MANIFEST_NAME, IndexManifest, file_digest
+from hce_serve.manifest import MANIFEST_NAME, MANIFEST_VERSION, IndexManifest, file_digest
 
 
 def test_card_round_trip(tmp_path):
@@ -98,7 +98,7 @@ def test_manifest_inconsistent_counts_and_missing_folder(tmp_path):
         _manifest(tmp_path, counts={"labels": 2, "live": 2, "deleted": 1})
     with pytest.raises(FormatError, match="not an HCE index folder"):
         IndexManifest.load(tmp_path / "empty")
-    raw = {"format": "hce-index", "format_version": 2}
+    raw = {"format": "hce-index", "format_version": MANIFEST_VERSION + 1}
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(raw))
-    with pytest.raises(VersionError, match="format_version 2"):
+    with pytest.raises(VersionError, match=f"format_version {MANIFEST_VERSION + 1}"):
         IndexManifest.load(tmp_path)

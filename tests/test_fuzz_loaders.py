@@ -90,7 +90,7 @@ def test_unsupported_zip_version_in_tree_is_a_format_error(fuzzer, tmp_path):
     """Found by the fuzzer: zipfile raises NotImplementedError for an unknown zip version field."""
     import shutil
 
-    from hce_serve.engine import LeafAssigner
+    from hce_serve.build import load_tree
     from hce_serve.errors import FormatError
     from hce_serve.tree import Tree
 
@@ -101,12 +101,14 @@ def test_unsupported_zip_version_in_tree_is_a_format_error(fuzzer, tmp_path):
     (tmp_path / "t" / "tree.npz").write_bytes(bytes(data))
     with pytest.raises(FormatError, match="tree.npz"):
         Tree.load(tmp_path / "t")
-    (tmp_path / "t" / "tree_doc_ids.txt").unlink()  # the export-without-ids path of LeafAssigner
     with pytest.raises(FormatError, match="tree.npz"):
-        LeafAssigner.from_export(tmp_path / "t", 8)
+        load_tree(tmp_path / "t", 8)  # serving reads the tree only through Tree.load's checks
     (tmp_path / "t" / "tree.npz").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(FormatError, match="tree.npz"):
-        LeafAssigner.from_export(tmp_path / "t", 8)
+        load_tree(tmp_path / "t", 8)
+    (tmp_path / "t" / "tree_doc_ids.txt").unlink()
+    with pytest.raises(FormatError, match="tree"):
+        load_tree(tmp_path / "t", 8)
 
 
 def test_graph_that_loads_but_cannot_run_is_a_format_error(tiny_export):

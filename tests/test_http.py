@@ -1,4 +1,5 @@
-"""HTTP API through FastAPI's TestClient: search, writes, limits, token, 4xx JSON errors, durability."""
+"""HTTP API through FastAPI's TestClient: search, documents, filters, writes, limits, token, 4xx for the
+client's errors and 5xx for the server's, durability."""
 
 from __future__ import annotations
 
@@ -26,10 +27,14 @@ def test_health_stats_search(engine):
     with client(engine) as c:
         assert c.get("/healthz").json() == {"status": "ok", "live": 64}
         st = c.get("/stats").json()
-        assert st["live"] == 64 and st["encoder"]["dim"] == 32
+        assert st["live"] == 64 and st["encoder"]["dim"] == 32 and st["stores_documents"]
+        assert str(engine.store.folder) not in c.get("/stats").text  # no filesystem path for clients
         one = c.post("/search", json={"query": "protein enzyme", "k": 3}).json()
-        assert len(one["hits"]) == 3 and set(one["hits"][0]) == {"id", "score"}
+        assert len(one["hits"]) == 3 and set(one["hits"][0]) == {"id", "score", "title", "text", "metadata"}
         assert c.get("/search", params={"q": "protein enzyme", "k": 3}).json() == one
+        lean = c.get("/search", params={"q": "protein enzyme", "k": 3, "fields": "title"}).json()
+        assert [set(h) for h in lean["hits"]] == [{"id", "score", "title"}] * 3
+        assert [h["id"] for h in lean["hits"]] == [h["id"] for h in one["hits"]]
         batch = c.post("/search", json={"queries": ["protein enzyme", "climate ice"], "k": 2}).json()
         ids = [h["id"] for h in batch["results"][0]["hits"]]
         assert len(batch["results"]) == 2 and ids == [h["id"] for h in one["hits"][:2]]
@@ -40,14 +45,21 @@ def test_health_stats_search(engine):
 
 def test_add_replace_delete_are_durable(engine, idx):
     with client(engine) as c:
-        r = c.post("/documents", json={"documents": [{"_id": "n1", "title": "t", "text": "glacier ice"},
+        r = c.post("/documents", json={"documents": [{"_id": "n1", "title": "t", "text": "glacier ice",
+                                                      "metadata": {"lang": "en", "year": 2021}},
                                                      {"_id": "soil-1", "text": "market bank"}]})
-        assert r.status_code == 200 and r.json() == {"added": 1, "replaced": 1, "live": 65}
+        assert r.status_code == 200 and r.json() == {"added": 1, "replaced": 1, "empty": 0, "live": 65}
         hits = c.post("/search", json={"query": "t glacier ice", "k": 1}).json()["hits"]
-        assert hits[0]["id"] == "n1"
+        assert hits[0]["id"] == "n1" and hits[0]["metadata"] == {"lang": "en", "year": 2021}
+        assert c.get("/documents/n1").json() == {"_id": "n1", "title": "t", "text": "glacier ice",
+                                                 "metadata": {"lang": "en", "year": 2021}}
+        assert c.get("/documents/soil-1").json()["text"] == "market bank"
+        only = c.post("/search", json={"query": "protein", "k": 10, "filter": {"year": [2020, 2021]}}).json()["hits"]
+        assert [h["id"] for h in only] == ["n1"]  # the filter runs inside the search: the one match, not 0 of 10
         assert c.delete("/documents/n1").json()["deleted"] == ["n1"]
         r = c.delete("/documents/n1")
         assert r.status_code == 404 and "n1" in r.json()["detail"]
+        assert c.get("/documents/n1").status_code == 404
         r = c.post("/documents/delete", json={"ids": ["soil-2", "ghost"]}).json()
         assert r["deleted"] == ["soil-2"] and r["missing"] == ["ghost"]
         all_ids = {h["id"] for h in c.post("/search", json={"query": "x y", "k": 100}).json()["hits"]}
@@ -74,9 +86,16 @@ def test_add_replace_delete_are_durable(engine, idx):
         ("get", "/search", None, 422, "q"),
         ("post", "/documents", {"documents": [{"_id": "a", "text": "x"}, {"_id": "a", "text": "y"}]}, 400, "more than once"),
         ("post", "/documents", {"documents": [{"_id": "a\nb", "text": "x"}]}, 400, "line break"),
-        ("post", "/documents", {"documents": [{"_id": "a", "text": " "}]}, 400, "empty"),
         ("post", "/documents", {"documents": [{"text": "x"}]}, 422, "_id"),
         ("post", "/documents/delete", {"ids": []}, 400, "no ids"),
+        ("post", "/search", {"query": "x", "ef": 0}, 400, "ef must"),
+        ("post", "/search", {"query": "x", "fields": ["body"]}, 400, "unknown field"),
+        ("post", "/search", {"query": "x", "filter": {}}, 400, "filter"),
+        ("post", "/search", {"query": "x", "filter": {"a": []}}, 400, "filter 'a'"),
+        ("post", "/search", {"query": "x", "filter": {"a": {"b": 1}}}, 422, "filter"),
+        ("post", "/search", {"query": "x", "subtree": 3}, 400, "no corpus tree"),
+        ("post", "/documents", {"documents": [{"_id": "a", "text": "x", "metadata": {"m": {"n": 1}}}]}, 422, "metadata"),
+        ("get", "/documents/ghost", None, 404, "not in the index"),
     ],
 )
 def test_bad_requests_are_4xx_json(engine, method, path, body, status, needle):
@@ -123,3 +142,37 @@ def test_read_only_server_refuses_writes(idx):
 def test_is_loopback():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5") and not is_loopback("example.com")
+
+
+def test_empty_document_is_indexed_and_counted(engine):
+    with client(engine) as c:
+        r = c.post("/documents", json={"documents": [{"_id": "blank", "text": " "}]})
+        assert r.status_code == 200 and r.json()["empty"] == 1 and r.json()["added"] == 1
+        assert c.get("/documents/blank").json()["text"] == " "
+
+
+def test_server_faults_are_5xx_not_4xx(engine, monkeypatch):
+    """A broken graph or a failing disk is not the client's fault: 500 with a JSON detail, the index intact."""
+    from hce_serve.errors import FormatError
+
+    def broken(texts):
+        raise FormatError("export: onnxruntime failed to run the graph (corrupt)")
+
+    with client(engine) as c:
+        monkeypatch.setattr(engine.encoder, "encode_queries", broken)
+        r = c.post("/search", json={"query": "protein", "k": 3})
+        assert r.status_code == 500 and "onnxruntime failed" in r.json()["detail"]
+        monkeypatch.undo()
+        assert c.post("/search", json={"query": "protein", "k": 3}).status_code == 200
+    with TestClient(create_app(engine), raise_server_exceptions=False) as c:
+        monkeypatch.setattr(engine.store.docs, "get_many", lambda ids: (_ for _ in ()).throw(OSError("I/O error")))
+        r = c.get("/documents/protein-0")
+        assert r.status_code == 500 and "I/O error" in r.json()["detail"]
+
+
+def test_deleted_has_the_same_shape_as_the_cli(engine):
+    with client(engine) as c:
+        one = c.delete("/documents/protein-0").json()
+        many = c.post("/documents/delete", json={"ids": ["protein-1", "ghost"]}).json()
+    assert one == {"deleted": ["protein-0"], "missing": [], "live": 63}
+    assert many == {"deleted": ["protein-1"], "missing": ["ghost"], "live": 62}

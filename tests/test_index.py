@@ -1,4 +1,5 @@
-"""Index over hnswlib: recall against exact search, deletes, upserts, slot reuse, growth, concurrency."""
+"""Index over hnswlib: recall against exact search, deletes, upserts, slot reuse, growth, concurrency,
+per-query ef, and filters against brute force."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import threading
 import numpy as np
 import pytest
 
-from hce_serve.errors import DataError
 from hce_serve.index import Index, IndexParams
 from hce_serve.search import recall_at_k, topk_inner_product
 
@@ -70,7 +70,7 @@ def test_delete_everything_then_search_returns_empty():
     idx, vecs, ids = make(50, 8, compact_min_deleted=10**9)
     idx.delete(ids)
     assert idx.search(vecs[:2], 5) == [[], []]
-    with pytest.raises(DataError):
+    with pytest.raises(ValueError):
         idx.search(vecs[:1], 0)
 
 
@@ -105,17 +105,14 @@ def test_capacity_grows():
     assert len(idx) == 200 and idx.capacity >= 200
 
 
-def test_bad_batches_change_nothing():
+def test_unchecked_batch_is_refused_before_the_graph_changes():
+    """Input checks are the store's (test_store.py); the index still never breaks its id <-> label bijection."""
     idx, vecs, ids = make(20, 8)
     before = idx.stats()
-    with pytest.raises(DataError, match="more than once"):
+    with pytest.raises(ValueError, match="unchecked batch"):
         idx.add(["x", "y", "x"], vecs[:3])
-    with pytest.raises(DataError, match="dimension"):
+    with pytest.raises(ValueError):
         idx.add(["x"], np.ones((1, 9), np.float32))
-    with pytest.raises(DataError, match="NaN"):
-        idx.add(["x"], np.full((1, 8), np.nan, np.float32))
-    with pytest.raises(DataError, match="line break"):
-        idx.add(["a\nb"], vecs[:1])
     assert idx.stats() == before and "x" not in idx
 
 
@@ -131,12 +128,13 @@ def test_compact_drops_tombstones_and_keeps_results():
     assert not set(ids[:300]) & {h[0] for r in idx.search(q, 50) for h in r}
 
 
-def test_auto_compaction_past_ratio():
+def test_delete_never_compacts_by_itself():
+    """Compaction is the store's policy (test_store.py); the index only reports that it is due."""
     idx, vecs, ids = make(200, 8, compact_ratio=0.25, compact_min_deleted=10)
-    idx.delete(ids[:40])  # 20 %: below the ratio
-    assert idx.num_deleted == 40
-    idx.delete(ids[40:80])  # 40 %: compacts
-    assert idx.num_deleted == 0 and idx.num_labels == 120
+    idx.delete(ids[:80])
+    assert idx.num_deleted == 80 and idx.needs_compaction()
+    idx.compact()
+    assert idx.num_deleted == 0 and idx.num_labels == 120 and not idx.needs_compaction()
 
 
 def test_concurrent_search_while_adding_and_deleting():
@@ -191,3 +189,62 @@ def test_hnswlib_failure_falls_back_to_exact(monkeypatch):
 
     idx._hnsw = Failing(idx._hnsw)
     assert idx.search(vecs[:3], 5) == expected
+
+
+def test_per_query_ef_is_hnswlib_ef_without_shared_state():
+    """search(ef=e) answers exactly what hnswlib answers after set_ef(e): the same beam, max(ef, k)."""
+    idx, vecs, ids = make(3000, 16, **HNSW_ONLY)
+    q = unit(np.random.default_rng(7), 50, 16)
+    for ef in (10, 64, 300):
+        got = idx.search(q, 10, ef=ef)
+        idx._hnsw.set_ef(ef)
+        labels, _ = idx._hnsw.knn_query(q, k=10)
+        idx._hnsw.set_ef(1)
+        assert [[h[0] for h in row] for row in got] == [[ids[lab] for lab in row] for row in labels.tolist()]
+    _, exact = topk_inner_product(vecs, q, 10)
+    rec = {ef: recall_at_k(np.array([[int(h[0][1:]) for h in row] for row in idx.search(q, 10, ef=ef)]), exact)
+           for ef in (10, 300)}
+    assert rec[300] >= 0.99 and rec[300] >= rec[10]
+    assert idx.search(q, 10) == idx.search(q, 10, ef=idx.params.ef_search)  # the default is the index's ef
+
+
+def filtered_exact(vecs: np.ndarray, q: np.ndarray, allowed: np.ndarray, k: int) -> np.ndarray:
+    rows = np.flatnonzero(allowed)
+    _, top = topk_inner_product(vecs[rows], q, k)
+    return rows[top]  # (q, k) labels of the exact filtered top-k
+
+
+@pytest.mark.parametrize("selectivity", [0.1, 0.3])
+def test_filter_recall_against_brute_force(selectivity):
+    """A filter runs inside the graph search: the top-k of the allowed documents, never a post-filtered one."""
+    n, d = 20_000, 32
+    idx, vecs, ids = make(n, d, seed=3, **HNSW_ONLY)
+    rng = np.random.default_rng(11)
+    allowed = rng.random(n) < selectivity
+    q = unit(rng, 100, d)
+    hits = idx.search(q, 10, allow_ids={ids[i] for i in np.flatnonzero(allowed)}, exact=False)
+    got = np.array([[int(h[0][1:]) for h in row] for row in hits])
+    assert got.shape == (100, 10) and allowed[got].all()
+    assert recall_at_k(got, filtered_exact(vecs, q, allowed, 10)) >= 0.99
+
+
+def test_selective_filter_is_exact_and_combines_with_leaves():
+    n, d = 6000, 16
+    rng = np.random.default_rng(5)
+    vecs = unit(rng, n, d)
+    ids = [f"d{i}" for i in range(n)]
+    leaves = rng.integers(0, 20, n).astype(np.int32)
+    idx = Index(d, IndexParams(**HNSW_ONLY), capacity=n)
+    idx.add(ids, vecs, leaves)
+    idx.delete(ids[:100])
+    q = unit(rng, 20, d)
+    by_id = rng.random(n) < 0.02  # ~120 documents: answered by an exact scan
+    hits = idx.search(q, 10, allow_ids={ids[i] for i in np.flatnonzero(by_id)})
+    ok = by_id.copy()
+    ok[:100] = False  # deleted documents never come back, filter or not
+    assert [[int(h[0][1:]) for h in row] for row in hits] == filtered_exact(vecs, q, ok, 10).tolist()
+    both = idx.search(q, 5, allow_ids={ids[i] for i in np.flatnonzero(by_id)}, allow_leaves={3, 4, 5})
+    ok &= np.isin(leaves, [3, 4, 5])
+    assert [[int(h[0][1:]) for h in row] for row in both] == filtered_exact(vecs, q, ok, min(5, ok.sum())).tolist()
+    assert idx.search(q, 5, allow_ids=set()) == [[]] * 20  # nothing allowed: nothing found, no error
+    assert idx.search(q, 5, allow_ids={"ghost", "d0"}) == [[]] * 20  # unknown and deleted ids match nothing

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hce_serve import store as store_mod
+from hce_serve import snapshot as snapshot_mod
 from hce_serve.errors import FormatError, HCEError, VersionError
 from hce_serve.index import Index, IndexParams
 from hce_serve.manifest import IndexManifest
@@ -152,13 +152,13 @@ def test_interrupted_save_leaves_previous_index(folder, monkeypatch, fail_at):
     s.add(["x"], unit(9, 1))
     s.delete(["d0"])
     if fail_at == "write_files":
-        def boom(self, f):
+        def boom(index, f):
             (Path(f)).mkdir(parents=True, exist_ok=True)
             (Path(f) / "hnsw.bin").write_bytes(b"partial")
             raise OSError("disk full")
-        monkeypatch.setattr(Index, "write_files", boom)
+        monkeypatch.setattr(snapshot_mod, "write_index", boom)
     elif fail_at == "rename_gen":
-        monkeypatch.setattr(store_mod.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
+        monkeypatch.setattr(snapshot_mod.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
     else:
         monkeypatch.setattr(IndexManifest, "save", lambda *a: (_ for _ in ()).throw(OSError("killed")))
     with pytest.raises(OSError):

@@ -1,0 +1,207 @@
+"""Checks of everything a caller hands to an index (CLI, HTTP or Python), each written once.
+
+Writes are checked by ``IndexStore`` (ids, documents, vectors) before anything changes; reads by ``Engine``
+(query, k, ef, filter, fields). Every failure is a ``DataError`` whose one line says what was expected and
+what was found. Nothing here touches an index: these are pure functions of their input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .beir import Document
+from .defaults import FIELDS
+from .errors import DataError
+from .search import as_f32_matrix
+
+MAX_EF = 100_000
+MAX_FIELD_NAME = 128
+MAX_FILTER_VALUES = 1024  # values of one field in a filter (one SQL parameter each)
+Scalar = str | int | float | bool
+
+
+def check_ids(ids: Sequence[Any]) -> list[str]:
+    """Non-empty string ids without tab or line break, unique within the batch."""
+    out = list(ids)
+    seen: set[str] = set()
+    for i in out:
+        if not isinstance(i, str) or not i.strip() or any(c in i for c in "\t\r\n"):
+            raise DataError(f"document id {i!r} is empty, not a string, or contains a tab or line break")
+        if i in seen:
+            raise DataError(f"document id {i!r} appears more than once in one batch; nothing was added")
+        seen.add(i)
+    return out
+
+
+def check_vectors(vectors: Any, n: int, dim: int) -> np.ndarray:
+    """float32 (n, dim), finite."""
+    try:
+        vecs = as_f32_matrix(vectors, dim)  # (n, dim)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"vector dimension mismatch: index has dim {dim}; {e}") from None
+    if vecs.shape[0] != n:
+        raise DataError(f"{n} ids but {vecs.shape[0]} vectors")
+    if not np.isfinite(vecs).all():
+        raise DataError("vectors contain NaN or infinity; nothing was added")
+    return vecs
+
+
+def check_leaves(leaves: Any, n: int, no_leaf: int) -> np.ndarray:
+    arr = np.full(n, no_leaf, np.int32) if leaves is None else np.asarray(leaves, np.int32)
+    if arr.shape != (n,):
+        raise DataError(f"{n} ids but leaves has shape {arr.shape}")
+    return arr
+
+
+# ---- documents ----------------------------------------------------------------------------------------
+def _scalar_ok(v: object) -> bool:
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return isinstance(v, (str, int, bool))
+
+
+def check_metadata(meta: object, where: str, strict: bool = True) -> tuple[dict[str, Any], int]:
+    """A flat metadata object: string keys, values a scalar (string, number, bool) or a list of scalars.
+
+    ``None`` values are dropped. Nested values raise in ``strict`` mode (API and HTTP input) and are dropped
+    otherwise (corpus files: BEIR metadata sometimes nests, which must not refuse a whole corpus). Returns
+    (metadata, number of dropped nested keys).
+    """
+    if meta is None:
+        return {}, 0
+    if not isinstance(meta, Mapping):
+        raise DataError(f"{where}: metadata must be an object, found {type(meta).__name__}")
+    out: dict[str, Any] = {}
+    dropped = 0
+    for key, val in meta.items():
+        if not isinstance(key, str) or not key or len(key) > MAX_FIELD_NAME:
+            raise DataError(f"{where}: metadata key {key!r} must be a non-empty string of at most {MAX_FIELD_NAME} characters")
+        if val is None:
+            continue
+        if _scalar_ok(val) or (isinstance(val, list) and all(_scalar_ok(v) for v in val)):
+            out[key] = val
+        elif strict:
+            raise DataError(f"{where}: metadata {key!r} must be a string, number, bool or a list of them "
+                            f"(flat metadata), found {type(val).__name__}")
+        else:
+            dropped += 1
+    return out, dropped
+
+
+def as_document(obj: Document | Mapping[str, Any], strict: bool = True) -> tuple[Document, int]:
+    """A ``Document`` from itself or from a mapping with ``_id`` (or ``id``), ``title``, ``text``, ``metadata``;
+    with the number of nested metadata keys dropped (``strict=False`` only, see ``check_metadata``)."""
+    if isinstance(obj, Document):
+        doc_id, title, text, meta = obj.id, obj.title, obj.text, obj.metadata
+    elif isinstance(obj, Mapping):
+        doc_id, title, text, meta = obj.get("_id", obj.get("id")), obj.get("title"), obj.get("text"), obj.get("metadata")
+        title, text = title if title is not None else "", text if text is not None else ""
+    else:
+        raise DataError(f"expected a document (Document or mapping), found {type(obj).__name__}")
+    if not isinstance(title, str) or not isinstance(text, str):
+        raise DataError(f"document {doc_id!r}: title and text must be strings")
+    flat, dropped = check_metadata(meta, f"document {doc_id!r}", strict=strict)
+    return Document(doc_id, title, text, flat or None), dropped
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Documents that passed ``check_documents``: the input ``IndexStore.add_batch`` takes."""
+
+    docs: list[Document]
+    dropped_metadata: int = 0  # nested metadata keys left out (corpus files only)
+
+    @property
+    def ids(self) -> list[str]:
+        return [d.id for d in self.docs]
+
+    @property
+    def empty(self) -> int:
+        return sum(d.is_empty for d in self.docs)
+
+
+def check_documents(docs: Iterable[Document | Mapping[str, Any]], strict: bool = True) -> tuple[list[Document], int]:
+    """Documents with checked ids (unique in the batch) and flat metadata; plus dropped nested metadata keys."""
+    out, dropped = [], 0
+    for d in docs:
+        doc, n = as_document(d, strict)
+        out.append(doc)
+        dropped += n
+    check_ids([d.id for d in out])
+    return out, dropped
+
+
+# ---- queries ------------------------------------------------------------------------------------------
+def check_query(text: object) -> str:
+    if not isinstance(text, str):
+        raise DataError(f"query must be a string, found {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError("query is not valid UTF-8 text") from None
+    if not text.strip():
+        raise DataError("query is empty")
+    return text
+
+
+def check_k(k: object, max_k: int) -> int:
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= max_k:
+        raise DataError(f"k must be an integer between 1 and {max_k:,}, found {k!r}")
+    return k
+
+
+def check_ef(ef: object) -> int | None:
+    if ef is None:
+        return None
+    if not isinstance(ef, int) or isinstance(ef, bool) or not 1 <= ef <= MAX_EF:
+        raise DataError(f"ef must be an integer between 1 and {MAX_EF:,}, found {ef!r}")
+    return ef
+
+
+def check_fields(fields: Iterable[str] | None) -> tuple[str, ...]:
+    """Stored fields to return with hits, a subset of ``defaults.FIELDS`` (None: all of them)."""
+    if fields is None:
+        return FIELDS
+    if isinstance(fields, str):
+        fields = [f for f in fields.split(",") if f]
+    out = tuple(dict.fromkeys(fields))
+    bad = [f for f in out if f not in FIELDS]
+    if bad:
+        raise DataError(f"unknown field(s) {', '.join(map(repr, bad))}; choose from {', '.join(FIELDS)}")
+    return out
+
+
+def canonical_value(v: Scalar) -> str:
+    """The text a metadata value is stored and matched as: JSON, with integral floats written as integers
+    (so a filter on 2020 matches 2020.0) and booleans kept apart from 0/1."""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        v = int(v)
+    return json.dumps(v, ensure_ascii=False)
+
+
+def check_filter(flt: object) -> dict[str, tuple[str, ...]] | None:
+    """``{"field": value}`` (equality) or ``{"field": [v1, v2]}`` (any of); several fields must all match.
+
+    Returns {field: canonical values} or None for no filter.
+    """
+    if flt is None:
+        return None
+    if not isinstance(flt, Mapping) or not flt:
+        raise DataError(f"filter must be a non-empty object like {{\"field\": value}}, found {flt!r:.80}")
+    out: dict[str, tuple[str, ...]] = {}
+    for key, val in flt.items():
+        if not isinstance(key, str) or not key:
+            raise DataError(f"filter field {key!r} must be a non-empty string")
+        vals = val if isinstance(val, list) else [val]
+        if not vals or not all(_scalar_ok(v) for v in vals):
+            raise DataError(f"filter {key!r}: expected a string, number, bool or a non-empty list of them, found {val!r:.80}")
+        if len(vals) > MAX_FILTER_VALUES:
+            raise DataError(f"filter {key!r}: {len(vals):,} values; the limit is {MAX_FILTER_VALUES:,}")
+        out[key] = tuple(sorted({canonical_value(v) for v in vals}))
+    return out

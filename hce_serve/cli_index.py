@@ -1,0 +1,109 @@
+"""``hce-serve index build|add|delete|compact|stats``: build and change index folders.
+
+Every command goes through ``Engine``; delete, compact and stats never load the encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from . import defaults
+from .cli_options import BATCH, EXISTING, IDX, SKIP_EMPTY, THREADS, VARIANT, emit, open_engine
+from .clitools import HCEGroup
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@click.group(cls=HCEGroup)
+def index() -> None:
+    """Build and change index folders."""
+
+
+@index.command("build")
+@click.option("--model", "export_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="EXPORT_DIR written by hce-export onnx.")
+@click.option("--corpus", required=True, type=click.Path(path_type=Path), help="corpus.jsonl[.gz] (BEIR).")
+@IDX
+@click.option("--overwrite", is_flag=True, help="Replace an index already in IDX_DIR.")
+@click.option("--M", "m", type=click.IntRange(2, 256), default=defaults.M, show_default=True, help="HNSW graph degree.")
+@click.option("--ef-construction", type=click.IntRange(1, 100_000), default=defaults.EF_CONSTRUCTION, show_default=True)
+@click.option("--ef", type=click.IntRange(1, 100_000), default=defaults.EF_SEARCH, show_default=True,
+              help="Default search beam width (searches may pass their own).")
+@click.option("--exact-threshold", type=click.IntRange(min=0), default=defaults.EXACT_THRESHOLD, show_default=True,
+              help="Search exactly while the index holds at most this many documents.")
+@click.option("--no-store", is_flag=True, help="Keep ids and vectors only: no stored title/text/metadata.")
+@SKIP_EMPTY
+@BATCH
+@VARIANT
+@THREADS
+def index_build(export_dir, corpus, index_dir, overwrite, m, ef_construction, ef, exact_threshold, no_store,
+                skip_empty, batch_size, variant, threads) -> None:
+    """Encode CORPUS with EXPORT_DIR's model into a new index folder."""
+    from .engine import Engine
+    from .index import IndexParams
+
+    params = IndexParams(M=m, ef_construction=ef_construction, ef_search=ef, exact_threshold=exact_threshold)
+    stats = Engine.build(export_dir, corpus, index_dir, params, overwrite=overwrite, variant=variant, threads=threads,
+                         batch_size=batch_size, progress=True, store_documents=not no_store, skip_empty=skip_empty)
+    emit({"index": str(index_dir), **{k: stats[k] for k in ("live", "dim", "empty", "skipped_empty", "stores_documents")}})
+
+
+@index.command("add")
+@IDX
+@click.option("--corpus", required=True, type=click.Path(path_type=Path), help="More documents (BEIR jsonl).")
+@SKIP_EMPTY
+@BATCH
+@VARIANT
+@THREADS
+def index_add(index_dir, corpus, skip_empty, batch_size, variant, threads) -> None:
+    """Add documents; an id already in the index is replaced."""
+    with open_engine(index_dir, writable=True, variant=variant, threads=threads) as eng:
+        res = eng.add_corpus(corpus, batch_size=batch_size, progress=True, skip_empty=skip_empty)
+        eng.save()
+        emit({"added": res.added, "replaced": res.replaced, "empty": res.empty, "live": len(eng.index)})
+
+
+def _read_ids_file(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@index.command("delete")
+@IDX
+@click.option("--id", "ids", multiple=True, help="Document id to delete (repeatable).")
+@click.option("--ids-file", type=click.Path(**EXISTING), help="File with one document id per line.")
+def index_delete(index_dir, ids, ids_file) -> None:
+    """Delete documents by id; unknown ids are reported, not an error."""
+    if bool(ids) == bool(ids_file):
+        raise click.UsageError("give either --id (one or more) or --ids-file")
+    wanted = list(ids) if ids else _read_ids_file(ids_file)
+    with open_engine(index_dir, writable=True) as eng:
+        res = eng.delete(wanted)
+        eng.save()
+        if res.missing:
+            log.warning("%d ids were not in the index: %s", len(res.missing), ", ".join(res.missing[:10]))
+        emit({"deleted": res.deleted, "missing": res.missing, "live": len(eng.index)})
+
+
+@index.command("compact")
+@IDX
+def index_compact(index_dir) -> None:
+    """Rebuild the graph without deleted slots."""
+    with open_engine(index_dir, writable=True) as eng:
+        dropped = eng.compact()
+        emit({"dropped": dropped, "live": len(eng.index), "generation": eng.store.manifest.generation})
+
+
+@index.command("stats")
+@IDX
+def index_stats(index_dir) -> None:
+    """Print the index's counts and parameters as JSON."""
+    with open_engine(index_dir) as eng:
+        emit(eng.stats())

@@ -1,0 +1,43 @@
+"""Every serving default, defined once: the dataclasses, the command lines and their help read them here.
+
+Like nanoGPT's config block: one line per knob, a comment saying what it trades. Change a value here and
+``IndexParams``, ``Limits``, the model card and every ``--option`` follow.
+"""
+
+from __future__ import annotations
+
+# ---- encoder (model card defaults; an export's card overrides them) ------------------------------------
+DOC_MAX_LENGTH = 256  # document tokens: SciFact/ArguAna passages fit; longer costs quadratic attention
+QUERY_MAX_LENGTH = 64  # query tokens (ArguAna's argument-length queries want 256)
+VARIANT = "auto"  # encoder graph: int8 on CPU, fp16 on CUDA, else fp32
+
+# ---- HNSW index (stored in the manifest; a folder keeps the values it was built with) ------------------
+M = 16  # graph degree: memory and recall
+EF_CONSTRUCTION = 200  # build-time beam: build speed vs graph quality
+EF_SEARCH = 100  # query-time beam (hnswlib searches with max(ef, k)); --ef and "ef" override per query
+EXACT_THRESHOLD = 4096  # search exactly (numpy) while the live count is at most this
+COMPACT_RATIO = 0.3  # the store rebuilds the graph once deleted / labels exceeds this ...
+COMPACT_MIN_DELETED = 1024  # ... and at least this many slots are dead
+
+# ---- writing --------------------------------------------------------------------------------------------
+BATCH_SIZE = 512  # documents encoded and written per step of build/add: bounds memory for any corpus
+SAVE_EVERY = 1000  # fold the mutation log into a snapshot after this many logged writes
+
+# ---- searching ------------------------------------------------------------------------------------------
+K = 10  # hits per query
+MAX_K = 10_000  # a larger k is almost certainly a mistake and costs a full sort of the collection
+EVAL_K = 100  # depth retrieved per query by `hce-serve eval` (R@100 needs 100)
+SEARCH_CHUNK = 256  # queries encoded per step of a batch search (one progress-bar tick)
+SNIPPET_CHARS = 160  # text shown under a hit by the human-readable CLI output
+FIELDS = ("title", "text", "metadata")  # stored fields a hit can carry; --json/HTTP/API default to all
+FILTER_EXACT_MAX = 5_000  # a filter matching at most this many documents is answered by an exact scan:
+# exact beats a filtered graph walk there (the walk visits ~ef/selectivity nodes through a Python callback)
+
+# ---- HTTP -----------------------------------------------------------------------------------------------
+HOST = "127.0.0.1"  # loopback: serving to a network is an explicit choice (and needs a token for writes)
+PORT = 8000
+HTTP_THREADS = 1  # onnxruntime threads per request: requests run in parallel, one core each
+HTTP_MAX_K = 1000
+HTTP_MAX_BATCH = 256  # queries per search request, documents/ids per write request
+HTTP_MAX_BODY_BYTES = 8 * 2**20
+HTTP_MAX_QUERY_CHARS = 20_000  # the encoder truncates anyway; this bounds the tokenizer's work
