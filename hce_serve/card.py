@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .defaults import DOC_MAX_LENGTH, QUERY_MAX_LENGTH
 from .errors import FormatError
 from .formats import read_versioned_json, require, write_versioned_json
 
@@ -32,8 +33,8 @@ class ModelCard:
     base_model: str
     pooling: str = "mean"
     normalize: bool = True
-    max_length: int = 256  # documents
-    query_max_length: int = 64
+    max_length: int = DOC_MAX_LENGTH  # document tokens
+    query_max_length: int = QUERY_MAX_LENGTH
     tree: dict[str, Any] | None = None
     onnx: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
