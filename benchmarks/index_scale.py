@@ -25,6 +25,7 @@ import numpy as np
 
 from benchmarks import common
 from hce_serve.index import Index, IndexParams
+from hce_serve.index_io import read_index, write_index
 from hce_serve.search import recall_at_k, topk_inner_product
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,9 @@ def sweep_ours(index: Index, q: np.ndarray, truth: np.ndarray, efs: tuple[int, .
 def clone(index: Index) -> Index:
     """A deep copy through the index's own file format (what a restart would load)."""
     with tempfile.TemporaryDirectory(prefix="hce-bench-") as tmp:
-        index.write_files(tmp)
+        write_index(index, tmp)
         counts = {"labels": index.num_labels, "live": len(index), "capacity": index.capacity}
-        return Index.read_files(tmp, index.dim, index.params, counts)
+        return read_index(tmp, index.dim, index.params, counts)
 
 
 def deletions(index: Index, x: np.ndarray, q: np.ndarray, ids: list[str], fracs: tuple[float, ...],
@@ -99,7 +100,7 @@ def deletions(index: Index, x: np.ndarray, q: np.ndarray, ids: list[str], fracs:
     out = []
     for frac in fracs:
         upto = int(frac * len(ids))
-        index.delete([ids[i] for i in order[done:upto]], auto_compact=False)
+        index.delete([ids[i] for i in order[done:upto]])  # tombstones only: compaction is the store's policy
         done = upto
         live = np.sort(order[upto:])
         row_of = {ids[r]: j for j, r in enumerate(live.tolist())}
