@@ -30,8 +30,9 @@ EVAL_K = 100  # depth retrieved per query by `hce-serve eval` (R@100 needs 100)
 SEARCH_CHUNK = 256  # queries encoded per step of a batch search (one progress-bar tick)
 SNIPPET_CHARS = 160  # text shown under a hit by the human-readable CLI output
 FIELDS = ("title", "text", "metadata")  # stored fields a hit can carry; --json/HTTP/API default to all
-FILTER_EXACT_MAX = 5_000  # a filter matching at most this many documents is answered by an exact scan:
-# exact beats a filtered graph walk there (the walk visits ~ef/selectivity nodes through a Python callback)
+FILTER_SCAN_COST = 20  # a filter is answered by an exact scan of its m matches when m * m * this <= ef * live:
+# a filtered graph walk visits ~ef * live / m nodes, a scan copies m vectors out of hnswlib at ~20 visits'
+# cost each (measured, 384-d: get_items ~12 us a vector; crossover ~170 matches at 6k documents)
 
 # ---- HTTP -----------------------------------------------------------------------------------------------
 HOST = "127.0.0.1"  # loopback: serving to a network is an explicit choice (and needs a token for writes)

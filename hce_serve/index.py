@@ -226,7 +226,7 @@ class Index:
 
         ``ef``: beam width (default ``params.ef_search``). ``allow_ids`` / ``allow_leaves``: only documents
         with one of these ids / whose tree leaf is one of these nodes (both: both must hold). ``exact=None``
-        searches exactly while the live (or allowed) count is small.
+        lets ``scans`` choose between an exact scan and the graph.
         """
         q = as_f32_matrix(queries, self.dim, "queries")  # (nq, dim)
         if k <= 0:
@@ -237,12 +237,9 @@ class Index:
             k_eff = min(int(k), n_ok)
             if k_eff == 0:
                 return [[] for _ in range(q.shape[0])]
-            if exact is None:
-                exact = n_ok <= (self.params.exact_threshold if mask is None else
-                                 max(self.params.exact_threshold, defaults.FILTER_EXACT_MAX))
-            if exact:
-                return self._search_exact(q, k_eff, mask)
             beam = min(max(k_eff, ef or self.params.ef_search), n_ok)
+            if exact if exact is not None else self.scans(n_ok if mask is not None else None, beam):
+                return self._search_exact(q, k_eff, mask)
             allowed = mask.tobytes().__getitem__ if mask is not None else None  # label -> 0/1, no numpy scalar
             try:
                 labels, dists = self._hnsw.knn_query(q, k=beam, num_threads=num_threads, filter=allowed)  # (nq, beam)
@@ -250,6 +247,15 @@ class Index:
                 log.warning("hnswlib could not return %d results (%s); using exact search", beam, e)
                 return self._search_exact(q, k_eff, mask)
             return [self._hits(lab, 1.0 - dist)[:k_eff] for lab, dist in zip(labels, dists, strict=True)]
+
+    def scans(self, allowed: int | None, ef: int) -> bool:
+        """Whether a search is answered exactly: a small index always (its matrix is cached); a filter
+        allowing ``allowed`` documents when scanning them costs less than the graph walk
+        (``defaults.FILTER_SCAN_COST``)."""
+        live = len(self._label)
+        if live <= self.params.exact_threshold:
+            return True
+        return allowed is not None and allowed * allowed * defaults.FILTER_SCAN_COST <= ef * live
 
     def _mask(self, allow_ids: Collection[str] | None, allow_leaves: Collection[int] | None) -> np.ndarray | None:
         if allow_ids is None and allow_leaves is None:

@@ -51,6 +51,8 @@ class IndexStore:
         self._lock_fd: int | None = None
         self._overlay: dict[str, Document | None] = {}  # a reader's replayed documents (None: deleted)
         self._broken: str | None = None  # set when a logged change could not be applied in memory
+        self._matches: dict[tuple, tuple[int, frozenset[str]]] = {}  # filter -> (doc_writes then, matching ids)
+        self._doc_writes = 0  # bumped after every document write: older matches are stale
 
     # ---- create / open ----------------------------------------------------------------------------
     @classmethod
@@ -170,6 +172,7 @@ class IndexStore:
             try:
                 if docs is not None:
                     self.docs.write(put=docs)  # type: ignore[union-attr]
+                    self._doc_writes += 1
             except BaseException:
                 wal.rollback(start)  # nothing changed anywhere: withdraw the record
                 raise
@@ -193,6 +196,7 @@ class IndexStore:
             res = self._apply(lambda: self.index.delete(ids))
             if self.docs is not None:
                 self._apply(lambda: self.docs.write(remove=present))  # type: ignore[union-attr]
+                self._doc_writes += 1
             self._after_mutation()
             if self.index.needs_compaction():
                 self.compact()
@@ -247,12 +251,19 @@ class IndexStore:
         rest = [i for i in ids if i not in self._overlay]
         return {**out, **self.docs.get_many(rest)} if rest else out
 
-    def match(self, flt: Mapping[str, tuple[str, ...]]) -> set[str]:
-        """Ids whose metadata passes a checked filter."""
+    def match(self, flt: Mapping[str, tuple[str, ...]]) -> frozenset[str]:
+        """Ids whose metadata passes a checked filter (remembered until the next write: filters repeat)."""
         if self.docs is None:
             raise DataError("this index stores no documents (built with --no-store): filters need their metadata")
-        found = self.docs.match(flt) - self._overlay.keys()
-        return found | {i for i, d in self._overlay.items() if d is not None and matches(d.metadata, flt)}
+        key, seen = tuple(sorted(flt.items())), self._doc_writes
+        if (hit := self._matches.get(key)) is not None and hit[0] == seen:
+            return hit[1]
+        ids = self.docs.match(flt) - self._overlay.keys()  # read after `seen`: at least that current
+        found = frozenset(ids | {i for i, d in self._overlay.items() if d is not None and matches(d.metadata, flt)})
+        if len(self._matches) >= 64:
+            self._matches.clear()
+        self._matches[key] = (seen, found)
+        return found
 
     @property
     def encoder_dir(self) -> Path:

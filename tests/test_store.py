@@ -82,11 +82,12 @@ def test_documents_follow_adds_replaces_and_deletes(folder):
         assert s.documents(["new"])["new"] == Document("new", "T", "body", {"lang": "en", "tags": ["a", "b"]})
         assert s.documents(["d3"])["d3"].metadata["version"] == 1
         assert s.match(check_filter({"version": 1})) == {"d3"}  # the replaced value left the filter index
+        assert s.match(check_filter({"version": 1})) is s.match(check_filter({"version": [1]}))  # remembered
         assert s.match(check_filter({"tags": "b", "lang": ["en", "fr"]})) == {"new"}
         assert s.match(check_filter({"version": 0.0})) == {f"d{i}" for i in range(50)} - {"d3"}  # 0.0 == 0
         assert s.match(check_filter({"version": False})) == set()  # booleans are not numbers
         s.delete(["d3", "d4", "ghost"])
-        assert s.documents(["d3", "d4"]) == {} and "d3" not in s.match(check_filter({"version": 1}))
+        assert s.documents(["d3", "d4"]) == {} and "d3" not in s.match(check_filter({"version": 1}))  # forgotten
         s.add(["vec-only"], unit(3, 1))  # the vector API: the document store gets an empty document
         assert s.documents(["vec-only"])["vec-only"] == Document("vec-only", "", "")
     live, stored = agree(folder)
