@@ -10,12 +10,13 @@ FORBIDDEN = ("torch", "transformers", "optimum")
 CHECK = """
 import sys, importlib
 for m in ("hce_serve.index", "hce_serve.store", "hce_serve.wal", "hce_serve.search", "hce_serve.engine",
-          "hce_serve.encoder", "hce_serve.http", "hce_serve.cli"):
+          "hce_serve.encoder", "hce_serve.http", "hce_serve.cli", "hce_serve.docstore", "hce_serve.build",
+          "hce_serve.snapshot", "hce_serve.checks", "hce_serve.cli_index"):
     importlib.import_module(m)
 from hce_serve.http import create_app  # builds nothing, but imports FastAPI lazily on call only
 from click.testing import CliRunner
 from hce_serve.cli import main
-for args in (["--help"], ["index", "--help"], ["search", "--help"], ["http", "--help"]):
+for args in (["--help"], ["index", "--help"], ["search", "--help"], ["http", "--help"], ["get", "--help"]):
     assert CliRunner().invoke(main, args).exit_code == 0, args
 bad = sorted(m for m in sys.modules if m.split(".")[0] in {forbidden})
 print(",".join(bad))
