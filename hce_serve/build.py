@@ -133,7 +133,7 @@ def build_index(
             docs_path.unlink(missing_ok=True)  # moved into the index on success
     report_empty(corpus, scan, skip_empty)
     if dropped:
-        log.warning("%s: left out %d nested metadata values (metadata is flat: scalars or lists of them)", corpus, dropped)
+        log.warning("%s: left out %d metadata entries that are not flat (nested values, bad keys)", corpus, dropped)
     log.info("built %s: %d documents in %.1f s", index_dir, len(index), time.perf_counter() - t0)
     return {**index.stats(), "stores_documents": store_documents, "empty": scan.empty,
             "skipped_empty": scan.empty if skip_empty else 0}

@@ -69,34 +69,38 @@ def _scalar_ok(v: object) -> bool:
 def check_metadata(meta: object, where: str, strict: bool = True) -> tuple[dict[str, Any], int]:
     """A flat metadata object: string keys, values a scalar (string, number, bool) or a list of scalars.
 
-    ``None`` values are dropped. Nested values raise in ``strict`` mode (API and HTTP input) and are dropped
-    otherwise (corpus files: BEIR metadata sometimes nests, which must not refuse a whole corpus). Returns
-    (metadata, number of dropped nested keys).
+    ``None`` values are dropped. A bad key or a nested value raises in ``strict`` mode (API and HTTP input)
+    and is dropped otherwise (corpus files: BEIR metadata sometimes nests, which must not refuse a whole
+    corpus). Returns (metadata, number of entries dropped).
     """
     if meta is None:
         return {}, 0
     if not isinstance(meta, Mapping):
-        raise DataError(f"{where}: metadata must be an object, found {type(meta).__name__}")
+        if strict:
+            raise DataError(f"{where}: metadata must be an object, found {type(meta).__name__}")
+        return {}, 1
     out: dict[str, Any] = {}
     dropped = 0
     for key, val in meta.items():
-        if not isinstance(key, str) or not key or len(key) > MAX_FIELD_NAME:
-            raise DataError(f"{where}: metadata key {key!r} must be a non-empty string of at most {MAX_FIELD_NAME} characters")
         if val is None:
             continue
-        if _scalar_ok(val) or (isinstance(val, list) and all(_scalar_ok(v) for v in val)):
+        if not isinstance(key, str) or not key or len(key) > MAX_FIELD_NAME:
+            problem = f"metadata key {key!r} must be a non-empty string of at most {MAX_FIELD_NAME} characters"
+        elif _scalar_ok(val) or (isinstance(val, list) and all(_scalar_ok(v) for v in val)):
             out[key] = val
-        elif strict:
-            raise DataError(f"{where}: metadata {key!r} must be a string, number, bool or a list of them "
-                            f"(flat metadata), found {type(val).__name__}")
+            continue
         else:
-            dropped += 1
+            problem = (f"metadata {key!r} must be a string, number, bool or a list of them (flat metadata), "
+                       f"found {type(val).__name__}")
+        if strict:
+            raise DataError(f"{where}: {problem}")
+        dropped += 1
     return out, dropped
 
 
 def as_document(obj: Document | Mapping[str, Any], strict: bool = True) -> tuple[Document, int]:
     """A ``Document`` from itself or from a mapping with ``_id`` (or ``id``), ``title``, ``text``, ``metadata``;
-    with the number of nested metadata keys dropped (``strict=False`` only, see ``check_metadata``)."""
+    with the number of metadata entries dropped (``strict=False`` only, see ``check_metadata``)."""
     if isinstance(obj, Document):
         doc_id, title, text, meta = obj.id, obj.title, obj.text, obj.metadata
     elif isinstance(obj, Mapping):
@@ -115,7 +119,7 @@ class Batch:
     """Documents that passed ``check_documents``: the input ``IndexStore.add_batch`` takes."""
 
     docs: list[Document]
-    dropped_metadata: int = 0  # nested metadata keys left out (corpus files only)
+    dropped_metadata: int = 0  # metadata entries left out for not being flat (corpus files only)
 
     @property
     def ids(self) -> list[str]:
@@ -127,7 +131,7 @@ class Batch:
 
 
 def check_documents(docs: Iterable[Document | Mapping[str, Any]], strict: bool = True) -> tuple[list[Document], int]:
-    """Documents with checked ids (unique in the batch) and flat metadata; plus dropped nested metadata keys."""
+    """Documents with checked ids (unique in the batch) and flat metadata; plus the metadata entries dropped."""
     out, dropped = [], 0
     for d in docs:
         doc, n = as_document(d, strict)

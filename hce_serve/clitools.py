@@ -11,6 +11,7 @@ same ``--version`` and the same ``-v``/``-q``, accepted before or after the comm
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from typing import Any
 
@@ -96,6 +97,8 @@ class HCEGroup(click.Group):
             raise click.ClickException(one_line(e)) from None
         except MemoryError:
             raise click.ClickException("out of memory; try a smaller --batch-size") from None
+        except sqlite3.Error as e:  # the document store: disk full, locked by another program, corrupt
+            raise click.ClickException(one_line(f"document store: {e}")) from None
         except OSError as e:
             # Disk full, permission denied, a path that is a folder: the user can fix these.
             if isinstance(e, BrokenPipeError):

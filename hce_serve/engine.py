@@ -247,7 +247,7 @@ class Engine:
             bar.close()
         report_empty(corpus, scan, skip_empty)
         if dropped:
-            log.warning("%s: left out %d nested metadata values (metadata is flat)", corpus, dropped)
+            log.warning("%s: left out %d metadata entries that are not flat (nested values, bad keys)", corpus, dropped)
         return AddResult(added, replaced, empty)
 
     def delete(self, ids: Iterable[str] | str) -> DeleteResult:

@@ -263,3 +263,25 @@ def test_http_logs_its_url_at_start(idx, monkeypatch):
 def test_stats_show_no_filesystem_path(built):
     text = run("index", "stats", "--index", built)
     assert str(built) not in text and str(built.parent) not in text and json.loads(text)["stores_documents"]
+
+
+def test_corpus_metadata_is_kept_flat_with_a_warning(tiny_export, tmp_path):
+    """BEIR metadata sometimes nests: the flat entries are kept, the others left out and counted."""
+    corpus = write_corpus(tmp_path / "c.jsonl", [
+        {"_id": "a", "text": "protein", "metadata": {"year": 2020, "authors": [{"name": "x"}], "": 1, "tags": ["p"]}},
+        {"_id": "b", "text": "climate", "metadata": "not an object"},  # ignored when read (beir.iter_corpus)
+    ])
+    _, stderr = run_both("index", "build", "--model", tiny_export, "--corpus", corpus, "--index", tmp_path / "idx")
+    assert "left out 2 metadata entries" in stderr  # "authors" (nested) and "" (not a key)
+    assert json.loads(run("get", "--index", tmp_path / "idx", "--id", "a"))["metadata"] == {"year": 2020, "tags": ["p"]}
+    assert json.loads(run("get", "--index", tmp_path / "idx", "--id", "b"))["metadata"] == {}
+
+
+def test_document_store_failure_is_one_line(built, monkeypatch):
+    import sqlite3
+
+    from hce_serve.docstore import DocStore
+
+    monkeypatch.setattr(DocStore, "get_many", lambda *a: (_ for _ in ()).throw(sqlite3.OperationalError("disk I/O error")))
+    out = run("get", "--index", built, "--id", "soil-1", code=1)
+    assert out.strip() == "Error: document store: disk I/O error"
