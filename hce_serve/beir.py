@@ -99,6 +99,10 @@ def _field(obj: dict, key: str, where: str, required: bool = True) -> str:
         return str(val)  # some corpora use numeric ids
     if not isinstance(val, str):
         raise DataError(f"{where}: field {key!r} must be a string, found {type(val).__name__}")
+    try:
+        val.encode("utf-8")
+    except UnicodeEncodeError:  # a "\\ud800" escape: valid JSON, not text
+        raise DataError(f"{where}: field {key!r} is not valid Unicode text (a lone surrogate escape)") from None
     if key == "_id" and (not val.strip() or "\n" in val or "\r" in val or "\t" in val):
         raise DataError(f"{where}: _id {val!r} is empty or contains a tab or line break")
     return val

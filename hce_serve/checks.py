@@ -26,13 +26,24 @@ MAX_FILTER_VALUES = 1024  # values of one field in a filter (one SQL parameter e
 Scalar = str | int | float | bool
 
 
+def is_text(s: object) -> bool:
+    """A str that UTF-8 can encode (JSON's "\\ud800" escapes decode to lone surrogates, which it cannot)."""
+    if not isinstance(s, str):
+        return False
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_ids(ids: Sequence[Any]) -> list[str]:
     """Non-empty string ids without tab or line break, unique within the batch."""
     out = list(ids)
     seen: set[str] = set()
     for i in out:
-        if not isinstance(i, str) or not i.strip() or any(c in i for c in "\t\r\n"):
-            raise DataError(f"document id {i!r} is empty, not a string, or contains a tab or line break")
+        if not is_text(i) or not i.strip() or any(c in i for c in "\t\r\n"):
+            raise DataError(f"document id {i!r} is empty, not valid text, or contains a tab or line break")
         if i in seen:
             raise DataError(f"document id {i!r} appears more than once in one batch; nothing was added")
         seen.add(i)
@@ -63,7 +74,7 @@ def check_leaves(leaves: Any, n: int, no_leaf: int) -> np.ndarray:
 def _scalar_ok(v: object) -> bool:
     if isinstance(v, float):
         return math.isfinite(v)
-    return isinstance(v, (str, int, bool))
+    return isinstance(v, (int, bool)) or is_text(v)
 
 
 def check_metadata(meta: object, where: str, strict: bool = True) -> tuple[dict[str, Any], int]:
@@ -84,7 +95,7 @@ def check_metadata(meta: object, where: str, strict: bool = True) -> tuple[dict[
     for key, val in meta.items():
         if val is None:
             continue
-        if not isinstance(key, str) or not key or len(key) > MAX_FIELD_NAME:
+        if not is_text(key) or not key or len(key) > MAX_FIELD_NAME:
             problem = f"metadata key {key!r} must be a non-empty string of at most {MAX_FIELD_NAME} characters"
         elif _scalar_ok(val) or (isinstance(val, list) and all(_scalar_ok(v) for v in val)):
             out[key] = val
@@ -108,8 +119,8 @@ def as_document(obj: Document | Mapping[str, Any], strict: bool = True) -> tuple
         title, text = title if title is not None else "", text if text is not None else ""
     else:
         raise DataError(f"expected a document (Document or mapping), found {type(obj).__name__}")
-    if not isinstance(title, str) or not isinstance(text, str):
-        raise DataError(f"document {doc_id!r}: title and text must be strings")
+    if not is_text(title) or not is_text(text):
+        raise DataError(f"document {doc_id!r}: title and text must be strings of valid Unicode text")
     flat, dropped = check_metadata(meta, f"document {doc_id!r}", strict=strict)
     return Document(doc_id, title, text, flat or None), dropped
 
@@ -145,10 +156,8 @@ def check_documents(docs: Iterable[Document | Mapping[str, Any]], strict: bool =
 def check_query(text: object) -> str:
     if not isinstance(text, str):
         raise DataError(f"query must be a string, found {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise DataError("query is not valid UTF-8 text") from None
+    if not is_text(text):
+        raise DataError("query is not valid UTF-8 text")
     if not text.strip():
         raise DataError("query is empty")
     return text

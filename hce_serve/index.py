@@ -238,7 +238,7 @@ class Index:
             if k_eff == 0:
                 return [[] for _ in range(q.shape[0])]
             beam = min(max(k_eff, ef or self.params.ef_search), n_ok)
-            if exact if exact is not None else self.scans(n_ok if mask is not None else None, beam):
+            if self.scans(n_ok if mask is not None else None, beam) if exact is None else exact:
                 return self._search_exact(q, k_eff, mask)
             allowed = mask.tobytes().__getitem__ if mask is not None else None  # label -> 0/1, no numpy scalar
             try:

@@ -3,6 +3,8 @@ client's errors and 5xx for the server's, durability."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("fastapi")
@@ -96,11 +98,15 @@ def test_add_replace_delete_are_durable(engine, idx):
         ("post", "/search", {"query": "x", "subtree": 3}, 400, "no corpus tree"),
         ("post", "/documents", {"documents": [{"_id": "a", "text": "x", "metadata": {"m": {"n": 1}}}]}, 422, "metadata"),
         ("get", "/documents/ghost", None, 404, "not in the index"),
+        ("post", "/documents", {"documents": [{"_id": "a", "text": "\ud800"}]}, 400, "valid Unicode"),
+        ("post", "/search", {"query": "x", "filter": {"a": "\udc00"}}, 400, "filter 'a'"),
     ],
 )
 def test_bad_requests_are_4xx_json(engine, method, path, body, status, needle):
     with client(engine, max_k=50, max_batch=8, max_query_chars=4000) as c:
-        r = c.request(method.upper(), path, json=body)
+        # json.dumps escapes lone surrogates ("\\ud800") the way a client's JSON would; httpx's json= cannot.
+        r = c.request(method.upper(), path, content=None if body is None else json.dumps(body),
+                      headers={"content-type": "application/json"})
         assert r.status_code == status, r.text
         detail = r.json()["detail"]
         assert isinstance(detail, str) and needle in detail and "\n" not in detail

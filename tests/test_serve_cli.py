@@ -147,6 +147,9 @@ def test_user_errors_exit_1_with_one_line(idx, tiny_export, tiny_beir, tmp_path)
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"_id": "z", "text": "\xff\xfe"}\n')
     assert "UTF-8" in err("index", "add", "--index", idx, "--corpus", bad)
+    lone = tmp_path / "lone.jsonl"
+    lone.write_text('{"_id": "ok", "text": "fine"}\n{"_id": "z", "text": "\\ud800"}\n')
+    assert "lone.jsonl:2" in err("index", "add", "--index", idx, "--corpus", lone)
     assert "not found" in err("search", "--index", tmp_path / "nope", "x")
     assert json.loads(run("index", "stats", "--index", idx))["live"] == 64  # nothing stored was lost
     (idx / "manifest.json").write_text("{not json")

@@ -108,6 +108,10 @@ def test_bad_batches_change_nothing(folder):
             s.prepare([{"_id": "x", "text": "t", "metadata": {"nested": {"a": 1}}}])
         with pytest.raises(DataError, match="title and text must be strings"):
             s.prepare([{"_id": "x", "text": 5}])
+        with pytest.raises(DataError, match="valid Unicode"):
+            s.prepare([{"_id": "x", "text": "lone \ud800 surrogate"}])  # SQLite and the log could not store it
+        with pytest.raises(DataError, match="not valid text"):
+            s.add(["\udc00"], unit(1, 1))
         assert s.stats() == before and s._wal.size == log_size and "x" not in s.index
     with IndexStore.open(folder) as r, pytest.raises(HCEError, match="read-only"):
         r.prepare([doc(1)])  # refused before anything is encoded
