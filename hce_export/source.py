@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from hce_serve.card import CARD_NAME, ModelCard
+from hce_serve.defaults import DOC_MAX_LENGTH, QUERY_MAX_LENGTH
 from hce_serve.errors import FormatError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_LENGTH = 256
-DEFAULT_QUERY_MAX_LENGTH = 64
+DEFAULT_MAX_LENGTH = DOC_MAX_LENGTH  # serving's defaults, defined once in hce_serve.defaults
+DEFAULT_QUERY_MAX_LENGTH = QUERY_MAX_LENGTH
 TREE_FILES = ("tree.npz", "tree_doc_ids.txt")
 # Files serving needs besides tokenizer.json (special tokens, casing); copied when present.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
