@@ -98,7 +98,7 @@ def index_compact(index_dir) -> None:
     """Rebuild the graph without deleted slots."""
     with open_engine(index_dir, writable=True) as eng:
         dropped = eng.compact()
-        emit({"dropped": dropped, "live": len(eng.index), "generation": eng.store.manifest.generation})
+        emit({"dropped": dropped, "live": len(eng.index), "generation": eng.stats()["generation"]})
 
 
 @index.command("stats")
