@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS, SHARED_DATA, stamp, write_result
-from benchmarks.quality_report import report
+from benchmarks.quality_report import markdown, report
 
 log = logging.getLogger("quality")
 
@@ -215,6 +215,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="keep the results file and skip its finished runs")
     ap.add_argument("--fresh", action="store_true", help="start the results file over")
     ap.add_argument("--report", action="store_true", help="only recompute tests, plots and verdict from the file")
+    ap.add_argument("--markdown", action="store_true", help="with --report: print the tables for RESULTS.md")
     ap.add_argument("--note", action="append", default=[], help="a remark stored in the file's notes (repeatable)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/hce-quality"))
     ap.add_argument("--keep-models", action="store_true")
@@ -247,6 +248,8 @@ def run_study(args: argparse.Namespace) -> None:
 
     if args.report:
         save()
+        if args.markdown:
+            print(markdown(res))
         return
     for data_name, mode, arm, seed in plan(args):
         block = res["supervised"] if mode == "supervised" else res["unsupervised"].setdefault(data_name, {"arms": {}})

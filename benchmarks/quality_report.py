@@ -155,3 +155,33 @@ def plot(blocks: list[tuple[str, dict[str, Any]]], out: Path) -> None:
         ax.set_title(f"{name}: nDCG@10 by epoch (seed mean)", fontsize=9)
         ax.legend(fontsize=7)
     save_figure(fig, plot_path(out, "curve"))
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The study's tables for RESULTS.md, rendered from the file (``python -m benchmarks.quality --report --markdown``)."""
+    lines = []
+    for name, block in [(res["supervised"]["dataset"], res["supervised"]), *res["unsupervised"].items()]:
+        arms = {a: d for a, d in block.get("arms", {}).items() if d.get("runs")}
+        if not arms:
+            continue
+        lines += [f"**{name}** (test queries: {len(block['zero_shot']['per_query']['ndcg@10'])})", "",
+                  "| system | seeds | nDCG@10 mean ± sd | R@100 | nDCG@10 by epoch (seed mean) | min per run |",
+                  "|---|---|---|---|---|---|"]
+        for anchor in ("bm25", "zero_shot"):
+            m = block[anchor]["metrics"]
+            lines.append(f"| {anchor.replace('_', '-')} | – | {m['ndcg@10']:.4f} | {m['recall@100']:.3f} | – | – |")
+        for a, d in arms.items():
+            s = d["summary"]
+            curve = " → ".join(f"{p['ndcg@10']:.3f}" for p in s["curve_mean"])
+            lines.append(f"| {a} | {','.join(map(str, s['seeds']))} | {s['mean']['ndcg@10']:.4f} ± "
+                         f"{s['std']['ndcg@10']:.4f} | {s['mean']['recall@100']:.3f} | {curve} | {s['minutes_per_run']} |")
+        if block.get("tests"):
+            lines += ["", "| comparison | Δ nDCG@10 (points) | 95 % CI | p | seeds |", "|---|---|---|---|---|"]
+            for key, t in block["tests"].items():
+                lines.append(f"| {key} | {t['diff_points']:+.2f} | [{t['ci95_points'][0]:+.2f}, {t['ci95_points'][1]:+.2f}]"
+                             f" | {t['p']:.4f} | {t['seeds'][0]} vs {t['seeds'][1] or '–'} |")
+        lines.append("")
+    if res.get("seed_minutes_main_arms"):
+        lines.append("Minutes per seed for flat + mined + mined-refresh + hce (training + evaluation): "
+                     + ", ".join(f"seed {s}: {m}" for s, m in res["seed_minutes_main_arms"].items()))
+    return "\n".join(lines)

@@ -181,6 +181,8 @@ def test_quality_study_runs_every_arm_and_resumes(tiny_beir, tiny_bert, tmp_path
     assert res["unsupervised"]["tiny"]["arms"]["hce"]["runs"][0]["config"]["mode"] == "unsupervised"
     assert res["notes"][0]["note"] == "smoke" and res["script"] == "benchmarks/quality.py"
     assert (tmp_path / "q-arms.png").is_file() and (tmp_path / "q-curve.png").is_file()
+    r = _study(tmp_path, tiny_beir.parent, tiny_bert, out, "--report", "--markdown")
+    assert r.returncode == 0 and "| hce | 0 |" in r.stdout and "| hce-vs-mined-refresh |" in r.stdout
 
     # --resume runs only what is missing (seed 1), keeping seed 0's numbers as they were.
     before = sup["arms"]["flat"]["runs"][0]
