@@ -18,7 +18,7 @@ import click
 
 from . import defaults
 from .cli_index import index
-from .cli_options import EF, FILTER, IDX, SUBTREE, THREADS, VARIANT, emit, open_engine
+from .cli_options import EF, FILTER, IDX, QUERY_CACHE, QUERY_ENCODER, SUBTREE, THREADS, VARIANT, emit, open_engine
 from .clitools import HCEGroup
 from .errors import DataError, HCEError
 
@@ -53,8 +53,11 @@ def _print_hits(hits: list[Any]) -> None:
 @click.option("--fields", default=",".join(defaults.FIELDS), show_default=True,
               help="Stored fields in --json hits (comma-separated; empty: ids and scores only).")
 @VARIANT
+@QUERY_ENCODER
+@QUERY_CACHE
 @THREADS
-def search(index_dir, query, k, as_json, queries, run_path, ef, flt, subtree, fields, variant, threads) -> None:
+def search(index_dir, query, k, as_json, queries, run_path, ef, flt, subtree, fields, variant, query_encoder,
+           query_cache, threads) -> None:
     """Search IDX_DIR for QUERY (or every query of --queries)."""
     text = " ".join(query)
     if bool(text) == bool(queries):
@@ -65,7 +68,8 @@ def search(index_dir, query, k, as_json, queries, run_path, ef, flt, subtree, fi
     from .trec import write_run
 
     qmap = load_queries(queries) if queries else {"query": text}
-    with open_engine(index_dir, variant=variant, threads=threads) as eng:
+    with open_engine(index_dir, variant=variant, threads=threads, query_encoder=query_encoder,
+                     query_cache=query_cache) as eng:
         results = eng.search_batch(list(qmap.values()), k=k, filter=flt, ef=ef, subtree=subtree,
                                    fields=() if run_path else fields, num_threads=-1, progress=bool(queries))
     if run_path:
@@ -100,15 +104,18 @@ def get(index_dir, doc_id) -> None:
               help="Depth retrieved per query.")
 @EF
 @VARIANT
+@QUERY_ENCODER
+@QUERY_CACHE
 @THREADS
-def eval_cmd(index_dir, queries, qrels, k, ef, variant, threads) -> None:
+def eval_cmd(index_dir, queries, qrels, k, ef, variant, query_encoder, query_cache, threads) -> None:
     """Search every judged query and print nDCG@10, R@10, R@100 and MRR@10 as JSON."""
     from .beir import check_qrels, load_qrels, load_queries
     from .metrics import evaluate
 
     qmap = load_queries(queries)
     judged = load_qrels(qrels)
-    with open_engine(index_dir, variant=variant, threads=threads) as eng:
+    with open_engine(index_dir, variant=variant, threads=threads, query_encoder=query_encoder,
+                     query_cache=query_cache) as eng:
         check = check_qrels(judged, qmap, eng.index.ids(), str(qrels))
         if not check.kept:
             raise DataError(f"{qrels}: no judgment refers to a known query and an indexed document")
@@ -136,10 +143,13 @@ def _url(host: str, port: int) -> str:
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=defaults.HTTP_MAX_BODY_BYTES / 2**20,
               show_default=True)
 @VARIANT
+@QUERY_ENCODER
+@QUERY_CACHE
 @click.option("--threads", type=click.IntRange(1, 1024), default=defaults.HTTP_THREADS, show_default=True,
               help="onnxruntime intra-op threads per request. Requests run in parallel, one core each, so 1 "
                    "avoids oversubscribing the cores under load; more lowers one query's latency at low load.")
-def http(index_dir, host, port, token, read_only, save_every, max_k, max_batch, max_body_mb, variant, threads) -> None:
+def http(index_dir, host, port, token, read_only, save_every, max_k, max_batch, max_body_mb, variant, query_encoder,
+         query_cache, threads) -> None:
     """Serve IDX_DIR over HTTP (FastAPI + uvicorn). OpenAPI docs at /docs."""
     from .http import Limits, create_app, is_loopback
 
@@ -153,13 +163,16 @@ def http(index_dir, host, port, token, read_only, save_every, max_k, max_batch, 
         from .errors import missing_dependency
 
         raise missing_dependency("uvicorn", "serve") from None
-    eng = open_engine(index_dir, writable=not read_only, variant=variant, threads=threads, save_every=save_every)
+    eng = open_engine(index_dir, writable=not read_only, variant=variant, threads=threads, save_every=save_every,
+                      query_encoder=query_encoder, query_cache=query_cache)
     try:
         eng.encoder  # noqa: B018 - load the graph now: a broken export fails here, not on the first request
         limits = Limits(max_k=max_k, max_batch=max_batch, max_body_bytes=int(max_body_mb * 2**20))
         app = create_app(eng, token=token, limits=limits)
         log.info("serving %s (%d documents%s) on %s — API docs at %s/docs", index_dir.name, len(eng.index),
                  ", read-only" if read_only else "", _url(host, port), _url(host, port))
+        log.info("queries through the %s encoder (%s); query cache: %d entries", eng.encoder.query_encoder,
+                 eng.encoder.query_graph, query_cache)
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         eng.close(save=not read_only)

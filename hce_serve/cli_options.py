@@ -14,6 +14,12 @@ from .errors import DataError
 IDX = click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder (IDX_DIR).")
 VARIANT = click.option("--variant", type=click.Choice(["auto", "int8", "fp32", "fp16"]), default=defaults.VARIANT,
                        show_default=True, help="Encoder graph (auto: int8 on CPU).")
+QUERY_ENCODER = click.option(
+    "--query-encoder", type=click.Choice(defaults.QUERY_ENCODERS), default=defaults.QUERY_ENCODER, show_default=True,
+    help="Graph that encodes queries: the export's distilled shallow one when it has one (auto), the document "
+         "graph (full), or the shallow one or an error (shallow).")
+QUERY_CACHE = click.option("--query-cache", type=click.IntRange(min=0), default=defaults.QUERY_CACHE, show_default=True,
+                           help="Query embeddings kept in an LRU cache (0: off).")
 THREADS = click.option("--threads", type=click.IntRange(1, 1024), default=None, help="onnxruntime intra-op threads (1-1024).")
 BATCH = click.option("--batch-size", type=click.IntRange(min=1), default=defaults.BATCH_SIZE, show_default=True,
                      help="Documents encoded and written per step.")

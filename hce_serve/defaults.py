@@ -10,6 +10,8 @@ from __future__ import annotations
 DOC_MAX_LENGTH = 256  # document tokens: SciFact/ArguAna passages fit; longer costs quadratic attention
 QUERY_MAX_LENGTH = 64  # query tokens (ArguAna's argument-length queries want 256)
 VARIANT = "auto"  # encoder graph: int8 on CPU, fp16 on CUDA, else fp32
+QUERY_ENCODERS = ("auto", "full", "shallow")  # the choices of --query-encoder
+QUERY_ENCODER = "auto"  # queries through the export's distilled shallow graph when it has one, else the full one
 
 # ---- HNSW index (stored in the manifest; a folder keeps the values it was built with) ------------------
 M = 16  # graph degree: memory and recall
@@ -28,6 +30,8 @@ K = 10  # hits per query
 MAX_K = 10_000  # a larger k is almost certainly a mistake and costs a full sort of the collection
 EVAL_K = 100  # depth retrieved per query by `hce-serve eval` (R@100 needs 100)
 SEARCH_CHUNK = 256  # queries encoded per step of a batch search (one progress-bar tick)
+QUERY_CACHE = 4096  # query embeddings kept (LRU; 0 = off): ~7 MiB at 384-d, the head of a query log; a hit
+# skips the encoder (ms) for a key and a lookup (us), and the index is still searched afresh
 SNIPPET_CHARS = 160  # text shown under a hit by the human-readable CLI output
 FIELDS = ("title", "text", "metadata")  # stored fields a hit can carry; --json/HTTP/API default to all
 FILTER_SCAN_COST = 20  # a filter is answered by an exact scan of its m matches when m * m * this <= ef * live:
@@ -42,3 +46,11 @@ HTTP_MAX_K = 1000
 HTTP_MAX_BATCH = 256  # queries per search request, documents/ids per write request
 HTTP_MAX_BODY_BYTES = 8 * 2**20
 HTTP_MAX_QUERY_CHARS = 20_000  # the encoder truncates anyway; this bounds the tokenizer's work
+
+# ---- beyond one machine: Milvus backend, Ray encoding ---------------------------------------------------
+MILVUS_INDEX = "HNSW"  # vector index of an exported collection: HNSW (M, efConstruction, ef as above), IVF_FLAT, FLAT
+MILVUS_NPROBE = 32  # IVF_FLAT cells searched per query (nlist defaults to ~4 sqrt(documents))
+MILVUS_EXPORT_BATCH = 1000  # entities per insert: bounded by MILVUS_EXPORT_BYTES too (a server refuses huge RPCs)
+MILVUS_EXPORT_BYTES = 16 * 2**20
+MILVUS_TIMEOUT = 30.0  # seconds to connect to a Milvus server before giving up
+RAY_WINDOW = 64  # encode chunks (each --batch-size documents) handed to Ray per dataset: bounds driver memory

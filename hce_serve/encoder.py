@@ -17,13 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from . import defaults
 from .card import ModelCard
 from .errors import ConfigError, FormatError, missing_dependency
+from .qcache import query_key_function
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("auto", "int8", "fp32", "fp16")
-QUERY_ENCODERS = ("auto", "full", "shallow")  # auto: the distilled query graph when the export has one
+QUERY_ENCODERS = defaults.QUERY_ENCODERS  # auto: the distilled query graph when the export has one
 OUTPUT_NAME = "sentence_embedding"
 TOKEN_BUDGET = 16384  # padded tokens per session.run: bounds activation memory, keeps batches efficient
 MAX_BATCH = 128
@@ -53,6 +55,35 @@ def choose_variant(files: dict[str, str], variant: str, cuda: bool) -> str:
         if v in files:
             return v
     raise FormatError(f"export has no usable graph for auto (it has: {', '.join(sorted(files))})")
+
+
+def query_graph(card: ModelCard, where: Path, variant: str, choice: str) -> tuple[str, str | None]:
+    """Which graph encodes queries, read from the card alone (no onnxruntime): ("shallow", the distilled
+    query graph's file) or ("full", None: the document graph). ``variant`` is the resolved one."""
+    if choice not in QUERY_ENCODERS:
+        raise ConfigError(f"query_encoder must be one of {QUERY_ENCODERS}, found {choice!r}")
+    files = (card.onnx or {}).get("query_files") or {}
+    name = files.get(variant) if isinstance(files, dict) else None
+    if choice == "full" or (choice == "auto" and not name):
+        return "full", None
+    if not name:
+        raise FormatError(f"{where}: no shallow {variant} query graph in this export "
+                          "(hce-train distill-query, then hce-export onnx)")
+    return "shallow", str(name)
+
+
+def plan(card: ModelCard, where: Path, variant: str = "auto", providers: Sequence[str] | None = None,
+         query_encoder: str = "auto") -> dict[str, Any]:
+    """The graphs an ``Encoder`` with these arguments would load, from the card alone (no onnxruntime):
+    variant, graph, query_encoder, query_graph (file names in the export folder), and query_layers (shallow)."""
+    files = _files(card, where)
+    chosen = choose_variant(files, variant, cuda=CUDA in (providers or ()))
+    kind, qfile = query_graph(card, where, chosen, query_encoder)
+    out: dict[str, Any] = {"variant": chosen, "graph": files[chosen], "query_encoder": kind,
+                           "query_graph": qfile or files[chosen]}
+    if qfile:
+        out["query_layers"] = ((card.onnx or {}).get("query_encoder") or {}).get("layers")
+    return out
 
 
 class Encoder:
@@ -93,10 +124,10 @@ class Encoder:
             raise ConfigError(f"query_max_length must be >= 1, found {query_max_length}")
         self.query_max_length = query_max_length or self.card.query_max_length
         self.token_budget = max(int(token_budget), 1)
-        files = _files(self.card, self.export_dir)
         asked = list(providers) if providers else ["CPUExecutionProvider"]
-        self.variant = choose_variant(files, variant, cuda=CUDA in asked)
-        graph = self.export_dir / files[self.variant]
+        self.plan = plan(self.card, self.export_dir, variant, asked, query_encoder)  # the graph files it runs
+        self.variant, self.query_encoder, self.query_graph = (self.plan[k] for k in ("variant", "query_encoder", "query_graph"))
+        graph = self.export_dir / self.plan["graph"]
         if not graph.is_file():
             raise FormatError(f"{graph}: ONNX graph named in hce_model.json is missing")
 
@@ -111,7 +142,7 @@ class Encoder:
         if CUDA in asked and CUDA not in self.providers:
             log.warning("CUDA was asked for but onnxruntime runs %s only (CUDA libraries missing?)", self.providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.query_encoder, self.query_session = self._query_graph(ort, query_encoder, so, asked)
+        self.query_session = self._query_session(ort, so, asked) if self.query_encoder == "shallow" else None
         self._int_dtype = np.int64  # exported graphs declare int64 ids
 
         tok_path = self.export_dir / "tokenizer.json"
@@ -128,6 +159,13 @@ class Encoder:
         self._tok_q.enable_truncation(max_length=self.query_max_length)
         self._tok_d.no_padding()
         self._tok_d.enable_truncation(max_length=self.card.max_length)
+        # Cache key of a query (``qcache``): its text as this tokenizer normalises it.
+        self.query_key = query_key_function(self._tok_q)
+
+    @property
+    def query_identity(self) -> tuple[str, str, str, int]:
+        """What a query embedding depends on besides its text: export folder, variant, query graph, length."""
+        return str(self.export_dir.resolve()), self.variant, self.query_graph, self.query_max_length
 
     def _load_session(self, ort: Any, graph: Path, so: Any, asked: list[str]) -> Any:
         try:
@@ -146,24 +184,14 @@ class Encoder:
             raise FormatError(f"{graph}: graph returns {out_dim}-d embeddings but hce_model.json says dim {self.dim}")
         return session
 
-    def _query_graph(self, ort: Any, choice: str, so: Any, asked: list[str]) -> tuple[str, Any]:
-        """("shallow", its session) or ("full", None: queries use the document session)."""
-        if choice not in QUERY_ENCODERS:
-            raise ConfigError(f"query_encoder must be one of {QUERY_ENCODERS}, found {choice!r}")
-        files = (self.card.onnx or {}).get("query_files") or {}
-        name = files.get(self.variant) if isinstance(files, dict) else None
-        if choice == "full" or (choice == "auto" and not name):
-            return "full", None
-        if not name:
-            raise FormatError(f"{self.export_dir}: no shallow {self.variant} query graph in this export "
-                              "(hce-train distill-query, then hce-export onnx)")
-        graph = self.export_dir / str(name)
+    def _query_session(self, ort: Any, so: Any, asked: list[str]) -> Any:
+        graph = self.export_dir / self.query_graph
         if not graph.is_file():
             raise FormatError(f"{graph}: ONNX graph named in hce_model.json is missing")
         session = self._load_session(ort, graph, so, asked)
         if [i.name for i in session.get_inputs()] != self.input_names:
             raise FormatError(f"{graph}: the query graph's inputs differ from the document graph's")
-        return "shallow", session
+        return session
 
     # ------------------------------------------------------------------ public API
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:

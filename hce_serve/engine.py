@@ -29,8 +29,9 @@ from .beir import Document, chunks, iter_corpus
 from .build import build_index, load_tree, progress_bar, report_empty, scan_corpus
 from .card import ModelCard
 from .checks import check_ef, check_fields, check_filter, check_k, check_query
-from .errors import DataError, FormatError
+from .errors import DataError, FormatError, HCEError
 from .index import AddResult, DeleteResult, Index, ScoredId
+from .qcache import QueryCache
 from .store import IndexStore
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,12 @@ class Engine:
     """Search and update an index folder by text."""
 
     def __init__(self, store: IndexStore, card: ModelCard, variant: str = defaults.VARIANT,
-                 threads: int | None = None, providers: Sequence[str] | None = None) -> None:
+                 threads: int | None = None, providers: Sequence[str] | None = None, *,
+                 query_encoder: str = defaults.QUERY_ENCODER, query_cache: int | QueryCache = defaults.QUERY_CACHE) -> None:
         self.store, self.card = store, card
-        self._encoder_args = {"variant": variant, "threads": threads, "providers": providers}
+        self._encoder_args = {"variant": variant, "threads": threads, "providers": providers, "query_encoder": query_encoder}
+        # A QueryCache may be shared between engines: keys carry the encoder's identity (full != shallow).
+        self.query_cache = query_cache if isinstance(query_cache, QueryCache) else QueryCache(query_cache)
         self._encoder: Any = None
         self._tree: Any = None
         self._lazy_lock = threading.Lock()
@@ -83,10 +87,13 @@ class Engine:
     @classmethod
     def open(cls, index_dir: str | os.PathLike[str], writable: bool = False, variant: str = defaults.VARIANT,
              threads: int | None = None, providers: Sequence[str] | None = None, checksums: bool = True,
-             save_every: int | None = defaults.SAVE_EVERY) -> Engine:
+             save_every: int | None = defaults.SAVE_EVERY, query_encoder: str = defaults.QUERY_ENCODER,
+             query_cache: int | QueryCache = defaults.QUERY_CACHE) -> Engine:
         """Open an index folder (read-only unless ``writable``; one writer per folder at a time).
 
-        Use it as a context manager: leaving the block of a writable engine folds its log into a snapshot.
+        ``query_encoder`` auto | full | shallow: a choice the export cannot serve fails here. ``query_cache``:
+        entries (0 = off), or a ``QueryCache`` to share. Use it as a context manager: leaving the block of a
+        writable engine folds its log into a snapshot.
         """
         store = IndexStore.open(index_dir, writable=writable, checksums=checksums, save_every=save_every)
         try:
@@ -94,10 +101,13 @@ class Engine:
             if card.dim != store.manifest.dim:
                 raise FormatError(f"{index_dir}: index dimension {store.manifest.dim} differs from its encoder's "
                                   f"{card.dim} ({store.encoder_dir})")
+            engine = cls(store, card, variant, threads, providers, query_encoder=query_encoder, query_cache=query_cache)
+            if query_encoder != defaults.QUERY_ENCODER:
+                engine.query_plan()  # a choice the export cannot serve fails now, not at the first query
         except BaseException:
             store.close()
             raise
-        return cls(store, card, variant, threads, providers)
+        return engine
 
     @staticmethod
     def build(export_dir: str | os.PathLike[str], corpus: str | os.PathLike[str], index_dir: str | os.PathLike[str],
@@ -167,7 +177,7 @@ class Engine:
         out: list[list[Hit]] = []
         bar = progress_bar(len(texts), progress, "search", unit="query")
         for part in chunks(texts, defaults.SEARCH_CHUNK):
-            vecs = self.encoder.encode_queries(part)  # (q, dim)
+            vecs = self.query_vectors(part)  # (q, dim)
             rows = self.index.search(vecs, k, ef=ef, num_threads=num_threads, allow_ids=allow_ids,
                                      allow_leaves=allow_leaves)
             out.extend(self._with_fields(rows, fields))
@@ -176,6 +186,19 @@ class Engine:
         if bar is not None:
             bar.close()
         return out
+
+    def query_vectors(self, texts: Sequence[str]) -> Any:
+        """Embeddings of checked query texts, float32 (n, dim), through the query cache."""
+        return self.query_cache.encode(self.encoder, texts)
+
+    def query_plan(self) -> dict[str, Any]:
+        """The graphs documents and queries go through (``encoder.plan``; before the encoder loads: its card)."""
+        if self._encoder is not None:
+            return dict(self._encoder.plan)
+        from .encoder import plan
+
+        a = self._encoder_args
+        return plan(self.card, self.store.encoder_dir, a["variant"], a["providers"], a["query_encoder"])
 
     def _subtree_leaves(self, node: object) -> Any:
         tree = self.tree
@@ -210,10 +233,15 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         """Counts, parameters and the encoder in use; no filesystem paths (HTTP clients see this)."""
-        enc = {"base_model": _public_name(self.card.base_model), "dim": self.card.dim, "loaded": self._encoder is not None}
+        enc: dict[str, Any] = {"base_model": _public_name(self.card.base_model), "dim": self.card.dim,
+                               "loaded": self._encoder is not None}
+        try:
+            enc.update(self.query_plan())  # graph file names only
+        except HCEError:  # an export this engine cannot search with (its message names a path); reads still work
+            enc["query_encoder"] = None
         if self._encoder is not None:
-            enc.update(variant=self._encoder.variant, providers=list(self._encoder.providers))
-        return {**self.store.stats(), "tree": self.card.tree, "encoder": enc}
+            enc["providers"] = list(self._encoder.providers)
+        return {**self.store.stats(), "tree": self.card.tree, "encoder": enc, "query_cache": self.query_cache.stats()}
 
     # ---- writes -----------------------------------------------------------------------------------
     def add(self, docs: Iterable[Document | Mapping[str, Any]] | Document | Mapping[str, Any]) -> AddResult:

@@ -87,3 +87,25 @@ def test_an_export_without_a_query_model_still_serves(tiny_export):
     assert enc.encode_queries(["a query"]).shape == (1, enc.dim)
     with pytest.raises(FormatError, match="no shallow"):
         Encoder(tiny_export, query_encoder="shallow")
+
+
+def test_an_index_over_the_distilled_export_serves_both_query_encoders(pair, tiny_beir, tmp_path):
+    from hce_export.api import export
+    from hce_serve.cli import main as serve_cli
+    from hce_serve.engine import Engine
+
+    model, _, _ = pair
+    export(model, tmp_path / "ex", quantize=True)
+    Engine.build(tmp_path / "ex", tiny_beir / "corpus.jsonl", tmp_path / "idx")
+    runner = CliRunner()
+
+    def search(*extra: str) -> dict:
+        res = runner.invoke(serve_cli, ["search", "--index", str(tmp_path / "idx"), "protein enzyme", "--json", *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    stats = json.loads(runner.invoke(serve_cli, ["index", "stats", "--index", str(tmp_path / "idx")]).stdout)
+    assert stats["encoder"]["query_encoder"] == "shallow" and stats["encoder"]["query_layers"] == 1
+    shallow, full = search(), search("--query-encoder", "full")
+    assert len(shallow["hits"]) == len(full["hits"]) == 10
+    assert [h["score"] for h in shallow["hits"]] != [h["score"] for h in full["hits"]]  # two graphs, one index
