@@ -20,7 +20,7 @@ __version__ = "0.1.0"  # the one version string: pyproject.toml reads it (tool.s
 
 _EXPORTS = {
     "Engine": "engine",
-    "Hit": "engine",
+    "Hit": "hit",
     "Encoder": "encoder",
     "Document": "beir",
     "IndexParams": "index_types",
@@ -36,8 +36,9 @@ __all__ = ["AddResult", "DataError", "DeleteResult", "Document", "Encoder", "Eng
 if TYPE_CHECKING:
     from .beir import Document
     from .encoder import Encoder
-    from .engine import Engine, Hit
+    from .engine import Engine
     from .errors import DataError, FormatError, HCEError
+    from .hit import Hit
     from .index_types import AddResult, DeleteResult, IndexParams
 
 

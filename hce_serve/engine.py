@@ -1,4 +1,4 @@
-"""``Engine``: the one entry point to an index folder, for the CLI, the HTTP server and Python.
+"""``Engine``: the one entry point to an index (a folder, or a Milvus collection), for CLI, HTTP and Python.
 
 ```python
 from hce_serve import Engine
@@ -12,6 +12,11 @@ Text goes in, ``Hit`` objects (id, score and the stored title, text and metadata
 is opened on first use, so deleting, compacting, reading stats or fetching documents never loads
 onnxruntime. Writes go through the store (``store.py``), which checks, logs, applies and saves them; they
 are durable when the call returns. Thread-safe: many searches at once, one write at a time.
+
+Two backends, one Engine: ``Engine.open(IDX_DIR)`` (``IndexStore``: hnswlib + SQLite in a folder) and
+``Engine.open_milvus(URI, COLLECTION, EXPORT_DIR)`` (``MilvusStore``: a collection written by
+``hce-serve index export-milvus``, on milvus-lite or a Milvus server). The Engine owns the encoder, the query
+cache and the corpus tree; the backend owns vectors, stored documents, filters and writes.
 """
 
 from __future__ import annotations
@@ -20,9 +25,8 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import defaults
 from .beir import Document, chunks, iter_corpus
@@ -30,37 +34,16 @@ from .build import build_index, load_tree, progress_bar, report_empty, scan_corp
 from .card import ModelCard
 from .checks import check_ef, check_fields, check_filter, check_k, check_query
 from .errors import DataError, FormatError, HCEError
-from .index import AddResult, DeleteResult, Index, ScoredId
+from .hit import Hit
+from .index import AddResult, DeleteResult, Index
 from .qcache import QueryCache
 from .store import IndexStore
+from .tree import Subtree
+
+if TYPE_CHECKING:
+    from .milvus_store import MilvusStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result. Stored fields are None when not asked for or when the index stores ids only."""
-
-    id: str
-    score: float
-    title: str | None = None
-    text: str | None = None
-    metadata: dict[str, Any] | None = None
-
-    def snippet(self, width: int = defaults.SNIPPET_CHARS) -> str:
-        """The start of the text on one line, cut at a word boundary."""
-        flat = " ".join((self.text or "").split())
-        if len(flat) <= width:
-            return flat
-        return flat[:width].rsplit(" ", 1)[0].rstrip(" ,.;:") + " …"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON shape: id, score and the stored fields that were asked for."""
-        out: dict[str, Any] = {"id": self.id, "score": self.score}
-        for name in defaults.FIELDS:
-            if (value := getattr(self, name)) is not None:
-                out[name] = value
-        return out
 
 
 def _public_name(name: str) -> str:
@@ -72,7 +55,7 @@ def _public_name(name: str) -> str:
 class Engine:
     """Search and update an index folder by text."""
 
-    def __init__(self, store: IndexStore, card: ModelCard, variant: str = defaults.VARIANT,
+    def __init__(self, store: IndexStore | MilvusStore, card: ModelCard, variant: str = defaults.VARIANT,
                  threads: int | None = None, providers: Sequence[str] | None = None, *,
                  query_encoder: str = defaults.QUERY_ENCODER, query_cache: int | QueryCache = defaults.QUERY_CACHE) -> None:
         self.store, self.card = store, card
@@ -96,10 +79,29 @@ class Engine:
         writable engine folds its log into a snapshot.
         """
         store = IndexStore.open(index_dir, writable=writable, checksums=checksums, save_every=save_every)
+        return cls._attach(store, str(index_dir), variant, threads, providers, query_encoder, query_cache)
+
+    @classmethod
+    def open_milvus(cls, uri: str, collection: str, model: str | os.PathLike[str], token: str | None = None,
+                    writable: bool = False, variant: str = defaults.VARIANT, threads: int | None = None,
+                    providers: Sequence[str] | None = None, query_encoder: str = defaults.QUERY_ENCODER,
+                    query_cache: int | QueryCache = defaults.QUERY_CACHE) -> Engine:
+        """Open a Milvus collection written by ``hce-serve index export-milvus``: ``uri`` a milvus-lite file
+        (``./x.db``) or a server (``http://host:19530``, ``token`` if it needs one); ``model`` the export the
+        index was built with (or its ``IDX_DIR/encoder``). Same search, add, delete and get as a folder."""
+        from .milvus_layout import MilvusTarget
+        from .milvus_store import MilvusStore
+
+        store = MilvusStore.open(MilvusTarget(str(uri), collection, token), model, writable=writable)
+        return cls._attach(store, f"{uri} {collection}", variant, threads, providers, query_encoder, query_cache)
+
+    @classmethod
+    def _attach(cls, store: IndexStore | MilvusStore, where: str, variant: str, threads: int | None,
+                providers: Sequence[str] | None, query_encoder: str, query_cache: int | QueryCache) -> Engine:
         try:
             card = ModelCard.load(store.encoder_dir)
             if card.dim != store.manifest.dim:
-                raise FormatError(f"{index_dir}: index dimension {store.manifest.dim} differs from its encoder's "
+                raise FormatError(f"{where}: index dimension {store.manifest.dim} differs from its encoder's "
                                   f"{card.dim} ({store.encoder_dir})")
             engine = cls(store, card, variant, threads, providers, query_encoder=query_encoder, query_cache=query_cache)
             if query_encoder != defaults.QUERY_ENCODER:
@@ -116,7 +118,8 @@ class Engine:
         return build_index(export_dir, corpus, index_dir, params, **options)
 
     @property
-    def index(self) -> Index:
+    def index(self) -> Index | Any:
+        """The backend's vector index: hnswlib's ``Index``, or a ``milvus_client.MilvusCollection``."""
         return self.store.index
 
     @property
@@ -125,7 +128,7 @@ class Engine:
 
     @property
     def stores_documents(self) -> bool:
-        return self.store.docs is not None
+        return self.store.stores_documents
 
     @property
     def encoder(self) -> Any:
@@ -172,15 +175,13 @@ class Engine:
             raise DataError("search_batch takes a list of queries; use search() for one")
         k, ef, fields, flt = check_k(k, max_k), check_ef(ef), check_fields(fields), check_filter(filter)
         texts = [check_query(q) for q in queries]
-        allow_ids = self.store.match(flt) if flt else None
-        allow_leaves = self._subtree_leaves(subtree) if subtree is not None else None
+        scope = self._subtree(subtree) if subtree is not None else None
         out: list[list[Hit]] = []
         bar = progress_bar(len(texts), progress, "search", unit="query")
         for part in chunks(texts, defaults.SEARCH_CHUNK):
             vecs = self.query_vectors(part)  # (q, dim)
-            rows = self.index.search(vecs, k, ef=ef, num_threads=num_threads, allow_ids=allow_ids,
-                                     allow_leaves=allow_leaves)
-            out.extend(self._with_fields(rows, fields))
+            rows = self.store.search(vecs, k, ef=ef, filter=flt, subtree=scope, fields=fields, num_threads=num_threads)
+            out.extend([[Hit(d, s, *self._fields(doc, fields)) for d, s, doc in row] for row in rows])
             if bar is not None:
                 bar.update(len(part))
         if bar is not None:
@@ -200,24 +201,19 @@ class Engine:
         a = self._encoder_args
         return plan(self.card, self.store.encoder_dir, a["variant"], a["providers"], a["query_encoder"])
 
-    def _subtree_leaves(self, node: object) -> Any:
+    def _subtree(self, node: object) -> Subtree:
         tree = self.tree
         if tree is None:
             raise DataError("this index has no corpus tree (its export carried none): subtree search needs one")
         n = tree.parent.shape[0]
         if not isinstance(node, int) or isinstance(node, bool) or not 0 <= node < n:
             raise DataError(f"subtree must be a node id between 0 and {n - 1:,}, found {node!r}")
-        return tree.leaves_under(node)
-
-    def _with_fields(self, rows: list[list[ScoredId]], fields: tuple[str, ...]) -> list[list[Hit]]:
-        if not fields or self.store.docs is None:
-            return [[Hit(d, s) for d, s in row] for row in rows]
-        docs = self.store.documents({d for row in rows for d, _ in row})
-        # A hit whose document is gone was deleted after the graph answered: it is not returned.
-        return [[Hit(d, s, *self._fields(docs[d], fields)) for d, s in row if d in docs] for row in rows]
+        return tree.subtree(node)
 
     @staticmethod
-    def _fields(doc: Document, fields: tuple[str, ...]) -> tuple[Any, Any, Any]:
+    def _fields(doc: Document | None, fields: tuple[str, ...]) -> tuple[Any, Any, Any]:
+        if doc is None:  # ids only: no fields asked for, or an index without stored documents
+            return None, None, None
         return (doc.title if "title" in fields else None, doc.text if "text" in fields else None,
                 (doc.metadata or {}) if "metadata" in fields else None)
 
@@ -225,7 +221,7 @@ class Engine:
         """The stored document with this id, or None when the index does not hold it."""
         if not isinstance(doc_id, str):
             raise DataError(f"document id must be a string, found {type(doc_id).__name__}")
-        if self.store.docs is None:
+        if not self.store.stores_documents:
             raise DataError("this index stores no documents (built with --no-store); it can return ids only")
         if doc_id not in self.index:
             return None

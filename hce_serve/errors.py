@@ -35,6 +35,10 @@ class ValidationError(HCEError):
     """An exported model is out of tolerance against its reference."""
 
 
+class BackendError(HCEError):
+    """A distributed backend (a Milvus server, a Ray cluster) could not be reached or refused a request."""
+
+
 def missing_dependency(module: str, extra: str) -> MissingDependencyError:
     """Build the error for an optional import that failed."""
     return MissingDependencyError(

@@ -27,18 +27,19 @@ import numpy as np
 from . import defaults
 from .beir import Document
 from .checks import Batch, check_documents, check_ids, check_leaves, check_vectors
-from .docstore import DocStore, matches
-from .errors import DataError, FormatError, HCEError
+from .docstore import DocStore
+from .errors import FormatError, HCEError
 from .index import NO_LEAF, AddResult, DeleteResult, Index, IndexParams
 from .index_io import DATA_FILES, read_index
 from .manifest import MANIFEST_NAME, IndexManifest
 from .snapshot import ENCODER_DIR, clean, create_folder, generation_changed, take_lock, write_snapshot
+from .store_reads import StoreReads
 from .wal import MutationLog, Record, read_log, wal_name
 
 log = logging.getLogger(__name__)
 
 
-class IndexStore:
+class IndexStore(StoreReads):
     """An opened index folder. Writers (``writable=True``) hold an exclusive lock on it."""
 
     def __init__(self, folder: Path, manifest: IndexManifest, index: Index, writable: bool,
@@ -241,30 +242,7 @@ class IndexStore:
             clean(self.folder, new)
             return True
 
-    # ---- reads ------------------------------------------------------------------------------------
-    def documents(self, ids: Iterable[str]) -> dict[str, Document]:
-        """Stored documents of ``ids`` (those that have one); empty for an index that stores ids only."""
-        if self.docs is None:
-            return {}
-        ids = list(ids)
-        out = {i: d for i in ids if (d := self._overlay.get(i)) is not None}
-        rest = [i for i in ids if i not in self._overlay]
-        return {**out, **self.docs.get_many(rest)} if rest else out
-
-    def match(self, flt: Mapping[str, tuple[str, ...]]) -> frozenset[str]:
-        """Ids whose metadata passes a checked filter (remembered until the next write: filters repeat)."""
-        if self.docs is None:
-            raise DataError("this index stores no documents (built with --no-store): filters need their metadata")
-        key, seen = tuple(sorted(flt.items())), self._doc_writes
-        if (hit := self._matches.get(key)) is not None and hit[0] == seen:
-            return hit[1]
-        ids = self.docs.match(flt) - self._overlay.keys()  # read after `seen`: at least that current
-        found = frozenset(ids | {i for i, d in self._overlay.items() if d is not None and matches(d.metadata, flt)})
-        if len(self._matches) >= 64:
-            self._matches.clear()
-        self._matches[key] = (seen, found)
-        return found
-
+    # ---- reads (searches and document lookups: store_reads.StoreReads) ------------------------------
     @property
     def encoder_dir(self) -> Path:
         return self.folder / ENCODER_DIR

@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,6 +25,13 @@ TREE_NAME = "tree.npz"
 TREE_IDS_NAME = "tree_doc_ids.txt"
 TREE_FORMAT = "hce-tree"
 TREE_VERSION = 1
+
+
+class Subtree(NamedTuple):
+    """A subtree search scope: the node asked for and the leaf nodes (documents' parents) under it."""
+
+    node: int
+    leaves: np.ndarray  # (n,) int32
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,12 +98,19 @@ class Tree:
 
     def path(self, doc: int) -> list[int]:
         """Node ids from the first level below the root down to the document's leaf node."""
+        return self.ancestors(int(self.doc_leaf[doc]))
+
+    def ancestors(self, node: int) -> list[int]:
+        """Node ids from the first level below the root down to ``node`` itself (empty for the root)."""
         out = []
-        node = int(self.doc_leaf[doc])
         while node > 0:
             out.append(node)
             node = int(self.parent[node])
         return out[::-1]
+
+    def subtree(self, node: int) -> Subtree:
+        """The search scope of ``node``: itself and the leaf nodes under it (the caller checks the range)."""
+        return Subtree(node, self.leaves_under(node))
 
     def children(self) -> list[np.ndarray]:
         """children()[i] = node ids whose parent is i."""
