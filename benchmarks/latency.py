@@ -1,13 +1,17 @@
 """Query latency in one run: hce-serve's Python API and HTTP server beside the raw floor (bare ORT
-session + bare hnswlib ``knn_query``) and torch eager + exact numpy search, at 1 and 2 threads.
+session + bare hnswlib ``knn_query``), torch eager + exact numpy search, and other engines' query encoders
+on the same model (``peers``: sentence-transformers torch / ONNX fp32 / its own ONNX int8, fastembed), at 1
+and 2 threads.
 
     python -m benchmarks.latency --quick              # SciFact (5,183 real documents)
     python -m benchmarks.latency                      # SciFact, then 1M synthetic vectors (issue 5 setting)
 
 Per system: single-query p50/p99 end to end (text -> ids), encode only, search only; batched QPS (32
 queries a call). The systems are timed interleaved (``common.timed``) after a warm-up, and repeated; the
-reported statistic is the median over repeats. sentence-transformers' ONNX backend is not measured: it
-pins transformers 5.x, which breaks optimum-onnx in this environment (DESIGN.md §8).
+reported statistic is the median over repeats. ``hce_engine`` runs with the query cache off, so it pays the
+encoder on every query; ``hce_engine_cache_hit`` is the same path with every query cached (its encode column
+is the cost of a hit). Peers encode only (they have no index): they join the encode column, with their p50
+as a ratio to hce's. The int8 encoders' cosine to their own fp32 on documents is measured too (``fidelity``).
 """
 
 from __future__ import annotations
@@ -18,77 +22,23 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, peers
 from benchmarks.encoders import base_model_path, beir_exact, ensure_export
+from benchmarks.latency_systems import Floor, K, TorchExact, systems, warm_cache
 from benchmarks.loopback import run_load, sequential, start_server
 from hce_serve.beir import Document, load_beir
 from hce_serve.index import Index, IndexParams
 from hce_serve.search import recall_at_k, topk_inner_product
 
 log = logging.getLogger(__name__)
-K = 10
 BATCH = 32
-QUERY_MAX_LENGTH = 64
-
-
-class Floor:
-    """The least work a query can cost: tokenizer -> bare ORT session -> bare hnswlib, no checks, no ids."""
-
-    def __init__(self, export_dir: Path, variant: str, hnsw_path: Path, count: int, threads: int, ef: int) -> None:
-        import hnswlib
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        from hce_serve.card import ModelCard
-
-        card = ModelCard.load(export_dir)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        self.sess = ort.InferenceSession(str(export_dir / card.onnx["files"][variant]), so,
-                                         providers=["CPUExecutionProvider"])
-        self.names = [i.name for i in self.sess.get_inputs()]
-        self.tok = Tokenizer.from_file(str(export_dir / "tokenizer.json"))
-        self.tok.no_padding()
-        self.tok.enable_truncation(max_length=QUERY_MAX_LENGTH)
-        self.h = hnswlib.Index(space="ip", dim=card.dim)
-        self.h.load_index(str(hnsw_path), max_elements=count)
-        self.h.set_ef(ef)
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        encs = self.tok.encode_batch(texts)
-        width = max(len(e.ids) for e in encs)
-        ids = np.zeros((len(texts), width), np.int64)  # (b, L)
-        mask = np.zeros_like(ids)
-        for r, e in enumerate(encs):
-            ids[r, : len(e.ids)] = e.ids
-            mask[r, : len(e.ids)] = 1
-        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        return self.sess.run(["sentence_embedding"], {k: feed[k] for k in self.names})[0]  # (b, dim)
-
-    def search(self, vecs: np.ndarray, threads: int = 1) -> np.ndarray:
-        return self.h.knn_query(vecs, k=K, num_threads=threads)[0]
-
-
-class TorchExact:
-    """The research-code path: the training encoder's torch forward (eager) and numpy exact search."""
-
-    def __init__(self, model_dir: Path, matrix: np.ndarray) -> None:
-        from hce_train.model import HCEEncoder
-
-        self.enc = HCEEncoder.load(model_dir)
-        self.matrix = matrix
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        return self.enc.encode(texts, QUERY_MAX_LENGTH, progress=False)  # (b, dim)
-
-    def search(self, vecs: np.ndarray) -> np.ndarray:
-        return topk_inner_product(self.matrix, vecs, K)[1]
+FIDELITY_DOCS = 1000  # documents for the int8-to-fp32 cosine (200 with --quick)
 
 
 def measure_http(index_dir: Path, queries: list[str], threads: int, n: int, repeats: int,
@@ -96,7 +46,8 @@ def measure_http(index_dir: Path, queries: list[str], threads: int, n: int, repe
     """Serve ``index_dir`` read-only on loopback; time sequential requests, then a bounded load at each
     concurrency, with the lean asyncio keep-alive client of ``loopback`` on the same cores as the server."""
     bodies = [{"query": q, "k": K} for q in queries]
-    with start_server(index_dir, ["--read-only", "--threads", str(threads)]) as server:
+    # --query-cache 0: the requests cycle through the query set, and a cached query would skip the encoder.
+    with start_server(index_dir, ["--read-only", "--threads", str(threads), "--query-cache", "0"]) as server:
         asyncio.run(sequential(server.port, bodies, 50))  # warm-up
         reps = [asyncio.run(sequential(server.port, bodies, n)) for _ in range(repeats)]
         loads = []
@@ -111,35 +62,6 @@ def measure_http(index_dir: Path, queries: list[str], threads: int, n: int, repe
             "loads": loads}, [x for r in reps for x in r]
 
 
-Fns = tuple[Callable[[int], object], Callable[[int], object], Callable[[int], object], Callable[[list[str]], object]]
-
-
-def systems(floor: Floor, eng: Any, tq: TorchExact, queries: list[str], t: int) -> dict[str, Fns]:
-    """Per system: (end to end, encode only, search only, batched call) closures over query index i.
-
-    ``hce_engine`` returns ids and scores (``fields=()``), the floor's work; ``hce_engine_docs`` (an index that
-    stores documents) adds the stored title/text/metadata lookup of every hit, as a search in the CLI, the
-    HTTP API and the Python API does by default.
-    """
-    q1 = [[q] for q in queries]
-    fv = floor.encode(queries[:1])  # (1, dim): a fixed vector for the search-only loops
-    ev = eng.encoder.encode_queries(queries[:1])
-    docs = {} if not eng.stores_documents else {
-        "hce_engine_docs": (lambda i: eng.search_batch(q1[i % len(q1)], K), lambda i: eng.encoder.encode_queries(q1[i % len(q1)]),
-                            lambda i: eng.store.documents([d for d, _ in eng.index.search(ev, K)[0]]),
-                            lambda b: eng.search_batch(b, K, num_threads=t))}
-    return {
-        "floor": (lambda i: floor.search(floor.encode(q1[i % len(q1)])), lambda i: floor.encode(q1[i % len(q1)]),
-                  lambda i: floor.search(fv), lambda b: floor.search(floor.encode(b), t)),
-        "hce_engine": (lambda i: eng.search_batch(q1[i % len(q1)], K, fields=()),
-                       lambda i: eng.encoder.encode_queries(q1[i % len(q1)]),
-                       lambda i: eng.index.search(ev, K), lambda b: eng.search_batch(b, K, fields=(), num_threads=t)),
-        **docs,
-        "torch_exact": (lambda i: tq.search(tq.encode(q1[i % len(q1)])), lambda i: tq.encode(q1[i % len(q1)]),
-                        lambda i: tq.search(fv), lambda b: tq.search(tq.encode(b))),
-    }
-
-
 def run_setting(name: str, index_dir: Path, matrix: np.ndarray, queries: list[str], ef: int,
                 args: argparse.Namespace) -> dict[str, Any]:
     """Every system at 1 and 2 threads on one index folder."""
@@ -152,15 +74,23 @@ def run_setting(name: str, index_dir: Path, matrix: np.ndarray, queries: list[st
     cdf: dict[str, list[float]] = {}
     batches = [queries[i : i + BATCH] for i in range(0, len(queries) - BATCH + 1, BATCH)] or [queries[:BATCH]]
     tq = TorchExact(args.torch_model, matrix)
+    q1 = [[q] for q in queries]
     for t in (1, 2):
-        torch.set_num_threads(t)
+        torch.set_num_threads(t)  # torch_exact and sentence-transformers' torch backend
         floor = Floor(args.export, args.variant, hnsw_path, matrix.shape[0], t, ef)
-        eng = Engine.open(index_dir, variant=args.variant, threads=t)
-        eng.index.set_ef(ef)
+        eng = Engine.open(index_dir, variant=args.variant, threads=t, query_cache=0)
+        cached = Engine.open(index_dir, variant=args.variant, threads=t, query_cache=2 * len(queries))
+        for e in (eng, cached):
+            e.index.set_ef(ef)
+        warm_cache(cached, queries)
+        enc_peers, out["peers_skipped"] = peers.load(args.torch_model, t, matrix.shape[1]) if args.peers else ({}, {})
         res: dict[str, Any] = {}
-        sys_fns = systems(floor, eng, tq, queries, t)
+        sys_fns = systems(floor, eng, cached, tq, queries, t)
         for col, which in (("end_to_end", 0), ("encode_only", 1), ("search_only", 2)):
-            timing = common.timed({k: v[which] for k, v in sys_fns.items()}, args.n, args.repeats)
+            fns = {k: v[which] for k, v in sys_fns.items()}
+            if which == 1:  # peers encode only, interleaved with hce's encoders
+                fns.update({p: (lambda i, f=f: f(q1[i % len(q1)])) for p, f in enc_peers.items()})
+            timing = common.timed(fns, args.n, args.repeats)
             for sysname, tm in timing.items():
                 res.setdefault(sysname, {})[col] = tm.stats()
                 if which == 0:
@@ -170,6 +100,7 @@ def run_setting(name: str, index_dir: Path, matrix: np.ndarray, queries: list[st
                                                       sum(map(len, batches)), args.repeats, warmup=0)
             log.info("%s %dt %s: %s", name, t, sysname, res[sysname]["end_to_end"])
         eng.close()
+        cached.close()
         if not args.no_http:
             res["hce_http"], cdf[f"hce_http ({t}t)"] = measure_http(
                 index_dir, queries, t, args.n_http, args.repeats, args.concurrency, args.http_requests)
@@ -180,6 +111,11 @@ def run_setting(name: str, index_dir: Path, matrix: np.ndarray, queries: list[st
             res["ratios_p50_to_floor"]["hce_http"] = round(res["hce_http"]["sequential"]["p50_ms"] / floor_p50, 3)
         res["hce_engine_speedup_vs_torch_exact"] = round(
             res["torch_exact"]["end_to_end"]["p50_ms"] / res["hce_engine"]["end_to_end"]["p50_ms"], 2)
+        hce_enc, hce_e2e = res["hce_engine"]["encode_only"]["p50_ms"], res["hce_engine"]["end_to_end"]["p50_ms"]
+        res["peers_encode_p50_over_hce_encode_p50"] = {p: round(res[p]["encode_only"]["p50_ms"] / hce_enc, 3)
+                                                       for p in enc_peers}
+        res["hce_end_to_end_p50_over_peer_encode_p50"] = {p: round(hce_e2e / res[p]["encode_only"]["p50_ms"], 3)
+                                                          for p in enc_peers}
         out["threads"][str(t)] = res
     plot_cdf(cdf, common.plot_path(args.out, f"cdf-{name}"), name)
     return out
@@ -232,6 +168,18 @@ def million(tmp: Path, queries: list[str], args: argparse.Namespace) -> dict[str
     return res
 
 
+def fidelity(args: argparse.Namespace, docs: list[str]) -> dict[str, Any]:
+    """Cosine of each int8 encoder's document embeddings to its own fp32's: hce's and sentence-transformers'."""
+    from hce_serve.encoder import Encoder
+
+    fp32, int8 = Encoder(args.export, variant="fp32", threads=2), Encoder(args.export, variant=args.variant, threads=2)
+    pairs = {f"hce_{args.variant}": (fp32.encode_documents, int8.encode_documents)}
+    enc = peers.load(args.torch_model, 2, fp32.dim, with_fastembed=False, with_torch=False)[0] if args.peers else {}
+    if st8 := next((n for n in enc if n.startswith("st_onnx_int8")), None):
+        pairs[st8] = (enc["st_onnx_fp32"], enc[st8])
+    return peers.cosine_to_fp32(pairs, docs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = common.study_parser(__doc__, "latency")
     ap.add_argument("--data", type=Path, default=common.SHARED_DATA / "scifact", help="BEIR folder [SciFact]")
@@ -245,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--http-requests", type=int, default=None)
     ap.add_argument("--concurrency", default="2,4,8", help="HTTP load concurrency levels (comma list)")
     ap.add_argument("--no-http", action="store_true")
+    ap.add_argument("--no-peers", dest="peers", action="store_false",
+                    help="leave out sentence-transformers and fastembed (left out anyway where not installed)")
     args = common.parse(ap, argv)
     args.n = args.n or (200 if args.quick else 1000)
     args.n_http = args.n_http or (200 if args.quick else 1000)
@@ -259,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     queries = list(data.queries.values())  # real test queries
     matrix = beir_exact(Encoder(args.export, variant=args.variant, threads=2), data, cache_key=args.data.name).d
     t0 = time.perf_counter()
+    fid = fidelity(args, [d.full_text for d in data.corpus[: 200 if args.quick else FIDELITY_DOCS]])
+    log.info("int8 cosine to fp32 on documents: %s", fid)
     settings = []
     common.CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hce-lat-", dir=common.CACHE) as tmp:
@@ -269,8 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = {"benchmark": "latency", "mode": "quick" if args.quick else "full", "variant": args.variant, "k": K,
                "batch": BATCH, "query_source": f"{args.data.name} test queries (real text, real encoder)",
                "timing": "systems interleaved in rounds (benchmarks.common.timed), median over repeats",
-               "sentence_transformers_onnx": "not measured: sentence-transformers pins transformers 5.x, which "
-                                             "breaks optimum-onnx here; not installed into the project venv",
+               "peers": {**peers.versions(), "int8_config": peers.int8_config(), "threads": "same as hce's"},
+               "fidelity_int8_to_fp32_docs": fid,
                "wall_seconds": round(time.perf_counter() - t0, 1), "settings": settings}
     print(common.write_result(args.out, payload, __file__))
     return 0

@@ -159,13 +159,10 @@ class Encoder:
         self._tok_q.enable_truncation(max_length=self.query_max_length)
         self._tok_d.no_padding()
         self._tok_d.enable_truncation(max_length=self.card.max_length)
-        # Cache key of a query (``qcache``): its text as this tokenizer normalises it.
+        # A query cache's key (``qcache``): the text as this tokenizer normalises it, plus what else a query
+        # embedding depends on (export folder, variant, query graph, query length).
         self.query_key = query_key_function(self._tok_q)
-
-    @property
-    def query_identity(self) -> tuple[str, str, str, int]:
-        """What a query embedding depends on besides its text: export folder, variant, query graph, length."""
-        return str(self.export_dir.resolve()), self.variant, self.query_graph, self.query_max_length
+        self.query_identity = (str(self.export_dir.resolve()), self.variant, self.query_graph, self.query_max_length)
 
     def _load_session(self, ort: Any, graph: Path, so: Any, asked: list[str]) -> Any:
         try:

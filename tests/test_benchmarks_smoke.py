@@ -8,6 +8,7 @@ new/seen split is exact), and that the file names its writer and carries the sta
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -88,16 +89,32 @@ def test_latency_quick(tiny_beir, tiny_export, tiny_bert, tmp_path, cache):
     assert latency.main(["--quick", "--data", str(tiny_beir), "--export", str(tiny_export), "--torch-model",
                          str(tiny_bert), "--n", "20", "--repeats", "1", "--n-http", "10", "--http-requests", "20",
                          "--concurrency", "1,3", "--out", str(out)]) == 0
-    (setting,) = read(out, "benchmarks/latency.py")["settings"]
+    result = read(out, "benchmarks/latency.py")
+    (setting,) = result["settings"]
+    systems = ("floor", "hce_engine", "hce_engine_docs", "hce_engine_cache_hit", "torch_exact")
+    # Peers are optional: timed where sentence-transformers (and fastembed) are installed, else skipped with a reason.
+    peer_names = {"st_torch", "st_onnx_fp32", f"st_onnx_int8_{result['peers']['int8_config']}", "fastembed_fp32"}
+    assert peer_names == set(setting["peers_skipped"]) | set(setting["threads"]["1"]["peers_encode_p50_over_hce_encode_p50"])
     assert set(setting["threads"]) == {"1", "2"}
     for res in setting["threads"].values():
-        for system in ("floor", "hce_engine", "hce_engine_docs", "torch_exact"):
+        for system in systems:
             assert {"end_to_end", "encode_only", "search_only"} <= set(res[system]) and res[system]["batched_qps"] > 0
             assert res[system]["end_to_end"]["n"] == 20 and res[system]["end_to_end"]["p50_ms"] > 0
+        # A cache hit skips the encoder: a key and a lookup cost far less than running even the tiny graph.
+        assert res["hce_engine_cache_hit"]["encode_only"]["p50_ms"] < res["hce_engine"]["encode_only"]["p50_ms"]
+        for peer, ratio in res["peers_encode_p50_over_hce_encode_p50"].items():
+            assert res[peer]["encode_only"]["n"] == 20 and ratio > 0 and "end_to_end" not in res[peer]
+            assert res["hce_end_to_end_p50_over_peer_encode_p50"][peer] > 0
         loads = res["hce_http"]["loads"]
         assert [x["concurrency"] for x in loads] == [1, 3] and all(x["errors"] == 0 for x in loads)
         assert res["hce_http"]["load"]["qps"] == max(x["qps"] for x in loads)
-        assert set(res["ratios_p50_to_floor"]) == {"floor", "hce_engine", "hce_engine_docs", "torch_exact", "hce_http"}
+        assert set(res["ratios_p50_to_floor"]) == {*systems, "hce_http"}
+    fidelity = result["fidelity_int8_to_fp32_docs"]
+    assert 0.9 < fidelity["hce_int8"]["cos_min"] <= fidelity["hce_int8"]["cos_mean"] <= 1.0 + 1e-6
+    if importlib.util.find_spec("sentence_transformers"):
+        st8 = fidelity[f"st_onnx_int8_{result['peers']['int8_config']}"]
+        assert st8["docs"] == fidelity["hce_int8"]["docs"] > 0 and 0.5 < st8["cos_mean"] <= 1.0 + 1e-6
+        assert setting["threads"]["1"]["peers_encode_p50_over_hce_encode_p50"]  # installed: timed
     assert list(cache.glob("hce-lat-*")) == []  # the temporary indexes are gone
 
 
