@@ -3,4 +3,6 @@
 Imports neither hnswlib nor optimum, so it runs on a bare GPU machine with only torch + transformers.
 """
 
-__version__ = "0.1.0"
+from hce_serve import __version__  # the one version string of the distribution (hce_serve imports no torch)
+
+__all__ = ["__version__"]

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from hce_serve.clitools import HCEGroup, setup_logging, verbosity_options
+from hce_serve.defaults import DOC_MAX_LENGTH, QUERY_MAX_LENGTH
 
 from .config import DEVICES, MODES, NEGATIVES, PRECISIONS, PSEUDO_QUERIES, REBUILD_EPOCH, load_config_file, make_config
 
@@ -83,8 +84,8 @@ def main() -> None:
 @click.option("--pseudo-queries", type=click.Choice(PSEUDO_QUERIES), default=None,
               help="Unsupervised queries: verbatim spans or crops with dropped words [span].")
 @click.option("--rebuild-every", callback=_rebuild, default=None, help="'epoch' [default], N steps, or 0 (never).")
-@click.option("--query-max-length", type=click.IntRange(min=1), default=None, help="Query tokens [64].")
-@click.option("--doc-max-length", type=click.IntRange(min=1), default=None, help="Document tokens [256].")
+@click.option("--query-max-length", type=click.IntRange(min=1), default=None, help=f"Query tokens [{QUERY_MAX_LENGTH}].")
+@click.option("--doc-max-length", type=click.IntRange(min=1), default=None, help=f"Document tokens [{DOC_MAX_LENGTH}].")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=None, help="Also checkpoint every N steps.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @verbosity_options

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from hce_serve.defaults import DOC_MAX_LENGTH, QUERY_MAX_LENGTH
 from hce_serve.errors import ConfigError
 
 MODES = ("supervised", "unsupervised")
@@ -43,8 +44,8 @@ class TrainConfig:
     # attention use the fused SDPA kernel (with dropout it runs unfused: a MiniLM step took ~2x as long).
     attention_dropout: float | None = None
     seed: int = 0
-    query_max_length: int = 64  # tokens (ArguAna wants 256)
-    doc_max_length: int = 256  # tokens; recorded as the card's max_length
+    query_max_length: int = QUERY_MAX_LENGTH  # tokens (serving's default, hce_serve.defaults; ArguAna wants 256)
+    doc_max_length: int = DOC_MAX_LENGTH  # tokens; recorded as the card's max_length
     # Loss.
     tau: float = 0.05  # temperature of every softmax
     level_taus: tuple[float, ...] | None = None  # per centroid level (top first); None -> tau

@@ -14,6 +14,7 @@ import numpy as np
 
 from hce_serve import beir
 from hce_serve.card import CARD_NAME, ModelCard
+from hce_serve.defaults import DOC_MAX_LENGTH, QUERY_MAX_LENGTH
 from hce_serve.metrics import NAMES, per_query
 
 from .model import HCEEncoder
@@ -45,8 +46,8 @@ def evaluate_encoder(
     encoder: HCEEncoder,
     data_dir: str | os.PathLike[str],
     split: str = "test",
-    query_max_length: int = 64,
-    doc_max_length: int = 256,
+    query_max_length: int = QUERY_MAX_LENGTH,
+    doc_max_length: int = DOC_MAX_LENGTH,
     batch_size: int = 128,
     k: int = 100,
     progress: bool = True,
@@ -92,7 +93,7 @@ def evaluate_model_dir(
     from pathlib import Path
 
     encoder = HCEEncoder.load(model_dir, device=device)
-    qlen, dlen = 64, 256
+    qlen, dlen = QUERY_MAX_LENGTH, DOC_MAX_LENGTH
     if (Path(model_dir) / CARD_NAME).is_file():
         card = ModelCard.load(model_dir)
         qlen, dlen = card.query_max_length, card.max_length

@@ -66,3 +66,27 @@ def test_one_version_source():
     meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert "version" in meta["project"]["dynamic"] and "version" not in meta["project"]
     assert meta["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "hce_serve.__version__"}
+
+
+def test_train_and_export_take_version_and_max_lengths_from_serving():
+    """One source each (hce_serve: __version__, defaults.py): no other package retypes them."""
+    import re
+    from pathlib import Path
+
+    import hce_export
+    import hce_train
+    from hce_serve import defaults
+    from hce_train.cli import main as train_main
+    from hce_train.config import TrainConfig
+
+    assert hce_train.__version__ == hce_export.__version__ == hce_serve.__version__
+    cfg = TrainConfig()
+    assert (cfg.query_max_length, cfg.doc_max_length) == (defaults.QUERY_MAX_LENGTH, defaults.DOC_MAX_LENGTH)
+    fit_help = CliRunner().invoke(train_main, ["fit", "--help"]).output
+    assert f"Query tokens [{defaults.QUERY_MAX_LENGTH}]" in fit_help and f"Document tokens [{defaults.DOC_MAX_LENGTH}]" in fit_help
+    literal = re.compile(r"__version__\s*=\s*['\"]|max_length\s*(:\s*int)?\s*=\s*\d|qlen, dlen = \d")
+    root = Path(__file__).resolve().parents[1]
+    for pkg in ("hce_train", "hce_export"):
+        for path in sorted((root / pkg).glob("*.py")):
+            hits = [line.strip() for line in path.read_text().splitlines() if literal.search(line)]
+            assert not hits, f"{path.name} retypes a value hce_serve owns: {hits}"
