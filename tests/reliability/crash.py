@@ -4,7 +4,9 @@ Three writers, each in its own process: the Python store API (random vectors, so
 the ``hce-serve index add|delete`` command line, and the ``hce-serve http`` server driven over loopback.
 A mutation counts as *acknowledged* only once the call returned (store API: a line the child writes to an
 ack file after ``add``/``delete`` returns; CLI: exit status 0; HTTP: a 200 answer). After each kill
-``ledger.check`` verifies the folder (see there).
+``ledger.check`` verifies the folder (see there); for the CLI and HTTP writers, whose index stores documents,
+that includes docs.sqlite holding exactly the index's live ids, as a reader sees it and after the next
+writer's open, and each document's stored version.
 
     python -m tests.reliability.crash --modes store,cli,http --cycles 200 [--export EXPORT_DIR]
 """
@@ -246,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(res), file=sys.stderr, flush=True)
             out.append(res)
     total = {k: sum(r[k] for r in out) for k in ("cycles", "killed_mid_write", "in_flight_at_kill", "acked_mutations",
-                                                  "failed_loads", "lost_acked_writes", "deleted_ids_returned", "writer_errors")}
+                                                  "failed_loads", "lost_acked_writes", "deleted_ids_returned",
+                                                  "docs_checks", "docs_index_mismatch", "writer_errors")}
     common.write_result(a.out, {"export": str(a.export) if a.export else None, "total": total, "modes": out}, __file__,
                         section="crash")
     print(json.dumps(total))
