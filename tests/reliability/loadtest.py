@@ -3,13 +3,17 @@
 ``--concurrency`` keep-alive connections (the lean client of ``benchmarks.loopback``) keep requests in
 flight until ``--requests`` were sent or ``--seconds`` passed (whichever first), against a server in its
 own process on 127.0.0.1. It reports throughput, latency percentiles per request kind, status counts (5xx
-must be 0), whether the server survived, and checks one invariant on every search answer:
+must be 0), whether the server survived, and checks two invariants:
 
-    a document whose delete was acknowledged before the search was sent, and whose re-add was not sent
-    before the search was answered, must not be in the hits.
+    on every search answer and every ``GET /documents/{id}``: a document whose delete was acknowledged
+    before the request was sent, and whose re-add was not sent before it was answered, is not returned;
+
+    on every ``GET /documents/{id}`` answered 404: the document's latest add was not acknowledged before
+    the request was sent, or a delete of it was sent since (an acknowledged document does not vanish).
 
 No two writes for the same id are ever in flight together, so "acknowledged deleted" is well defined.
-Searches aim at recently deleted documents (their own text as the query) so a leak would show.
+Searches and gets aim at recently deleted documents (for searches, their own text as the query) so a
+leak would show.
 
     python -m tests.reliability.loadtest --export EXPORT_DIR --corpus corpus.jsonl --queries queries.jsonl --seconds 60
 """
@@ -33,7 +37,7 @@ from urllib.parse import quote
 from benchmarks import common
 from benchmarks.loopback import Connection, start_server
 
-MIX = {"search": 0.8, "add": 0.1, "delete": 0.1}
+MIX = {"search": 0.7, "get": 0.1, "add": 0.1, "delete": 0.1}
 
 
 class Invariant:
@@ -45,9 +49,17 @@ class Invariant:
         self.busy: set[str] = set()
         self.deleted_at: dict[str, float] = {}  # id -> when its delete was acknowledged
         self.add_sent_at: dict[str, float] = {}  # id -> when its latest add was sent
+        start = time.monotonic()
+        self.add_acked_at: dict[str, float] = dict.fromkeys(live, start)  # id -> when its latest add was acknowledged
+        self.delete_sent_at: dict[str, float] = {}  # id -> when its latest delete was sent
         self.recent_deleted: list[str] = []
         self.violations: list[str] = []
-        self.checked_hits = 0
+        self.checked_hits = self.checked_gets = 0
+
+    def deleted_before(self, doc_id: str, sent: float) -> float | None:
+        """When ``doc_id``'s delete was acknowledged, if that was before ``sent`` and no re-add was sent since."""
+        gone = self.deleted_at.get(doc_id)
+        return gone if gone is not None and gone < sent and self.add_sent_at.get(doc_id, -1.0) < gone else None
 
     def check(self, hits: list[dict[str, Any]], sent: float) -> None:
         for h in hits:
@@ -56,9 +68,23 @@ class Invariant:
             if d not in self.text:
                 self.violations.append(f"unknown id {d!r} returned")
                 continue
-            gone = self.deleted_at.get(d)
-            if gone is not None and gone < sent and self.add_sent_at.get(d, -1.0) < gone:
+            if (gone := self.deleted_before(d, sent)) is not None:
                 self.violations.append(f"{d!r} returned {time.monotonic() - gone:.3f} s after its delete was acknowledged")
+
+    def check_get(self, doc_id: str, code: int, body: dict[str, Any] | None, sent: float) -> None:
+        """``GET /documents/{doc_id}`` sent at ``sent`` was answered ``code`` (``body``: the 200 answer)."""
+        self.checked_gets += 1
+        if code == 200:
+            if body is None or body.get("_id") != doc_id:
+                self.violations.append(f"GET /documents/{doc_id} answered another document: {str(body)[:100]}")
+            elif (gone := self.deleted_before(doc_id, sent)) is not None:
+                self.violations.append(f"GET /documents/{doc_id} returned it {time.monotonic() - gone:.3f} s after "
+                                       "its delete was acknowledged")
+        elif code == 404:
+            acked = self.add_acked_at.get(doc_id)
+            if acked is not None and acked < sent and self.delete_sent_at.get(doc_id, -1.0) < acked:
+                self.violations.append(f"GET /documents/{doc_id} answered 404 though its add was acknowledged "
+                                       f"{time.monotonic() - acked:.3f} s before and no delete was sent since")
 
 
 class Load:
@@ -76,6 +102,10 @@ class Load:
         """The next request's kind and the id it writes (none for a search)."""
         inv = self.inv
         kind = rng.choices(list(MIX), weights=list(MIX.values()))[0]
+        if kind == "get":  # no writer's busy check: the invariant is about when writes were sent and acknowledged
+            dead = inv.recent_deleted[-20:]
+            pool = dead if dead and rng.random() < 0.5 else sorted(inv.live)
+            return ("get", [rng.choice(pool)]) if pool else ("search", [])
         if kind == "delete":
             cand = [d for d in rng.sample(sorted(inv.live), min(8, len(inv.live))) if d not in inv.busy]
             return ("delete", cand[:1]) if cand else ("search", [])
@@ -98,6 +128,11 @@ class Load:
             if code == 200:
                 inv.check(json.loads(body)["hits"], sent)
             return code
+        if kind == "get":
+            code, body = await conn.request("GET", f"/documents/{quote(ids[0], safe='')}")
+            if code in (200, 404):
+                inv.check_get(ids[0], code, json.loads(body) if code == 200 else None, sent)
+            return code
         inv.busy.update(ids)
         try:
             if kind == "add":
@@ -105,7 +140,9 @@ class Load:
                 code, _ = await conn.request("POST", "/documents", {"documents": [{"_id": ids[0], "text": inv.text[ids[0]]}]})
                 if code == 200:
                     inv.live.update(ids)
+                    inv.add_acked_at[ids[0]] = time.monotonic()
                 return code
+            inv.delete_sent_at[ids[0]] = sent
             if rng.random() < 0.5:
                 code, _ = await conn.request("DELETE", f"/documents/{quote(ids[0], safe='')}")
             else:
@@ -136,7 +173,8 @@ class Load:
                         return  # the server is gone: the run reports it (server_alive, server_exit)
                     continue
                 self.lat[kind].append(time.monotonic() - sent)
-                self.status[str(code)] += 1
+                # A get of a deleted document is answered 404 by design: counted apart from the other statuses.
+                self.status["get:404" if kind == "get" and code == 404 else str(code)] += 1
         finally:
             conn.close()
 
@@ -172,7 +210,8 @@ async def _drive(port: int, load: Load, concurrency: int, seed: int) -> dict[str
         "status": dict(status), "server_errors_5xx": sum(n for s, n in status.items() if s.startswith("5")),
         "transport_errors": sum(n for s, n in status.items() if s.startswith("transport")),
         "invariant_violations": len(inv.violations), "violation_examples": inv.violations[:5],
-        "hits_checked": inv.checked_hits, "deleted_during_run": len(inv.deleted_at),
+        "hits_checked": inv.checked_hits, "gets_checked": inv.checked_gets,
+        "gets_not_found": status.get("get:404", 0), "deleted_during_run": len(inv.deleted_at),
         "final_live_server": final.get("live"), "final_live_expected": len(inv.live),
     }
 
