@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from . import defaults
+from .cli_backends import TARGET
 from .cli_index import index
 from .cli_options import EF, FILTER, IDX, QUERY_CACHE, QUERY_ENCODER, SUBTREE, THREADS, VARIANT, emit, open_engine
 from .clitools import HCEGroup
@@ -41,7 +42,7 @@ def _print_hits(hits: list[Any]) -> None:
 
 
 @main.command("search")
-@IDX
+@TARGET
 @click.argument("query", nargs=-1)
 @click.option("--k", type=click.IntRange(1, defaults.MAX_K), default=defaults.K, show_default=True, help="Hits per query.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query on stdout.")
@@ -58,7 +59,7 @@ def _print_hits(hits: list[Any]) -> None:
 @THREADS
 def search(index_dir, query, k, as_json, queries, run_path, ef, flt, subtree, fields, variant, query_encoder,
            query_cache, threads) -> None:
-    """Search IDX_DIR for QUERY (or every query of --queries)."""
+    """Search IDX_DIR (or a Milvus collection: --milvus) for QUERY (or every query of --queries)."""
     text = " ".join(query)
     if bool(text) == bool(queries):
         raise click.UsageError("give either a QUERY argument or --queries FILE")
@@ -85,7 +86,7 @@ def search(index_dir, query, k, as_json, queries, run_path, ef, flt, subtree, fi
 
 
 @main.command("get")
-@IDX
+@TARGET
 @click.option("--id", "doc_id", required=True, help="Document id.")
 def get(index_dir, doc_id) -> None:
     """Print the stored document with this id as JSON (_id, title, text, metadata)."""
@@ -130,7 +131,7 @@ def _url(host: str, port: int) -> str:
 
 
 @main.command("http")
-@IDX
+@TARGET
 @click.option("--host", default=defaults.HOST, show_default=True, help="Bind address (loopback by default).")
 @click.option("--port", type=click.IntRange(0, 65535), default=defaults.PORT, show_default=True)
 @click.option("--token", default=None, help="Bearer token for write endpoints (default: $HCE_TOKEN).")
@@ -150,7 +151,7 @@ def _url(host: str, port: int) -> str:
                    "avoids oversubscribing the cores under load; more lowers one query's latency at low load.")
 def http(index_dir, host, port, token, read_only, save_every, max_k, max_batch, max_body_mb, variant, query_encoder,
          query_cache, threads) -> None:
-    """Serve IDX_DIR over HTTP (FastAPI + uvicorn). OpenAPI docs at /docs."""
+    """Serve IDX_DIR (or a Milvus collection: --milvus) over HTTP (FastAPI + uvicorn). OpenAPI docs at /docs."""
     from .http import Limits, create_app, is_loopback
 
     token = token or os.environ.get("HCE_TOKEN") or None

@@ -1,4 +1,4 @@
-"""``hce-serve index build|add|delete|compact|stats``: build and change index folders.
+"""``hce-serve index build|add|delete|compact|stats|export-milvus``: build and change index folders.
 
 Every command goes through ``Engine``; delete, compact and stats never load the encoder.
 """
@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from . import defaults
+from .cli_backends import RAY, TARGET, export_milvus
 from .cli_options import BATCH, EXISTING, IDX, SKIP_EMPTY, THREADS, VARIANT, emit, open_engine
 from .clitools import HCEGroup
 from .errors import DataError
@@ -20,7 +21,10 @@ log = logging.getLogger(__name__)
 
 @click.group(cls=HCEGroup)
 def index() -> None:
-    """Build and change index folders."""
+    """Build and change index folders (add, delete and stats also on a Milvus collection: --milvus)."""
+
+
+index.add_command(export_milvus)
 
 
 @index.command("build")
@@ -40,20 +44,22 @@ def index() -> None:
 @BATCH
 @VARIANT
 @THREADS
+@RAY
 def index_build(export_dir, corpus, index_dir, overwrite, m, ef_construction, ef, exact_threshold, no_store,
-                skip_empty, batch_size, variant, threads) -> None:
+                skip_empty, batch_size, variant, threads, ray) -> None:
     """Encode CORPUS with EXPORT_DIR's model into a new index folder."""
     from .engine import Engine
     from .index import IndexParams
 
     params = IndexParams(M=m, ef_construction=ef_construction, ef_search=ef, exact_threshold=exact_threshold)
     stats = Engine.build(export_dir, corpus, index_dir, params, overwrite=overwrite, variant=variant, threads=threads,
-                         batch_size=batch_size, progress=True, store_documents=not no_store, skip_empty=skip_empty)
+                         batch_size=batch_size, progress=True, store_documents=not no_store, skip_empty=skip_empty,
+                         ray=ray)
     emit({"index": str(index_dir), **{k: stats[k] for k in ("live", "dim", "empty", "skipped_empty", "stores_documents")}})
 
 
 @index.command("add")
-@IDX
+@TARGET
 @click.option("--corpus", required=True, type=click.Path(path_type=Path), help="More documents (BEIR jsonl).")
 @SKIP_EMPTY
 @BATCH
@@ -76,7 +82,7 @@ def _read_ids_file(path: Path) -> list[str]:
 
 
 @index.command("delete")
-@IDX
+@TARGET
 @click.option("--id", "ids", multiple=True, help="Document id to delete (repeatable).")
 @click.option("--ids-file", type=click.Path(**EXISTING), help="File with one document id per line.")
 def index_delete(index_dir, ids, ids_file) -> None:
@@ -102,7 +108,7 @@ def index_compact(index_dir) -> None:
 
 
 @index.command("stats")
-@IDX
+@TARGET
 def index_stats(index_dir) -> None:
     """Print the index's counts and parameters as JSON."""
     with open_engine(index_dir) as eng:

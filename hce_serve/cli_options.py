@@ -61,8 +61,15 @@ def emit(obj: Any) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False))
 
 
-def open_engine(index_dir: Path, writable: bool = False, variant: str = defaults.VARIANT,
+def open_engine(index_dir: Any, writable: bool = False, variant: str = defaults.VARIANT,
                 threads: int | None = None, **kwargs: Any) -> Any:
+    """An Engine on IDX_DIR, or on the Milvus collection of a ``cli_backends.MilvusSpec`` (``--milvus …``)."""
+    from .cli_backends import MilvusSpec
     from .engine import Engine
 
+    if isinstance(index_dir, MilvusSpec):
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("save_every", "checksums")}  # folder-only knobs
+        t = index_dir.target
+        return Engine.open_milvus(t.uri, t.collection, index_dir.model, t.token, writable=writable, variant=variant,
+                                  threads=threads, **kwargs)
     return Engine.open(index_dir, writable=writable, variant=variant, threads=threads, **kwargs)
