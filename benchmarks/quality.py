@@ -162,7 +162,7 @@ def train_and_eval(arm: str, seed: int, data_dir: Path, mode: str, budget: dict[
     return {"seed": seed, "metrics": {k: m[k] for k in METRICS}, "per_query": m["per_query"], "curve": curve,
             "steps": summary["steps"], "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
             "bf16": summary["bf16"], "machine": {**facts, "loadavg_1m_after": round(os.getloadavg()[0], 2)},
-            "commit": stamp()["commit"], "config": config}
+            "commit": args.code_commit, "config": config}
 
 
 def load_or_start(args: argparse.Namespace, budget: dict[str, Any]) -> dict[str, Any]:
@@ -238,6 +238,7 @@ def run_study(args: argparse.Namespace) -> None:
     from hce_train.loop import pick_device
 
     args.device_resolved = pick_device(args.device)
+    args.code_commit = stamp()["commit"]  # the code this process loaded: later commits do not change it
     budget = budget_of(args)
     res = load_or_start(args, budget)
     res["notes"] = res.get("notes", []) + [{"date": stamp()["date"], "note": n} for n in args.note]
