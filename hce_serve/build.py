@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,12 +91,21 @@ def build_index(
     progress: bool = False,
     store_documents: bool = True,
     skip_empty: bool = False,
+    ray: Any = None,
 ) -> dict[str, Any]:
-    """Encode a corpus file into a new index folder; returns its stats plus the empty-document counts."""
+    """Encode a corpus file into a new index folder; returns its stats plus the empty-document counts.
+
+    ``ray``: a ``ray_encode.RayOptions`` to encode the chunks on Ray actors instead of in this process
+    (the same chunks, so the same vectors); the index is built here either way.
+    """
     from .encoder import Encoder
 
     export_dir, index_dir = Path(export_dir), Path(index_dir)
     check_can_create(index_dir, overwrite)  # before minutes of encoding, not after
+    if ray is not None:
+        from .ray_encode import ray_module
+
+        ray_module()  # installed? before the corpus is read
     scan = scan_corpus(corpus)
     encoder = Encoder(export_dir, variant=variant, threads=threads)
     tree = load_tree(export_dir, encoder.dim)
@@ -104,13 +114,10 @@ def build_index(
     remove_build_leftovers(index_dir)
     docs_path = build_path(index_dir, "docs") if store_documents else None
     docs = DocStore.create(docs_path, bulk=True) if docs_path is not None else None
-    t0, dropped = time.perf_counter(), 0
+    t0, dropped = time.perf_counter(), [0]
     bar = progress_bar(scan.kept(skip_empty), progress, "index build")
     try:
-        for raw in chunks(iter_corpus(corpus, empty="skip" if skip_empty else "keep"), batch_size):
-            batch, n_dropped = check_documents(raw, strict=False)
-            dropped += n_dropped
-            vecs = encoder.encode_documents([d.full_text for d in batch])  # (n, dim)
+        for batch, vecs in _encoded(encoder, export_dir, _checked(corpus, batch_size, skip_empty, dropped), ray):
             leaves = _leaves(tree, known, batch, vecs)
             index.add([d.id for d in batch], vecs, leaves)
             if docs is not None:
@@ -120,7 +127,7 @@ def build_index(
         if docs is not None:
             docs.close()
             docs = None
-        extra = {"built_from": {"corpus": str(corpus), "export": str(export_dir),
+        extra = {"built_from": {"corpus": str(corpus), "export": str(export_dir), "ray": ray is not None,
                                 "seconds": round(time.perf_counter() - t0, 2)},
                  "encoder_variant": encoder.variant, "tree": tree is not None}
         IndexStore.create(index_dir, index, export_dir, extra=extra, overwrite=overwrite, docs_file=docs_path)
@@ -132,11 +139,28 @@ def build_index(
         if docs_path is not None:
             docs_path.unlink(missing_ok=True)  # moved into the index on success
     report_empty(corpus, scan, skip_empty)
-    if dropped:
-        log.warning("%s: left out %d metadata entries that are not flat (nested values, bad keys)", corpus, dropped)
+    if dropped[0]:
+        log.warning("%s: left out %d metadata entries that are not flat (nested values, bad keys)", corpus, dropped[0])
     log.info("built %s: %d documents in %.1f s", index_dir, len(index), time.perf_counter() - t0)
     return {**index.stats(), "stores_documents": store_documents, "empty": scan.empty,
             "skipped_empty": scan.empty if skip_empty else 0}
+
+
+def _checked(corpus: str | os.PathLike[str], batch_size: int, skip_empty: bool, dropped: list[int]) -> Iterator[list[Document]]:
+    """The corpus in checked chunks of ``batch_size`` documents; metadata entries left out add to ``dropped[0]``."""
+    for raw in chunks(iter_corpus(corpus, empty="skip" if skip_empty else "keep"), batch_size):
+        batch, n_dropped = check_documents(raw, strict=False)
+        dropped[0] += n_dropped
+        yield batch
+
+
+def _encoded(encoder: Any, export_dir: Path, batches: Iterator[list[Document]], ray: Any) -> Iterator[tuple[list[Document], Any]]:
+    """(chunk, its vectors (n, dim)): encoded here, or chunk by chunk on Ray actors with the same graph."""
+    if ray is None:
+        return ((batch, encoder.encode_documents([d.full_text for d in batch])) for batch in batches)
+    from .ray_encode import encode_stream
+
+    return encode_stream(export_dir, encoder.variant, batches, ray)
 
 
 def _leaves(tree: Tree | None, known: dict[str, int], batch: list[Document], vecs: Any) -> Any:
