@@ -172,3 +172,26 @@ def test_layout_checks_say_what_milvus_cannot_hold(tmp_path):
         MilvusTarget(str(tmp_path / "missing" / "x.db"), "docs")
     assert VectorIndex.make("IVF_FLAT", rows=10_000).params == {"nlist": 400}
     assert VectorIndex.make("HNSW").search_params(k=300, ef=None)["params"] == {"ef": 300}  # ef >= k, as hnswlib
+
+
+def test_http_serves_a_collection_in_the_same_shapes(tagged_index, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from hce_serve.http import create_app
+
+    db = tmp_path / "h.db"
+    run("index", "export-milvus", "--index", tagged_index / "idx", "--uri", db, "--collection", "docs")
+    local = Engine.open(tagged_index / "idx")
+    remote = Engine.open_milvus(str(db), "docs", tagged_index / "export", writable=True)
+    with local, remote, TestClient(create_app(local)) as a, TestClient(create_app(remote)) as b:
+        body = {"query": "vaccine immune antibody", "k": 5, "filter": {"tags": "odd"}}
+        want, got = a.post("/search", json=body).json()["hits"], b.post("/search", json=body).json()["hits"]
+        assert [{**h, "score": 0} for h in got] == [{**h, "score": 0} for h in want]  # ids, fields, order
+        assert np.allclose([h["score"] for h in got], [h["score"] for h in want], atol=1e-5)
+        assert b.get("/healthz").json() == {"status": "ok", "live": 64}
+        assert str(db) not in b.get("/stats").text  # no filesystem path for clients
+        added = b.post("/documents", json={"documents": [{"_id": "n1", "text": "glacier ice melt"}]}).json()
+        assert added == {"added": 1, "replaced": 0, "empty": 0, "live": 65}
+        assert b.delete("/documents/n1").json() == {"deleted": ["n1"], "missing": [], "live": 64}
+        assert b.get("/documents/n1").status_code == 404
