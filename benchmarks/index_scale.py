@@ -3,6 +3,13 @@ for hce_serve's ``Index`` and raw hnswlib on the same vectors in the same run.
 
     python -m benchmarks.index_scale --quick          # 10k, 100k
     python -m benchmarks.index_scale                  # 10k, 100k, 1M
+    nice python -m benchmarks.index_scale --one-box 5000000 --options-size 500000 --tmp /data/tmp   # 5M (hours)
+
+``--one-box N`` is the issue-13 study instead (``one_box.py``): the corpus tree and the index over N vectors
+on one box, saved and loaded, recall@10 against exact search, p50/p99 across ef, peak RSS per phase, and the
+memory options (hnswlib's fp32 storage, fp16 vectors, Milvus) at ``--options-size`` documents; results go to
+``index-scale-one-box[-quick].json``. The 5M run wants (estimated from the 1M figures, not yet measured) about
+12 GiB of RAM, ~9 GiB free under ``--tmp`` for the saved index, 1-2 hours on 2 cores, and a quiet machine.
 
 Vectors are synthetic, 384-d, unit length, drawn around ``--clusters`` random centres (a mixture is
 harder for HNSW than uniform noise, and closer to real embeddings); queries come from the same mixture and
@@ -176,7 +183,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--delete-at", default="100000", help="sizes at which to run the deletion study")
     ap.add_argument("--delete-ef", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    one = ap.add_argument_group("one box (issue 13)")
+    one.add_argument("--one-box", type=int, default=None, metavar="N", help="run the one-box study at N documents")
+    one.add_argument("--options-size", type=int, default=0, help="documents for the memory options (0: skip)")
+    one.add_argument("--efs", default="50,100,200,400", help="ef values of the one-box sweep")
+    one.add_argument("--recall-queries", type=int, default=200, help="queries with exact ground truth")
+    one.add_argument("--branching", type=int, default=32, help="tree branching")
+    one.add_argument("--leaf-size", type=int, default=16, help="tree leaf size")
+    one.add_argument("--tmp", default=None, help="folder for the saved index (default: the system's temp)")
+    ap.set_defaults(result_name="index-scale")
     args = common.parse(ap, argv)
+    if args.one_box:
+        return one_box_main(args)
     sizes = [int(s) for s in (args.sizes or ("10000,100000" if args.quick else "10000,100000,1000000")).split(",")]
     args.delete_at = {int(s) for s in args.delete_at.split(",")}
     args.latency_queries = args.latency_queries or (300 if args.quick else 1000)
@@ -189,6 +207,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "search_threads": 1}, "queries": args.queries, "latency_queries": args.latency_queries,
                "wall_seconds": round(time.perf_counter() - t0, 1), "sizes": results}
     print(common.write_result(args.out, payload, __file__))
+    return 0
+
+
+def one_box_main(args: argparse.Namespace) -> int:
+    from benchmarks import one_box
+
+    args.efs = [int(e) for e in args.efs.split(",")]
+    args.latency_queries = args.latency_queries or (300 if args.quick else 1000)
+    args.recall_queries = min(args.recall_queries, args.queries)
+    defaults = {common.result_path(n).name for n in ("index-scale", "index-scale-quick")}  # --out not given
+    out = common.result_path(f"index-scale-one-box{'-quick' if args.quick else ''}") if args.out.name in defaults else args.out
+    payload = {"benchmark": "index_scale", "mode": "one-box", "data": f"synthetic: {args.clusters}-centre Gaussian "
+               f"mixture, unit vectors, seed {args.seed}", "params": {"M": args.M, "ef_construction": args.ef_construction,
+               "k": K, "build_threads": "all", "search_threads": 1, "tree": {"branching": args.branching,
+               "leaf_size": args.leaf_size}}, "queries": args.queries, "latency_queries": args.latency_queries,
+               "result": one_box.run(args.one_box, args)}
+    print(common.write_result(out, payload, __file__))
     return 0
 
 

@@ -52,6 +52,31 @@ def test_index_scale_quick(tmp_path, monkeypatch):
     assert (tmp_path / "index-scale-recall-latency.png").is_file()
 
 
+def test_index_scale_one_box_quick(tmp_path):
+    """The 5M study's code path (``--one-box``) on 3,000 vectors: tree, index, save, load, truth, options."""
+    pytest.importorskip("faiss")
+    from benchmarks import index_scale as m
+    from benchmarks.one_box import Mixture
+
+    out = tmp_path / "one-box.json"
+    assert m.main(["--quick", "--one-box", "3000", "--options-size", "2000", "--queries", "40", "--recall-queries",
+                   "20", "--latency-queries", "10", "--clusters", "20", "--efs", "10,200", "--tmp", str(tmp_path),
+                   "--out", str(out)]) == 0
+    res = read(out, "benchmarks/index_scale.py")["result"]
+    ph = res["phases"]
+    assert ph["tree_build"]["summary"]["docs"] == 3000 and ph["save"]["bytes"]["hnsw.bin"] > 3000 * 384 * 4
+    assert all(ph[p]["peak_rss_mib"] > 0 for p in ("generate", "tree_build", "index_build", "save", "load"))
+    assert [s["ef"] for s in res["sweep"]] == [10, 200] and res["sweep"][-1]["recall@10"] >= 0.99
+    assert res["chosen_ef"] in (10, 200) and res["peak_rss_gib"] > 0
+    opts = res["memory_options"]
+    assert opts["documents"] == 2000 and opts["hnswlib_fp32"]["recall@10"] >= 0.95
+    assert opts["faiss_hnsw_fp16"]["recall@10"] >= 0.95
+    assert "recall@10" in opts["milvus_lite_hnsw"] or "not installed" in opts["milvus_lite_hnsw"]["skipped"]
+    mix = Mixture(384, 20, 0)  # blocks regenerate identically: the ground-truth pass sees the indexed vectors
+    assert np.array_equal(mix.block(0, 100), mix.block(0, 100)) and not np.array_equal(mix.block(0, 100), mix.block(1, 100))
+    assert np.array_equal(mix.matrix(150_000)[100_000:100_100], mix.block(1, 50_000)[:100])
+
+
 def test_tree_build_quick(tmp_path):
     from benchmarks import tree_build
 

@@ -1,0 +1,166 @@
+"""5M documents on one box: the corpus tree and the hnswlib index over N x 384 clustered synthetic vectors,
+saved, loaded and searched through ``hce_serve``'s ``Index`` (issue 13). Run through ``index_scale``:
+
+    nice python -m benchmarks.index_scale --one-box 5000000 --options-size 500000   # the 5M study (hours)
+    python -m benchmarks.index_scale --quick --one-box 50000 --options-size 20000   # minutes
+
+Vectors come in fixed blocks drawn from (seed, stream, block) around ``--clusters`` centres (``Mixture``), so a
+pass over the corpus (index build, exact ground truth) regenerates them instead of keeping a second copy:
+the data matrix lives only while the tree is built, then the index alone holds the vectors. Queries are held
+out from the same mixture (stream 1), searched one at a time on 1 thread through ``Index.search`` (the
+serving path: labels -> string ids, the read lock), never through raw hnswlib.
+
+Per phase: wall seconds and the process's peak RSS (VmHWM) and RSS after it. Recall@10 against exact search
+over ``--recall-queries`` queries, single-query p50/p99 across ``--efs``, and ``chosen_ef``: the smallest with
+recall@10 >= .99. Save (index_io.write_index) and load (read_index) of the index files, timed. Memory options
+(``memory_options.py``) at ``--options-size`` documents, their per-vector cost projected to N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import common
+from hce_serve.index import Index, IndexParams
+from hce_serve.index_io import read_index, write_index
+from hce_serve.search import recall_at_k, topk_inner_product
+
+log = logging.getLogger(__name__)
+BLOCK = 100_000  # rows per generated block (the unit of regeneration)
+K = 10
+TARGETS = {"build_minutes": 60, "peak_rss_gib": 16, "recall_at_10": 0.99, "p50_ms": 1.0}  # issue 13, 5M x 384
+
+
+class Mixture:
+    """Unit vectors around ``clusters`` unit centres; block ``b`` of stream ``s`` depends only on (seed, s, b)."""
+
+    def __init__(self, dim: int, clusters: int, seed: int, spread: float = 0.35) -> None:
+        rng = np.random.default_rng([seed, 0xC3])
+        self.centres = rng.standard_normal((clusters, dim)).astype(np.float32)  # (c, dim)
+        self.centres /= np.linalg.norm(self.centres, axis=1, keepdims=True)
+        self.dim, self.seed, self.spread = dim, seed, spread
+
+    def block(self, b: int, rows: int, stream: int = 0) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, stream, b])
+        x = self.centres[rng.integers(0, self.centres.shape[0], rows)]  # (rows, dim)
+        x += self.spread * rng.standard_normal((rows, self.dim), dtype=np.float32) / np.sqrt(self.dim)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def blocks(self, n: int, stream: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, block) covering rows 0..n of a stream."""
+        for b, start in enumerate(range(0, n, BLOCK)):
+            yield start, self.block(b, min(BLOCK, n - start), stream)
+
+    def matrix(self, n: int, stream: int = 0) -> np.ndarray:
+        out = np.empty((n, self.dim), np.float32)
+        for start, blk in self.blocks(n, stream):
+            out[start : start + blk.shape[0]] = blk
+        return out
+
+
+def exact_topk(mix: Mixture, n: int, q: np.ndarray, k: int = K) -> np.ndarray:
+    """Rows (nq, k) of the exact top-k inner products over the first n documents, one block at a time."""
+    best_s = np.full((q.shape[0], 0), -np.inf, np.float32)
+    best_r = np.zeros((q.shape[0], 0), np.int64)
+    for start, blk in mix.blocks(n):
+        s, r = topk_inner_product(blk, q, k)  # (nq, k) each
+        cand_s, cand_r = np.concatenate([best_s, s], 1), np.concatenate([best_r, r + start], 1)
+        keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+        best_s, best_r = np.take_along_axis(cand_s, keep, 1), np.take_along_axis(cand_r, keep, 1)
+    return best_r
+
+
+def phase(name: str, t0: float, rss0: float, out: dict[str, Any]) -> None:
+    """Record a phase's wall seconds, peak RSS and RSS now (MiB), and log them."""
+    out[name] = {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(common.rss_mib("VmHWM")),
+                 "rss_mib": round(common.rss_mib()), "peak_growth_mib": common.peak_growth_mib(rss0)}
+    log.info("%s: %s", name, out[name])
+
+
+def build_tree_phase(mix: Mixture, n: int, ids: list[str], args: argparse.Namespace, out: dict[str, Any]) -> np.ndarray:
+    """The corpus tree over all n vectors (hce_train's balanced k-means); returns each document's leaf."""
+    from hce_train.tree_builder import TreeConfig, build_tree
+
+    rss0, t0 = common.reset_peak(), time.perf_counter()
+    x = mix.matrix(n)  # (n, dim): the one moment the whole matrix is in memory
+    phase("generate", t0, rss0, out)
+    rss0, t0 = common.reset_peak(), time.perf_counter()
+    tree = build_tree(x, ids, TreeConfig(branching=args.branching, leaf_size=args.leaf_size, seed=args.seed))
+    phase("tree_build", t0, rss0, out)
+    out["tree_build"]["summary"] = tree.summary()
+    leaves = tree.doc_leaf.copy()
+    del x, tree
+    gc.collect()
+    return leaves
+
+
+def sweep(index: Index, q: np.ndarray, truth: np.ndarray, efs: list[int], n_lat: int) -> list[dict[str, Any]]:
+    from benchmarks.index_scale import latency
+
+    rows = []
+    for ef in efs:
+        hits = index.search(q[: truth.shape[0]], K, ef=ef, exact=False)
+        labels = np.array([[int(d[1:]) for d, _ in h] + [-1] * (K - len(h)) for h in hits])  # ids are "d<row>"
+        lat = latency(lambda i, ef=ef: index.search(q[i % len(q)][None], K, ef=ef, exact=False), n_lat)
+        rows.append({"ef": ef, "recall@10": round(recall_at_k(labels, truth), 4), **lat})
+        log.info("ef %d: %s", ef, rows[-1])
+    return rows
+
+
+def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The whole one-box study at n documents (module docstring)."""
+    from benchmarks import memory_options
+
+    mix = Mixture(384, args.clusters, args.seed)
+    ids = [f"d{i}" for i in range(n)]
+    res: dict[str, Any] = {"n": n, "dim": 384, "phases": {}}
+    ph = res["phases"]
+    t_all = time.perf_counter()
+    leaves = build_tree_phase(mix, n, ids, args, ph)
+    params = IndexParams(M=args.M, ef_construction=args.ef_construction, exact_threshold=0)
+    rss0, t0 = common.reset_peak(), time.perf_counter()
+    index = Index(384, params, capacity=n)
+    for start, blk in mix.blocks(n):  # chunk by chunk, with each document's leaf, as Engine.build feeds it
+        index.add(ids[start : start + blk.shape[0]], blk, leaves[start : start + blk.shape[0]])
+    phase("index_build", t0, rss0, ph)
+    res["build_minutes_tree_plus_index"] = round((ph["tree_build"]["seconds"] + ph["index_build"]["seconds"]) / 60, 1)
+    with tempfile.TemporaryDirectory(prefix="hce-one-box-", dir=args.tmp) as tmp:
+        rss0, t0 = common.reset_peak(), time.perf_counter()
+        files = write_index(index, tmp)
+        phase("save", t0, rss0, ph)
+        ph["save"]["bytes"] = {f: (Path(tmp) / f).stat().st_size for f in files}
+        counts = {"labels": index.num_labels, "live": len(index), "capacity": index.capacity}
+        del index
+        gc.collect()
+        rss0, t0 = common.reset_peak(), time.perf_counter()
+        index = read_index(tmp, 384, params, counts)
+        phase("load", t0, rss0, ph)
+    q = mix.matrix(args.queries, stream=1)  # (nq, dim), held out
+    t0 = time.perf_counter()
+    truth = exact_topk(mix, n, q[: args.recall_queries])  # (nr, K)
+    res["exact_seconds_per_query"] = round((time.perf_counter() - t0) / len(truth), 3)
+    res["sweep"] = sweep(index, q, truth, args.efs, args.latency_queries)
+    ok = [r["ef"] for r in res["sweep"] if r["recall@10"] >= TARGETS["recall_at_10"]]
+    res["chosen_ef"] = ok[0] if ok else None
+    res["peak_rss_gib"] = round(common.rss_mib("VmHWM") / 1024, 2)  # the process's high-water mark, all phases
+    res["wall_seconds"] = round(time.perf_counter() - t_all, 1)
+    chosen = next((r for r in res["sweep"] if r["ef"] == res["chosen_ef"]), None)
+    res["targets"] = {**TARGETS, "met": {
+        "build_minutes": res["build_minutes_tree_plus_index"] <= TARGETS["build_minutes"],
+        "peak_rss_gib": res["peak_rss_gib"] <= TARGETS["peak_rss_gib"],
+        "recall_at_10": chosen is not None, "p50_ms": chosen is not None and chosen["p50_ms"] <= TARGETS["p50_ms"]}}
+    del index
+    gc.collect()
+    if args.options_size:
+        m = min(args.options_size, n)
+        res["memory_options"] = memory_options.run(mix, m, n, q, args, res["chosen_ef"] or max(args.efs))
+    return res
