@@ -48,6 +48,10 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     # What the CPU profile's one method cut (attention dropout off) changes: the base model's 0.1 restored.
     "hce-attn-dropout": ("hce", {"attention_dropout": None}),
     "mined-attn-dropout": ("mined", {"attention_dropout": None}),
+    # Cached negatives (embeddings from the latest corpus encode, no gradient): S nearly free, so the leaf
+    # level can take every leaf-mate. A method change: compare with the live arms above.
+    "hce-cached": ("hce", {"negative_encoding": "cached"}),
+    "mined-cached": ("mined", {"negative_encoding": "cached"}),
 }
 # Budgets. cpu: sized so one seed of flat, mined, mined-refresh and hce fits 90 minutes on 2 cores.
 PROFILES: dict[str, dict[str, Any]] = {

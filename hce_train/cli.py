@@ -17,7 +17,17 @@ import click
 from hce_serve.clitools import HCEGroup, setup_logging, verbosity_options
 from hce_serve.defaults import DOC_MAX_LENGTH, QUERY_MAX_LENGTH
 
-from .config import DEVICES, MODES, NEGATIVES, PRECISIONS, PSEUDO_QUERIES, REBUILD_EPOCH, load_config_file, make_config
+from .config import (
+    DEVICES,
+    MODES,
+    NEGATIVE_ENCODINGS,
+    NEGATIVES,
+    PRECISIONS,
+    PSEUDO_QUERIES,
+    REBUILD_EPOCH,
+    load_config_file,
+    make_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +87,8 @@ def main() -> None:
 @click.option("--level-weights", callback=_floats, default=None, help="Centroid level weights, top first [0.5].")
 @click.option("--doc-weight", type=float, default=None, help="Weight of the sibling-document level [1].")
 @click.option("--inbatch-weight", type=float, default=None, help="Lambda of in-batch InfoNCE [1].")
+@click.option("--negative-encoding", type=click.Choice(NEGATIVE_ENCODINGS), default=None,
+              help="live: negatives encoded with gradient each step; cached: from the latest corpus encode [live].")
 @click.option("--refresh-mined/--static-mined", "refresh_mined", default=None,
               help="mined: re-mine from the current encoder on the rebuild schedule [static].")
 @click.option("--sibling-guard", type=click.IntRange(min=0), default=None,

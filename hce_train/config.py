@@ -20,6 +20,7 @@ NEGATIVES = ("hce", "flat", "mined")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA and on CPUs with native bf16
 PSEUDO_QUERIES = ("span", "crop")
+NEGATIVE_ENCODINGS = ("live", "cached")
 REBUILD_EPOCH = -1  # rebuild_every value meaning "at the start of every epoch"
 
 
@@ -50,6 +51,9 @@ class TrainConfig:
     tau: float = 0.05  # temperature of every softmax
     level_taus: tuple[float, ...] | None = None  # per centroid level (top first); None -> tau
     negatives_per_query: int = 7  # S: sampled siblings / random / mined documents per query
+    # live: the S negatives are encoded with gradient every step; cached: their embeddings come from the
+    # latest corpus encode (re-encoded on the rebuild schedule, every arm), so S costs almost nothing.
+    negative_encoding: str = "live"
     doc_weight: float = 1.0  # weight of the document-level sibling CE
     level_weights: tuple[float, ...] = (0.5,)  # centroid levels, top first; the last value repeats
     inbatch_weight: float = 1.0  # lambda of the two-way in-batch InfoNCE
@@ -93,6 +97,8 @@ class TrainConfig:
             bad(f"device must be one of {DEVICES}, found {self.device!r}")
         if self.precision not in PRECISIONS:
             bad(f"precision must be one of {PRECISIONS}, found {self.precision!r}")
+        if self.negative_encoding not in NEGATIVE_ENCODINGS:
+            bad(f"negative_encoding must be one of {NEGATIVE_ENCODINGS}, found {self.negative_encoding!r}")
         if self.pseudo_queries not in PSEUDO_QUERIES:
             bad(f"pseudo_queries must be one of {PSEUDO_QUERIES}, found {self.pseudo_queries!r}")
         if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:

@@ -133,6 +133,8 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
         ctx.mined = refresh.mine(run, encoder, run.examples(0))
     if tree is not None:
         ctx.tree, ctx.centroids = TreeIndex(tree), torch.from_numpy(tree.centroids).to(device)
+    if ckpt is not None and cfg.negative_encoding == "cached":  # what the cached negatives come from
+        refresh.keep_corpus(ctx, run.encode_corpus(encoder), cfg)
 
     bar = tqdm(total=total, initial=step, desc=f"fit ({cfg.negatives})", unit="step", disable=not run.progress)
     stats: dict[str, float] = {}

@@ -3,7 +3,8 @@
 ``hce``: re-encode the corpus, rebuild the tree, and recompute each example's guard (its top-G documents,
 positives removed, which siblings must not include). ``mined`` with ``refresh_mined``: re-encode and re-mine
 ranks [lo, hi) on the same schedule (the ``mined-refresh`` control: fresh hard negatives, no hierarchy).
-Static ``mined`` mines once from the starting encoder; ``flat`` needs nothing.
+Static ``mined`` mines once from the starting encoder; ``flat`` needs nothing. With cached negatives every
+arm re-encodes the corpus on the schedule: the negatives' embeddings come from that encode.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def due(every: int, step: int, pos_in_epoch: int, last_step: int) -> bool:
 
 def refreshes(cfg: TrainConfig) -> bool:
     """Whether this arm re-derives anything from the encoder as training goes."""
-    return cfg.negatives == "hce" or (cfg.negatives == "mined" and cfg.refresh_mined)
+    return (cfg.negatives == "hce" or (cfg.negatives == "mined" and cfg.refresh_mined)
+            or cfg.negative_encoding == "cached")
 
 
 class RunState:
@@ -119,14 +121,26 @@ def refresh(run: RunState, ctx: Any, encoder: HCEEncoder, step: int, exs: Exampl
     import torch
 
     cfg = run.cfg
-    if cfg.negatives == "mined":
+    if cfg.negatives != "hce":
         t0 = time.perf_counter()
-        ctx.mined = mine(run, encoder, exs)
-        run.log_row({"event": "remine", "step": step, "seconds": round(time.perf_counter() - t0, 2)})
+        emb = run.encode_corpus(encoder)
+        if cfg.negatives == "mined" and cfg.refresh_mined:
+            ctx.mined = run.rank_pools(encoder, exs, emb, cfg.mined_rank_lo, cfg.mined_rank_hi)
+        keep_corpus(ctx, emb, cfg)
+        run.log_row({"event": "refresh", "step": step, "seconds": round(time.perf_counter() - t0, 2)})
         return None
     emb = run.encode_corpus(encoder)
+    keep_corpus(ctx, emb, cfg)
     tree = run.build(encoder, step, emb)
     ctx.tree, ctx.centroids = TreeIndex(tree), torch.from_numpy(tree.centroids).to(run.device)
     guard = int(cfg.sibling_guard or 0)
     ctx.guard = run.rank_pools(encoder, exs, emb, 0, guard) if guard > 0 else None
     return tree
+
+
+def keep_corpus(ctx: Any, emb: np.ndarray, cfg: TrainConfig) -> None:
+    """Keep the corpus encode for cached negatives (on the training device)."""
+    import torch
+
+    if cfg.negative_encoding == "cached":
+        ctx.corpus_emb = torch.from_numpy(emb).to(ctx.encoder.device)

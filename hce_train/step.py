@@ -37,6 +37,7 @@ class StepContext:
     centroids: torch.Tensor | None = None  # (nodes, D) on the training device, hce arm
     mined: np.ndarray | None = None  # (examples, pool) mined arm
     guard: np.ndarray | None = None  # (examples, G) hce arm: each example's top-G non-positive rows, -1 padded
+    corpus_emb: torch.Tensor | None = None  # (docs, D) the latest corpus encode, for cached negatives
 
 
 def sample_negatives(ctx: StepContext, exs: Examples, batch: np.ndarray, step: int) -> np.ndarray:
@@ -74,9 +75,14 @@ def train_step(ctx: StepContext, exs: Examples, batch: np.ndarray, step: int, lr
     torch.manual_seed(cfg.seed * 100_003 + step)  # dropout: same draws for a resumed run
     q = enc.embed([exs.queries[i] for i in local_ex], cfg.query_max_length)  # (b, D)
     fill = np.where(local_neg >= 0, local_neg, local_pos[:, None])  # padding encodes the positive, masked below
-    doc_rows = np.concatenate([local_pos, fill.reshape(-1)])  # (b + b*S,)
-    docs = enc.embed([ctx.corpus.texts[r] for r in doc_rows], cfg.doc_max_length)  # (b + b*S, D)
-    d_pos, d_neg = docs[:b], docs[b:].reshape(b, s, docs.shape[1])  # (b, D), (b, S, D)
+    if cfg.negative_encoding == "cached":  # negatives from the latest corpus encode: constants, no forward pass
+        assert ctx.corpus_emb is not None
+        d_pos = enc.embed([ctx.corpus.texts[r] for r in local_pos], cfg.doc_max_length)  # (b, D)
+        d_neg = ctx.corpus_emb[torch.from_numpy(fill)].to(q.device)  # (b, S, D)
+    else:
+        doc_rows = np.concatenate([local_pos, fill.reshape(-1)])  # (b + b*S,)
+        docs = enc.embed([ctx.corpus.texts[r] for r in doc_rows], cfg.doc_max_length)  # (b + b*S, D)
+        d_pos, d_neg = docs[:b], docs[b:].reshape(b, s, docs.shape[1])  # (b, D), (b, S, D)
     dev = q.device
     neg_mask = torch.from_numpy(local_neg >= 0).to(dev)  # (b, S)
 

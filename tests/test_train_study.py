@@ -198,3 +198,27 @@ def test_quality_study_runs_every_arm_and_resumes(tiny_beir, tiny_bert, tmp_path
     r = _study(tmp_path, tiny_beir.parent, tiny_bert, out, "--arms", "flat", "--seeds", "0", "--resume",
                "--doc-max-length", "64")
     assert r.returncode == 1 and "budget" in r.stderr
+
+
+@pytest.mark.parametrize("negatives", ["flat", "hce"])
+def test_cached_negatives_train_and_resume(tiny_beir, tiny_bert, tmp_path, negatives):
+    """Cached negatives: every arm re-encodes the corpus on the schedule; a resumed run re-encodes it too."""
+    import json
+
+    from click.testing import CliRunner
+
+    from hce_train.cli import main as cli
+
+    out = tmp_path / "m"
+    base = ["fit", "--data", str(tiny_beir), "--out", str(out), "--base-model", str(tiny_bert), "--batch-size", "8",
+            "--negatives", negatives, "--negative-encoding", "cached", "--doc-max-length", "32", "--no-progress", "-q"]
+    res = CliRunner().invoke(cli, [*base, "--max-steps", "2"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, [*base, "--max-steps", "3", "--resume"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "event" not in r]
+    assert [r["step"] for r in steps] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in steps)
+    events = {r["event"] for r in rows if "event" in r}
+    assert events == ({"refresh", "tree_rebuild"} if negatives == "flat" else {"tree_rebuild"})  # + the final tree
+    assert json.loads((out / "train_config.json").read_text())["negative_encoding"] == "cached"
