@@ -77,6 +77,25 @@ def test_index_scale_one_box_quick(tmp_path):
     assert np.array_equal(mix.matrix(150_000)[100_000:100_100], mix.block(1, 50_000)[:100])
 
 
+def test_backends_quick(tiny_export, tiny_beir, tmp_path):
+    """Local folder vs its milvus-lite export on the tiny corpus: the same hits, both timed."""
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from benchmarks import backends
+    from hce_serve.engine import Engine
+
+    Engine.build(tiny_export, tiny_beir / "corpus.jsonl", tmp_path / "idx")
+    out = tmp_path / "backends.json"
+    assert backends.main(["--quick", "--index", str(tmp_path / "idx"), "--data", str(tiny_beir),
+                          "--latency-queries", "10", "--out", str(out)]) == 0
+    res = read(out, "benchmarks/backends.py")
+    assert res["queries"] == 16 and res["export"]["exported"] == 64
+    assert res["overlap_at_10"] == 1.0 and res["targets"]["met"] == {"overlap_at_10": True, "ndcg_at_10_abs_diff": True}
+    assert res["metrics"]["local"] == res["metrics"]["milvus"]  # 64 documents: both searches are exhaustive
+    for label in ("ids_only", "with_fields"):
+        assert {"local", "milvus"} <= res["latency"][label].keys() and res["latency"][label]["milvus"]["p50_ms"] > 0
+
+
 def test_tree_build_quick(tmp_path):
     from benchmarks import tree_build
 
