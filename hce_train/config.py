@@ -89,18 +89,11 @@ class TrainConfig:
         def bad(msg: str) -> None:
             raise ConfigError(f"config: {msg}")
 
-        if self.mode not in MODES:
-            bad(f"mode must be one of {MODES}, found {self.mode!r}")
-        if self.negatives not in NEGATIVES:
-            bad(f"negatives must be one of {NEGATIVES}, found {self.negatives!r}")
-        if self.device not in DEVICES:
-            bad(f"device must be one of {DEVICES}, found {self.device!r}")
-        if self.precision not in PRECISIONS:
-            bad(f"precision must be one of {PRECISIONS}, found {self.precision!r}")
-        if self.negative_encoding not in NEGATIVE_ENCODINGS:
-            bad(f"negative_encoding must be one of {NEGATIVE_ENCODINGS}, found {self.negative_encoding!r}")
-        if self.pseudo_queries not in PSEUDO_QUERIES:
-            bad(f"pseudo_queries must be one of {PSEUDO_QUERIES}, found {self.pseudo_queries!r}")
+        choices = {"mode": MODES, "negatives": NEGATIVES, "device": DEVICES, "precision": PRECISIONS,
+                   "negative_encoding": NEGATIVE_ENCODINGS, "pseudo_queries": PSEUDO_QUERIES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                bad(f"{name} must be one of {allowed}, found {getattr(self, name)!r}")
         if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
             bad(f"attention_dropout must be in [0, 1), found {self.attention_dropout}")
         if not 0 <= self.crop_drop < 1:
