@@ -90,8 +90,15 @@ def test_round_trip_export_search_delete_search(tagged_index, tmp_path):
     want = json.loads(run("search", "--index", idx, "--json", "neuron synapse memory"))
     assert got["hits"][0]["id"] == "fresh" and got.keys() == want.keys()
     assert [h.keys() for h in got["hits"]] == [h.keys() for h in want["hits"]]
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"_id": "cli-1", "title": "glacier", "text": "ice melt", "metadata": {"topic": "ice"}}) + "\n")
+    added = json.loads(run("index", "add", "--milvus", db, "--collection", "docs", "--model", export, "--corpus", more))
+    assert added == {"added": 1, "replaced": 0, "empty": 0, "live": 64}
     stats = json.loads(run("index", "delete", "--milvus", db, "--collection", "docs", "--model", export, "--id", "fresh"))
-    assert stats == {"deleted": ["fresh"], "missing": [], "live": 62}
+    assert stats == {"deleted": ["fresh"], "missing": [], "live": 63}
+    got = json.loads(run("search", "--milvus", db, "--collection", "docs", "--model", export, "--json", "--filter",
+                         '{"topic": "ice"}', "glacier"))
+    assert [h["id"] for h in got["hits"]] == ["cli-1"]
 
 
 def test_ivf_flat_export_and_a_no_store_index(tiny_export, tiny_beir, tmp_path):
