@@ -53,7 +53,7 @@ def _public_name(name: str) -> str:
 
 
 class Engine:
-    """Search and update an index folder by text."""
+    """Search and update an index (a folder, or a Milvus collection) by text."""
 
     def __init__(self, store: IndexStore | MilvusStore, card: ModelCard, variant: str = defaults.VARIANT,
                  threads: int | None = None, providers: Sequence[str] | None = None, *,
