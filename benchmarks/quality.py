@@ -44,7 +44,8 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "hce": ("hce", {}),
     "hce-doc-level-only": ("hce", {"level_weights": (0.0,)}),
     "hce-raw-centroids": ("hce", {"normalize_centroids": False}),
-    "hce-unguarded": ("hce", {"sibling_guard": 0}),
+    "hce-unguarded": ("hce", {"sibling_guard": 0}),  # no guard against unjudged positives...
+    "mined-unguarded": ("mined", {"mined_rank_lo": 0}),  # ...for either arm: mined from ranks 0-50
     # What the CPU profile's one method cut (attention dropout off) changes: the base model's 0.1 restored.
     "hce-attn-dropout": ("hce", {"attention_dropout": None}),
     "mined-attn-dropout": ("mined", {"attention_dropout": None}),
