@@ -106,7 +106,9 @@ def report(res: dict[str, Any], out: Path) -> None:
         for d in block.get("arms", {}).values():
             if d.get("runs"):
                 d["summary"] = aggregate(d["runs"])
-        block["tests"] = compare(block)
+        # hce against everything; and the unguarded pair against each other (the other fair rule).
+        fair = {k: t for k, t in compare(block, "hce-unguarded").items() if k.endswith("-vs-mined-unguarded")}
+        block["tests"] = {**compare(block), **fair}
     res["seed_minutes_main_arms"] = seed_minutes(res["supervised"])
     res["verdict"] = verdict(res)
     try:
