@@ -203,7 +203,8 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path, default=SHARED_DATA)
     ap.add_argument("--supervised", default="scifact", help="BEIR folder under --data-root with a train split")
     ap.add_argument("--base-model", default=None, help="[all-MiniLM-L6-v2]")
-    ap.add_argument("--arms", default="flat,mined,mined-refresh,hce,hce-doc-level-only", help=f"of {list(ARMS)}")
+    ap.add_argument("--arms", default="flat,mined,mined-refresh,hce,hce-doc-level-only,hce-unguarded,mined-unguarded",
+                    help=f"of {list(ARMS)}")
     ap.add_argument("--unsupervised", default="cisi,arguana", help="corpora to adapt on, or 'none'")
     ap.add_argument("--unsup-arms", default="hce,flat")
     ap.add_argument("--seeds", default="0,1,2")
