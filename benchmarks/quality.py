@@ -8,6 +8,7 @@ MRR@10 through pytrec_eval, per-query nDCG@10 kept), from all-MiniLM-L6-v2, arms
                   no hierarchy): separates "the tree" from "hard negatives that follow the encoder"
   hce             in-batch + S tree siblings + centroid levels, tree rebuilt every epoch
   hce-doc-level-only   ablation: hce without the centroid levels
+  hce-unguarded, mined-unguarded   the other fair rule: no guard for either arm (mined from ranks 0-50)
 Every arm shares the profile's budget (epochs, batch, S, lengths, precision) and the same guard against
 unjudged positives (no negative among the query's top 10). Anchors: zero-shot and BM25. Unsupervised:
 adapt on the CISI and ArguAna corpora (pseudo-queries, no qrels) with hce and flat.
