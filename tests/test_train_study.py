@@ -175,7 +175,8 @@ def test_quality_study_runs_every_arm_and_resumes(tiny_beir, tiny_bert, tmp_path
     assert sup["arms"]["mined-refresh"]["runs"][0]["config"]["refresh_mined"] is True
     assert sup["arms"]["hce-attn-dropout"]["runs"][0]["config"]["attention_dropout"] is None
     assert sup["arms"]["hce"]["runs"][0]["config"]["attention_dropout"] == 0.0
-    assert {f"hce-vs-{a}" for a in ARMS if a != "hce"} | {"hce-vs-zero_shot", "hce-vs-bm25"} == set(sup["tests"])
+    assert {f"hce-vs-{a}" for a in ARMS if a != "hce"} | {"hce-vs-zero_shot", "hce-vs-bm25",
+                                                         "hce-unguarded-vs-mined-unguarded"} == set(sup["tests"])
     assert 0 < sup["tests"]["hce-vs-flat"]["p"] <= 1
     assert set(res["unsupervised"]["tiny"]["arms"]) == {"hce", "flat"}
     assert res["unsupervised"]["tiny"]["arms"]["hce"]["runs"][0]["config"]["mode"] == "unsupervised"
