@@ -140,6 +140,12 @@ class Batch:
     def empty(self) -> int:
         return sum(d.is_empty for d in self.docs)
 
+    def rows(self, vectors: Any, leaves: Any, dim: int, no_leaf: int) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's vectors (n, dim) float32 and tree leaves (n,) int32, checked against it (every backend's
+        add takes them through here); ``leaves`` None gives ``no_leaf`` for all."""
+        n = len(self.docs)
+        return check_vectors(vectors, n, dim), check_leaves(leaves, n, no_leaf)
+
 
 def check_documents(docs: Iterable[Document | Mapping[str, Any]], strict: bool = True) -> tuple[list[Document], int]:
     """Documents with checked ids (unique in the batch) and flat metadata; plus the metadata entries dropped."""

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .beir import Document
-from .checks import Batch, check_documents, check_leaves, check_vectors
+from .checks import Batch, check_documents
 from .errors import DataError, FormatError, HCEError
 from .index_types import NO_LEAF, AddResult, DeleteResult
 from .milvus_client import MilvusCollection, connect, release
@@ -103,8 +103,7 @@ class MilvusStore:
     def add_batch(self, batch: Batch, vectors: np.ndarray, leaves: Any = None) -> AddResult:
         """Upsert ``batch`` with its vectors and tree leaves; acknowledged by Milvus when this returns."""
         ids = batch.ids
-        vecs = check_vectors(vectors, len(ids), self.index.dim)  # (n, dim)
-        leaf_arr = check_leaves(leaves, len(ids), NO_LEAF)
+        vecs, leaf_arr = batch.rows(vectors, leaves, self.index.dim, NO_LEAF)  # (n, dim), (n,)
         if not ids:
             return AddResult(0, 0)
         rows = [entity(d, v, leaf, self._path(leaf), self.stores_documents)

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import defaults
 from .beir import Document
-from .checks import Batch, check_documents, check_ids, check_leaves, check_vectors
+from .checks import Batch, check_documents, check_ids
 from .docstore import DocStore
 from .errors import FormatError, HCEError
 from .index import NO_LEAF, AddResult, DeleteResult, Index, IndexParams
@@ -162,8 +162,7 @@ class IndexStore(StoreReads):
     def add_batch(self, batch: Batch, vectors: np.ndarray, leaves: Any = None) -> AddResult:
         """Add or replace ``batch`` with its vectors; durable (logged and fsync'ed) when this returns."""
         ids = batch.ids
-        vecs = check_vectors(vectors, len(ids), self.index.dim)  # (n, dim)
-        leaf_arr = check_leaves(leaves, len(ids), NO_LEAF)
+        vecs, leaf_arr = batch.rows(vectors, leaves, self.index.dim, NO_LEAF)  # (n, dim), (n,)
         if not ids:
             return AddResult(0, 0)
         docs = batch.docs if self.docs is not None else None
