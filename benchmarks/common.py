@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from hce_serve import atomic
+from hce_serve import atomic, cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -38,16 +38,6 @@ PACKAGES = ("hce", "numpy", "torch", "transformers", "onnxruntime", "onnxruntime
 
 
 # ---- provenance and the result writer -----------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -75,8 +65,9 @@ def stamp(device: str = "cpu") -> dict[str, Any]:
         except ImportError:
             pass
     return {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu, "platform": platform.platform(),
-                    "python": platform.python_version(), "loadavg_1m": round(os.getloadavg()[0], 2)},
+        "machine": {"cpu": cpu.model(), "isa": cpu.timing_isas(), "cores": os.cpu_count(), "gpu": gpu,
+                    "platform": platform.platform(), "python": platform.python_version(),
+                    "loadavg_1m": round(os.getloadavg()[0], 2)},
         "device": device,
         "versions": {n: v for n in PACKAGES if (v := _installed(n)) is not None},
         "commit": git_commit(),

@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import logging
-import platform
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import common
+from hce_serve import cpu
 
 log = logging.getLogger(__name__)
 Encode = Callable[[list[str]], np.ndarray]  # texts -> float32 (n, dim), unit rows
@@ -38,13 +38,9 @@ FASTEMBED_NAME = "hce-bench/local-onnx"  # the name fastembed's registry gets fo
 
 def int8_config() -> str:
     """sentence-transformers' dynamic int8 config for this CPU: avx512_vnni when it has VNNI, else avx2."""
-    if platform.machine().lower() in ("aarch64", "arm64"):
+    if cpu.is_arm():
         return "arm64"
-    try:
-        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
-    except OSError:
-        flags = ""
-    return "avx512_vnni" if "avx512_vnni" in flags.split() else "avx2"
+    return "avx512_vnni" if "avx512_vnni" in cpu.flags() else "avx2"
 
 
 def _version(name: str) -> str | None:

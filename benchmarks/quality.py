@@ -85,18 +85,9 @@ def budget_of(args: argparse.Namespace) -> dict[str, Any]:
 
 def machine_facts() -> dict[str, Any]:
     """The CPU's relevant instruction sets and the load beside a run (a run under load is slower, not worse)."""
-    from hce_train.model import cpu_bf16_flags
+    from hce_serve import cpu
 
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8", "amx_bf16", "avx512_bf16") if f in flags]
-    return {"isa": isa, "native_bf16": bool(cpu_bf16_flags()), "loadavg_1m": round(os.getloadavg()[0], 2)}
+    return {"isa": cpu.timing_isas(), "native_bf16": bool(cpu.bf16_flags()), "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 def anchors(data_dir: Path, qlen: int, budget: dict[str, Any], device: str) -> dict[str, Any]:

@@ -23,11 +23,11 @@ sensitivity sits in the early layers: keeping only layers 0-2 fp32 recovers most
 from __future__ import annotations
 
 import logging
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hce_serve import cpu
 from hce_serve.errors import ConfigError, missing_dependency
 
 log = logging.getLogger(__name__)
@@ -37,21 +37,7 @@ ISAS = ("avx512-vnni", "avx2", "arm64")
 
 def detect_isa() -> str:
     """The int8 instruction set of this machine, from the CPU flags onnxruntime's kernels will use."""
-    machine = platform.machine().lower()
-    if machine in ("arm64", "aarch64"):
-        return "arm64"
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    if "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags:
-        return "avx512-vnni"
-    return "avx2"
+    return cpu.int8_isa()
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hce_serve import cpu
 from hce_serve.card import CARD_NAME, ModelCard
 from hce_serve.errors import ConfigError, FormatError, missing_dependency
 
@@ -41,19 +42,6 @@ def resolve_base_model(name: str | None) -> tuple[str, str]:
     return str(name), str(name)
 
 
-def cpu_bf16_flags() -> list[str]:
-    """The CPU's native bf16 instruction sets (``amx_bf16``, ``avx512_bf16``) from /proc/cpuinfo, if any."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
-    except OSError:
-        pass
-    return []
-
-
 def use_bf16(precision: str, device: str) -> bool:
     """Whether to autocast to bf16: ``auto`` means on CUDA, and on CPUs that compute bf16 natively.
 
@@ -63,7 +51,7 @@ def use_bf16(precision: str, device: str) -> bool:
         return False
     if precision == "bf16":
         return True
-    return str(device).startswith("cuda") or bool(cpu_bf16_flags())
+    return str(device).startswith("cuda") or bool(cpu.bf16_flags())
 
 
 def _torch():  # noqa: ANN202
