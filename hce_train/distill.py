@@ -133,11 +133,12 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
     student.training_dropout(0.0)
     student.model.train()
     opt = torch.optim.AdamW(student.model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    per_epoch = math.ceil(len(training_queries(data_dir, corpus.texts, cfg, 0)) * (1 - cfg.heldout) / cfg.batch_size)
+    first = training_queries(data_dir, corpus.texts, cfg, 0)  # epoch 0's list sizes the schedule, then trains
+    per_epoch = math.ceil(len(first) * (1 - cfg.heldout) / cfg.batch_size)
     total, step, heldout, stats = per_epoch * cfg.epochs, 0, set(), {}
     bar = tqdm(total=total, desc=f"distill L={cfg.layers}", unit="step", disable=not progress)
     for epoch in range(cfg.epochs):
-        texts = training_queries(data_dir, corpus.texts, cfg, epoch)
+        texts = first if epoch == 0 else training_queries(data_dir, corpus.texts, cfg, epoch)
         t_q = teacher.encode(texts, card.query_max_length, 128, progress, "teacher: queries")
         _, top = exact_topk(t_q, d_emb.numpy(), cfg.pool_k)
         order = np.random.default_rng([cfg.seed, epoch, 8]).permutation(len(texts))
