@@ -65,3 +65,18 @@ def test_missing_ray_is_one_line_and_exit_1(tiny_export, tiny_beir, tmp_path, mo
     assert res.exit_code == 1
     assert res.output.strip() == "Error: ray is not installed; install it with: pip install 'hce[ray]'"
     assert not (tmp_path / "idx").exists()  # refused before anything was read or written
+
+
+def test_ray_speedup_quick(local_ray, tiny_export, tiny_beir, tmp_path):
+    """The study's quick mode on the tiny corpus: every system timed, the Ray build's vectors equal."""
+    from benchmarks import ray_speedup
+
+    out = tmp_path / "ray.json"
+    assert ray_speedup.main(["--quick", "--export", str(tiny_export), "--corpus", str(tiny_beir / "corpus.jsonl"),
+                             "--batch-size", "16", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["script"] == "benchmarks/ray_speedup.py" and res["docs"] == 64
+    assert set(res["seconds"]) == {"one_process", "one_process_1t", "ray"} and all(
+        len(s) == 1 and s[0] > 0 for s in res["seconds"].values())
+    assert res["same_ids"] and res["max_abs_diff"] <= 1e-6
+    assert res["speedup"]["ray_over_one_process"] > 0 and res["ray_startup_s"] == 0.0  # the test's Ray was reused
