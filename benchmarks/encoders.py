@@ -43,10 +43,12 @@ def is_export(folder: Path) -> bool:
 
 
 def export_fingerprint(folder: Path, quantize: bool) -> str:
-    """Source path plus the default int8 recipe of the installed hce_export (one line of JSON)."""
+    """Source path plus the default int8 recipe of the installed hce_export (one line of JSON). A setting
+    at None (one added later, such as ``fp32_layers``, left at the behaviour from before it existed) is
+    left out, so that adding a knob does not throw away the exports made under the same recipe."""
     from hce_export.quantize import settings_for
 
-    recipe = settings_for().as_dict() if quantize else None
+    recipe = {k: v for k, v in settings_for().as_dict().items() if v is not None} if quantize else None
     return json.dumps({"source": str(folder.resolve()), "int8": recipe}, sort_keys=True)
 
 

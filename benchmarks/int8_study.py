@@ -8,7 +8,11 @@ the same fp32 graph with ``hce_export.quantize`` into one folder per alternative
 - ``default``  per-channel s8 weights, 7-bit on AVX2, GELU-fed FFN output projections kept fp32 (shipped);
 - ``all``      the same with every weight matmul quantised;
 - ``u8u8``     per-channel *u8* weights (onnxruntime's U8U8 kernel: no int16 saturation on AVX2, 8-bit
-               range), FFN output projections kept fp32.
+               range), FFN output projections kept fp32;
+- ``early``    the shipped recipe with the FFN output projections kept fp32 only in layers 0-2 (the
+               sensitive ones) and quantised in the later layers (``hce-export onnx --fp32-ffn-layers 0,1,2``).
+
+``--variants`` picks among them (default: all four).
 
 Every graph goes through the BEIR step (``encoders.beir_exact``: documents 256 tokens; queries 64 on
 SciFact and 256 on ArguAna, whose queries are whole arguments). Also recorded: cosine of each int8
@@ -34,6 +38,8 @@ from benchmarks.encoders import base_model_path, beir_exact, is_export
 log = logging.getLogger(__name__)
 QUERY = "what is the effect of vitamin d on bone density in adults"
 QUERY_LEN = {"arguana": 256}  # others 64
+EARLY_LAYERS = (0, 1, 2)  # the ``early`` recipe's fp32 FFN output projections
+VARIANTS = ("default", "all", "u8u8", "early")
 
 
 def build_graphs(model: Path, work: Path, names: Sequence[str]) -> tuple[dict[str, Path], dict[str, dict]]:
@@ -52,14 +58,19 @@ def build_graphs(model: Path, work: Path, names: Sequence[str]) -> tuple[dict[st
     alternatives = {
         "all": dataclasses.replace(shipped, keep_ffn_out=False),
         "u8u8": dataclasses.replace(shipped, reduce_range=False, weight_type="quint8"),
+        "early": dataclasses.replace(shipped, fp32_layers=EARLY_LAYERS),
     }
     folders, recipes = {"fp32": exp, "default": exp}, {"default": card.onnx["quantization"]}
     for name in names:
         if name == "default":
             continue
         out = work / f"int8-{name}"
+        want = alternatives[name].as_dict()
         made = is_export(out) and ModelCard.load(out).onnx["exported_at"] == card.onnx["exported_at"]
-        if not made:  # absent, or quantised from an earlier export
+        if made:  # a record without a setting (older code) had it at its default, None
+            have = ModelCard.load(out).onnx["quantization"]
+            made = {k: have.get(k) for k in want} == want
+        if not made:  # absent, quantised from an earlier export, or by another recipe under this name
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
             info = quantize(exp / card.onnx["files"]["fp32"], out / "model_int8.onnx", alternatives[name])
@@ -132,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = common.study_parser(__doc__, "int8-study")
     ap.add_argument("--model", type=Path, default=None, help="MODEL_DIR to export [all-MiniLM-L6-v2]")
     ap.add_argument("--datasets", default="scifact,arguana", help="BEIR folders or names under ../shared/data")
-    ap.add_argument("--variants", default="default,all,u8u8")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="recipes to compare [%(default)s]")
     ap.add_argument("--work", type=Path, default=Path("/tmp/hce-int8-study"), help="exports of each recipe")
     ap.add_argument("--latency-n", type=int, default=1000)
     ap.add_argument("--skip-latency", action="store_true")
@@ -140,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("hce_serve").setLevel(logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
     names = [n for n in args.variants.split(",") if n]
+    if unknown := sorted(set(names) - set(VARIANTS)):
+        ap.error(f"--variants: unknown recipe(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     folders, recipes = build_graphs(args.model or base_model_path(), args.work, names)
     folders = {n: folders[n] for n in ["fp32", *names]}
     result = {"study": "int8", "quick": args.quick, "model": str(args.model or "all-MiniLM-L6-v2"),

@@ -94,6 +94,7 @@ def export(
     isa: str | None = None,
     exclude: tuple[str, ...] | None = None,
     keep_ffn_out: bool = True,
+    fp32_layers: tuple[int, ...] | None = None,
     opset: int | None = None,
     max_length: int | None = None,
     query_max_length: int | None = None,
@@ -107,7 +108,9 @@ def export(
     Raises ``ValidationError`` when a measured number is out of ``tolerances`` (unless ``allow_degraded``,
     which records ``degraded`` and the failures in the card instead), ``FormatError`` for a missing or
     foreign model folder or unsupported architecture, ``ConfigError`` for an existing ``out_dir``
-    without ``overwrite``, ``MissingDependencyError`` without optimum-onnx.
+    without ``overwrite`` or an inconsistent int8 recipe, ``MissingDependencyError`` without optimum-onnx.
+    ``fp32_layers`` keeps the GELU-fed FFN output projections fp32 in those encoder layers only (None: in
+    every layer, with ``keep_ffn_out``); see ``hce_export.quantize``.
     """
     tol = tolerances or validate.Tolerances()
     src = load_source(model_dir)
@@ -119,7 +122,7 @@ def export(
     if max_length is not None or query_max_length is not None:
         card = card.replace(max_length=max_length or card.max_length,
                             query_max_length=query_max_length or card.query_max_length)
-    settings = _settings(isa, exclude, keep_ffn_out) if quantize else None  # bad --isa fails before any work
+    settings = _settings(isa, exclude, keep_ffn_out, fp32_layers) if quantize else None  # bad --isa fails before any work
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-export-{out.name}-", dir=out.parent))
     umask = os.umask(0)
@@ -187,8 +190,11 @@ def export(
     return {**section, "path": str(out)}
 
 
-def _settings(isa: str | None, exclude: tuple[str, ...] | None, keep_ffn_out: bool) -> q8.QuantSettings:
+def _settings(isa: str | None, exclude: tuple[str, ...] | None, keep_ffn_out: bool,
+              fp32_layers: tuple[int, ...] | None = None) -> q8.QuantSettings:
     s = q8.settings_for(isa, keep_ffn_out=keep_ffn_out)
+    if fp32_layers is not None:  # the FFN output projections stay fp32 in these layers only
+        s = replace(s, fp32_layers=tuple(fp32_layers))
     return s if exclude is None else replace(s, exclude=tuple(exclude))
 
 

@@ -21,6 +21,16 @@ from .validate import Tolerances
 _DEFAULT = Tolerances()
 
 
+def _layers(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """``0,1,2`` -> (0, 1, 2); anything but comma-separated layer numbers >= 0 is a usage error."""
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise click.BadParameter(f"expected comma-separated layer numbers >= 0 such as 0,1,2, found {value!r}")
+    return tuple(sorted({int(p) for p in parts}))
+
+
 @click.group(cls=HCEGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Export HCE / Hugging Face encoders to ONNX for serving."""
@@ -39,6 +49,10 @@ def main() -> None:
 @click.option("--quantize-ffn-out", is_flag=True,
               help="Also quantise the FFN output projections: ~1.2x faster queries on AVX2, lower cosine to fp32 "
                    "(kept fp32 by default; see benchmarks/RESULTS.md).")
+@click.option("--fp32-ffn-layers", "fp32_layers", default=None, callback=_layers, metavar="0,1,2",
+              help="Keep the FFN output projections fp32 only in these encoder layers (numbered from 0) and "
+                   "quantise them in the others: between the default (fp32 in every layer) and "
+                   "--quantize-ffn-out, with which it cannot be combined.")
 @click.option("--validate-data", type=click.Path(path_type=Path), default=None,
               help="BEIR folder: also compare nDCG@10 of fp32 and int8 by exact search.")
 @click.option("--validate-split", default="test", show_default=True, help="qrels split for --validate-data.")
@@ -62,21 +76,24 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing EXPORT_DIR (swapped in only when complete).")
 @verbosity_options
 def onnx_cmd(model_dir: Path, out_dir: Path, quantize: bool, fp16: bool, isa: str | None, exclude: tuple[str, ...],
-             quantize_ffn_out: bool,
+             quantize_ffn_out: bool, fp32_layers: tuple[int, ...] | None,
              validate_data: Path | None, validate_split: str, validate_max_queries: int | None,
              validate_max_docs: int | None, max_length: int | None, query_max_length: int | None,
              opset: int | None, max_fp32_diff: float, min_int8_mean_cos: float, min_int8_cos: float,
              max_ndcg_loss: float, allow_degraded: bool, overwrite: bool, verbose: int, quiet: bool) -> None:
     """Export MODEL_DIR to a self-contained, self-validated EXPORT_DIR."""
     setup_logging(verbose, quiet)
-    if (isa or exclude or quantize_ffn_out) and not quantize:
-        raise click.UsageError("--isa/--exclude-node/--quantize-ffn-out only apply with --quantize")
+    if (isa or exclude or quantize_ffn_out or fp32_layers is not None) and not quantize:
+        raise click.UsageError("--isa/--exclude-node/--quantize-ffn-out/--fp32-ffn-layers only apply with --quantize")
+    if quantize_ffn_out and fp32_layers is not None:
+        raise click.UsageError("--fp32-ffn-layers and --quantize-ffn-out exclude each other: the first keeps some "
+                               "FFN output projections fp32, the second quantises them all")
     from .api import export  # heavy imports (torch, optimum) only once the usage is known to be right
 
     result = export(
         model_dir, out_dir, quantize=quantize, fp16=fp16, overwrite=overwrite, validate_data=validate_data,
         allow_degraded=allow_degraded, isa=isa, exclude=tuple(exclude) or None, keep_ffn_out=not quantize_ffn_out,
-        opset=opset,
+        fp32_layers=fp32_layers, opset=opset,
         max_length=max_length, query_max_length=query_max_length,
         tolerances=Tolerances(max_fp32_diff, min_int8_mean_cos, min_int8_cos, max_ndcg_loss),
         validate_split=validate_split, validate_max_queries=validate_max_queries,

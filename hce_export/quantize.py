@@ -17,12 +17,18 @@ the choice: nDCG@10 loss vs fp32 on SciFact / ArguAna is 0.06 / -0.20 points wit
 projections kept fp32 and -0.53 / 0.29 with every matmul int8 (cosine min .987 vs .994 on the corpus,
 top-10 overlap with fp32 .89-.93 vs .92-.95). The price is speed: about 1.2x the all-int8 query latency
 at 1 thread (interleaved A/B on this CPU), so ``--quantize-ffn-out`` offers the faster graph. The
-sensitivity sits in the early layers: keeping only layers 0-2 fp32 recovers most of the cosine.
+sensitivity sits in the early layers: keeping only layers 0-2 fp32 recovers most of the cosine, so
+``fp32_layers`` (``hce-export onnx --fp32-ffn-layers 0,1,2``) keeps the GELU-fed projections fp32 in those
+encoder layers only and quantises the rest (None, the default, keeps them fp32 in every layer). A node's
+layer is read from the graph's names (``/encoder/layer.3/output/dense/MatMul``: ``layer.N``, ``layer_N``,
+``layers.N`` in the node name, else in its output or activation input names); one whose layer cannot be
+told stays fp32, with a warning.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,17 +58,29 @@ class QuantSettings:
     exclude: tuple[str, ...] = field(default_factory=tuple)
     keep_ffn_out: bool = True  # FFN output projections (fed by GELU) stay fp32; see the module docstring
     method: str = "dynamic"
+    fp32_layers: tuple[int, ...] | None = None  # with keep_ffn_out: only these layers' projections (None: all)
 
     def __post_init__(self) -> None:
         if self.isa not in ISAS:
             raise ConfigError(f"isa must be one of {ISAS}, found {self.isa!r}")
         if self.weight_type not in ("qint8", "quint8"):
             raise ConfigError(f"weight_type must be qint8 or quint8, found {self.weight_type!r}")
+        if self.fp32_layers is not None:
+            layers = self.fp32_layers
+            if isinstance(layers, (str, bytes)) or not isinstance(layers, (tuple, list)) or not layers or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
+                raise ConfigError(f"fp32_layers must be a non-empty list of layer numbers >= 0 (or None for every "
+                                  f"layer), found {layers!r}")
+            if not self.keep_ffn_out:
+                raise ConfigError("fp32_layers keeps FFN output projections fp32 in some layers; it contradicts "
+                                  "keep_ffn_out=False (every projection quantised)")
+            object.__setattr__(self, "fp32_layers", tuple(sorted(set(layers))))
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["op_types"] = list(self.op_types)
         d["exclude"] = list(self.exclude)
+        d["fp32_layers"] = None if self.fp32_layers is None else list(self.fp32_layers)
         return d
 
 
@@ -76,17 +94,46 @@ def settings_for(isa: str | None = None, exclude: tuple[str, ...] = (), keep_ffn
 
 
 GELUS = ("Gelu", "BiasGelu", "FastGelu", "QuickGelu")
+# "layer.3", "layer_3", "layers.3" as a whole path component of an HF export's names (not "sublayer.3").
+_LAYER = re.compile(r"(?:^|[/.:_])layers?[._](\d+)(?=$|[/.:_])")
 
 
-def node_names(model_path: Path, op_types: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """Names of the quantisable nodes in graph order, and those of them that are FFN output projections."""
+def layer_of(*names: str) -> int | None:
+    """The encoder layer named by the first of ``names`` that names one, or None."""
+    for name in names:
+        m = _LAYER.search(name)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def node_names(model_path: Path, op_types: tuple[str, ...]) -> tuple[list[str], dict[str, int | None]]:
+    """Names of the quantisable nodes in graph order, and {name: encoder layer or None} of those of them
+    that are FFN output projections. The layer comes from the node's name, else its outputs', else its
+    activation input's (never a weight's: exporters share one initializer between layers with equal weights)."""
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
     gelu_out = {o for n in model.graph.node if n.op_type in GELUS for o in n.output}
     names = [n.name for n in model.graph.node if n.op_type in op_types]
-    ffn_out = [n.name for n in model.graph.node if n.op_type in op_types and n.input and n.input[0] in gelu_out]
+    ffn_out = {n.name: layer_of(n.name, *n.output, n.input[0]) for n in model.graph.node
+               if n.op_type in op_types and n.input and n.input[0] in gelu_out}
     return names, ffn_out
+
+
+def kept_fp32(ffn_out: dict[str, int | None], settings: QuantSettings) -> set[str]:
+    """The FFN output projections ``settings`` keeps fp32 (one whose layer is unknown is kept, with a warning)."""
+    if not settings.keep_ffn_out:
+        return set()
+    if settings.fp32_layers is None:
+        return set(ffn_out)
+    unknown = [n for n, layer in ffn_out.items() if layer is None]
+    if unknown:
+        log.warning("fp32_layers: no layer number in the names of %s; kept fp32", ", ".join(unknown))
+    absent = sorted(set(settings.fp32_layers) - set(ffn_out.values()))
+    if absent:
+        log.warning("fp32_layers: no GELU-fed matmul found in layer(s) %s", ", ".join(map(str, absent)))
+    return {n for n, layer in ffn_out.items() if layer is None or layer in settings.fp32_layers}
 
 
 def quantize(src: Path, dst: Path, settings: QuantSettings) -> dict[str, Any]:
@@ -99,7 +146,7 @@ def quantize(src: Path, dst: Path, settings: QuantSettings) -> dict[str, Any]:
     names, ffn_out = node_names(src, settings.op_types)
     if settings.keep_ffn_out and not ffn_out:
         log.warning("no GELU-fed matmul found in %s: every matmul is quantised", src.name)
-    keep = set(ffn_out) if settings.keep_ffn_out else set()
+    keep = kept_fp32(ffn_out, settings)
     excluded = [n for n in names if n in keep or any(pat in n for pat in settings.exclude)]
     root = logging.getLogger()
     level = root.level

@@ -183,9 +183,12 @@ def test_int8_study_quick(tiny_bert, tiny_beir, tmp_path, cache):
                             str(tmp_path / "work"), "--latency-n", "20", "--out", str(out)]) == 0
     res = read(out, "benchmarks/int8_study.py")
     assert res["recipes"]["all"]["keep_ffn_out"] is False and res["recipes"]["u8u8"]["weight_type"] == "quint8"
+    early = res["recipes"]["early"]  # the 2-layer tiny model: fp32 FFN output projection in layer 0 and 1 only
+    assert early["fp32_layers"] == [0, 1, 2] and res["recipes"]["default"]["fp32_layers"] is None
+    assert len(early["excluded_nodes"]) == len(res["recipes"]["default"]["excluded_nodes"]) == 2
     variants = res["datasets"][tiny_beir.name]["variants"]
-    assert list(variants) == ["fp32", "default", "all", "u8u8"] and "doc_cos_mean" not in variants["fp32"]
-    for v in ("default", "all", "u8u8"):
+    assert list(variants) == ["fp32", "default", "all", "u8u8", "early"] and "doc_cos_mean" not in variants["fp32"]
+    for v in ("default", "all", "u8u8", "early"):
         assert 0.0 < variants[v]["top10_overlap"] <= 1.0 and -1.0 <= variants[v]["doc_cos_min"] <= 1.0
         loss = 100 * (variants["fp32"]["ndcg@10"] - variants[v]["ndcg@10"])
         assert variants[v]["ndcg10_loss_points"] == pytest.approx(loss, abs=1e-3)

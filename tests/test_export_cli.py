@@ -64,3 +64,29 @@ def test_bad_usage_exit_2(tiny_bert, tmp_path):
     assert run("--model", tiny_bert, "--out", tmp_path / "o", "--max-length", "0").exit_code == 2
     assert CliRunner().invoke(main, ["nosuchcommand"]).exit_code == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_fp32_ffn_layers_flag_is_recorded_in_the_card(tiny_bert, tmp_path):
+    res = run("--model", tiny_bert, "--out", tmp_path / "e", "--quantize", "--isa", "avx2", "--fp32-ffn-layers", "0",
+              "-q")
+    assert res.exit_code == 0, res.output
+    quant = ModelCard.load(tmp_path / "e").onnx["quantization"]
+    assert quant["fp32_layers"] == [0] and quant["keep_ffn_out"] is True
+    assert len(quant["excluded_nodes"]) == 1 and "layer.0/output/dense" in quant["excluded_nodes"][0]
+
+
+def test_fp32_ffn_layers_usage_errors_exit_2_with_one_error_line(tiny_bert, tmp_path):
+    out = ["--model", tiny_bert, "--out", tmp_path / "o"]
+    cases = [
+        ([*out, "--quantize", "--quantize-ffn-out", "--fp32-ffn-layers", "0,1"], "--quantize-ffn-out"),
+        ([*out, "--quantize", "--fp32-ffn-layers", "0,a"], "layer numbers"),
+        ([*out, "--quantize", "--fp32-ffn-layers", "-1"], "layer numbers"),
+        ([*out, "--fp32-ffn-layers", "0"], "--quantize"),
+    ]
+    for args, needle in cases:
+        res = run(*args)
+        assert res.exit_code == 2, (args, res.output)
+        errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and needle in errors[0] and "Traceback" not in res.stderr, res.stderr
+    assert "--fp32-ffn-layers" in CliRunner().invoke(main, ["onnx", "--help"]).output
+    assert not (tmp_path / "o").exists()
