@@ -37,23 +37,26 @@ from benchmarks.quality_report import markdown, report
 
 log = logging.getLogger("quality")
 
-# name -> (negatives, config overrides). Every arm shares the profile's budget.
+# name -> (negatives, config overrides). Every arm shares the profile's budget. The guard against unjudged
+# positives is pinned here, not taken from the product's defaults, so a changed default can't change an arm.
+GUARD = 10  # the shared rule: no negative among the query's top 10 (mined ranks from 10; siblings guarded)
+GUARDED = {"mined_rank_lo": GUARD, "sibling_guard": GUARD}
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
-    "flat": ("flat", {}),
-    "mined": ("mined", {}),
-    "mined-refresh": ("mined", {"refresh_mined": True}),
-    "hce": ("hce", {}),
-    "hce-doc-level-only": ("hce", {"level_weights": (0.0,)}),
-    "hce-raw-centroids": ("hce", {"normalize_centroids": False}),
-    "hce-unguarded": ("hce", {"sibling_guard": 0}),  # no guard against unjudged positives...
-    "mined-unguarded": ("mined", {"mined_rank_lo": 0}),  # ...for either arm: mined from ranks 0-50
+    "flat": ("flat", dict(GUARDED)),
+    "mined": ("mined", dict(GUARDED)),
+    "mined-refresh": ("mined", {**GUARDED, "refresh_mined": True}),
+    "hce": ("hce", dict(GUARDED)),
+    "hce-doc-level-only": ("hce", {**GUARDED, "level_weights": (0.0,)}),
+    "hce-raw-centroids": ("hce", {**GUARDED, "normalize_centroids": False}),
+    "hce-unguarded": ("hce", {**GUARDED, "sibling_guard": 0}),  # no guard against unjudged positives...
+    "mined-unguarded": ("mined", {"mined_rank_lo": 0, "sibling_guard": 0}),  # ...for either arm: ranks 0-50
     # What the CPU profile's one method cut (attention dropout off) changes: the base model's 0.1 restored.
-    "hce-attn-dropout": ("hce", {"attention_dropout": None}),
-    "mined-attn-dropout": ("mined", {"attention_dropout": None}),
+    "hce-attn-dropout": ("hce", {**GUARDED, "attention_dropout": None}),
+    "mined-attn-dropout": ("mined", {**GUARDED, "attention_dropout": None}),
     # Cached negatives (embeddings from the latest corpus encode, no gradient): S nearly free, so the leaf
     # level can take every leaf-mate. A method change: compare with the live arms above.
-    "hce-cached": ("hce", {"negative_encoding": "cached"}),
-    "mined-cached": ("mined", {"negative_encoding": "cached"}),
+    "hce-cached": ("hce", {**GUARDED, "negative_encoding": "cached"}),
+    "mined-cached": ("mined", {**GUARDED, "negative_encoding": "cached"}),
 }
 # Budgets. cpu: sized so one seed of flat, mined, mined-refresh and hce fits 90 minutes on 2 cores.
 PROFILES: dict[str, dict[str, Any]] = {
