@@ -92,7 +92,7 @@ def main() -> None:
 @click.option("--refresh-mined/--static-mined", "refresh_mined", default=None,
               help="mined: re-mine from the current encoder on the rebuild schedule [static].")
 @click.option("--sibling-guard", type=click.IntRange(min=0), default=None,
-              help="Skip the query's top-G documents as negatives in every arm [mined rank lo, 10].")
+              help="Skip the query's top-G documents as negatives in every arm [0: off].")
 @click.option("--pseudo-queries", type=click.Choice(PSEUDO_QUERIES), default=None,
               help="Unsupervised queries: verbatim spans or crops with dropped words [span].")
 @click.option("--rebuild-every", callback=_rebuild, default=None, help="'epoch' [default], N steps, or 0 (never).")

@@ -79,3 +79,18 @@ def test_epoch_batches_are_full_seeded_and_cover_everything():
     assert set(np.concatenate(batches).tolist()) == set(range(10))
     assert all(np.array_equal(a, b) for a, b in zip(batches, epoch_batches(10, 4, 0, 0), strict=True))
     assert not np.array_equal(np.concatenate(batches), np.concatenate(epoch_batches(10, 4, 0, 1)))
+
+
+def test_the_guard_is_off_by_default_and_binds_every_arm_when_set():
+    from hce_serve.errors import ConfigError
+    from hce_train.config import TrainConfig
+
+    default = TrainConfig(data="d", out="o", negatives="hce").resolved()
+    assert (default.sibling_guard, default.mined_rank_lo) == (0, 0)  # the paper's siblings, mined from rank 0
+    for negatives in ("hce", "mined"):
+        guarded = TrainConfig(data="d", out="o", negatives=negatives, sibling_guard=10).resolved()
+        assert (guarded.sibling_guard, guarded.mined_rank_lo) == (10, 10)  # one knob for both arms
+    legacy = TrainConfig(data="d", out="o", negatives="mined", mined_rank_lo=10).resolved()
+    assert legacy.sibling_guard == 10  # an explicit mined rank still guards the siblings alike
+    with pytest.raises(ConfigError, match="sibling_guard"):
+        TrainConfig(data="d", out="o", sibling_guard=50)  # would leave mined no ranks to draw from
