@@ -72,7 +72,7 @@ class TrainConfig:
     # the query's top ``sibling_guard`` documents (positives removed) under the encoder that picked it.
     # mined skips ranks < mined_rank_lo; hce drops siblings in the query's top ranks at each rebuild.
     # None -> mined_rank_lo, so one knob guards both. Off by default (the paper's siblings): on SciFact a
-    # guard of 10 cost hce 2.4 and mined 1.3 nDCG@10 points over 2-3 seeds (results/quality-cpu.json).
+    # guard of 10 cost hce 2.4 and mined 1.4 nDCG@10 points over 3 seeds (results/quality-cpu.json).
     # Raise it on data where many relevant documents are unjudged (e.g. sparse web-search qrels).
     sibling_guard: int | None = None
     # Unsupervised pseudo-queries: ``span`` cuts span_min..span_max consecutive words; ``crop`` does the
