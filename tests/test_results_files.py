@@ -26,7 +26,6 @@ LEGACY = {
     "latency-1m.json": "benchmarks/latency.py --out latency-1m",
     "recall.json": "benchmarks/recall.py",
     "reliability.json": "tests/reliability/{crash,fuzz,fuzz_api,loadtest}.py, one section each",
-    "tree-build.json": "benchmarks/tree_build.py",
 }
 WRITERS = re.compile(r"(benchmarks/\w+\.py|tests/reliability/\w+\.py|scripts/demo\.sh)")
 
