@@ -19,7 +19,6 @@ from benchmarks import common
 LEGACY = {
     "export.json": "benchmarks/export_latency.py, before the shared writer",
     "incremental.json": "benchmarks/incremental.py",
-    "index-scale.json": "benchmarks/index_scale.py",
     "index-scale-1m.json": "benchmarks/index_scale.py --sizes 1000000 --out index-scale-1m",
     "int8-study.json": "benchmarks/int8_study.py",
     "latency.json": "benchmarks/latency.py",
