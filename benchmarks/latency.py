@@ -8,8 +8,10 @@ and 2 threads.
 
 Per system: single-query p50/p99 end to end (text -> ids), encode only, search only; batched QPS (32
 queries a call). The systems are timed interleaved (``common.timed``) after a warm-up, and repeated; the
-reported statistic is the median over repeats. ``hce_engine`` runs with the query cache off, so it pays the
-encoder on every query; ``hce_engine_cache_hit`` is the same path with every query cached (its encode column
+reported statistic is the median over repeats. ``hce_engine`` runs with the query cache off and the full
+query encoder, so it pays the whole encoder on every query; where ``--export`` holds a distilled query graph
+(``hce-train distill-query`` then ``hce-export onnx``), ``hce_engine_shallow`` is the same path through it and
+``shallow_over_full_p50`` the ratio; ``hce_engine_cache_hit`` is the same path with every query cached (its encode column
 is the cost of a hit). Peers encode only (they have no index): they join the encode column, with their p50
 as a ratio to hce's. The int8 encoders' cosine to their own fp32 on documents is measured too (``fidelity``).
 """
@@ -62,6 +64,13 @@ def measure_http(index_dir: Path, queries: list[str], threads: int, n: int, repe
             "loads": loads}, [x for r in reps for x in r]
 
 
+def has_shallow(export: Path, variant: str) -> bool:
+    """Whether the export has a distilled query graph of this variant (card ``onnx.query_files``)."""
+    from hce_serve.card import ModelCard
+
+    return variant in ((ModelCard.load(export).onnx or {}).get("query_files") or {})
+
+
 def run_setting(name: str, index_dir: Path, matrix: np.ndarray, queries: list[str], ef: int,
                 args: argparse.Namespace) -> dict[str, Any]:
     """Every system at 1 and 2 threads on one index folder."""
@@ -78,14 +87,20 @@ def run_setting(name: str, index_dir: Path, matrix: np.ndarray, queries: list[st
     for t in (1, 2):
         torch.set_num_threads(t)  # torch_exact and sentence-transformers' torch backend
         floor = Floor(args.export, args.variant, hnsw_path, matrix.shape[0], t, ef)
-        eng = Engine.open(index_dir, variant=args.variant, threads=t, query_cache=0)
-        cached = Engine.open(index_dir, variant=args.variant, threads=t, query_cache=2 * len(queries))
-        for e in (eng, cached):
-            e.index.set_ef(ef)
+        eng = Engine.open(index_dir, variant=args.variant, threads=t, query_cache=0, query_encoder="full")
+        cached = Engine.open(index_dir, variant=args.variant, threads=t, query_cache=2 * len(queries),
+                             query_encoder="full")
+        shallow = Engine.open(index_dir, variant=args.variant, threads=t, query_cache=0,
+                              query_encoder="shallow") if has_shallow(args.export, args.variant) else None
+        for e in (eng, cached, shallow):
+            if e is not None:
+                e.index.set_ef(ef)
+        out["query_graphs"] = {"hce_engine": eng.encoder.query_graph,
+                               **({"hce_engine_shallow": shallow.encoder.query_graph} if shallow else {})}
         warm_cache(cached, queries)
         enc_peers, out["peers_skipped"] = peers.load(args.torch_model, t, matrix.shape[1]) if args.peers else ({}, {})
         res: dict[str, Any] = {}
-        sys_fns = systems(floor, eng, cached, tq, queries, t)
+        sys_fns = systems(floor, eng, cached, tq, queries, t, shallow)
         for col, which in (("end_to_end", 0), ("encode_only", 1), ("search_only", 2)):
             fns = {k: v[which] for k, v in sys_fns.items()}
             if which == 1:  # peers encode only, interleaved with hce's encoders
@@ -99,8 +114,9 @@ def run_setting(name: str, index_dir: Path, matrix: np.ndarray, queries: list[st
             res[sysname]["batched_qps"] = common.rate(lambda batch=batch: [batch(b) for b in batches],
                                                       sum(map(len, batches)), args.repeats, warmup=0)
             log.info("%s %dt %s: %s", name, t, sysname, res[sysname]["end_to_end"])
-        eng.close()
-        cached.close()
+        for e in (eng, cached, shallow):
+            if e is not None:
+                e.close()
         if not args.no_http:
             res["hce_http"], cdf[f"hce_http ({t}t)"] = measure_http(
                 index_dir, queries, t, args.n_http, args.repeats, args.concurrency, args.http_requests)
@@ -111,6 +127,10 @@ def run_setting(name: str, index_dir: Path, matrix: np.ndarray, queries: list[st
             res["ratios_p50_to_floor"]["hce_http"] = round(res["hce_http"]["sequential"]["p50_ms"] / floor_p50, 3)
         res["hce_engine_speedup_vs_torch_exact"] = round(
             res["torch_exact"]["end_to_end"]["p50_ms"] / res["hce_engine"]["end_to_end"]["p50_ms"], 2)
+        if shallow is not None:  # issue 12's target: the shallow path's p50 <= 0.5x the full one's
+            res["shallow_over_full_p50"] = {col: round(res["hce_engine_shallow"][col]["p50_ms"]
+                                                       / res["hce_engine"][col]["p50_ms"], 3)
+                                            for col in ("end_to_end", "encode_only")}
         hce_enc, hce_e2e = res["hce_engine"]["encode_only"]["p50_ms"], res["hce_engine"]["end_to_end"]["p50_ms"]
         res["peers_encode_p50_over_hce_encode_p50"] = {p: round(res[p]["encode_only"]["p50_ms"] / hce_enc, 3)
                                                        for p in enc_peers}

@@ -7,6 +7,8 @@ encode only, search only, a batched call), built for one thread count.
   the HTTP API and the Python API does by default.
 - ``hce_engine_cache_hit``: the same Engine path with every query already in the query cache: its encode
   column is the hit path (key + lookup), its end-to-end column a repeated query.
+- ``hce_engine_shallow``: where the export has a distilled query graph (``hce-train distill-query``), the
+  same Engine with queries through it (``query_encoder="shallow"``); ``hce_engine`` then runs the full one.
 - ``torch_exact``: the research-code path, the training encoder's torch forward and numpy exact search.
 """
 
@@ -79,11 +81,13 @@ class TorchExact:
         return topk_inner_product(self.matrix, vecs, K)[1]
 
 
-def systems(floor: Floor, eng: Any, cached: Any, tq: TorchExact, queries: list[str], t: int) -> dict[str, Fns]:
+def systems(floor: Floor, eng: Any, cached: Any, tq: TorchExact, queries: list[str], t: int,
+            shallow: Any = None) -> dict[str, Fns]:
     """Per system: (end to end, encode only, search only, batched call) closures over query index i.
 
-    ``eng`` is an Engine with its query cache off; ``cached`` one over the same folder whose cache already
-    holds every query (``warm_cache``).
+    ``eng`` is an Engine with its query cache off and the full query encoder; ``cached`` one over the same
+    folder whose cache already holds every query (``warm_cache``); ``shallow`` (or None) one whose queries go
+    through the export's distilled query graph.
     """
     q1 = [[q] for q in queries]
     fv = floor.encode(queries[:1])  # (1, dim): a fixed vector for the search-only loops
@@ -99,6 +103,10 @@ def systems(floor: Floor, eng: Any, cached: Any, tq: TorchExact, queries: list[s
                        lambda i: eng.encoder.encode_queries(q1[i % len(q1)]),
                        lambda i: eng.index.search(ev, K), lambda b: eng.search_batch(b, K, fields=(), num_threads=t)),
         **docs,
+        **({} if shallow is None else {"hce_engine_shallow": (
+            lambda i: shallow.search_batch(q1[i % len(q1)], K, fields=()),
+            lambda i: shallow.encoder.encode_queries(q1[i % len(q1)]),
+            lambda i: shallow.index.search(ev, K), lambda b: shallow.search_batch(b, K, fields=(), num_threads=t))}),
         "hce_engine_cache_hit": (lambda i: cached.search_batch(q1[i % len(q1)], K, fields=()),
                                  lambda i: cached.query_vectors(q1[i % len(q1)]),
                                  lambda i: cached.index.search(ev, K),

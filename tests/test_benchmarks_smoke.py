@@ -126,26 +126,44 @@ def test_recall_quick_and_its_embedding_cache(tiny_beir, tiny_export, tmp_path, 
     assert (tmp_path / f"recall-{tiny_beir.name}.png").is_file()
 
 
+def with_query_graph(export: Path, out: Path) -> Path:
+    """A copy of ``export`` whose card lists a stand-in shallow query graph (its fp32 graph as the int8 one),
+    as tests/test_query_serving.py does: which graph a query went through shows in its vector."""
+    import shutil
+
+    shutil.copytree(export, out)
+    shutil.copy(out / "model.onnx", out / "query_model_int8.onnx")
+    card = json.loads((out / "hce_model.json").read_text())
+    card["onnx"].update(query_files={"int8": "query_model_int8.onnx"}, query_encoder={"layers": 1})
+    (out / "hce_model.json").write_text(json.dumps(card))
+    return out
+
+
 def test_latency_quick(tiny_beir, tiny_export, tiny_bert, tmp_path, cache):
     from benchmarks import latency
 
     out = tmp_path / "latency.json"
-    assert latency.main(["--quick", "--data", str(tiny_beir), "--export", str(tiny_export), "--torch-model",
+    export = with_query_graph(tiny_export, tmp_path / "export")
+    assert latency.main(["--quick", "--data", str(tiny_beir), "--export", str(export), "--torch-model",
                          str(tiny_bert), "--n", "20", "--repeats", "1", "--n-http", "10", "--http-requests", "20",
                          "--concurrency", "1,3", "--out", str(out)]) == 0
     result = read(out, "benchmarks/latency.py")
     (setting,) = result["settings"]
-    systems = ("floor", "hce_engine", "hce_engine_docs", "hce_engine_cache_hit", "torch_exact")
+    systems = ("floor", "hce_engine", "hce_engine_docs", "hce_engine_shallow", "hce_engine_cache_hit", "torch_exact")
     # Peers are optional: timed where sentence-transformers (and fastembed) are installed, else skipped with a reason.
     peer_names = {"st_torch", "st_onnx_fp32", f"st_onnx_int8_{result['peers']['int8_config']}", "fastembed_fp32"}
     assert peer_names == set(setting["peers_skipped"]) | set(setting["threads"]["1"]["peers_encode_p50_over_hce_encode_p50"])
     assert set(setting["threads"]) == {"1", "2"}
+    assert setting["query_graphs"] == {"hce_engine": "model_int8.onnx", "hce_engine_shallow": "query_model_int8.onnx"}
     for res in setting["threads"].values():
         for system in systems:
             assert {"end_to_end", "encode_only", "search_only"} <= set(res[system]) and res[system]["batched_qps"] > 0
             assert res[system]["end_to_end"]["n"] == 20 and res[system]["end_to_end"]["p50_ms"] > 0
         # A cache hit skips the encoder: a key and a lookup cost far less than running even the tiny graph.
         assert res["hce_engine_cache_hit"]["encode_only"]["p50_ms"] < res["hce_engine"]["encode_only"]["p50_ms"]
+        ratio = res["shallow_over_full_p50"]  # the export has a query graph: the shallow path is timed beside
+        assert ratio["end_to_end"] == round(res["hce_engine_shallow"]["end_to_end"]["p50_ms"]
+                                            / res["hce_engine"]["end_to_end"]["p50_ms"], 3)
         for peer, ratio in res["peers_encode_p50_over_hce_encode_p50"].items():
             assert res[peer]["encode_only"]["n"] == 20 and ratio > 0 and "end_to_end" not in res[peer]
             assert res["hce_end_to_end_p50_over_peer_encode_p50"][peer] > 0
