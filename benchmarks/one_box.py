@@ -151,7 +151,10 @@ def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
     res["sweep"] = sweep(index, q, truth, args.efs, args.latency_queries)
     ok = [r["ef"] for r in res["sweep"] if r["recall@10"] >= TARGETS["recall_at_10"]]
     res["chosen_ef"] = ok[0] if ok else None
-    res["peak_rss_gib"] = round(common.rss_mib("VmHWM") / 1024, 2)  # the process's high-water mark, all phases
+    # The high-water mark over all phases: each phase resets VmHWM (common.reset_peak), so the counter alone
+    # holds only the phases since the last reset; the phases keep their own peaks.
+    res["peak_rss_gib"] = round(max(common.rss_mib("VmHWM"), *(p["peak_rss_mib"] for p in ph.values())) / 1024, 2)
+    res["peak_phase"] = max(ph, key=lambda k: ph[k]["peak_rss_mib"])
     res["wall_seconds"] = round(time.perf_counter() - t_all, 1)
     chosen = next((r for r in res["sweep"] if r["ef"] == res["chosen_ef"]), None)
     res["targets"] = {**TARGETS, "met": {

@@ -67,7 +67,10 @@ def test_index_scale_one_box_quick(tmp_path):
     assert ph["tree_build"]["summary"]["docs"] == 3000 and ph["save"]["bytes"]["hnsw.bin"] > 3000 * 384 * 4
     assert all(ph[p]["peak_rss_mib"] > 0 for p in ("generate", "tree_build", "index_build", "save", "load"))
     assert [s["ef"] for s in res["sweep"]] == [10, 200] and res["sweep"][-1]["recall@10"] >= 0.99
-    assert res["chosen_ef"] in (10, 200) and res["peak_rss_gib"] > 0
+    assert res["chosen_ef"] in (10, 200)
+    # The reported peak covers every phase, not only those after the last per-phase reset of VmHWM.
+    assert res["peak_rss_gib"] * 1024 >= max(p["peak_rss_mib"] for p in ph.values()) - 6
+    assert ph[res["peak_phase"]]["peak_rss_mib"] == max(p["peak_rss_mib"] for p in ph.values())
     opts = res["memory_options"]
     assert opts["documents"] == 2000 and opts["hnswlib_fp32"]["recall@10"] >= 0.95
     assert opts["faiss_hnsw_fp16"]["recall@10"] >= 0.95
