@@ -20,7 +20,6 @@ LEGACY = {
     "export.json": "benchmarks/export_latency.py, before the shared writer",
     "incremental.json": "benchmarks/incremental.py",
     "index-scale-1m.json": "benchmarks/index_scale.py --sizes 1000000 --out index-scale-1m",
-    "int8-study.json": "benchmarks/int8_study.py",
     "latency.json": "benchmarks/latency.py",
     "latency-1m.json": "benchmarks/latency.py --out latency-1m",
     "recall.json": "benchmarks/recall.py",
