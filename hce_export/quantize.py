@@ -12,12 +12,14 @@ GELU, whose skewed activations quantise badly with a per-batch uint8 range) kept
 default that projection stays fp32 (``keep_ffn_out``), found by graph structure (consumer of a Gelu op)
 rather than by name so it works for any BERT-like encoder. ``exclude`` adds nodes by name substring.
 
-Full-corpus retrieval (benchmarks/int8_study.py, results/int8-study.json; AVX2, exact search) confirms
+Full-corpus retrieval (benchmarks/int8_study.py; the AVX2 run, in results/int8-study.json's history) confirms
 the choice: nDCG@10 loss vs fp32 on SciFact / ArguAna is 0.06 / -0.20 points with the FFN output
 projections kept fp32 and -0.53 / 0.29 with every matmul int8 (cosine min .987 vs .994 on the corpus,
 top-10 overlap with fp32 .89-.93 vs .92-.95). The price is speed: about 1.2x the all-int8 query latency
-at 1 thread (interleaved A/B on this CPU), so ``--quantize-ffn-out`` offers the faster graph. The
-sensitivity sits in the early layers: keeping only layers 0-2 fp32 recovers most of the cosine, so
+at 1 thread (interleaved A/B on the AVX2 CPU), so ``--quantize-ffn-out`` offers the faster graph.
+On an AVX-512 VNNI CPU (the file's current run, SciFact / CISI) the losses were 0.18 / 0.50 points (kept
+fp32) and 0.26 / 0.11 (all int8), with all-int8 1.44x faster: there all-int8 is the better trade, and a
+per-ISA default is the next step. The sensitivity sits in the early layers: keeping only layers 0-2 fp32 recovers most of the cosine, so
 ``fp32_layers`` (``hce-export onnx --fp32-ffn-layers 0,1,2``) keeps the GELU-fed projections fp32 in those
 encoder layers only and quantises the rest (None, the default, keeps them fp32 in every layer). A node's
 layer is read from the graph's names (``/encoder/layer.3/output/dense/MatMul``: ``layer.N``, ``layer_N``,
