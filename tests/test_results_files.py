@@ -19,7 +19,6 @@ from benchmarks import common
 LEGACY = {
     "export.json": "benchmarks/export_latency.py, before the shared writer",
     "incremental.json": "benchmarks/incremental.py",
-    "index-scale-1m.json": "benchmarks/index_scale.py --sizes 1000000 --out index-scale-1m",
     "latency.json": "benchmarks/latency.py",
     "latency-1m.json": "benchmarks/latency.py --out latency-1m",
     "recall.json": "benchmarks/recall.py",
