@@ -65,10 +65,11 @@ def measure_http(index_dir: Path, queries: list[str], threads: int, n: int, repe
 
 
 def has_shallow(export: Path, variant: str) -> bool:
-    """Whether the export has a distilled query graph of this variant (card ``onnx.query_files``)."""
+    """Whether the export has a distilled query graph of this variant: the serving path's own choice."""
     from hce_serve.card import ModelCard
+    from hce_serve.encoder import plan
 
-    return variant in ((ModelCard.load(export).onnx or {}).get("query_files") or {})
+    return plan(ModelCard.load(export), export, variant)["query_encoder"] == "shallow"
 
 
 def run_setting(name: str, index_dir: Path, matrix: np.ndarray, queries: list[str], ef: int,
@@ -84,6 +85,7 @@ def run_setting(name: str, index_dir: Path, matrix: np.ndarray, queries: list[st
     batches = [queries[i : i + BATCH] for i in range(0, len(queries) - BATCH + 1, BATCH)] or [queries[:BATCH]]
     tq = TorchExact(args.torch_model, matrix)
     q1 = [[q] for q in queries]
+    with_shallow = has_shallow(args.export, args.variant)
     for t in (1, 2):
         torch.set_num_threads(t)  # torch_exact and sentence-transformers' torch backend
         floor = Floor(args.export, args.variant, hnsw_path, matrix.shape[0], t, ef)
@@ -91,7 +93,7 @@ def run_setting(name: str, index_dir: Path, matrix: np.ndarray, queries: list[st
         cached = Engine.open(index_dir, variant=args.variant, threads=t, query_cache=2 * len(queries),
                              query_encoder="full")
         shallow = Engine.open(index_dir, variant=args.variant, threads=t, query_cache=0,
-                              query_encoder="shallow") if has_shallow(args.export, args.variant) else None
+                              query_encoder="shallow") if with_shallow else None
         for e in (eng, cached, shallow):
             if e is not None:
                 e.index.set_ef(ef)
