@@ -93,7 +93,7 @@ def export(
     allow_degraded: bool = False,
     isa: str | None = None,
     exclude: tuple[str, ...] | None = None,
-    keep_ffn_out: bool = True,
+    keep_ffn_out: bool | None = None,
     fp32_layers: tuple[int, ...] | None = None,
     opset: int | None = None,
     max_length: int | None = None,
@@ -109,8 +109,9 @@ def export(
     which records ``degraded`` and the failures in the card instead), ``FormatError`` for a missing or
     foreign model folder or unsupported architecture, ``ConfigError`` for an existing ``out_dir``
     without ``overwrite`` or an inconsistent int8 recipe, ``MissingDependencyError`` without optimum-onnx.
-    ``fp32_layers`` keeps the GELU-fed FFN output projections fp32 in those encoder layers only (None: in
-    every layer, with ``keep_ffn_out``); see ``hce_export.quantize``.
+    ``keep_ffn_out`` keeps the GELU-fed FFN output projections fp32 (None: the instruction set's default,
+    ``hce_export.quantize.FFN_OUT_FP32``); ``fp32_layers`` keeps them fp32 in those encoder layers only
+    (None: in every layer); see ``hce_export.quantize``.
     """
     tol = tolerances or validate.Tolerances()
     src = load_source(model_dir)
@@ -190,8 +191,10 @@ def export(
     return {**section, "path": str(out)}
 
 
-def _settings(isa: str | None, exclude: tuple[str, ...] | None, keep_ffn_out: bool,
+def _settings(isa: str | None, exclude: tuple[str, ...] | None, keep_ffn_out: bool | None,
               fp32_layers: tuple[int, ...] | None = None) -> q8.QuantSettings:
+    if fp32_layers is not None and keep_ffn_out is None:
+        keep_ffn_out = True  # asking for fp32 layers asks for the projections kept, whatever the ISA's default
     s = q8.settings_for(isa, keep_ffn_out=keep_ffn_out)
     if fp32_layers is not None:  # the FFN output projections stay fp32 in these layers only
         s = replace(s, fp32_layers=tuple(fp32_layers))

@@ -18,8 +18,10 @@ projections kept fp32 and -0.53 / 0.29 with every matmul int8 (cosine min .987 v
 top-10 overlap with fp32 .89-.93 vs .92-.95). The price is speed: about 1.2x the all-int8 query latency
 at 1 thread (interleaved A/B on the AVX2 CPU), so ``--quantize-ffn-out`` offers the faster graph.
 On an AVX-512 VNNI CPU (the file's current run, SciFact / CISI) the losses were 0.18 / 0.50 points (kept
-fp32) and 0.26 / 0.11 (all int8), with all-int8 1.44x faster: there all-int8 is the better trade, and a
-per-ISA default is the next step. The sensitivity sits in the early layers: keeping only layers 0-2 fp32 recovers most of the cosine, so
+fp32) and 0.26 / 0.11 (all int8), with all-int8 1.44x faster: there all-int8 is the better trade (smaller
+mean loss, much faster), so the default is per instruction set (``FFN_OUT_FP32``): kept fp32 on AVX2 and
+ARM64 (not measured there, so the conservative recipe), quantised on AVX-512 VNNI. ``--keep-ffn-out`` /
+``--quantize-ffn-out`` override it. The sensitivity sits in the early layers: keeping only layers 0-2 fp32 recovers most of the cosine, so
 ``fp32_layers`` (``hce-export onnx --fp32-ffn-layers 0,1,2``) keeps the GELU-fed projections fp32 in those
 encoder layers only and quantises the rest (None, the default, keeps them fp32 in every layer). A node's
 layer is read from the graph's names (``/encoder/layer.3/output/dense/MatMul``: ``layer.N``, ``layer_N``,
@@ -41,6 +43,8 @@ from hce_serve.errors import ConfigError, missing_dependency
 log = logging.getLogger(__name__)
 
 ISAS = ("avx512-vnni", "avx2", "arm64")
+# Default of ``keep_ffn_out`` per instruction set, from benchmarks/results/int8-study.json (module docstring).
+FFN_OUT_FP32 = {"avx2": True, "arm64": True, "avx512-vnni": False}
 
 
 def detect_isa() -> str:
@@ -86,13 +90,15 @@ class QuantSettings:
         return d
 
 
-def settings_for(isa: str | None = None, exclude: tuple[str, ...] = (), keep_ffn_out: bool = True) -> QuantSettings:
-    """Default settings for an instruction set (detected when None)."""
+def settings_for(isa: str | None = None, exclude: tuple[str, ...] = (),
+                 keep_ffn_out: bool | None = None) -> QuantSettings:
+    """Default settings for an instruction set (detected when None); ``keep_ffn_out`` None: that ISA's default."""
     isa = isa or detect_isa()
     if isa not in ISAS:
         raise ConfigError(f"--isa must be one of {', '.join(ISAS)}, found {isa!r}")
+    keep = FFN_OUT_FP32[isa] if keep_ffn_out is None else keep_ffn_out
     # Without VNNI, 7-bit weights avoid the u8 x s8 int16 saturation (see the module docstring).
-    return QuantSettings(isa=isa, reduce_range=(isa == "avx2"), exclude=tuple(exclude), keep_ffn_out=keep_ffn_out)
+    return QuantSettings(isa=isa, reduce_range=(isa == "avx2"), exclude=tuple(exclude), keep_ffn_out=keep)
 
 
 GELUS = ("Gelu", "BiasGelu", "FastGelu", "QuickGelu")

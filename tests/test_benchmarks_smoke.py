@@ -196,14 +196,17 @@ def test_export_latency_quick(tiny_bert, tiny_export, tiny_beir, tmp_path):
         assert all(s["p50_ms"] > 0 and s["thread_cpu_p50_ms"] > 0 for s in speed["query_latency"][t].values())
 
 
-def test_int8_study_quick(tiny_bert, tiny_beir, tmp_path, cache):
+def test_int8_study_quick(tiny_bert, tiny_beir, tmp_path, cache, monkeypatch):
     from benchmarks import int8_study
+    from hce_serve import cpu
 
+    monkeypatch.setattr(cpu, "int8_isa", lambda: "avx2")  # the default keeps the FFN output projections fp32
     out = tmp_path / "int8.json"
     assert int8_study.main(["--quick", "--model", str(tiny_bert), "--datasets", str(tiny_beir), "--work",
                             str(tmp_path / "work"), "--latency-n", "20", "--out", str(out)]) == 0
     res = read(out, "benchmarks/int8_study.py")
     assert res["recipes"]["all"]["keep_ffn_out"] is False and res["recipes"]["u8u8"]["weight_type"] == "quint8"
+    assert res["default_is"] == "ffn-fp32" and "ffn-fp32" not in res["recipes"]  # measured once, as default
     early = res["recipes"]["early"]  # the 2-layer tiny model: fp32 FFN output projection in layer 0 and 1 only
     assert early["fp32_layers"] == [0, 1, 2] and res["recipes"]["default"]["fp32_layers"] is None
     assert len(early["excluded_nodes"]) == len(res["recipes"]["default"]["excluded_nodes"]) == 2
@@ -215,6 +218,17 @@ def test_int8_study_quick(tiny_bert, tiny_beir, tmp_path, cache):
         assert variants[v]["ndcg10_loss_points"] == pytest.approx(loss, abs=1e-3)
     assert res["query_latency_1t"]["fp32"]["speedup_vs_fp32"] == 1.0
     assert (tmp_path / "int8-ndcg.png").is_file()
+
+
+def test_int8_study_on_vnni_the_default_is_all_int8_and_ffn_fp32_is_its_own_graph(tiny_bert, tmp_path, monkeypatch):
+    from benchmarks import int8_study
+    from hce_serve import cpu
+
+    monkeypatch.setattr(cpu, "int8_isa", lambda: "avx512-vnni")
+    folders, recipes = int8_study.build_graphs(tiny_bert, tmp_path / "work", ["default", "ffn-fp32", "all"])
+    assert folders["all"] == folders["default"] == folders["fp32"] != folders["ffn-fp32"]
+    assert recipes["default"]["keep_ffn_out"] is False and recipes["default"]["excluded_nodes"] == []
+    assert recipes["ffn-fp32"]["keep_ffn_out"] is True and len(recipes["ffn-fp32"]["excluded_nodes"]) == 2
 
 
 def test_incremental_split_and_groups(tiny_beir, tmp_path):

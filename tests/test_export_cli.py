@@ -75,6 +75,21 @@ def test_fp32_ffn_layers_flag_is_recorded_in_the_card(tiny_bert, tmp_path):
     assert len(quant["excluded_nodes"]) == 1 and "layer.0/output/dense" in quant["excluded_nodes"][0]
 
 
+def test_ffn_out_default_follows_the_isa_and_the_flags_override_it(tiny_bert, tmp_path):
+    def excluded(*flags: str) -> int:
+        out = tmp_path / "-".join(flags).replace("-", "")
+        res = run("--model", tiny_bert, "--out", out, "--quantize", *flags, "-q")
+        assert res.exit_code == 0, res.output
+        return len(ModelCard.load(out).onnx["quantization"]["excluded_nodes"])
+
+    assert excluded("--isa", "avx2") == 2 and excluded("--isa", "avx512-vnni") == 0  # the 2-layer tiny model
+    assert excluded("--isa", "avx512-vnni", "--keep-ffn-out") == 2
+    assert excluded("--isa", "avx2", "--quantize-ffn-out") == 0
+    assert excluded("--isa", "avx512-vnni", "--fp32-ffn-layers", "0") == 1  # layers asked for: kept there
+    res = run("--model", tiny_bert, "--out", tmp_path / "x", "--keep-ffn-out")
+    assert res.exit_code == 2 and "--quantize" in res.stderr
+
+
 def test_fp32_ffn_layers_usage_errors_exit_2_with_one_error_line(tiny_bert, tmp_path):
     out = ["--model", tiny_bert, "--out", tmp_path / "o"]
     cases = [
