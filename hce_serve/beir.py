@@ -18,7 +18,8 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from .errors import DataError
+from . import defaults
+from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -144,6 +145,8 @@ def iter_corpus(path: str | os.PathLike[str], empty: str = "error") -> Iterator[
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     """Consecutive lists of ``size`` items (the last one shorter): a corpus streamed in bounded batches."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= defaults.MAX_BATCH_SIZE:
+        raise ConfigError(f"batch size must be an integer from 1 to {defaults.MAX_BATCH_SIZE:,}, found {size!r}")
     it = iter(items)
     while batch := list(islice(it, size)):
         yield batch

@@ -21,7 +21,7 @@ QUERY_ENCODER = click.option(
 QUERY_CACHE = click.option("--query-cache", type=click.IntRange(min=0), default=defaults.QUERY_CACHE, show_default=True,
                            help="Query embeddings kept in an LRU cache (0: off).")
 THREADS = click.option("--threads", type=click.IntRange(1, 1024), default=None, help="onnxruntime intra-op threads (1-1024).")
-BATCH = click.option("--batch-size", type=click.IntRange(min=1), default=defaults.BATCH_SIZE, show_default=True,
+BATCH = click.option("--batch-size", type=click.IntRange(1, defaults.MAX_BATCH_SIZE), default=defaults.BATCH_SIZE, show_default=True,
                      help="Documents encoded and written per step.")
 SKIP_EMPTY = click.option("--skip-empty", is_flag=True,
                           help="Leave out documents with empty title and text (default: index them, with a warning).")

@@ -23,6 +23,7 @@ COMPACT_MIN_DELETED = 1024  # ... and at least this many slots are dead
 
 # ---- writing --------------------------------------------------------------------------------------------
 BATCH_SIZE = 512  # documents encoded and written per step of build/add: bounds memory for any corpus
+MAX_BATCH_SIZE = 1_000_000  # beyond this a step holds more than memory can (and Python's slicing refuses > 2**63)
 SAVE_EVERY = 1000  # fold the mutation log into a snapshot after this many logged writes
 
 # ---- searching ------------------------------------------------------------------------------------------

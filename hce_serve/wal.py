@@ -72,9 +72,29 @@ def encode_record(rec: Record) -> bytes:
     return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+def _check_meta(meta: object) -> None:
+    """Raise ValueError unless ``meta`` has the shape ``encode_record`` writes (a checksum proves integrity,
+    not that the writer was this code)."""
+    if not isinstance(meta, dict) or meta.get("op") not in ("add", "delete"):
+        raise ValueError("record metadata is not an add or delete")
+    ids = meta.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValueError("record ids are not a list of strings")
+    leaves = meta.get("leaves")
+    if leaves is not None and (not isinstance(leaves, list) or len(leaves) != len(ids) or not all(
+            isinstance(x, int) and not isinstance(x, bool) and -2**31 <= x < 2**31 for x in leaves)):
+        raise ValueError("record leaves are not one 32-bit integer per id")
+    docs = meta.get("docs")
+    if docs is not None and (not isinstance(docs, list) or not all(
+            isinstance(d, list) and len(d) == 3 and isinstance(d[0], str) and isinstance(d[1], str)
+            and (d[2] is None or isinstance(d[2], dict)) for d in docs)):
+        raise ValueError("record documents are not [title, text, metadata] triples")
+
+
 def _decode_payload(payload: bytes, dim: int) -> Record:
     (mlen,) = META.unpack_from(payload)
     meta = json.loads(payload[META.size : META.size + mlen].decode("utf-8"))
+    _check_meta(meta)
     ids = meta["ids"]
     if meta["op"] == "delete":
         return Record("delete", ids)
