@@ -14,7 +14,7 @@ pytest.importorskip("optimum.exporters.onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from hce_export.api import export  # noqa: E402
-from hce_export.quantize import ISAS, detect_isa, settings_for  # noqa: E402
+from hce_export.quantize import FFN_OUT_FP32, ISAS, detect_isa, settings_for  # noqa: E402
 from hce_export.validate import Tolerances  # noqa: E402
 from hce_serve.card import ModelCard  # noqa: E402
 from hce_serve.encoder import Encoder  # noqa: E402
@@ -53,8 +53,11 @@ def test_graph_contract_and_card(tiny_export):
     assert onnx["output"] == "sentence_embedding" and onnx["inputs"][:2] == ["input_ids", "attention_mask"]
     quant = onnx["quantization"]
     assert quant["per_channel"] is True and quant["isa"] in ISAS
-    # The FFN output projections (fed by GELU) stay fp32: one per layer of the 2-layer tiny model.
-    assert len(quant["excluded_nodes"]) == 2 and all("output/dense" in n for n in quant["excluded_nodes"])
+    # The FFN output projections (fed by GELU) stay fp32 where the ISA's default keeps them: one per layer of the
+    # 2-layer tiny model.
+    assert quant["keep_ffn_out"] is FFN_OUT_FP32[quant["isa"]]
+    assert len(quant["excluded_nodes"]) == 2 * quant["keep_ffn_out"]
+    assert all("output/dense" in n for n in quant["excluded_nodes"])
     val = onnx["validation"]
     assert val["fp32_vs_torch_max_abs_diff"] <= 1e-4 and val["int8_vs_fp32_mean_cos"] >= 0.99
     assert val["degraded"] is False and val["failures"] == []
