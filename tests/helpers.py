@@ -81,3 +81,19 @@ def write_tiny_bert(folder: Path, hidden: int = 32, layers: int = 2, heads: int 
     )
     BertModel(cfg).eval().save_pretrained(folder)
     return folder
+
+
+def with_stand_in_query_graph(export: Path, out: Path) -> Path:
+    """A copy of ``export`` whose card lists stand-in shallow query graphs: its fp32 graph as the int8 query
+    graph and its int8 graph as the fp32 one. The numbers differ from the document graph's, so which graph
+    encoded a query shows in its vector (distilling a real one is tests/test_distill_query.py's job)."""
+    import shutil
+
+    shutil.copytree(export, out)
+    shutil.copy(out / "model.onnx", out / "query_model_int8.onnx")
+    shutil.copy(out / "model_int8.onnx", out / "query_model.onnx")
+    card = json.loads((out / "hce_model.json").read_text())
+    card["onnx"].update(query_files={"fp32": "query_model.onnx", "int8": "query_model_int8.onnx"},
+                        query_encoder={"layers": 1, "source": "stand-in"})
+    (out / "hce_model.json").write_text(json.dumps(card))
+    return out

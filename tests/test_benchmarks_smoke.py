@@ -19,6 +19,8 @@ pytest.importorskip("hnswlib")
 
 from benchmarks import common  # noqa: E402
 
+from helpers import with_stand_in_query_graph  # noqa: E402 - tests/ is on sys.path (conftest)
+
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
@@ -129,24 +131,11 @@ def test_recall_quick_and_its_embedding_cache(tiny_beir, tiny_export, tmp_path, 
     assert (tmp_path / f"recall-{tiny_beir.name}.png").is_file()
 
 
-def with_query_graph(export: Path, out: Path) -> Path:
-    """A copy of ``export`` whose card lists a stand-in shallow query graph (its fp32 graph as the int8 one),
-    as tests/test_query_serving.py does: which graph a query went through shows in its vector."""
-    import shutil
-
-    shutil.copytree(export, out)
-    shutil.copy(out / "model.onnx", out / "query_model_int8.onnx")
-    card = json.loads((out / "hce_model.json").read_text())
-    card["onnx"].update(query_files={"int8": "query_model_int8.onnx"}, query_encoder={"layers": 1})
-    (out / "hce_model.json").write_text(json.dumps(card))
-    return out
-
-
 def test_latency_quick(tiny_beir, tiny_export, tiny_bert, tmp_path, cache):
     from benchmarks import latency
 
     out = tmp_path / "latency.json"
-    export = with_query_graph(tiny_export, tmp_path / "export")
+    export = with_stand_in_query_graph(tiny_export, tmp_path / "export")
     assert latency.main(["--quick", "--data", str(tiny_beir), "--export", str(export), "--torch-model",
                          str(tiny_bert), "--n", "20", "--repeats", "1", "--n-http", "10", "--http-requests", "20",
                          "--concurrency", "1,3", "--out", str(out)]) == 0

@@ -9,7 +9,6 @@ distilling a real one is tests/test_distill_query.py's job.
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from hce_serve import Encoder, Engine
 from hce_serve.cli import main
 from hce_serve.errors import ConfigError, FormatError
 from hce_serve.qcache import QueryCache, query_key_function
+
+from helpers import with_stand_in_query_graph  # noqa: E402 - tests/ is on sys.path (conftest)
 
 pytest.importorskip("hnswlib")
 QUERIES = ["protein enzyme binding", "climate ocean warming", "vaccine immune response", "soil crop nitrogen"]
@@ -36,14 +37,7 @@ def cli(*args: object, code: int = 0) -> str:
 def paired(tiny_export, tiny_beir, tmp_path_factory) -> tuple[Path, Path]:
     """(index over an export that has a query graph, index over one that has none)."""
     root = tmp_path_factory.mktemp("qserve")
-    export = root / "export"
-    shutil.copytree(tiny_export, export)
-    shutil.copy(export / "model.onnx", export / "query_model_int8.onnx")
-    shutil.copy(export / "model_int8.onnx", export / "query_model.onnx")
-    card = json.loads((export / "hce_model.json").read_text())
-    card["onnx"].update(query_files={"fp32": "query_model.onnx", "int8": "query_model_int8.onnx"},
-                        query_encoder={"layers": 1, "source": "stand-in"})
-    (export / "hce_model.json").write_text(json.dumps(card))
+    export = with_stand_in_query_graph(tiny_export, root / "export")
     Engine.build(export, tiny_beir / "corpus.jsonl", root / "with")
     Engine.build(tiny_export, tiny_beir / "corpus.jsonl", root / "without")
     return root / "with", root / "without"
