@@ -70,7 +70,8 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
                            "full": _means(full), "students": {}}
     for n_layers in layers:
         qdir = args.work / f"{data_dir.name}-{Path(teacher).name}-L{n_layers}"
-        cfg = DistillConfig(layers=n_layers, epochs=args.epochs, seed=args.seed)
+        cfg = DistillConfig(layers=n_layers, epochs=args.epochs, seed=args.seed,
+                            **{k: v for k, v in (("lr", args.lr), ("pseudo_per_doc", args.pseudo_per_doc)) if v})
         summary = distill(mdir, qdir, cfg, data=data_dir, overwrite=True, doc_emb=d_emb)
         student = HCEEncoder.load(qdir, "cpu")
         student.autocast_bf16 = enc.autocast_bf16
@@ -96,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="also distil this MODEL_DIR (e.g. an HCE-trained model)")
     ap.add_argument("--epochs", type=int, default=None, help="[3; 1 with --quick]")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=None, help="distillation peak learning rate [DistillConfig's]")
+    ap.add_argument("--pseudo-per-doc", type=int, default=None, help="pseudo-queries per document and epoch [DistillConfig's]")
     ap.add_argument("--base-model", default=None, help="the base teacher [all-MiniLM-L6-v2]")
     ap.add_argument("--doc-max-length", type=int, default=256)
     ap.add_argument("--work", type=Path, default=common.CACHE / "query-distill")
@@ -109,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in datasets:
         results[name] = [run_one(args.data_root / name, t, layers, args) for t in teachers]
         common.write_result(args.out, {"benchmark": "query-distill", "mode": "quick" if args.quick else "full",
-                                       "epochs": args.epochs, "layers": layers, "results": results}, __file__)
+                                       "epochs": args.epochs, "layers": layers, "lr": args.lr,
+                                       "pseudo_per_doc": args.pseudo_per_doc, "results": results}, __file__)
     print(args.out)
     return 0
 

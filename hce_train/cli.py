@@ -25,11 +25,13 @@ from .config import (
     PRECISIONS,
     PSEUDO_QUERIES,
     REBUILD_EPOCH,
+    DistillConfig,
     load_config_file,
     make_config,
 )
 
 log = logging.getLogger(__name__)
+_DISTILL = DistillConfig()  # distill-query's defaults, shown in its --help
 
 
 def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
@@ -122,26 +124,32 @@ def fit(config_file: Path | None, overwrite: bool, resume: bool, no_progress: bo
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="QMODEL_DIR to write.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="BEIR folder to distil on [the one MODEL_DIR was trained on].")
-@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=1e-4, show_default=True)
-@click.option("--max-pseudo", type=click.IntRange(min=1), default=20_000, show_default=True,
-              help="Pseudo-queries cropped from the corpus per epoch, at most.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help=f"[{_DISTILL.epochs}]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help=f"[{_DISTILL.batch_size}]")
+@click.option("--lr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help=f"Peak learning rate [{_DISTILL.lr}].")
+@click.option("--pseudo-per-doc", type=click.IntRange(min=1), default=None,
+              help=f"Pseudo-queries cropped from each document per epoch [{_DISTILL.pseudo_per_doc}].")
+@click.option("--max-pseudo", type=click.IntRange(min=1), default=None,
+              help=f"Pseudo-queries per epoch, at most [{_DISTILL.max_pseudo}].")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing QMODEL_DIR.")
 @click.option("--no-progress", is_flag=True)
 @verbosity_options
-def distill_query(model: Path, layers: int, out: Path, data: Path | None, epochs: int, batch_size: int, lr: float,
-                  max_pseudo: int, device: str, precision: str, seed: int, overwrite: bool, no_progress: bool,
+def distill_query(model: Path, layers: int, out: Path, data: Path | None, epochs: int | None,
+                  batch_size: int | None, lr: float | None, pseudo_per_doc: int | None, max_pseudo: int | None,
+                  device: str, precision: str, seed: int, overwrite: bool, no_progress: bool,
                   verbose: int, quiet: bool) -> None:
     """Distil a shallow query encoder (the first L layers) that maps queries where MODEL_DIR does."""
     setup_logging(verbose, quiet)
-    from .distill import DistillConfig, distill
+    from .distill import distill
 
-    cfg = DistillConfig(layers=layers, epochs=epochs, batch_size=batch_size, lr=lr, max_pseudo=max_pseudo,
-                        seed=seed, precision=precision, device=device)
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "pseudo_per_doc": pseudo_per_doc,
+             "max_pseudo": max_pseudo}
+    cfg = DistillConfig(layers=layers, seed=seed, precision=precision, device=device,
+                        **{k: v for k, v in given.items() if v is not None})
     summary = distill(model, out, cfg, data=data, overwrite=overwrite, progress=not no_progress and not quiet)
     click.echo(json.dumps(summary, sort_keys=True))
 

@@ -182,3 +182,33 @@ def make_config(file_values: dict[str, Any], flags: dict[str, Any]) -> TrainConf
         return TrainConfig(**values).resolved()
     except TypeError as e:
         raise ConfigError(f"config: {e}") from None
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    layers: int = 2  # transformer layers kept from the bottom of the teacher
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-4
+    warmup_ratio: float = 0.1
+    tau: float = 0.05  # temperature of the listwise term
+    cos_weight: float = 1.0
+    kl_weight: float = 1.0
+    pool_k: int = 32  # teacher's top documents per query in the listwise pool
+    pseudo_per_doc: int = 1  # pseudo-queries cropped from each document per epoch (different spans)
+    max_pseudo: int = 20_000  # pseudo-queries per epoch at most (sampled)
+    heldout: float = 0.05  # share of queries kept out of training to measure fidelity
+    seed: int = 0
+    precision: str = "auto"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.layers < 1:
+            raise ConfigError(f"--layers must be >= 1, found {self.layers}")
+        for name in ("epochs", "batch_size", "pool_k", "pseudo_per_doc", "max_pseudo"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, found {getattr(self, name)}")
+        if not 0 < self.lr < 1 or self.tau <= 0 or min(self.cos_weight, self.kl_weight) < 0:
+            raise ConfigError("lr must be in (0, 1), tau positive, weights >= 0")
+        if not 0 <= self.heldout < 0.5:
+            raise ConfigError(f"heldout must be in [0, 0.5), found {self.heldout}")

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,41 +35,13 @@ from hce_serve import beir
 from hce_serve.card import ModelCard
 from hce_serve.errors import ConfigError, DataError
 
+from .config import DistillConfig
 from .data import load_corpus, pseudo_query_examples
 from .evaluate import exact_topk
 from .loop import lr_at, pick_device
 from .model import HCEEncoder, use_bf16
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    layers: int = 2  # transformer layers kept from the bottom of the teacher
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 1e-4
-    warmup_ratio: float = 0.1
-    tau: float = 0.05  # temperature of the listwise term
-    cos_weight: float = 1.0
-    kl_weight: float = 1.0
-    pool_k: int = 32  # teacher's top documents per query in the listwise pool
-    max_pseudo: int = 20_000  # pseudo-queries per epoch at most (one per document, sampled)
-    heldout: float = 0.05  # share of queries kept out of training to measure fidelity
-    seed: int = 0
-    precision: str = "auto"
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.layers < 1:
-            raise ConfigError(f"--layers must be >= 1, found {self.layers}")
-        for name in ("epochs", "batch_size", "pool_k", "max_pseudo"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, found {getattr(self, name)}")
-        if not 0 < self.lr < 1 or self.tau <= 0 or min(self.cos_weight, self.kl_weight) < 0:
-            raise ConfigError("lr must be in (0, 1), tau positive, weights >= 0")
-        if not 0 <= self.heldout < 0.5:
-            raise ConfigError(f"heldout must be in [0, 0.5), found {self.heldout}")
 
 
 def shallow_copy(teacher: HCEEncoder, layers: int) -> HCEEncoder:
@@ -86,7 +58,8 @@ def shallow_copy(teacher: HCEEncoder, layers: int) -> HCEEncoder:
 
 
 def training_queries(data_dir: Path, corpus_texts: list[str], cfg: DistillConfig, epoch: int) -> list[str]:
-    """The train split's queries (if any) and up to ``max_pseudo`` cropped pseudo-queries for ``epoch``."""
+    """The train split's queries (if any) and ``pseudo_per_doc`` cropped pseudo-queries per document for
+    ``epoch`` (at most ``max_pseudo``, the documents sampled)."""
     texts: list[str] = []
     qrels = data_dir / "qrels" / "train.tsv"
     if qrels.is_file() and (data_dir / "queries.jsonl").is_file():
@@ -95,7 +68,7 @@ def training_queries(data_dir: Path, corpus_texts: list[str], cfg: DistillConfig
     from .data import Corpus
 
     rng = np.random.default_rng([cfg.seed, epoch, 7])
-    rows = rng.permutation(len(corpus_texts))[: cfg.max_pseudo]
+    rows = np.concatenate([rng.permutation(len(corpus_texts)) for _ in range(cfg.pseudo_per_doc)])[: cfg.max_pseudo]
     sub = Corpus([str(r) for r in rows], [corpus_texts[r] for r in rows])
     texts += pseudo_query_examples(sub, rng, 8, 24, drop=0.1).queries  # query-sized crops with dropped words
     return texts

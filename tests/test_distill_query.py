@@ -109,3 +109,18 @@ def test_an_index_over_the_distilled_export_serves_both_query_encoders(pair, tin
     shallow, full = search(), search("--query-encoder", "full")
     assert len(shallow["hits"]) == len(full["hits"]) == 10
     assert [h["score"] for h in shallow["hits"]] != [h["score"] for h in full["hits"]]  # two graphs, one index
+
+
+def test_pseudo_per_doc_crops_each_document_that_many_times_up_to_max_pseudo(tiny_beir):
+    from hce_train.config import DistillConfig
+    from hce_train.data import load_corpus
+    from hce_train.distill import training_queries
+
+    texts = load_corpus(tiny_beir).texts
+    train = len(training_queries(tiny_beir, texts, DistillConfig(max_pseudo=1), 0)) - 1  # the train split's queries
+    for per_doc, cap, want in ((1, 10**6, len(texts)), (3, 10**6, 3 * len(texts)), (3, 100, 100)):
+        got = training_queries(tiny_beir, texts, DistillConfig(pseudo_per_doc=per_doc, max_pseudo=cap), 0)
+        assert len(got) == train + want
+    crops = training_queries(tiny_beir, texts, DistillConfig(pseudo_per_doc=4), 0)[train:]
+    assert len(set(crops)) > len(texts)  # the extra crops are other spans, not copies
+    assert crops != training_queries(tiny_beir, texts, DistillConfig(pseudo_per_doc=4), 1)[train:]  # new per epoch
