@@ -21,8 +21,6 @@ LEGACY = {
     "incremental.json": "benchmarks/incremental.py",
     "latency.json": "benchmarks/latency.py",
     "latency-1m.json": "benchmarks/latency.py --out latency-1m",
-    "recall.json": "benchmarks/recall.py",
-    "reliability.json": "tests/reliability/{crash,fuzz,fuzz_api,loadtest}.py, one section each",
 }
 WRITERS = re.compile(r"(benchmarks/\w+\.py|tests/reliability/\w+\.py|scripts/demo\.sh)")
 
