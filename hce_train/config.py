@@ -189,13 +189,13 @@ class DistillConfig:
     layers: int = 2  # transformer layers kept from the bottom of the teacher
     epochs: int = 3
     batch_size: int = 64
-    lr: float = 1e-4
+    lr: float = 5e-4  # CISI probe: 1e-4 lost 15.6 nDCG@10 points in 66 steps, 5e-4 8.5; see pseudo_per_doc
     warmup_ratio: float = 0.1
     tau: float = 0.05  # temperature of the listwise term
     cos_weight: float = 1.0
     kl_weight: float = 1.0
     pool_k: int = 32  # teacher's top documents per query in the listwise pool
-    pseudo_per_doc: int = 1  # pseudo-queries cropped from each document per epoch (different spans)
+    pseudo_per_doc: int = 8  # crops per document and epoch: 8 took CISI's loss from 8.5 to 0.5 points (522 steps)
     max_pseudo: int = 20_000  # pseudo-queries per epoch at most (sampled)
     heldout: float = 0.05  # share of queries kept out of training to measure fidelity
     seed: int = 0
