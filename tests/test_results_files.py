@@ -19,8 +19,6 @@ from benchmarks import common
 LEGACY = {
     "export.json": "benchmarks/export_latency.py, before the shared writer",
     "incremental.json": "benchmarks/incremental.py",
-    "latency.json": "benchmarks/latency.py",
-    "latency-1m.json": "benchmarks/latency.py --out latency-1m",
 }
 WRITERS = re.compile(r"(benchmarks/\w+\.py|tests/reliability/\w+\.py|scripts/demo\.sh)")
 
