@@ -17,7 +17,6 @@ from benchmarks import common
 # Written before the result writer recorded its script. Each is rewritten, and leaves this list, when its
 # study runs again on an idle machine (the stamp they carry says where and when they were measured).
 LEGACY = {
-    "export.json": "benchmarks/export_latency.py, before the shared writer",
     "incremental.json": "benchmarks/incremental.py",
 }
 WRITERS = re.compile(r"(benchmarks/\w+\.py|tests/reliability/\w+\.py|scripts/demo\.sh)")
