@@ -71,7 +71,7 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
     for n_layers in layers:
         qdir = args.work / f"{data_dir.name}-{Path(teacher).name}-L{n_layers}"
         cfg = DistillConfig(layers=n_layers, epochs=args.epochs, seed=args.seed,
-                            **{k: v for k, v in (("lr", args.lr), ("pseudo_per_doc", args.pseudo_per_doc)) if v})
+                            **{k: v for k, v in (("lr", args.lr), ("pseudo_per_doc", args.pseudo_per_doc)) if v is not None})
         summary = distill(mdir, qdir, cfg, data=data_dir, overwrite=True, doc_emb=d_emb)
         student = HCEEncoder.load(qdir, "cpu")
         student.autocast_bf16 = enc.autocast_bf16

@@ -87,3 +87,14 @@ def test_export_cache_is_invalidated_by_a_new_int8_recipe(tiny_bert, tmp_path, m
     monkeypatch.setattr(quantize, "settings_for",
                         lambda *a, **k: real_settings(*a, **{**k, "keep_ffn_out": flipped}))
     assert encoders.ensure_export("tiny", tiny_bert, root=tmp_path) == first and len(calls) == 2  # re-exported
+
+
+def test_int8_study_on_vnni_the_default_is_all_int8_and_ffn_fp32_is_its_own_graph(tiny_bert, tmp_path, monkeypatch):
+    from benchmarks import int8_study
+    from hce_serve import cpu
+
+    monkeypatch.setattr(cpu, "int8_isa", lambda: "avx512-vnni")
+    folders, recipes = int8_study.build_graphs(tiny_bert, tmp_path / "work", ["default", "ffn-fp32", "all"])
+    assert folders["all"] == folders["default"] == folders["fp32"] != folders["ffn-fp32"]
+    assert recipes["default"]["keep_ffn_out"] is False and recipes["default"]["excluded_nodes"] == []
+    assert recipes["ffn-fp32"]["keep_ffn_out"] is True and len(recipes["ffn-fp32"]["excluded_nodes"]) == 2

@@ -209,17 +209,6 @@ def test_int8_study_quick(tiny_bert, tiny_beir, tmp_path, cache, monkeypatch):
     assert (tmp_path / "int8-ndcg.png").is_file()
 
 
-def test_int8_study_on_vnni_the_default_is_all_int8_and_ffn_fp32_is_its_own_graph(tiny_bert, tmp_path, monkeypatch):
-    from benchmarks import int8_study
-    from hce_serve import cpu
-
-    monkeypatch.setattr(cpu, "int8_isa", lambda: "avx512-vnni")
-    folders, recipes = int8_study.build_graphs(tiny_bert, tmp_path / "work", ["default", "ffn-fp32", "all"])
-    assert folders["all"] == folders["default"] == folders["fp32"] != folders["ffn-fp32"]
-    assert recipes["default"]["keep_ffn_out"] is False and recipes["default"]["excluded_nodes"] == []
-    assert recipes["ffn-fp32"]["keep_ffn_out"] is True and len(recipes["ffn-fp32"]["excluded_nodes"]) == 2
-
-
 def test_incremental_split_and_groups(tiny_beir, tmp_path):
     from benchmarks.incremental import query_groups, split_corpus, write_folder
     from hce_serve.beir import load_beir, load_corpus, load_qrels, load_queries

@@ -9,8 +9,8 @@ import os
 import pytest
 
 from hce_serve import atomic
-from hce_serve.beir import check_qrels, iter_corpus, load_beir, load_qrels, load_queries
-from hce_serve.errors import DataError
+from hce_serve.beir import check_qrels, chunks, iter_corpus, load_beir, load_qrels, load_queries
+from hce_serve.errors import ConfigError, DataError
 from hce_serve.metrics import evaluate
 from hce_serve.trec import read_run, write_run
 
@@ -160,3 +160,10 @@ def test_mrr_is_cut_at_10():
     qrels = {"q": {"rel": 1}}
     run = {"q": {**{f"x{i}": 1.0 - i * 0.01 for i in range(10)}, "rel": 0.5}}
     assert evaluate(qrels, run)["mrr@10"] == 0.0
+
+
+def test_batch_size_out_of_range_is_a_config_error_from_python_too():
+    assert list(chunks(range(5), 2)) == [[0, 1], [2, 3], [4]]
+    for size in (0, 10**20, True, 2.0):
+        with pytest.raises(ConfigError, match="batch size"):
+            list(chunks(range(5), size))

@@ -179,16 +179,6 @@ def test_usage_errors_exit_2(idx):
         assert "--batch-size" in run("index", "add", "--index", idx, "--corpus", idx, "--batch-size", size, code=2)
 
 
-def test_batch_size_out_of_range_is_a_config_error_from_python_too():
-    from hce_serve.beir import chunks
-    from hce_serve.errors import ConfigError
-
-    assert list(chunks(range(5), 2)) == [[0, 1], [2, 3], [4]]
-    for size in (0, 10**20, True, 2.0):
-        with pytest.raises(ConfigError, match="batch size"):
-            list(chunks(range(5), size))
-
-
 def test_http_refuses_public_bind_without_token(idx, monkeypatch):
     monkeypatch.delenv("HCE_TOKEN", raising=False)
     out = run("http", "--index", idx, "--host", "0.0.0.0", code=1)
