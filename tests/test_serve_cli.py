@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from index_fixtures import idx  # noqa: F401 - a fresh copy of this module's CLI-built index
 
 from hce_serve.cli import main
 from hce_serve.index import NO_LEAF
@@ -40,13 +41,6 @@ def built(tiny_export, tiny_beir, tmp_path_factory) -> Path:
                          "--index", idx, "--M", "8", "--ef", "50"))
     assert out["live"] == 64 and out["dim"] == 32
     return idx
-
-
-@pytest.fixture
-def idx(built, tmp_path) -> Path:
-    dst = tmp_path / "idx"
-    shutil.copytree(built, dst)
-    return dst
 
 
 def test_build_layout_and_self_contained_search(built, tiny_beir):
