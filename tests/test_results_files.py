@@ -14,11 +14,6 @@ import pytest
 
 from benchmarks import common
 
-# Written before the result writer recorded its script. Each is rewritten, and leaves this list, when its
-# study runs again on an idle machine (the stamp they carry says where and when they were measured).
-LEGACY = {
-    "incremental.json": "benchmarks/incremental.py",
-}
 WRITERS = re.compile(r"(benchmarks/\w+\.py|tests/reliability/\w+\.py|scripts/demo\.sh)")
 
 
@@ -29,13 +24,12 @@ def records(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {f"[{k}]": v for k, v in doc.items()}
 
 
-def problems(name: str, doc: dict[str, Any], legacy: bool) -> list[str]:
+def problems(name: str, doc: dict[str, Any]) -> list[str]:
     out = []
     for where, rec in records(doc).items():
         script = rec.get("script")
         if script is None:
-            if not legacy:
-                out.append(f"{name}{where}: names no script that wrote it")
+            out.append(f"{name}{where}: names no script that wrote it")
             continue
         if not (isinstance(script, str) and WRITERS.fullmatch(script) and (common.ROOT / script).is_file()):
             out.append(f"{name}{where}: script {script!r} is not a writer in this repository")
@@ -52,27 +46,23 @@ FILES = sorted(common.RESULTS.glob("*.json"))
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
 def test_results_file_names_its_writer_and_carries_the_stamp(path: Path):
-    assert problems(path.name, json.loads(path.read_text()), path.name in LEGACY) == []
+    assert problems(path.name, json.loads(path.read_text())) == []
 
 
-def test_results_folder_holds_only_json_and_the_legacy_list_is_current():
+def test_results_folder_holds_only_json():
     assert FILES and {p.suffix for p in common.RESULTS.iterdir()} == {".json"}
-    for name in LEGACY:
-        doc = json.loads((common.RESULTS / name).read_text())
-        assert any("script" not in r for r in records(doc).values()), f"{name} was rewritten: drop it from LEGACY"
 
 
 def test_the_check_catches_what_it_must(tmp_path):
     ok = common.write_result(tmp_path / "ok.json", {"n": 1}, common.ROOT / "benchmarks" / "recall.py")
-    assert problems("ok.json", json.loads(ok.read_text()), legacy=False) == []
-    assert problems("hand.json", {"note": "typed in", "n": 1}, legacy=False) == ["hand.json: names no script that wrote it"]
+    assert problems("ok.json", json.loads(ok.read_text())) == []
+    assert problems("hand.json", {"note": "typed in", "n": 1}) == ["hand.json: names no script that wrote it"]
     rec = json.loads(ok.read_text())
-    assert problems("x.json", {**rec, "script": "benchmarks/gone.py"}, legacy=False)
-    assert problems("x.json", {**rec, "script": "README.md"}, legacy=False)
-    assert problems("x.json", {k: v for k, v in rec.items() if k != "commit"}, legacy=False)
+    assert problems("x.json", {**rec, "script": "benchmarks/gone.py"})
+    assert problems("x.json", {**rec, "script": "README.md"})
+    assert problems("x.json", {k: v for k, v in rec.items() if k != "commit"})
     sectioned = {"crash": rec, "load": {"stamp": {}, "qps": 3}}
-    assert problems("r.json", sectioned, legacy=False) == ["r.json[load]: names no script that wrote it"]
-    assert problems("r.json", sectioned, legacy=True) == []
+    assert problems("r.json", sectioned) == ["r.json[load]: names no script that wrote it"]
 
 
 def test_writer_refuses_a_script_it_cannot_name(tmp_path):
