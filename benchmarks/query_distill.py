@@ -1,7 +1,7 @@
 """What a shallow query encoder costs in quality (issue 12): nDCG@10 with the full vs the distilled query side.
 
     python -m benchmarks.query_distill [--quick] [--datasets scifact,arguana,cisi] [--layers 2,3]
-                                       [--model MODEL_DIR]
+                                       [--model MODEL_DIR [--teacher-label NAME]] [--resume]
 
 For each dataset and teacher (the base all-MiniLM-L6-v2, and ``--model``, e.g. an HCE-trained MODEL_DIR),
 the teacher encodes the corpus once; then for each L, ``hce-train distill-query``'s ``distill`` trains the
@@ -10,11 +10,13 @@ never the test queries), and both query encoders are evaluated against the same 
 exact search. Recorded per (dataset, teacher, L): nDCG@10 / R@100 of full and shallow queries, the paired
 randomization test and bootstrap CI of the difference (per-query nDCG@10), the distillation's wall time and
 held-out fidelity. Query lengths: 64 tokens, 256 on ArguAna (whole-argument queries); documents 256 (``--doc-max-length``).
-``--quick`` uses CISI only, one epoch and L = 2.
+``--quick`` uses CISI only, one epoch and L = 2. ``--resume`` keeps the file's rows and runs only the
+(dataset, teacher) pairs it lacks, with the same settings (a study can span sessions, a row at a time).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -66,8 +68,8 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
         return per_query(data.qrels, run)
 
     full = scores(enc.encode([data.queries[q] for q in qids], qlen, 128, False))
-    out: dict[str, Any] = {"teacher": teacher, "query_max_length": qlen, "corpus_encode_seconds": round(encode_s, 1),
-                           "full": _means(full), "students": {}}
+    out: dict[str, Any] = {"teacher": label(teacher, args), **_trained(mdir), "query_max_length": qlen,
+                           "corpus_encode_seconds": round(encode_s, 1), "full": _means(full), "students": {}}
     for n_layers in layers:
         qdir = args.work / f"{data_dir.name}-{Path(teacher).name}-L{n_layers}"
         cfg = DistillConfig(layers=n_layers, epochs=args.epochs, seed=args.seed,
@@ -82,7 +84,42 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
             "p": round(test["p"], 4), "ci95_points": [round(100 * test["ci_low"], 2), round(100 * test["ci_high"], 2)],
             "distill_seconds": summary["seconds"], "steps": summary["steps"], "heldout": summary["heldout"],
         }
+    out["measured"] = measured(common.stamp())
     return out
+
+
+def measured(stamp: dict[str, Any]) -> dict[str, Any]:
+    """When, by which commit and on which CPU a row was measured (rows of one file may span sessions)."""
+    return {"date": stamp.get("date"), "commit": stamp.get("commit"), "isa": (stamp.get("machine") or {}).get("isa")}
+
+
+def label(teacher: str, args: Any) -> str:
+    return "base" if teacher == "base" else (args.teacher_label or Path(teacher).name)
+
+
+def _trained(mdir: Path) -> dict[str, Any]:
+    """How an HCE-trained teacher was trained (its train_config.json), for the row."""
+    cfg_file = mdir / "train_config.json"
+    if not cfg_file.is_file():
+        return {}
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    keys = ("mode", "negatives", "seed", "epochs", "batch_size", "negatives_per_query", "doc_max_length")
+    return {"teacher_training": {"data": Path(str(cfg.get("data", ""))).name, **{k: cfg.get(k) for k in keys}}}
+
+
+def previous(args: Any, settings: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """With ``--resume``: the file's rows, after checking that it was run with the same settings."""
+    if not args.resume or not args.out.is_file():
+        return {}
+    old = json.loads(args.out.read_text(encoding="utf-8"))
+    changed = [k for k, v in settings.items() if old.get(k) != v]
+    if changed:
+        raise SystemExit(f"query_distill: --resume: {args.out} was run with other {', '.join(changed)}; "
+                         "pass the same settings or another --out")
+    rows = old.get("results", {})
+    for r in (r for dataset in rows.values() for r in dataset):
+        r.setdefault("measured", measured(old))  # a row from before rows were stamped: the file's stamp
+    return rows
 
 
 def _means(per: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -95,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--datasets", default=None, help="[scifact,arguana,cisi; cisi with --quick]")
     ap.add_argument("--layers", default=None, help="[2,3; 2 with --quick]")
     ap.add_argument("--model", default=None, help="also distil this MODEL_DIR (e.g. an HCE-trained model)")
+    ap.add_argument("--teacher-label", default=None, help="the --model rows' name in the file [its folder name]")
+    ap.add_argument("--resume", action="store_true", help="keep the file's rows; run only the missing ones")
     ap.add_argument("--epochs", type=int, default=None, help="[3; 1 with --quick]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=None, help="distillation peak learning rate [DistillConfig's]")
@@ -108,12 +147,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.epochs = args.epochs or (1 if args.quick else 3)
     args.work.mkdir(parents=True, exist_ok=True)
     teachers = ["base"] + ([args.model] if args.model else [])
-    results: dict[str, Any] = {}
+    settings = {"benchmark": "query-distill", "mode": "quick" if args.quick else "full", "epochs": args.epochs,
+                "layers": layers, "lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc}
+    results: dict[str, list[dict[str, Any]]] = previous(args, settings)
     for name in datasets:
-        results[name] = [run_one(args.data_root / name, t, layers, args) for t in teachers]
-        common.write_result(args.out, {"benchmark": "query-distill", "mode": "quick" if args.quick else "full",
-                                       "epochs": args.epochs, "layers": layers, "lr": args.lr,
-                                       "pseudo_per_doc": args.pseudo_per_doc, "results": results}, __file__)
+        for t in teachers:
+            rows = results.setdefault(name, [])
+            if any(r["teacher"] == label(t, args) for r in rows):
+                continue  # --resume: already measured
+            rows.append(run_one(args.data_root / name, t, layers, args))
+            common.write_result(args.out, {**settings, "results": results}, __file__)  # after every row
     print(args.out)
     return 0
 

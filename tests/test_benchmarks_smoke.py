@@ -275,18 +275,3 @@ def test_clustered_vectors_are_unit_and_queries_share_the_centres():
     # A query's best document is close (same mixture), yet no query is a document.
     best = (q @ x.T).max(axis=1)
     assert best.min() > 0.7 and not np.isclose(best, 1.0, atol=1e-6).any()
-
-
-def test_query_distill_quick(tiny_bert, tiny_beir, tmp_path):
-    from benchmarks import query_distill
-
-    out = tmp_path / "qd.json"
-    assert query_distill.main(["--quick", "--data-root", str(tiny_beir.parent), "--datasets", tiny_beir.name,
-                               "--layers", "1", "--base-model", str(tiny_bert), "--doc-max-length", "48",
-                               "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
-    res = read(out, "benchmarks/query_distill.py")
-    (row,) = res["results"][tiny_beir.name]
-    student = row["students"]["L1"]
-    assert row["teacher"] == "base" and student["steps"] > 0 and 0 < student["p"] <= 1
-    assert student["loss_points"] == pytest.approx(100 * (row["full"]["ndcg@10"] - student["ndcg@10"]), abs=0.006)
-    assert student["ci95_points"][0] <= student["ci95_points"][1]

@@ -1,0 +1,58 @@
+"""benchmarks/query_distill.py on the tiny fixture: the row it writes, and --resume across runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import common
+
+
+def run(tiny_bert: Path, tiny_beir: Path, tmp: Path, *extra: str) -> int:
+    from benchmarks import query_distill
+
+    return query_distill.main(["--quick", "--data-root", str(tiny_beir.parent), "--datasets", tiny_beir.name,
+                               "--layers", "1", "--base-model", str(tiny_bert), "--doc-max-length", "48",
+                               "--work", str(tmp / "work"), "--out", str(tmp / "qd.json"), *extra])
+
+
+def read(path: Path) -> dict:
+    res = json.loads(path.read_text())
+    assert res["script"] == "benchmarks/query_distill.py" and all(k in res for k in common.STAMP_KEYS)
+    return res
+
+
+def test_query_distill_quick(tiny_bert, tiny_beir, tmp_path):
+    assert run(tiny_bert, tiny_beir, tmp_path) == 0
+    res = read(tmp_path / "qd.json")
+    (row,) = res["results"][tiny_beir.name]
+    student = row["students"]["L1"]
+    assert row["teacher"] == "base" and student["steps"] > 0 and 0 < student["p"] <= 1
+    assert "teacher_training" not in row  # the base model was not trained here
+    assert student["loss_points"] == pytest.approx(100 * (row["full"]["ndcg@10"] - student["ndcg@10"]), abs=0.006)
+    assert student["ci95_points"][0] <= student["ci95_points"][1]
+
+
+def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_beir, tmp_path, capsys):
+    assert run(tiny_bert, tiny_beir, tmp_path) == 0
+    first = read(tmp_path / "qd.json")["results"][tiny_beir.name][0]
+    # A second teacher: a model folder that carries a train_config.json, as hce-train writes it.
+    teacher = tmp_path / "work" / "base-q64"
+    (teacher / "train_config.json").write_text(json.dumps({"data": str(tiny_beir), "mode": "unsupervised",
+                                                           "negatives": "tree", "seed": 3}))
+    assert run(tiny_bert, tiny_beir, tmp_path, "--resume", "--model", str(teacher), "--teacher-label", "hce-x") == 0
+    rows = read(tmp_path / "qd.json")["results"][tiny_beir.name]
+    assert [r["teacher"] for r in rows] == ["base", "hce-x"]
+    assert rows[0] == first and first["measured"]["commit"]  # not re-run; stamped when measured
+    assert rows[1]["teacher_training"]["mode"] == "unsupervised" and rows[1]["teacher_training"]["seed"] == 3
+    assert rows[1]["teacher_training"]["data"] == tiny_beir.name
+    # Nothing missing: a third run measures nothing and leaves the rows as they are.
+    assert run(tiny_bert, tiny_beir, tmp_path, "--resume", "--model", str(teacher), "--teacher-label", "hce-x") == 0
+    assert read(tmp_path / "qd.json")["results"][tiny_beir.name] == rows
+    # Other settings than the file's: a one-line error, the file untouched.
+    before = (tmp_path / "qd.json").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        run(tiny_bert, tiny_beir, tmp_path, "--resume", "--epochs", "2")
+    assert "other epochs" in str(e.value) and (tmp_path / "qd.json").read_bytes() == before
