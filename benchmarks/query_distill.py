@@ -1,7 +1,7 @@
 """What a shallow query encoder costs in quality (issue 12): nDCG@10 with the full vs the distilled query side.
 
     python -m benchmarks.query_distill [--quick] [--datasets scifact,arguana,cisi] [--layers 2,3]
-                                       [--model MODEL_DIR [--teacher-label NAME]] [--resume]
+                                       [--model MODEL_DIR [--teacher-label NAME] [--no-base]] [--resume]
 
 For each dataset and teacher (the base all-MiniLM-L6-v2, and ``--model``, e.g. an HCE-trained MODEL_DIR),
 the teacher encodes the corpus once; then for each L, ``hce-train distill-query``'s ``distill`` trains the
@@ -134,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="also distil this MODEL_DIR (e.g. an HCE-trained model)")
     ap.add_argument("--teacher-label", default=None, help="the --model rows' name in the file [its folder name]")
     ap.add_argument("--resume", action="store_true", help="keep the file's rows; run only the missing ones")
+    ap.add_argument("--no-base", action="store_true", help="distil only the --model teacher, not the base model")
     ap.add_argument("--epochs", type=int, default=None, help="[3; 1 with --quick]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=None, help="distillation peak learning rate [DistillConfig's]")
@@ -146,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     layers = [int(x) for x in (args.layers or ("2" if args.quick else "2,3")).split(",")]
     args.epochs = args.epochs or (1 if args.quick else 3)
     args.work.mkdir(parents=True, exist_ok=True)
-    teachers = ["base"] + ([args.model] if args.model else [])
+    if args.no_base and not args.model:
+        raise SystemExit("query_distill: --no-base needs --model (a teacher to distil)")
+    teachers = ([] if args.no_base else ["base"]) + ([args.model] if args.model else [])
     settings = {"benchmark": "query-distill", "mode": "quick" if args.quick else "full", "epochs": args.epochs,
                 "layers": layers, "lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc}
     results: dict[str, list[dict[str, Any]]] = previous(args, settings)

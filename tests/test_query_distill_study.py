@@ -42,7 +42,8 @@ def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_bei
     teacher = tmp_path / "work" / "base-q64"
     (teacher / "train_config.json").write_text(json.dumps({"data": str(tiny_beir), "mode": "unsupervised",
                                                            "negatives": "tree", "seed": 3}))
-    assert run(tiny_bert, tiny_beir, tmp_path, "--resume", "--model", str(teacher), "--teacher-label", "hce-x") == 0
+    assert run(tiny_bert, tiny_beir, tmp_path, "--resume", "--model", str(teacher), "--teacher-label", "hce-x",
+               "--no-base") == 0
     rows = read(tmp_path / "qd.json")["results"][tiny_beir.name]
     assert [r["teacher"] for r in rows] == ["base", "hce-x"]
     assert rows[0] == first and first["measured"]["commit"]  # not re-run; stamped when measured
@@ -56,3 +57,5 @@ def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_bei
     with pytest.raises(SystemExit) as e:
         run(tiny_bert, tiny_beir, tmp_path, "--resume", "--epochs", "2")
     assert "other epochs" in str(e.value) and (tmp_path / "qd.json").read_bytes() == before
+    with pytest.raises(SystemExit, match="--no-base needs --model"):
+        run(tiny_bert, tiny_beir, tmp_path, "--resume", "--no-base")
