@@ -154,8 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "layers": layers, "lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc}
     results: dict[str, list[dict[str, Any]]] = previous(args, settings)
     for name in datasets:
+        rows = results.setdefault(name, [])
         for t in teachers:
-            rows = results.setdefault(name, [])
             if any(r["teacher"] == label(t, args) for r in rows):
                 continue  # --resume: already measured
             rows.append(run_one(args.data_root / name, t, layers, args))

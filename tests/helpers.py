@@ -1,4 +1,5 @@
-"""Builders for offline test fixtures: a tiny BEIR folder and a tiny random BERT with a WordPiece vocab.
+"""Builders for offline test fixtures: a tiny BEIR folder and a tiny random BERT with a WordPiece vocab;
+and the check every benchmark's results file gets in the smoke tests.
 
 Nothing here touches the network or a model hub; everything is deterministic for a seed.
 """
@@ -97,3 +98,12 @@ def with_stand_in_query_graph(export: Path, out: Path) -> Path:
                         query_encoder={"layers": 1, "source": "stand-in"})
     (out / "hce_model.json").write_text(json.dumps(card))
     return out
+
+
+def read_result(path: Path, script: str) -> dict:
+    """A benchmark's results file, checked to name the script that wrote it and to carry the stamp."""
+    from benchmarks import common
+
+    res = json.loads(path.read_text())
+    assert res["script"] == script and all(k in res for k in common.STAMP_KEYS)
+    return res

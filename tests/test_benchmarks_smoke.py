@@ -19,6 +19,7 @@ pytest.importorskip("hnswlib")
 
 from benchmarks import common  # noqa: E402
 
+from helpers import read_result as read  # noqa: E402
 from helpers import with_stand_in_query_graph  # noqa: E402 - tests/ is on sys.path (conftest)
 
 
@@ -27,12 +28,6 @@ def cache(tmp_path, monkeypatch) -> Path:
     """Exports and embeddings of this test go to a temporary cache, never to runs/bench."""
     monkeypatch.setattr(common, "CACHE", tmp_path / "cache")
     return tmp_path / "cache"
-
-
-def read(path: Path, script: str) -> dict:
-    res = json.loads(path.read_text())
-    assert res["script"] == script and all(k in res for k in common.STAMP_KEYS)
-    return res
 
 
 def test_index_scale_quick(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import common
+from helpers import read_result  # tests/ is on sys.path (conftest)
 
 
 def run(tiny_bert: Path, tiny_beir: Path, tmp: Path, *extra: str) -> int:
@@ -19,9 +19,7 @@ def run(tiny_bert: Path, tiny_beir: Path, tmp: Path, *extra: str) -> int:
 
 
 def read(path: Path) -> dict:
-    res = json.loads(path.read_text())
-    assert res["script"] == "benchmarks/query_distill.py" and all(k in res for k in common.STAMP_KEYS)
-    return res
+    return read_result(path, "benchmarks/query_distill.py")
 
 
 def test_query_distill_quick(tiny_bert, tiny_beir, tmp_path):
@@ -35,7 +33,7 @@ def test_query_distill_quick(tiny_bert, tiny_beir, tmp_path):
     assert student["ci95_points"][0] <= student["ci95_points"][1]
 
 
-def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_beir, tmp_path, capsys):
+def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_beir, tmp_path):
     assert run(tiny_bert, tiny_beir, tmp_path) == 0
     first = read(tmp_path / "qd.json")["results"][tiny_beir.name][0]
     # A second teacher: a model folder that carries a train_config.json, as hce-train writes it.
