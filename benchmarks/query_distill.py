@@ -143,12 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--doc-max-length", type=int, default=256)
     ap.add_argument("--work", type=Path, default=common.CACHE / "query-distill")
     args = common.parse(ap, argv)
+    if args.no_base and not args.model:
+        ap.error("--no-base needs --model (a teacher to distil)")  # a usage error: exit 2
     datasets = (args.datasets or ("cisi" if args.quick else "scifact,arguana,cisi")).split(",")
     layers = [int(x) for x in (args.layers or ("2" if args.quick else "2,3")).split(",")]
     args.epochs = args.epochs or (1 if args.quick else 3)
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.no_base and not args.model:
-        raise SystemExit("query_distill: --no-base needs --model (a teacher to distil)")
     teachers = ([] if args.no_base else ["base"]) + ([args.model] if args.model else [])
     settings = {"benchmark": "query-distill", "mode": "quick" if args.quick else "full", "epochs": args.epochs,
                 "layers": layers, "lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc}

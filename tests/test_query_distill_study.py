@@ -55,5 +55,9 @@ def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_bei
     with pytest.raises(SystemExit) as e:
         run(tiny_bert, tiny_beir, tmp_path, "--resume", "--epochs", "2")
     assert "other epochs" in str(e.value) and (tmp_path / "qd.json").read_bytes() == before
-    with pytest.raises(SystemExit, match="--no-base needs --model"):
-        run(tiny_bert, tiny_beir, tmp_path, "--resume", "--no-base")
+
+def test_no_base_without_a_model_is_a_usage_error(tiny_bert, tiny_beir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run(tiny_bert, tiny_beir, tmp_path, "--no-base")
+    assert e.value.code == 2 and "--no-base needs --model" in capsys.readouterr().err
+    assert not (tmp_path / "qd.json").exists() and not (tmp_path / "work").exists()
