@@ -12,6 +12,7 @@ randomization test and bootstrap CI of the difference (per-query nDCG@10), the d
 held-out fidelity. Query lengths: 64 tokens, 256 on ArguAna (whole-argument queries); documents 256 (``--doc-max-length``).
 ``--quick`` uses CISI only, one epoch and L = 2. ``--resume`` keeps the file's rows and runs only the
 (dataset, teacher) pairs it lacks, with the same settings (a study can span sessions, a row at a time).
+``--report`` runs nothing: it prints the file's rows as the markdown table RESULTS.md shows.
 """
 
 from __future__ import annotations
@@ -122,6 +123,22 @@ def previous(args: Any, settings: dict[str, Any]) -> dict[str, list[dict[str, An
     return rows
 
 
+def markdown(res: dict[str, Any]) -> str:
+    """The file's rows as a markdown table, one line per (dataset, teacher, L); loss ≤ 1.0 point is the target."""
+    lines = ["| data | teacher | full nDCG@10 | L | shallow nDCG@10 | loss (pts) | 95 % CI | p "
+             "| held-out cosine / top-10 overlap | distill | ≤ 1.0 pt? |", "|" + "---|" * 11]
+    for name, rows in res.get("results", {}).items():
+        for r in rows:
+            for key, st in r["students"].items():
+                held = st.get("heldout") or {}
+                lo, hi = st["ci95_points"]
+                lines.append(f"| {name} | {r['teacher']} | {r['full']['ndcg@10']:.4f} | {key[1:]} | {st['ndcg@10']:.4f} "
+                             f"| **{st['loss_points']:.2f}** | [{lo:+.2f}, {hi:+.2f}] | {st['p']:.2f} "
+                             f"| {held.get('cosine_mean', float('nan')):.2f} / {held.get('top10_overlap', float('nan')):.2f} "
+                             f"| {st['distill_seconds']:,.0f} s, {st['steps']} steps | {'yes' if st['loss_points'] <= 1.0 else 'no'} |")
+    return "\n".join(lines)
+
+
 def _means(per: dict[str, dict[str, float]]) -> dict[str, float]:
     return {m: round(sum(v.values()) / len(v), 5) for m, v in per.items() if m in ("ndcg@10", "recall@100")}
 
@@ -134,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="also distil this MODEL_DIR (e.g. an HCE-trained model)")
     ap.add_argument("--teacher-label", default=None, help="the --model rows' name in the file [its folder name]")
     ap.add_argument("--resume", action="store_true", help="keep the file's rows; run only the missing ones")
+    ap.add_argument("--report", action="store_true", help="run nothing; print the file's rows as a markdown table")
     ap.add_argument("--no-base", action="store_true", help="distil only the --model teacher, not the base model")
     ap.add_argument("--epochs", type=int, default=None, help="[3; 1 with --quick]")
     ap.add_argument("--seed", type=int, default=0)
@@ -145,6 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = common.parse(ap, argv)
     if args.no_base and not args.model:
         ap.error("--no-base needs --model (a teacher to distil)")  # a usage error: exit 2
+    if args.report:
+        if not args.out.is_file():
+            raise SystemExit(f"query_distill: {args.out}: no results to report on")
+        print(markdown(json.loads(args.out.read_text(encoding="utf-8"))))
+        return 0
     datasets = (args.datasets or ("cisi" if args.quick else "scifact,arguana,cisi")).split(",")
     layers = [int(x) for x in (args.layers or ("2" if args.quick else "2,3")).split(",")]
     args.epochs = args.epochs or (1 if args.quick else 3)

@@ -22,7 +22,7 @@ def read(path: Path) -> dict:
     return read_result(path, "benchmarks/query_distill.py")
 
 
-def test_query_distill_quick(tiny_bert, tiny_beir, tmp_path):
+def test_query_distill_quick(tiny_bert, tiny_beir, tmp_path, capsys):
     assert run(tiny_bert, tiny_beir, tmp_path) == 0
     res = read(tmp_path / "qd.json")
     (row,) = res["results"][tiny_beir.name]
@@ -31,6 +31,19 @@ def test_query_distill_quick(tiny_bert, tiny_beir, tmp_path):
     assert "teacher_training" not in row  # the base model was not trained here
     assert student["loss_points"] == pytest.approx(100 * (row["full"]["ndcg@10"] - student["ndcg@10"]), abs=0.006)
     assert student["ci95_points"][0] <= student["ci95_points"][1]
+    # --report prints the row as RESULTS.md's table and measures nothing.
+    from benchmarks import query_distill
+
+    before = (tmp_path / "qd.json").read_bytes()
+    capsys.readouterr()
+    assert query_distill.main(["--report", "--out", str(tmp_path / "qd.json")]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert len(table) == 3 and table[0].startswith("| data | teacher |")
+    assert table[2].startswith(f"| {tiny_beir.name} | base | {row['full']['ndcg@10']:.4f} | 1 | {student['ndcg@10']:.4f} |")
+    assert table[2].endswith(f"| {'yes' if student['loss_points'] <= 1.0 else 'no'} |")
+    assert (tmp_path / "qd.json").read_bytes() == before
+    with pytest.raises(SystemExit, match="no results to report on"):
+        query_distill.main(["--report", "--out", str(tmp_path / "none.json")])
 
 
 def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_beir, tmp_path):
