@@ -73,8 +73,9 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
                            "corpus_encode_seconds": round(encode_s, 1), "full": _means(full), "students": {}}
     for n_layers in layers:
         qdir = args.work / f"{data_dir.name}-{Path(teacher).name}-L{n_layers}"
+        given = (("lr", args.lr), ("pseudo_per_doc", args.pseudo_per_doc), ("pseudo_words", args.pseudo_words))
         cfg = DistillConfig(layers=n_layers, epochs=args.epochs, seed=args.seed,
-                            **{k: v for k, v in (("lr", args.lr), ("pseudo_per_doc", args.pseudo_per_doc)) if v is not None})
+                            **{k: (tuple(v) if k == "pseudo_words" else v) for k, v in given if v is not None})
         summary = distill(mdir, qdir, cfg, data=data_dir, overwrite=True, doc_emb=d_emb)
         student = HCEEncoder.load(qdir, "cpu")
         student.autocast_bf16 = enc.autocast_bf16
@@ -85,6 +86,7 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
             "p": round(test["p"], 4), "ci95_points": [round(100 * test["ci_low"], 2), round(100 * test["ci_high"], 2)],
             "distill_seconds": summary["seconds"], "steps": summary["steps"], "heldout": summary["heldout"],
         }
+        out["pseudo_words"] = list(cfg.pseudo_words)
     out["measured"] = measured(common.stamp())
     return out
 
@@ -120,19 +122,21 @@ def previous(args: Any, settings: dict[str, Any]) -> dict[str, list[dict[str, An
     rows = old.get("results", {})
     for r in (r for dataset in rows.values() for r in dataset):
         r.setdefault("measured", measured(old))  # a row from before rows were stamped: the file's stamp
+        r.setdefault("pseudo_words", [8, 24])  # a row from before the option: the crops the code then drew
     return rows
 
 
 def markdown(res: dict[str, Any]) -> str:
     """The file's rows as a markdown table, one line per (dataset, teacher, L); loss ≤ 1.0 point is the target."""
-    lines = ["| data | teacher | full nDCG@10 | L | shallow nDCG@10 | loss (pts) | 95 % CI | p "
-             "| held-out cosine / top-10 overlap | distill | ≤ 1.0 pt? |", "|" + "---|" * 11]
+    lines = ["| data | teacher | crop words | full nDCG@10 | L | shallow nDCG@10 | loss (pts) | 95 % CI | p "
+             "| held-out cosine / top-10 overlap | distill | ≤ 1.0 pt? |", "|" + "---|" * 12]
     for name, rows in res.get("results", {}).items():
         for r in rows:
             for key, st in r["students"].items():
                 held = st.get("heldout") or {}
                 lo, hi = st["ci95_points"]
-                lines.append(f"| {name} | {r['teacher']} | {r['full']['ndcg@10']:.4f} | {key[1:]} | {st['ndcg@10']:.4f} "
+                words = "–".join(map(str, r.get("pseudo_words", [8, 24])))
+                lines.append(f"| {name} | {r['teacher']} | {words} | {r['full']['ndcg@10']:.4f} | {key[1:]} | {st['ndcg@10']:.4f} "
                              f"| **{st['loss_points']:.2f}** | [{lo:+.2f}, {hi:+.2f}] | {st['p']:.2f} "
                              f"| {held.get('cosine_mean', float('nan')):.2f} / {held.get('top10_overlap', float('nan')):.2f} "
                              f"| {st['distill_seconds']:,.0f} s, {st['steps']} steps | {'yes' if st['loss_points'] <= 1.0 else 'no'} |")
@@ -157,12 +161,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=None, help="distillation peak learning rate [DistillConfig's]")
     ap.add_argument("--pseudo-per-doc", type=int, default=None, help="pseudo-queries per document and epoch [DistillConfig's]")
+    ap.add_argument("--pseudo-words", default=None, metavar="MIN,MAX",
+                    help="words per pseudo-query crop [DistillConfig's 8,24]; e.g. 8,192 for ArguAna's long queries")
     ap.add_argument("--base-model", default=None, help="the base teacher [all-MiniLM-L6-v2]")
     ap.add_argument("--doc-max-length", type=int, default=256)
     ap.add_argument("--work", type=Path, default=common.CACHE / "query-distill")
     args = common.parse(ap, argv)
     if args.no_base and not args.model:
         ap.error("--no-base needs --model (a teacher to distil)")  # a usage error: exit 2
+    if args.pseudo_words is not None:
+        from hce_serve.errors import ConfigError
+        from hce_train.config import DistillConfig
+
+        raw = args.pseudo_words
+        try:
+            args.pseudo_words = [int(x) for x in raw.split(",")]
+            DistillConfig(pseudo_words=tuple(args.pseudo_words))  # two values, 1 <= MIN <= MAX
+        except (ValueError, ConfigError):
+            ap.error(f"--pseudo-words {raw}: expected MIN,MAX words with 1 <= MIN <= MAX")
     if args.report:
         if not args.out.is_file():
             raise SystemExit(f"query_distill: {args.out}: no results to report on")
@@ -174,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     teachers = ([] if args.no_base else ["base"]) + ([args.model] if args.model else [])
     settings = {"benchmark": "query-distill", "mode": "quick" if args.quick else "full", "epochs": args.epochs,
-                "layers": layers, "lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc}
+                "layers": layers, "lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc,
+                "pseudo_words": args.pseudo_words}  # None: the default (a file from before the option has none)
     results: dict[str, list[dict[str, Any]]] = previous(args, settings)
     for name in datasets:
         rows = results.setdefault(name, [])

@@ -132,6 +132,9 @@ def fit(config_file: Path | None, overwrite: bool, resume: bool, no_progress: bo
               help=f"Pseudo-queries cropped from each document per epoch [{_DISTILL.pseudo_per_doc}].")
 @click.option("--max-pseudo", type=click.IntRange(min=1), default=None,
               help=f"Pseudo-queries per epoch, at most [{_DISTILL.max_pseudo}].")
+@click.option("--pseudo-words", type=click.IntRange(min=1), nargs=2, default=None, metavar="MIN MAX",
+              help="Words per pseudo-query crop; make MAX query-sized when queries are long "
+                   f"[{' '.join(map(str, _DISTILL.pseudo_words))}].")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -140,14 +143,14 @@ def fit(config_file: Path | None, overwrite: bool, resume: bool, no_progress: bo
 @verbosity_options
 def distill_query(model: Path, layers: int, out: Path, data: Path | None, epochs: int | None,
                   batch_size: int | None, lr: float | None, pseudo_per_doc: int | None, max_pseudo: int | None,
-                  device: str, precision: str, seed: int, overwrite: bool, no_progress: bool,
-                  verbose: int, quiet: bool) -> None:
+                  pseudo_words: tuple[int, int] | None, device: str, precision: str, seed: int, overwrite: bool,
+                  no_progress: bool, verbose: int, quiet: bool) -> None:
     """Distil a shallow query encoder (the first L layers) that maps queries where MODEL_DIR does."""
     setup_logging(verbose, quiet)
     from .distill import distill
 
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "pseudo_per_doc": pseudo_per_doc,
-             "max_pseudo": max_pseudo}
+             "max_pseudo": max_pseudo, "pseudo_words": tuple(pseudo_words) if pseudo_words else None}
     cfg = DistillConfig(layers=layers, seed=seed, precision=precision, device=device,
                         **{k: v for k, v in given.items() if v is not None})
     summary = distill(model, out, cfg, data=data, overwrite=overwrite, progress=not no_progress and not quiet)

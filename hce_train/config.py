@@ -197,6 +197,7 @@ class DistillConfig:
     pool_k: int = 32  # teacher's top documents per query in the listwise pool
     pseudo_per_doc: int = 8  # crops per document and epoch: 8 took CISI's loss from 8.5 to 0.5 points (522 steps)
     max_pseudo: int = 20_000  # pseudo-queries per epoch at most (sampled)
+    pseudo_words: tuple[int, int] = (8, 24)  # words per pseudo-query crop (min, max): query-sized for short queries
     heldout: float = 0.05  # share of queries kept out of training to measure fidelity
     seed: int = 0
     precision: str = "auto"
@@ -208,6 +209,9 @@ class DistillConfig:
         for name in ("epochs", "batch_size", "pool_k", "pseudo_per_doc", "max_pseudo"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, found {getattr(self, name)}")
+        lo, hi = self.pseudo_words
+        if not 1 <= lo <= hi:
+            raise ConfigError(f"pseudo_words must be MIN,MAX with 1 <= MIN <= MAX, found {lo},{hi}")
         if not 0 < self.lr < 1 or self.tau <= 0 or min(self.cos_weight, self.kl_weight) < 0:
             raise ConfigError("lr must be in (0, 1), tau positive, weights >= 0")
         if not 0 <= self.heldout < 0.5:

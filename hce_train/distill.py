@@ -59,7 +59,7 @@ def shallow_copy(teacher: HCEEncoder, layers: int) -> HCEEncoder:
 
 def training_queries(data_dir: Path, corpus_texts: list[str], cfg: DistillConfig, epoch: int) -> list[str]:
     """The train split's queries (if any) and ``pseudo_per_doc`` cropped pseudo-queries per document for
-    ``epoch`` (at most ``max_pseudo``, the documents sampled)."""
+    ``epoch`` (at most ``max_pseudo``, the documents sampled), each ``pseudo_words`` words long."""
     texts: list[str] = []
     qrels = data_dir / "qrels" / "train.tsv"
     if qrels.is_file() and (data_dir / "queries.jsonl").is_file():
@@ -70,7 +70,7 @@ def training_queries(data_dir: Path, corpus_texts: list[str], cfg: DistillConfig
     rng = np.random.default_rng([cfg.seed, epoch, 7])
     rows = np.concatenate([rng.permutation(len(corpus_texts)) for _ in range(cfg.pseudo_per_doc)])[: cfg.max_pseudo]
     sub = Corpus([str(r) for r in rows], [corpus_texts[r] for r in rows])
-    texts += pseudo_query_examples(sub, rng, 8, 24, drop=0.1).queries  # query-sized crops with dropped words
+    texts += pseudo_query_examples(sub, rng, *cfg.pseudo_words, drop=0.1).queries  # query-sized crops, words dropped
     return texts
 
 

@@ -33,7 +33,7 @@ def pair(tiny_beir, tiny_bert, tmp_path_factory) -> tuple[Path, Path, dict]:
     assert res.exit_code == 0, res.output
     res = runner.invoke(train_cli, ["distill-query", "--model", str(model), "--layers", "1", "--out",
                                     str(model / "query_encoder"), "--epochs", "2", "--batch-size", "16",
-                                    "--no-progress", "-q"])
+                                    "--pseudo-words", "4", "12", "--no-progress", "-q"])
     assert res.exit_code == 0, res.output
     return model, model / "query_encoder", json.loads(res.stdout)
 
@@ -43,6 +43,7 @@ def test_distilled_student_is_the_teachers_bottom_layers_and_the_card_records_th
     cfg = json.loads((qdir / "config.json").read_text())
     assert cfg["num_hidden_layers"] == 1 and summary["teacher_layers"] == 2
     assert summary["steps"] > 0 and np.isfinite(summary["final"]["loss"])
+    assert summary["config"]["pseudo_words"] == [4, 12]  # --pseudo-words reached the crops
     qcard, card = ModelCard.load(qdir), ModelCard.load(model)
     assert qcard.extra["role"] == "query_encoder" and qcard.dim == card.dim
     assert card.extra["query_encoder"]["path"] == "query_encoder" and card.extra["query_encoder"]["layers"] == 1
@@ -55,6 +56,10 @@ def test_distill_refuses_a_student_as_deep_as_the_teacher(pair, tmp_path):
     res = CliRunner().invoke(train_cli, ["distill-query", "--model", str(model), "--layers", "2", "--out",
                                          str(tmp_path / "q"), "--no-progress"])
     assert res.exit_code == 1 and "needs fewer" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(train_cli, ["distill-query", "--model", str(model), "--layers", "1", "--out",
+                                         str(tmp_path / "q"), "--pseudo-words", "30", "20", "--no-progress"])
+    assert res.exit_code == 1 and "pseudo_words must be MIN,MAX" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "q").exists()
 
 
 def test_export_writes_and_validates_the_query_graphs_and_serving_picks_them(pair, tmp_path):
@@ -124,3 +129,18 @@ def test_pseudo_per_doc_crops_each_document_that_many_times_up_to_max_pseudo(tin
     crops = training_queries(tiny_beir, texts, DistillConfig(pseudo_per_doc=4), 0)[train:]
     assert len(set(crops)) > len(texts)  # the extra crops are other spans, not copies
     assert crops != training_queries(tiny_beir, texts, DistillConfig(pseudo_per_doc=4), 1)[train:]  # new per epoch
+
+
+def test_pseudo_words_sets_the_crop_length(tiny_beir):
+    from hce_serve.errors import ConfigError
+    from hce_train.config import DistillConfig
+    from hce_train.distill import training_queries
+
+    long_docs = [" ".join(f"w{i}_{j}" for j in range(300)) for i in range(50)]
+    lengths = {n: [len(q.split()) for q in training_queries(tiny_beir.parent, long_docs, DistillConfig(pseudo_words=n), 0)]
+               for n in ((8, 24), (120, 190))}
+    assert len(lengths[(8, 24)]) == len(lengths[(120, 190)]) == 8 * len(long_docs)  # no train split here
+    assert max(lengths[(8, 24)]) <= 24 and max(lengths[(120, 190)]) <= 190
+    assert min(lengths[(120, 190)]) > 90 > max(lengths[(8, 24)])  # each word of a crop is dropped with p .1
+    with pytest.raises(ConfigError, match="pseudo_words"):
+        DistillConfig(pseudo_words=(30, 20))

@@ -29,6 +29,7 @@ def test_query_distill_quick(tiny_bert, tiny_beir, tmp_path, capsys):
     student = row["students"]["L1"]
     assert row["teacher"] == "base" and student["steps"] > 0 and 0 < student["p"] <= 1
     assert "teacher_training" not in row  # the base model was not trained here
+    assert row["pseudo_words"] == [8, 24]  # DistillConfig's crops
     assert student["loss_points"] == pytest.approx(100 * (row["full"]["ndcg@10"] - student["ndcg@10"]), abs=0.006)
     assert student["ci95_points"][0] <= student["ci95_points"][1]
     # --report prints the row as RESULTS.md's table and measures nothing.
@@ -38,8 +39,9 @@ def test_query_distill_quick(tiny_bert, tiny_beir, tmp_path, capsys):
     capsys.readouterr()
     assert query_distill.main(["--report", "--out", str(tmp_path / "qd.json")]) == 0
     table = capsys.readouterr().out.strip().splitlines()
-    assert len(table) == 3 and table[0].startswith("| data | teacher |")
-    assert table[2].startswith(f"| {tiny_beir.name} | base | {row['full']['ndcg@10']:.4f} | 1 | {student['ndcg@10']:.4f} |")
+    assert len(table) == 3 and table[0].startswith("| data | teacher | crop words |")
+    assert table[2].startswith(f"| {tiny_beir.name} | base | 8–24 | {row['full']['ndcg@10']:.4f} | 1 "
+                               f"| {student['ndcg@10']:.4f} |")
     assert table[2].endswith(f"| {'yes' if student['loss_points'] <= 1.0 else 'no'} |")
     assert (tmp_path / "qd.json").read_bytes() == before
     with pytest.raises(SystemExit, match="no results to report on"):
@@ -68,6 +70,9 @@ def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_bei
     with pytest.raises(SystemExit) as e:
         run(tiny_bert, tiny_beir, tmp_path, "--resume", "--epochs", "2")
     assert "other epochs" in str(e.value) and (tmp_path / "qd.json").read_bytes() == before
+    with pytest.raises(SystemExit) as e:  # other crops are other settings too: another --out
+        run(tiny_bert, tiny_beir, tmp_path, "--resume", "--pseudo-words", "8,40")
+    assert "other pseudo_words" in str(e.value) and (tmp_path / "qd.json").read_bytes() == before
 
 def test_no_base_without_a_model_is_a_usage_error(tiny_bert, tiny_beir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
