@@ -27,6 +27,7 @@ from typing import Any
 from benchmarks import common
 
 QUERY_LEN = {"arguana": 256}
+CROPS_BEFORE_OPTION = [8, 24]  # the crop words every row drew before --pseudo-words existed (rows without the key)
 
 
 def teacher_dir(name: str, work: Path, qlen: int, dlen: int, base_model: str | None) -> Path:
@@ -69,13 +70,15 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
         return per_query(data.qrels, run)
 
     full = scores(enc.encode([data.queries[q] for q in qids], qlen, 128, False))
+    given = {"lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc,
+             "pseudo_words": tuple(args.pseudo_words) if args.pseudo_words else None}
+    given = {k: v for k, v in given.items() if v is not None}
     out: dict[str, Any] = {"teacher": label(teacher, args), **_trained(mdir), "query_max_length": qlen,
+                           "pseudo_words": list(given.get("pseudo_words", DistillConfig.pseudo_words)),
                            "corpus_encode_seconds": round(encode_s, 1), "full": _means(full), "students": {}}
     for n_layers in layers:
         qdir = args.work / f"{data_dir.name}-{Path(teacher).name}-L{n_layers}"
-        given = (("lr", args.lr), ("pseudo_per_doc", args.pseudo_per_doc), ("pseudo_words", args.pseudo_words))
-        cfg = DistillConfig(layers=n_layers, epochs=args.epochs, seed=args.seed,
-                            **{k: (tuple(v) if k == "pseudo_words" else v) for k, v in given if v is not None})
+        cfg = DistillConfig(layers=n_layers, epochs=args.epochs, seed=args.seed, **given)
         summary = distill(mdir, qdir, cfg, data=data_dir, overwrite=True, doc_emb=d_emb)
         student = HCEEncoder.load(qdir, "cpu")
         student.autocast_bf16 = enc.autocast_bf16
@@ -86,7 +89,6 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
             "p": round(test["p"], 4), "ci95_points": [round(100 * test["ci_low"], 2), round(100 * test["ci_high"], 2)],
             "distill_seconds": summary["seconds"], "steps": summary["steps"], "heldout": summary["heldout"],
         }
-        out["pseudo_words"] = list(cfg.pseudo_words)
     out["measured"] = measured(common.stamp())
     return out
 
@@ -122,7 +124,7 @@ def previous(args: Any, settings: dict[str, Any]) -> dict[str, list[dict[str, An
     rows = old.get("results", {})
     for r in (r for dataset in rows.values() for r in dataset):
         r.setdefault("measured", measured(old))  # a row from before rows were stamped: the file's stamp
-        r.setdefault("pseudo_words", [8, 24])  # a row from before the option: the crops the code then drew
+        r.setdefault("pseudo_words", CROPS_BEFORE_OPTION)
     return rows
 
 
@@ -135,7 +137,7 @@ def markdown(res: dict[str, Any]) -> str:
             for key, st in r["students"].items():
                 held = st.get("heldout") or {}
                 lo, hi = st["ci95_points"]
-                words = "–".join(map(str, r.get("pseudo_words", [8, 24])))
+                words = "–".join(map(str, r.get("pseudo_words", CROPS_BEFORE_OPTION)))
                 lines.append(f"| {name} | {r['teacher']} | {words} | {r['full']['ndcg@10']:.4f} | {key[1:]} | {st['ndcg@10']:.4f} "
                              f"| **{st['loss_points']:.2f}** | [{lo:+.2f}, {hi:+.2f}] | {st['p']:.2f} "
                              f"| {held.get('cosine_mean', float('nan')):.2f} / {held.get('top10_overlap', float('nan')):.2f} "

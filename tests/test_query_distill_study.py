@@ -74,6 +74,7 @@ def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_bei
         run(tiny_bert, tiny_beir, tmp_path, "--resume", "--pseudo-words", "8,40")
     assert "other pseudo_words" in str(e.value) and (tmp_path / "qd.json").read_bytes() == before
 
+
 def test_no_base_without_a_model_is_a_usage_error(tiny_bert, tiny_beir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run(tiny_bert, tiny_beir, tmp_path, "--no-base")
