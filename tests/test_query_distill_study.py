@@ -32,6 +32,8 @@ def test_query_distill_quick(tiny_bert, tiny_beir, tmp_path, capsys):
     assert row["pseudo_words"] == [8, 24]  # DistillConfig's crops
     assert student["loss_points"] == pytest.approx(100 * (row["full"]["ndcg@10"] - student["ndcg@10"]), abs=0.006)
     assert student["ci95_points"][0] <= student["ci95_points"][1]
+    cos = student["test_query_cosine"]  # teacher vs student on the test queries themselves
+    assert -1 <= cos["p5"] <= cos["mean"] <= 1
     # --report prints the row as RESULTS.md's table and measures nothing.
     from benchmarks import query_distill
 
@@ -43,6 +45,7 @@ def test_query_distill_quick(tiny_bert, tiny_beir, tmp_path, capsys):
     assert table[2].startswith(f"| {tiny_beir.name} | base | 8–24 | {row['full']['ndcg@10']:.4f} | 1 "
                                f"| {student['ndcg@10']:.4f} |")
     assert table[2].endswith(f"| {'yes' if student['loss_points'] <= 1.0 else 'no'} |")
+    assert f"| {cos['mean']:.2f} (p5 {cos['p5']:.2f}) |" in table[2]
     assert (tmp_path / "qd.json").read_bytes() == before
     with pytest.raises(SystemExit, match="no results to report on"):
         query_distill.main(["--report", "--out", str(tmp_path / "none.json")])
@@ -80,3 +83,14 @@ def test_no_base_without_a_model_is_a_usage_error(tiny_bert, tiny_beir, tmp_path
         run(tiny_bert, tiny_beir, tmp_path, "--no-base")
     assert e.value.code == 2 and "--no-base needs --model" in capsys.readouterr().err
     assert not (tmp_path / "qd.json").exists() and not (tmp_path / "work").exists()
+
+
+def test_test_cosine_on_known_vectors():
+    import numpy as np
+
+    from benchmarks.query_distill import test_cosine
+
+    full = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], np.float32)
+    shallow = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 1.0]], np.float32)  # same, same (scaled), orthogonal
+    got = test_cosine(full, shallow)
+    assert got["mean"] == pytest.approx(2 / 3, abs=1e-4) and got["p5"] == pytest.approx(0.1, abs=1e-4)  # linear between 0 and 1
