@@ -9,7 +9,8 @@ L-layer student on that corpus (its train split's queries where it has one, else
 never the test queries), and both query encoders are evaluated against the same document embeddings by
 exact search. Recorded per (dataset, teacher, L): nDCG@10 / R@100 of full and shallow queries, the paired
 randomization test and bootstrap CI of the difference (per-query nDCG@10), the distillation's wall time,
-held-out fidelity (on crops) and the student's cosine to the teacher on the test queries themselves. Query lengths: 64 tokens, 256 on ArguAna (whole-argument queries); documents 256 (``--doc-max-length``).
+held-out fidelity (on crops) and the student's cosine to the teacher on the test queries themselves.
+Query lengths: 64 tokens, 256 on ArguAna (whole-argument queries); documents 256 (``--doc-max-length``).
 ``--quick`` uses CISI only, one epoch and L = 2. ``--resume`` keeps the file's rows and runs only the
 (dataset, teacher) pairs it lacks, with the same settings (a study can span sessions, a row at a time).
 ``--report`` runs nothing: it prints the file's rows as the markdown table RESULTS.md shows.
