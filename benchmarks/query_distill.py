@@ -91,13 +91,13 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
             **_means(shallow), "loss_points": round(100 * (_means(full)["ndcg@10"] - _means(shallow)["ndcg@10"]), 2),
             "p": round(test["p"], 4), "ci95_points": [round(100 * test["ci_low"], 2), round(100 * test["ci_high"], 2)],
             "distill_seconds": summary["seconds"], "steps": summary["steps"], "heldout": summary["heldout"],
-            "test_query_cosine": test_cosine(q_full, q_shallow),  # fidelity on the real queries (never trained on)
+            "test_query_cosine": query_cosine(q_full, q_shallow),  # fidelity on the real queries (never trained on)
         }
     out["measured"] = measured(common.stamp())
     return out
 
 
-def test_cosine(full: Any, shallow: Any) -> dict[str, float]:
+def query_cosine(full: Any, shallow: Any) -> dict[str, float]:
     """Mean / 5th-percentile cosine between the teacher's and the student's embedding of each test query:
     the held-out fidelity measured on crops says nothing about queries unlike the crops (ArguAna's)."""
     import numpy as np

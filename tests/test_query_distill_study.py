@@ -85,12 +85,12 @@ def test_no_base_without_a_model_is_a_usage_error(tiny_bert, tiny_beir, tmp_path
     assert not (tmp_path / "qd.json").exists() and not (tmp_path / "work").exists()
 
 
-def test_test_cosine_on_known_vectors():
+def test_query_cosine_on_known_vectors():
     import numpy as np
 
-    from benchmarks.query_distill import test_cosine
+    from benchmarks.query_distill import query_cosine
 
     full = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], np.float32)
     shallow = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 1.0]], np.float32)  # same, same (scaled), orthogonal
-    got = test_cosine(full, shallow)
+    got = query_cosine(full, shallow)
     assert got["mean"] == pytest.approx(2 / 3, abs=1e-4) and got["p5"] == pytest.approx(0.1, abs=1e-4)  # linear between 0 and 1
