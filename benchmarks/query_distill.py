@@ -72,7 +72,7 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
 
     q_full = enc.encode([data.queries[q] for q in qids], qlen, 128, False)
     full = scores(q_full)
-    given = {"lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc,
+    given = {"lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc, "init_layers": args.init_layers,
              "pseudo_words": tuple(args.pseudo_words) if args.pseudo_words else None}
     given = {k: v for k, v in given.items() if v is not None}
     out: dict[str, Any] = {"teacher": label(teacher, args), **_trained(mdir), "query_max_length": qlen,
@@ -91,6 +91,7 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
             **_means(shallow), "loss_points": round(100 * (_means(full)["ndcg@10"] - _means(shallow)["ndcg@10"]), 2),
             "p": round(test["p"], 4), "ci95_points": [round(100 * test["ci_low"], 2), round(100 * test["ci_high"], 2)],
             "distill_seconds": summary["seconds"], "steps": summary["steps"], "heldout": summary["heldout"],
+            "init_from": summary["init_from"],  # the teacher layers the student started from
             "test_query_cosine": query_cosine(q_full, q_shallow),  # fidelity on the real queries (never trained on)
         }
     out["measured"] = measured(common.stamp())
@@ -153,12 +154,19 @@ def markdown(res: dict[str, Any]) -> str:
                 held = st.get("heldout") or {}
                 lo, hi = st["ci95_points"]
                 words = "–".join(map(str, r.get("pseudo_words", CROPS_BEFORE_OPTION)))
-                lines.append(f"| {name} | {r['teacher']} | {words} | {r['full']['ndcg@10']:.4f} | {key[1:]} | {st['ndcg@10']:.4f} "
+                lines.append(f"| {name} | {r['teacher']} | {words} | {r['full']['ndcg@10']:.4f} | {_depth(key, st)} | {st['ndcg@10']:.4f} "
                              f"| **{st['loss_points']:.2f}** | [{lo:+.2f}, {hi:+.2f}] | {st['p']:.2f} "
                              f"| {held.get('cosine_mean', float('nan')):.2f} / {held.get('top10_overlap', float('nan')):.2f} "
                              f"| {_test_cos(st)} "
                              f"| {st['distill_seconds']:,.0f} s, {st['steps']} steps | {'yes' if st['loss_points'] <= 1.0 else 'no'} |")
     return "\n".join(lines)
+
+
+def _depth(key: str, student: dict[str, Any]) -> str:
+    """"3", or "3 (0,4,5)" when the student did not start from the teacher's bottom layers."""
+    kept = student.get("init_from")  # rows from before the option started from the bottom layers
+    bottom = kept is None or kept == list(range(len(kept)))
+    return key[1:] if bottom else f"{key[1:]} ({','.join(map(str, kept))})"
 
 
 def _test_cos(student: dict[str, Any]) -> str:
@@ -186,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pseudo-per-doc", type=int, default=None, help="pseudo-queries per document and epoch [DistillConfig's]")
     ap.add_argument("--pseudo-words", default=None, metavar="MIN,MAX",
                     help="words per pseudo-query crop [DistillConfig's 8,24]; e.g. 8,192 for ArguAna's long queries")
+    ap.add_argument("--init-layers", default=None, help="teacher layers each student starts from: bottom, ends, top "
+                    "[DistillConfig's bottom]")
     ap.add_argument("--base-model", default=None, help="the base teacher [all-MiniLM-L6-v2]")
     ap.add_argument("--doc-max-length", type=int, default=256)
     ap.add_argument("--work", type=Path, default=common.CACHE / "query-distill")
@@ -202,6 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             DistillConfig(pseudo_words=tuple(args.pseudo_words))  # two values, 1 <= MIN <= MAX
         except (ValueError, ConfigError):
             ap.error(f"--pseudo-words {raw}: expected MIN,MAX words with 1 <= MIN <= MAX")
+    from hce_train.config import INIT_RULES
+
+    if args.init_layers not in (None, *INIT_RULES):
+        ap.error(f"--init-layers {args.init_layers}: expected one of {', '.join(INIT_RULES)} (a rule: --layers may "
+                 "list several L)")
     if args.report:
         if not args.out.is_file():
             raise SystemExit(f"query_distill: {args.out}: no results to report on")
@@ -214,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     teachers = ([] if args.no_base else ["base"]) + ([args.model] if args.model else [])
     settings = {"benchmark": "query-distill", "mode": "quick" if args.quick else "full", "epochs": args.epochs,
                 "layers": layers, "lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc,
-                "pseudo_words": args.pseudo_words}  # None: the default (a file from before the option has none)
+                "pseudo_words": args.pseudo_words, "init_layers": args.init_layers}  # None: the default (a file from before the option has none)
     results: dict[str, list[dict[str, Any]]] = previous(args, settings)
     for name in datasets:
         rows = results.setdefault(name, [])

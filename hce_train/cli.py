@@ -135,6 +135,9 @@ def fit(config_file: Path | None, overwrite: bool, resume: bool, no_progress: bo
 @click.option("--pseudo-words", type=click.IntRange(min=1), nargs=2, default=None, metavar="MIN MAX",
               help="Words per pseudo-query crop; make MAX query-sized when queries are long "
                    f"[{' '.join(map(str, _DISTILL.pseudo_words))}].")
+@click.option("--init-layers", default=None, metavar="bottom|ends|top|I,J,..",
+              help="Teacher layers the student starts from: the first L, layer 0 and the top L-1, the top L, "
+                   f"or a list [{_DISTILL.init_layers}].")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -143,14 +146,15 @@ def fit(config_file: Path | None, overwrite: bool, resume: bool, no_progress: bo
 @verbosity_options
 def distill_query(model: Path, layers: int, out: Path, data: Path | None, epochs: int | None,
                   batch_size: int | None, lr: float | None, pseudo_per_doc: int | None, max_pseudo: int | None,
-                  pseudo_words: tuple[int, int] | None, device: str, precision: str, seed: int, overwrite: bool,
+                  pseudo_words: tuple[int, int] | None, init_layers: str | None, device: str, precision: str, seed: int, overwrite: bool,
                   no_progress: bool, verbose: int, quiet: bool) -> None:
-    """Distil a shallow query encoder (the first L layers) that maps queries where MODEL_DIR does."""
+    """Distil a shallow query encoder (L of MODEL_DIR's layers) that maps queries where MODEL_DIR does."""
     setup_logging(verbose, quiet)
     from .distill import distill
 
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "pseudo_per_doc": pseudo_per_doc,
-             "max_pseudo": max_pseudo, "pseudo_words": tuple(pseudo_words) if pseudo_words else None}
+             "max_pseudo": max_pseudo, "pseudo_words": tuple(pseudo_words) if pseudo_words else None,
+             "init_layers": init_layers}
     cfg = DistillConfig(layers=layers, seed=seed, precision=precision, device=device,
                         **{k: v for k, v in given.items() if v is not None})
     summary = distill(model, out, cfg, data=data, overwrite=overwrite, progress=not no_progress and not quiet)

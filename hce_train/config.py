@@ -21,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA and on CPUs with native bf16
 PSEUDO_QUERIES = ("span", "crop")
 NEGATIVE_ENCODINGS = ("live", "cached")
+INIT_RULES = ("bottom", "ends", "top")  # distill-query's student init: first L, layer 0 + top L-1, top L
 REBUILD_EPOCH = -1  # rebuild_every value meaning "at the start of every epoch"
 
 
@@ -186,7 +187,8 @@ def make_config(file_values: dict[str, Any], flags: dict[str, Any]) -> TrainConf
 
 @dataclass(frozen=True)
 class DistillConfig:
-    layers: int = 2  # transformer layers kept from the bottom of the teacher
+    layers: int = 2  # transformer layers the student keeps
+    init_layers: str = "bottom"  # which teacher layers it starts from: bottom | ends | top | "I,J,..." (see distill)
     epochs: int = 3
     batch_size: int = 64
     lr: float = 5e-4  # CISI probe: 1e-4 lost 15.6 nDCG@10 points in 66 steps, 5e-4 8.5; see pseudo_per_doc
@@ -209,6 +211,11 @@ class DistillConfig:
         for name in ("epochs", "batch_size", "pool_k", "pseudo_per_doc", "max_pseudo"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, found {getattr(self, name)}")
+        if self.init_layers not in INIT_RULES:
+            idx = self.init_layers.split(",")
+            if not all(i.strip().isdigit() for i in idx) or len(idx) != self.layers:
+                raise ConfigError(f"init_layers must be one of {', '.join(INIT_RULES)} or {self.layers} comma-separated layer "
+                    f"indices, found {self.init_layers!r}")
         lo, hi = self.pseudo_words
         if not 1 <= lo <= hi:
             raise ConfigError(f"pseudo_words must be MIN,MAX with 1 <= MIN <= MAX, found {lo},{hi}")

@@ -1,8 +1,8 @@
 """``hce-train distill-query``: a shallow query encoder that lands where the full encoder puts the query.
 
 Documents are encoded once, offline, by the full encoder; queries are encoded on every request. The
-student is the teacher's first ``L`` transformer layers (same tokenizer, width and pooling), so it starts
-close and maps into the same space. It is trained, with the document side frozen, on
+student is ``L`` of the teacher's transformer layers (same tokenizer, width and pooling; which ones:
+``init_layers``), so it starts close and maps into the same space. It is trained, with the document side frozen, on
 
     L = w_cos * (1 - cos(s(q), t(q)))                                     # land on the teacher's point
       + w_kl  * KL( softmax(t(q) . D_pool / tau) || softmax(s(q) . D_pool / tau) )   # rank like it
@@ -44,17 +44,35 @@ from .model import HCEEncoder, use_bf16
 log = logging.getLogger(__name__)
 
 
-def shallow_copy(teacher: HCEEncoder, layers: int) -> HCEEncoder:
-    """A deep copy of the teacher with only its first ``layers`` transformer layers."""
+def pick_layers(rule: str, layers: int, depth: int) -> list[int]:
+    """The teacher layers (0-based, ascending) a ``layers``-deep student starts from: ``bottom`` the first
+    L; ``ends`` layer 0 and the top L - 1, which keeps the layers that shape the output space; ``top`` the
+    last L; or an explicit "I,J,..." list."""
+    if layers >= depth:
+        raise ConfigError(f"--layers {layers}: the model has only {depth} layers; a student needs fewer")
+    if rule == "bottom":
+        return list(range(layers))
+    if rule == "ends":
+        return [0, *range(depth - layers + 1, depth)]
+    if rule == "top":
+        return list(range(depth - layers, depth))
+    idx = [int(i) for i in rule.split(",")]
+    if len(idx) != layers or sorted(set(idx)) != idx or not 0 <= idx[0] <= idx[-1] < depth:
+        raise ConfigError(f"--init-layers {rule}: want {layers} distinct ascending indices in 0..{depth - 1}")
+    return idx
+
+
+def shallow_copy(teacher: HCEEncoder, layers: int, init: str = "bottom") -> tuple[HCEEncoder, list[int]]:
+    """A deep copy of the teacher that keeps ``layers`` of its transformer layers, chosen by ``init``
+    (see ``pick_layers``); returns the student and the kept teacher-layer indices."""
     model = copy.deepcopy(getattr(teacher.model, "module", teacher.model))
     stack = getattr(getattr(model, "encoder", None), "layer", None)
     if stack is None:
         raise ConfigError(f"{type(model).__name__}: no encoder.layer stack to cut (BERT-like models only)")
-    if layers >= len(stack):
-        raise ConfigError(f"--layers {layers}: the model has only {len(stack)} layers; a student needs fewer")
-    model.encoder.layer = type(stack)(list(stack)[:layers])
+    kept = pick_layers(init, layers, len(stack))
+    model.encoder.layer = type(stack)([stack[i] for i in kept])
     model.config.num_hidden_layers = layers
-    return HCEEncoder(model, teacher.tokenizer, teacher.base_model, teacher.device)
+    return HCEEncoder(model, teacher.tokenizer, teacher.base_model, teacher.device), kept
 
 
 def training_queries(data_dir: Path, corpus_texts: list[str], cfg: DistillConfig, epoch: int) -> list[str]:
@@ -101,7 +119,7 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
         raise DataError(f"doc_emb has shape {doc_emb.shape}, expected ({len(corpus)}, {card.dim})")
     d_emb = torch.from_numpy(np.ascontiguousarray(doc_emb, np.float32) if doc_emb is not None else
                              teacher.encode(corpus.texts, card.max_length, 128, progress, "teacher: corpus"))
-    student = shallow_copy(teacher, cfg.layers)
+    student, kept = shallow_copy(teacher, cfg.layers, cfg.init_layers)
     student.autocast_bf16 = teacher.autocast_bf16
     student.training_dropout(0.0)
     student.model.train()
@@ -142,7 +160,8 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
             bar.set_postfix(cos=f"{stats['cos']:.3f}")
     bar.close()
     fidelity = _fidelity(teacher, student, sorted(heldout), d_emb.numpy(), card.query_max_length)
-    summary = {"layers": cfg.layers, "teacher_layers": int(teacher.model.config.num_hidden_layers), "steps": step,
+    summary = {"layers": cfg.layers, "teacher_layers": int(teacher.model.config.num_hidden_layers),
+               "init_from": kept, "steps": step,
                "seconds": round(time.perf_counter() - t_start, 1), "final": stats, "heldout": fidelity,
                "data": str(data_dir.resolve()), "config": asdict(cfg)}
     _write(student, teacher, card, mdir, qdir, summary, overwrite)

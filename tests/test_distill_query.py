@@ -44,6 +44,7 @@ def test_distilled_student_is_the_teachers_bottom_layers_and_the_card_records_th
     assert cfg["num_hidden_layers"] == 1 and summary["teacher_layers"] == 2
     assert summary["steps"] > 0 and np.isfinite(summary["final"]["loss"])
     assert summary["config"]["pseudo_words"] == [4, 12]  # --pseudo-words reached the crops
+    assert summary["init_from"] == [0]  # the default: the teacher's bottom layer
     qcard, card = ModelCard.load(qdir), ModelCard.load(model)
     assert qcard.extra["role"] == "query_encoder" and qcard.dim == card.dim
     assert card.extra["query_encoder"]["path"] == "query_encoder" and card.extra["query_encoder"]["layers"] == 1
@@ -144,3 +145,39 @@ def test_pseudo_words_sets_the_crop_length(tiny_beir):
     assert min(lengths[(120, 190)]) > 90 > max(lengths[(8, 24)])  # each word of a crop is dropped with p .1
     with pytest.raises(ConfigError, match="pseudo_words"):
         DistillConfig(pseudo_words=(30, 20))
+
+
+def test_pick_layers_rules_and_lists():
+    from hce_serve.errors import ConfigError
+    from hce_train.distill import pick_layers
+
+    assert pick_layers("bottom", 3, 6) == [0, 1, 2]
+    assert pick_layers("ends", 3, 6) == [0, 4, 5] and pick_layers("ends", 2, 6) == [0, 5]
+    assert pick_layers("ends", 1, 6) == [0]  # one layer: the embedding side's
+    assert pick_layers("top", 2, 6) == [4, 5] and pick_layers("0,2,5", 3, 6) == [0, 2, 5]
+    for rule, layers in (("2,1", 2), ("0,0", 2), ("0,6", 2), ("bottom", 6)):
+        with pytest.raises(ConfigError):
+            pick_layers(rule, layers, 6)
+
+
+def test_init_layers_copies_those_teacher_layers_and_bad_values_are_one_line_errors(pair, tmp_path):
+    import torch
+
+    from hce_serve.errors import ConfigError
+    from hce_train.config import DistillConfig
+    from hce_train.distill import shallow_copy
+    from hce_train.model import HCEEncoder
+
+    model, _, _ = pair
+    teacher = HCEEncoder.load(model, "cpu")
+    student, kept = shallow_copy(teacher, 1, "top")
+    assert kept == [1] and student.model.config.num_hidden_layers == 1
+    got, want = student.model.encoder.layer[0].state_dict(), teacher.model.encoder.layer[1].state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert not torch.equal(got[next(iter(got))], teacher.model.encoder.layer[0].state_dict()[next(iter(got))])
+    with pytest.raises(ConfigError, match="init_layers must be one of"):
+        DistillConfig(layers=2, init_layers="0")  # one index for two layers
+    res = CliRunner().invoke(train_cli, ["distill-query", "--model", str(model), "--layers", "1", "--out",
+                                         str(tmp_path / "q"), "--init-layers", "middle", "--no-progress"])
+    assert res.exit_code == 1 and "init_layers must be one of" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "q").exists()

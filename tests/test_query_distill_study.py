@@ -76,6 +76,23 @@ def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_bei
     with pytest.raises(SystemExit) as e:  # other crops are other settings too: another --out
         run(tiny_bert, tiny_beir, tmp_path, "--resume", "--pseudo-words", "8,40")
     assert "other pseudo_words" in str(e.value) and (tmp_path / "qd.json").read_bytes() == before
+    with pytest.raises(SystemExit) as e:  # so is another student init
+        run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "top")
+    assert "other init_layers" in str(e.value) and (tmp_path / "qd.json").read_bytes() == before
+
+
+def test_init_layers_reaches_the_student_and_the_report(tiny_bert, tiny_beir, tmp_path, capsys):
+    from benchmarks import query_distill
+
+    assert run(tiny_bert, tiny_beir, tmp_path, "--init-layers", "top") == 0  # the 2-layer teacher's layer 1
+    res = read(tmp_path / "qd.json")
+    assert res["init_layers"] == "top" and res["results"][tiny_beir.name][0]["students"]["L1"]["init_from"] == [1]
+    capsys.readouterr()
+    assert query_distill.main(["--report", "--out", str(tmp_path / "qd.json")]) == 0
+    assert "| 1 (1) |" in capsys.readouterr().out  # a student not from the bottom layers says where from
+    with pytest.raises(SystemExit) as e:
+        run(tiny_bert, tiny_beir, tmp_path / "x", "--init-layers", "0,1")
+    assert e.value.code == 2 and "expected one of bottom, ends, top" in capsys.readouterr().err
 
 
 def test_no_base_without_a_model_is_a_usage_error(tiny_bert, tiny_beir, tmp_path, capsys):
