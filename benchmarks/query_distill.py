@@ -29,6 +29,7 @@ from benchmarks import common
 
 QUERY_LEN = {"arguana": 256}
 CROPS_BEFORE_OPTION = [8, 24]  # the crop words every row drew before --pseudo-words existed (rows without the key)
+INIT_BEFORE_OPTION = "bottom"  # the student init of every file from before --init-layers existed
 
 
 def teacher_dir(name: str, work: Path, qlen: int, dlen: int, base_model: str | None) -> Path:
@@ -133,6 +134,7 @@ def previous(args: Any, settings: dict[str, Any]) -> dict[str, list[dict[str, An
     if not args.resume or not args.out.is_file():
         return {}
     old = json.loads(args.out.read_text(encoding="utf-8"))
+    old.setdefault("init_layers", INIT_BEFORE_OPTION)
     changed = [k for k, v in settings.items() if old.get(k) != v]
     if changed:
         raise SystemExit(f"query_distill: --resume: {args.out} was run with other {', '.join(changed)}; "
@@ -195,28 +197,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pseudo-words", default=None, metavar="MIN,MAX",
                     help="words per pseudo-query crop [DistillConfig's 8,24]; e.g. 8,192 for ArguAna's long queries")
     ap.add_argument("--init-layers", default=None, help="teacher layers each student starts from: bottom, ends, top "
-                    "[DistillConfig's bottom]")
+                    "[DistillConfig's]")
     ap.add_argument("--base-model", default=None, help="the base teacher [all-MiniLM-L6-v2]")
     ap.add_argument("--doc-max-length", type=int, default=256)
     ap.add_argument("--work", type=Path, default=common.CACHE / "query-distill")
     args = common.parse(ap, argv)
     if args.no_base and not args.model:
         ap.error("--no-base needs --model (a teacher to distil)")  # a usage error: exit 2
-    if args.pseudo_words is not None:
-        from hce_serve.errors import ConfigError
-        from hce_train.config import DistillConfig
+    from hce_serve.errors import ConfigError
+    from hce_train.config import INIT_RULES, DistillConfig
 
+    if args.pseudo_words is not None:
         raw = args.pseudo_words
         try:
             args.pseudo_words = [int(x) for x in raw.split(",")]
             DistillConfig(pseudo_words=tuple(args.pseudo_words))  # two values, 1 <= MIN <= MAX
         except (ValueError, ConfigError):
             ap.error(f"--pseudo-words {raw}: expected MIN,MAX words with 1 <= MIN <= MAX")
-    from hce_train.config import INIT_RULES
-
     if args.init_layers not in (None, *INIT_RULES):
         ap.error(f"--init-layers {args.init_layers}: expected one of {', '.join(INIT_RULES)} (a rule: --layers may "
                  "list several L)")
+    args.init_layers = args.init_layers or DistillConfig.init_layers  # recorded resolved: defaults may change
     if args.report:
         if not args.out.is_file():
             raise SystemExit(f"query_distill: {args.out}: no results to report on")
@@ -229,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     teachers = ([] if args.no_base else ["base"]) + ([args.model] if args.model else [])
     settings = {"benchmark": "query-distill", "mode": "quick" if args.quick else "full", "epochs": args.epochs,
                 "layers": layers, "lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc,
-                "pseudo_words": args.pseudo_words, "init_layers": args.init_layers}  # None: the default (a file from before the option has none)
+                "pseudo_words": args.pseudo_words, "init_layers": args.init_layers}  # None: the default
     results: dict[str, list[dict[str, Any]]] = previous(args, settings)
     for name in datasets:
         rows = results.setdefault(name, [])

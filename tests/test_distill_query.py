@@ -44,7 +44,7 @@ def test_distilled_student_is_the_teachers_bottom_layers_and_the_card_records_th
     assert cfg["num_hidden_layers"] == 1 and summary["teacher_layers"] == 2
     assert summary["steps"] > 0 and np.isfinite(summary["final"]["loss"])
     assert summary["config"]["pseudo_words"] == [4, 12]  # --pseudo-words reached the crops
-    assert summary["init_from"] == [0]  # the default: the teacher's bottom layer
+    assert summary["init_from"] == [0]  # the default (ends) at L = 1: layer 0 and no top layers
     qcard, card = ModelCard.load(qdir), ModelCard.load(model)
     assert qcard.extra["role"] == "query_encoder" and qcard.dim == card.dim
     assert card.extra["query_encoder"]["path"] == "query_encoder" and card.extra["query_encoder"]["layers"] == 1

@@ -79,6 +79,14 @@ def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_bei
     with pytest.raises(SystemExit) as e:  # so is another student init
         run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "top")
     assert "other init_layers" in str(e.value) and (tmp_path / "qd.json").read_bytes() == before
+    # A file from before --init-layers existed was distilled from the bottom layers: it resumes only as such.
+    old = json.loads(before)
+    assert old["init_layers"] == "ends"  # recorded resolved, not as "the default"
+    del old["init_layers"]
+    (tmp_path / "qd.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="other init_layers"):
+        run(tiny_bert, tiny_beir, tmp_path, "--resume")
+    assert run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom") == 0
 
 
 def test_init_layers_reaches_the_student_and_the_report(tiny_bert, tiny_beir, tmp_path, capsys):
