@@ -146,8 +146,8 @@ def fit(config_file: Path | None, overwrite: bool, resume: bool, no_progress: bo
 @verbosity_options
 def distill_query(model: Path, layers: int, out: Path, data: Path | None, epochs: int | None,
                   batch_size: int | None, lr: float | None, pseudo_per_doc: int | None, max_pseudo: int | None,
-                  pseudo_words: tuple[int, int] | None, init_layers: str | None, device: str, precision: str, seed: int, overwrite: bool,
-                  no_progress: bool, verbose: int, quiet: bool) -> None:
+                  pseudo_words: tuple[int, int] | None, init_layers: str | None, device: str, precision: str,
+                  seed: int, overwrite: bool, no_progress: bool, verbose: int, quiet: bool) -> None:
     """Distil a shallow query encoder (L of MODEL_DIR's layers) that maps queries where MODEL_DIR does."""
     setup_logging(verbose, quiet)
     from .distill import distill

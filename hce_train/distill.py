@@ -2,7 +2,8 @@
 
 Documents are encoded once, offline, by the full encoder; queries are encoded on every request. The
 student is ``L`` of the teacher's transformer layers (same tokenizer, width and pooling; which ones:
-``init_layers``), so it starts close and maps into the same space. It is trained, with the document side frozen, on
+``init_layers``, by default layer 0 and the top L - 1), so it starts close and maps into the same space.
+It is trained, with the document side frozen, on
 
     L = w_cos * (1 - cos(s(q), t(q)))                                     # land on the teacher's point
       + w_kl  * KL( softmax(t(q) . D_pool / tau) || softmax(s(q) . D_pool / tau) )   # rank like it
