@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     teachers = ([] if args.no_base else ["base"]) + ([args.model] if args.model else [])
     settings = {"benchmark": "query-distill", "mode": "quick" if args.quick else "full", "epochs": args.epochs,
                 "layers": layers, "lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc,
-                "pseudo_words": args.pseudo_words, "init_layers": args.init_layers}  # None: the default
+                "pseudo_words": args.pseudo_words, "init_layers": args.init_layers}  # None: DistillConfig's; init_layers is recorded resolved
     results: dict[str, list[dict[str, Any]]] = previous(args, settings)
     for name in datasets:
         rows = results.setdefault(name, [])

@@ -63,7 +63,7 @@ def pick_layers(rule: str, layers: int, depth: int) -> list[int]:
     return idx
 
 
-def shallow_copy(teacher: HCEEncoder, layers: int, init: str = "bottom") -> tuple[HCEEncoder, list[int]]:
+def shallow_copy(teacher: HCEEncoder, layers: int, init: str) -> tuple[HCEEncoder, list[int]]:
     """A deep copy of the teacher that keeps ``layers`` of its transformer layers, chosen by ``init``
     (see ``pick_layers``); returns the student and the kept teacher-layer indices."""
     model = copy.deepcopy(getattr(teacher.model, "module", teacher.model))
