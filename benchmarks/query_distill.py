@@ -18,6 +18,7 @@ Query lengths: 64 tokens, 256 on ArguAna (whole-argument queries); documents 256
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -30,6 +31,7 @@ from benchmarks import common
 QUERY_LEN = {"arguana": 256}
 CROPS_BEFORE_OPTION = [8, 24]  # the crop words every row drew before --pseudo-words existed (rows without the key)
 INIT_BEFORE_OPTION = "bottom"  # the student init of every file from before --init-layers existed
+GROUPED_BEFORE_OPTION = False  # batches were random draws of every length before --length-grouped existed
 
 
 def teacher_dir(name: str, work: Path, qlen: int, dlen: int, base_model: str | None) -> Path:
@@ -74,6 +76,7 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
     q_full = enc.encode([data.queries[q] for q in qids], qlen, 128, False)
     full = scores(q_full)
     given = {"lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc, "init_layers": args.init_layers,
+             "length_grouped": args.length_grouped,
              "pseudo_words": tuple(args.pseudo_words) if args.pseudo_words else None}
     given = {k: v for k, v in given.items() if v is not None}
     out: dict[str, Any] = {"teacher": label(teacher, args), **_trained(mdir), "query_max_length": qlen,
@@ -135,6 +138,7 @@ def previous(args: Any, settings: dict[str, Any]) -> dict[str, list[dict[str, An
         return {}
     old = json.loads(args.out.read_text(encoding="utf-8"))
     old.setdefault("init_layers", INIT_BEFORE_OPTION)
+    old.setdefault("length_grouped", GROUPED_BEFORE_OPTION)
     changed = [k for k, v in settings.items() if old.get(k) != v]
     if changed:
         raise SystemExit(f"query_distill: --resume: {args.out} was run with other {', '.join(changed)}; "
@@ -198,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="words per pseudo-query crop [DistillConfig's 8,24]; e.g. 8,192 for ArguAna's long queries")
     ap.add_argument("--init-layers", default=None, help="teacher layers each student starts from: bottom, ends, top "
                     "[DistillConfig's]")
+    ap.add_argument("--length-grouped", action=argparse.BooleanOptionalAction, default=None,
+                    help="batch queries of similar length together [DistillConfig's]")
     ap.add_argument("--base-model", default=None, help="the base teacher [all-MiniLM-L6-v2]")
     ap.add_argument("--doc-max-length", type=int, default=256)
     ap.add_argument("--work", type=Path, default=common.CACHE / "query-distill")
@@ -218,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"--init-layers {args.init_layers}: expected one of {', '.join(INIT_RULES)} (a rule: --layers may "
                  "list several L)")
     args.init_layers = args.init_layers or DistillConfig.init_layers  # recorded resolved: defaults may change
+    if args.length_grouped is None:
+        args.length_grouped = DistillConfig.length_grouped
     if args.report:
         if not args.out.is_file():
             raise SystemExit(f"query_distill: {args.out}: no results to report on")
@@ -230,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     teachers = ([] if args.no_base else ["base"]) + ([args.model] if args.model else [])
     settings = {"benchmark": "query-distill", "mode": "quick" if args.quick else "full", "epochs": args.epochs,
                 "layers": layers, "lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc,
-                "pseudo_words": args.pseudo_words, "init_layers": args.init_layers}  # None: DistillConfig's; init_layers is recorded resolved
+                "pseudo_words": args.pseudo_words, "init_layers": args.init_layers,
+                "length_grouped": args.length_grouped}  # None: DistillConfig's; init_layers, length_grouped resolved
     results: dict[str, list[dict[str, Any]]] = previous(args, settings)
     for name in datasets:
         rows = results.setdefault(name, [])

@@ -203,6 +203,7 @@ class DistillConfig:
     max_pseudo: int = 20_000  # pseudo-queries per epoch at most (sampled)
     pseudo_words: tuple[int, int] = (8, 24)  # words per pseudo-query crop (min, max): query-sized for short queries
     heldout: float = 0.05  # share of queries kept out of training to measure fidelity
+    length_grouped: bool = True  # batches of similar-length queries (shuffled megabatches sorted): less padding
     seed: int = 0
     precision: str = "auto"
     device: str = "auto"

@@ -63,6 +63,20 @@ def pick_layers(rule: str, layers: int, depth: int) -> list[int]:
     return idx
 
 
+def length_grouped(order: np.ndarray, lengths: list[int], batch_size: int, rng: np.random.Generator,
+                   mega: int = 50) -> list[np.ndarray]:
+    """``order`` (already shuffled) cut into batches of similar length, to pad less: each run of ``mega``
+    batches is sorted by length (characters) and cut, then the batches are shuffled (HF's group_by_length).
+    Every index lands in exactly one batch; a batch's queries stay a random draw of one length band."""
+    out: list[np.ndarray] = []
+    span = batch_size * mega
+    for lo in range(0, len(order), span):
+        chunk = order[lo : lo + span]
+        chunk = chunk[np.argsort([-lengths[i] for i in chunk], kind="stable")]
+        out += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
+    return [out[i] for i in rng.permutation(len(out))]
+
+
 def shallow_copy(teacher: HCEEncoder, layers: int, init: str) -> tuple[HCEEncoder, list[int]]:
     """A deep copy of the teacher that keeps ``layers`` of its transformer layers, chosen by ``init``
     (see ``pick_layers``); returns the student and the kept teacher-layer indices."""
@@ -137,10 +151,13 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
         if epoch == 0:  # held out for good: a training query never trains in a later epoch either
             heldout = {texts[i] for i in order[: int(len(order) * cfg.heldout)]}
         order = np.array([i for i in order if texts[i] not in heldout], np.int64)
-        for lo in range(0, len(order), cfg.batch_size):
+        batches = [order[lo : lo + cfg.batch_size] for lo in range(0, len(order), cfg.batch_size)]
+        if cfg.length_grouped:
+            rng = np.random.default_rng([cfg.seed, epoch, 9])
+            batches = length_grouped(order, [len(t) for t in texts], cfg.batch_size, rng)
+        for idx in batches:
             if step >= total:
                 break
-            idx = order[lo : lo + cfg.batch_size]
             s = student.embed([texts[i] for i in idx], card.query_max_length)  # (b, D)
             t = torch.from_numpy(t_q[idx]).to(s.device)
             pool = torch.from_numpy(np.unique(top[idx])).to(s.device)

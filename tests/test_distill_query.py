@@ -181,3 +181,33 @@ def test_init_layers_copies_those_teacher_layers_and_bad_values_are_one_line_err
                                          str(tmp_path / "q"), "--init-layers", "middle", "--no-progress"])
     assert res.exit_code == 1 and "init_layers must be one of" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "q").exists()
+
+
+def test_length_grouped_batches_cover_every_query_once_and_pad_less():
+    from hce_train.distill import length_grouped
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(30, 1200, size=1000).tolist()  # characters: crops of 32-192 words
+    order = rng.permutation(1000)
+    batches = length_grouped(order, lengths, 64, np.random.default_rng(1), mega=4)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000)) and len(batches) == -(-1000 // 64)  # as many as a plain cut
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    plain = sum(len(b) * max(lengths[i] for i in b) for b in np.array_split(order, len(batches)))
+    assert padded < 0.75 * plain  # a batch pads to its longest query: far less padding once grouped
+    again = length_grouped(order, lengths, 64, np.random.default_rng(1), mega=4)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))  # reproducible per seed
+    # the batches come in random order, not longest first
+    tops = [max(lengths[i] for i in b) for b in batches]
+    assert tops != sorted(tops, reverse=True)
+
+
+def test_length_grouped_is_recorded_and_can_be_switched_off(pair, tmp_path):
+    model, _, summary = pair
+    assert summary["config"]["length_grouped"] is True  # the default
+    res = CliRunner().invoke(train_cli, ["distill-query", "--model", str(model), "--layers", "1", "--out",
+                                         str(tmp_path / "q"), "--epochs", "1", "--batch-size", "16",
+                                         "--no-length-grouped", "--no-progress", "-q"])
+    assert res.exit_code == 0, res.output
+    off = json.loads(res.stdout)
+    assert off["config"]["length_grouped"] is False and off["steps"] > 0

@@ -87,6 +87,14 @@ def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_bei
     with pytest.raises(SystemExit, match="other init_layers"):
         run(tiny_bert, tiny_beir, tmp_path, "--resume")
     assert run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom") == 0
+    # Batches were not grouped by length before --length-grouped existed: such a file resumes only ungrouped.
+    old = json.loads((tmp_path / "qd.json").read_text())
+    assert old["length_grouped"] is True  # recorded resolved
+    del old["length_grouped"]
+    (tmp_path / "qd.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="other length_grouped"):
+        run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom")
+    assert run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped") == 0
 
 
 def test_init_layers_reaches_the_student_and_the_report(tiny_bert, tiny_beir, tmp_path, capsys):
