@@ -12,7 +12,8 @@ where ``t`` is the teacher's query embedding and ``D_pool`` the fixed, precomput
 documents the teacher ranks highest for the batch's queries (each query's top ``pool_k``, pooled over
 the batch): the listwise term spends the student's capacity where rankings are decided. The queries are
 the data's training queries (when it has a train split) and pseudo-queries cropped from the corpus, so
-the method needs no labels and works on a new corpus.
+the method needs no labels and works on a new corpus. Batches hold queries of similar length
+(``length_grouped``), so short crops are not padded to long ones.
 
 QMODEL_DIR is a plain encoder folder with a card (``extra.role = "query_encoder"``); MODEL_DIR's card then
 records the pair in ``extra.query_encoder`` so ``hce-export`` exports and validates both graphs.
@@ -151,10 +152,11 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
         if epoch == 0:  # held out for good: a training query never trains in a later epoch either
             heldout = {texts[i] for i in order[: int(len(order) * cfg.heldout)]}
         order = np.array([i for i in order if texts[i] not in heldout], np.int64)
-        batches = [order[lo : lo + cfg.batch_size] for lo in range(0, len(order), cfg.batch_size)]
-        if cfg.length_grouped:
+        if cfg.length_grouped:  # batches of one length band, in random order: a batch pads to its longest
             rng = np.random.default_rng([cfg.seed, epoch, 9])
             batches = length_grouped(order, [len(t) for t in texts], cfg.batch_size, rng)
+        else:
+            batches = [order[lo : lo + cfg.batch_size] for lo in range(0, len(order), cfg.batch_size)]
         for idx in batches:
             if step >= total:
                 break
