@@ -30,8 +30,9 @@ from benchmarks import common
 
 QUERY_LEN = {"arguana": 256}
 CROPS_BEFORE_OPTION = [8, 24]  # the crop words every row drew before --pseudo-words existed (rows without the key)
-INIT_BEFORE_OPTION = "bottom"  # the student init of every file from before --init-layers existed
-GROUPED_BEFORE_OPTION = False  # batches were random draws of every length before --length-grouped existed
+# What a file from before an option existed was run with: it resumes only with these settings.
+SETTINGS_BEFORE_OPTION = {"init_layers": "bottom",  # students started from the teacher's first L layers
+                          "length_grouped": False}  # batches were random draws of every length
 
 
 def teacher_dir(name: str, work: Path, qlen: int, dlen: int, base_model: str | None) -> Path:
@@ -136,9 +137,7 @@ def previous(args: Any, settings: dict[str, Any]) -> dict[str, list[dict[str, An
     """With ``--resume``: the file's rows, after checking that it was run with the same settings."""
     if not args.resume or not args.out.is_file():
         return {}
-    old = json.loads(args.out.read_text(encoding="utf-8"))
-    old.setdefault("init_layers", INIT_BEFORE_OPTION)
-    old.setdefault("length_grouped", GROUPED_BEFORE_OPTION)
+    old = {**SETTINGS_BEFORE_OPTION, **json.loads(args.out.read_text(encoding="utf-8"))}
     changed = [k for k, v in settings.items() if old.get(k) != v]
     if changed:
         raise SystemExit(f"query_distill: --resume: {args.out} was run with other {', '.join(changed)}; "
