@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from hce_serve.encoder import disabled_optimizers
 from hce_serve.search import topk_inner_product
 
 K = 10
@@ -40,8 +41,9 @@ class Floor:
         card = ModelCard.load(export_dir)
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        self.sess = ort.InferenceSession(str(export_dir / card.onnx["files"][variant]), so,
-                                         providers=["CPUExecutionProvider"])
+        cpu = ["CPUExecutionProvider"]  # the session options the Engine's sessions get (encoder.disabled_optimizers)
+        self.sess = ort.InferenceSession(str(export_dir / card.onnx["files"][variant]), so, providers=cpu,
+                                         disabled_optimizers=disabled_optimizers(cpu))
         self.names = [i.name for i in self.sess.get_inputs()]
         self.tok = Tokenizer.from_file(str(export_dir / "tokenizer.json"))
         self.tok.no_padding()

@@ -36,6 +36,11 @@ PAD_SLACK = 8
 CUDA = "CUDAExecutionProvider"
 
 
+def disabled_optimizers(providers: Sequence[str]) -> list[str]:
+    """ORT rewrites to skip: ``defaults.ORT_CPU_DISABLED_OPTIMIZERS`` on a CPU-only session (slower there)."""
+    return list(defaults.ORT_CPU_DISABLED_OPTIMIZERS) if all(p == "CPUExecutionProvider" for p in providers) else []
+
+
 def _files(card: ModelCard, where: Path) -> dict[str, str]:
     files = (card.onnx or {}).get("files")
     if not isinstance(files, dict) or not files:
@@ -166,7 +171,8 @@ class Encoder:
 
     def _load_session(self, ort: Any, graph: Path, so: Any, asked: list[str]) -> Any:
         try:
-            session = ort.InferenceSession(str(graph), sess_options=so, providers=asked)
+            session = ort.InferenceSession(str(graph), sess_options=so, providers=asked,
+                                           disabled_optimizers=disabled_optimizers(asked))
         except Exception as e:  # onnxruntime raises its own untyped errors for a corrupt graph
             raise FormatError(f"{graph}: onnxruntime cannot load it ({' '.join(str(e).split())[:300]})") from None
         names = [i.name for i in session.get_inputs()]
@@ -271,10 +277,8 @@ class Encoder:
                 mask[r, : len(seq)] = 1
             out[rows] = self._run(ids, mask, session)
             start += size
-            if bar is not None:
-                bar.update(size)
-        if bar is not None:
-            bar.close()
+            bar.update(size)
+        bar.close()
         return out
 
 
@@ -289,8 +293,6 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 
 
 def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
+    from tqdm import tqdm  # disabled: a no-op bar
 
-    return tqdm(total=total, unit="doc", desc="encode", file=sys.stderr)
+    return tqdm(total=total, unit="doc", desc="encode", file=sys.stderr, disable=not enabled)

@@ -180,6 +180,22 @@ def test_export_latency_quick(tiny_bert, tiny_export, tiny_beir, tmp_path):
         assert all(s["p50_ms"] > 0 and s["thread_cpu_p50_ms"] > 0 for s in speed["query_latency"][t].values())
 
 
+def test_ort_fusions_quick(tiny_export, tiny_beir, tmp_path):
+    from benchmarks import ort_fusions
+
+    out = tmp_path / "fusions.json"
+    assert ort_fusions.main(["--quick", "--export", str(tiny_export), "--data", str(tiny_beir), "--n", "10",
+                             "--fidelity-docs", "40", "--doc-tokens", "16", "--out", str(out)]) == 0
+    r = read(out, "benchmarks/ort_fusions.py")
+    assert r["disabled_optimizers"] == ["SkipLayerNormFusion"]
+    for key in ("int8_1t", "int8_2t", "fp32_1t", "fp32_2t"):
+        assert set(r["query_p50_ms"][key]) == set(r["docs_per_s"][key]) == {"ort_default", "hce"}
+        assert all(v > 0 for v in r["query_p50_ms"][key].values()) and r["speedup"][key]["query"] > 0
+    assert r["fidelity"]["fp32"]["max_abs_diff_between_configs"] < 1e-4  # the rewrite changes no fp32 number
+    assert 0.9 < r["fidelity"]["int8"]["cos_to_fp32"]["hce"]["mean"] <= 1 + 1e-6 and r["fidelity"]["int8"]["docs"] == 40
+    assert sum(r["profile_int8_1t_us_per_query"]["hce"].values()) > 0
+
+
 def test_int8_study_quick(tiny_bert, tiny_beir, tmp_path, cache, monkeypatch):
     from benchmarks import int8_study
     from hce_serve import cpu

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hce_serve.card import ModelCard
-from hce_serve.encoder import Encoder, choose_variant
+from hce_serve.encoder import Encoder, choose_variant, disabled_optimizers
 from hce_serve.errors import ConfigError, FormatError
 
 TEXTS = [
@@ -142,6 +142,27 @@ def test_feeds_only_declared_inputs(enc):
     enc2 = Encoder(enc.export_dir, variant="fp32")
     enc2.input_names = ["input_ids", "attention_mask"]
     assert set(enc2._feed(ids, np.ones_like(ids))) == {"input_ids", "attention_mask"}
+
+
+def test_cpu_sessions_skip_the_measured_slow_rewrite_without_changing_fp32(tiny_export, enc, monkeypatch):
+    import onnxruntime as ort
+
+    assert disabled_optimizers(["CPUExecutionProvider"]) == ["SkipLayerNormFusion"]  # benchmarks/ort_fusions.py
+    assert disabled_optimizers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == []  # a GPU keeps the fusion
+    seen = []
+    real = ort.InferenceSession
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("disabled_optimizers"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    fused = Encoder(tiny_export, variant="fp32", threads=1)
+    assert seen == [["SkipLayerNormFusion"]]
+    monkeypatch.setattr("hce_serve.defaults.ORT_CPU_DISABLED_OPTIMIZERS", ())
+    plain = Encoder(tiny_export, variant="fp32", threads=1)
+    assert seen[-1] == []
+    np.testing.assert_allclose(fused.encode_documents(TEXTS), plain.encode_documents(TEXTS), atol=1e-5)
 
 
 def test_variant_choice():
