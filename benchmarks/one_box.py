@@ -12,7 +12,8 @@ serving path: labels -> string ids, the read lock), never through raw hnswlib.
 
 Per phase: wall seconds and the process's peak RSS (VmHWM) and RSS after it. Recall@10 against exact search
 over ``--recall-queries`` queries, single-query p50/p99 across ``--efs``, and ``chosen_ef``: the smallest with
-recall@10 >= .99. Save (index_io.write_index) and load (read_index) of the index files, timed. Memory options
+recall@10 >= .99. With ``--ivf-nlist``, faiss IVF-Flat over the same N documents beside it (``memory_options.
+ivf_sweep``), swept over ``--nprobes``, with its first nprobe at recall@10 >= .99. Save (index_io.write_index) and load (read_index) of the index files, timed. Memory options
 (``memory_options.py``) at ``--options-size`` documents, their per-vector cost projected to N.
 """
 
@@ -163,6 +164,12 @@ def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "recall_at_10": chosen is not None, "p50_ms": chosen is not None and chosen["p50_ms"] <= TARGETS["p50_ms"]}}
     del index
     gc.collect()
+    if getattr(args, "ivf_nlist", 0):
+        from benchmarks import memory_options
+
+        res["ivf"] = memory_options.ivf_sweep(mix, n, q, truth, args)
+        res["ivf"]["chosen"] = next((r for r in res["ivf"]["sweep"] if r["recall@10"] >= TARGETS["recall_at_10"]), None)
+        gc.collect()
     if args.options_size:
         m = min(args.options_size, n)
         res["memory_options"] = memory_options.run(mix, m, n, q, args, res["chosen_ef"] or max(args.efs))

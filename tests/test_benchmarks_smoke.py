@@ -58,7 +58,7 @@ def test_index_scale_one_box_quick(tmp_path):
     out = tmp_path / "one-box.json"
     assert m.main(["--quick", "--one-box", "3000", "--options-size", "2000", "--queries", "40", "--recall-queries",
                    "20", "--latency-queries", "10", "--clusters", "20", "--efs", "10,200", "--tmp", str(tmp_path),
-                   "--out", str(out)]) == 0
+                   "--ivf-nlist", "20", "--nprobes", "1,20", "--out", str(out)]) == 0
     res = read(out, "benchmarks/index_scale.py")["result"]
     ph = res["phases"]
     assert ph["tree_build"]["summary"]["docs"] == 3000 and ph["save"]["bytes"]["hnsw.bin"] > 3000 * 384 * 4
@@ -68,6 +68,9 @@ def test_index_scale_one_box_quick(tmp_path):
     # The reported peak covers every phase, not only those after the last per-phase reset of VmHWM.
     assert res["peak_rss_gib"] * 1024 >= max(p["peak_rss_mib"] for p in ph.values()) - 6
     assert ph[res["peak_phase"]]["peak_rss_mib"] == max(p["peak_rss_mib"] for p in ph.values())
+    ivf = res["ivf"]  # IVF-Flat over the same 3,000: every cell probed is exact search
+    assert ivf["documents"] == 3000 and [r["nprobe"] for r in ivf["sweep"]] == [1, 20]
+    assert ivf["sweep"][-1]["recall@10"] == 1.0 and ivf["chosen"]["nprobe"] in (1, 20) and ivf["sweep"][0]["p50_ms"] > 0
     opts = res["memory_options"]
     assert opts["documents"] == 2000 and opts["hnswlib_fp32"]["recall@10"] >= 0.95
     assert opts["faiss_hnsw_fp16"]["recall@10"] >= 0.95
