@@ -177,4 +177,6 @@ def quantize(src: Path, dst: Path, settings: QuantSettings) -> dict[str, Any]:
     finally:
         root.setLevel(level)
     log.info("int8 graph %s: %d quantisable nodes, %d kept fp32", dst.name, len(names), len(excluded))
-    return {**settings.as_dict(), "excluded_nodes": excluded, "quantizable_nodes": len(names)}
+    # The recipe's ``isa`` may be forced (--isa); the machine that wrote the graph is recorded as it is.
+    return {**settings.as_dict(), "excluded_nodes": excluded, "quantizable_nodes": len(names),
+            "exported_on": {"cpu": cpu.model(), "instruction_sets": cpu.timing_isas()}}

@@ -16,6 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 from hce_export.api import export  # noqa: E402
 from hce_export.quantize import FFN_OUT_FP32, ISAS, detect_isa, settings_for  # noqa: E402
 from hce_export.validate import Tolerances  # noqa: E402
+from hce_serve import cpu  # noqa: E402
 from hce_serve.card import ModelCard  # noqa: E402
 from hce_serve.encoder import Encoder  # noqa: E402
 from hce_serve.errors import ConfigError, FormatError, MissingDependencyError, ValidationError  # noqa: E402
@@ -53,6 +54,7 @@ def test_graph_contract_and_card(tiny_export):
     assert onnx["output"] == "sentence_embedding" and onnx["inputs"][:2] == ["input_ids", "attention_mask"]
     quant = onnx["quantization"]
     assert quant["per_channel"] is True and quant["isa"] in ISAS
+    assert quant["exported_on"] == {"cpu": cpu.model(), "instruction_sets": cpu.timing_isas()}  # the CPU's own flags
     # The FFN output projections (fed by GELU) stay fp32 where the ISA's default keeps them: one per layer of the
     # 2-layer tiny model.
     assert quant["keep_ffn_out"] is FFN_OUT_FP32[quant["isa"]]
