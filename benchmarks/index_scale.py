@@ -225,7 +225,8 @@ def one_box_main(args: argparse.Namespace) -> int:
     payload = {"benchmark": "index_scale", "mode": "one-box", "data": f"synthetic: {args.clusters}-centre Gaussian "
                f"mixture, unit vectors, seed {args.seed}", "params": {"M": args.M, "ef_construction": args.ef_construction,
                "k": K, "build_threads": "all", "search_threads": 1, "tree": {"branching": args.branching,
-               "leaf_size": args.leaf_size}, "ivf_nlist": args.ivf_nlist}, "queries": args.queries, "latency_queries": args.latency_queries,
+               "leaf_size": args.leaf_size}, "ivf_nlist": args.ivf_nlist}, "queries": args.queries,
+               "latency_queries": args.latency_queries,
                "result": one_box.run(args.one_box, args)}
     print(common.write_result(out, payload, __file__))
     return 0

@@ -12,9 +12,10 @@ serving path: labels -> string ids, the read lock), never through raw hnswlib.
 
 Per phase: wall seconds and the process's peak RSS (VmHWM) and RSS after it. Recall@10 against exact search
 over ``--recall-queries`` queries, single-query p50/p99 across ``--efs``, and ``chosen_ef``: the smallest with
-recall@10 >= .99. With ``--ivf-nlist``, faiss IVF-Flat over the same N documents beside it (``memory_options.
-ivf_sweep``), swept over ``--nprobes``, with its first nprobe at recall@10 >= .99. Save (index_io.write_index) and load (read_index) of the index files, timed. Memory options
-(``memory_options.py``) at ``--options-size`` documents, their per-vector cost projected to N.
+recall@10 >= .99. With ``--ivf-nlist``, faiss IVF-Flat over the same N documents beside it
+(``memory_options.ivf_sweep``), swept over ``--nprobes``, with its first nprobe at recall@10 >= .99. Save
+(index_io.write_index) and load (read_index) of the index files, timed. Memory options (``memory_options.py``)
+at ``--options-size`` documents, their per-vector cost projected to N.
 """
 
 from __future__ import annotations

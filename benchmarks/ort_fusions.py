@@ -86,6 +86,22 @@ def profile(graph: Path, disabled: Sequence[str], queries: list[np.ndarray], tmp
     return {op: round(us / len(queries), 1) for op, us in by.most_common()}
 
 
+def timed_configs(graph: Path, threads: int, configs: dict[str, list[str]], queries: list[np.ndarray],
+                  docs: list[tuple[np.ndarray, np.ndarray]], args: Any) -> tuple[dict[str, Any], dict[str, float]]:
+    """Per config: single-query statistics (interleaved with the other configs) and documents per second."""
+    sess = {c: session(graph, threads, d) for c, d in configs.items()}
+
+    def one(s: Any, i: int) -> Any:
+        ids = queries[i % len(queries)]
+        return s.run(None, feed(s, ids, np.ones_like(ids)))
+
+    timing = common.timed({c: (lambda i, s=s: one(s, i)) for c, s in sess.items()}, args.n, args.repeats, warmup=30)
+    docs = docs[:4]  # 4 batches of 32
+    n_docs = sum(len(ids) for ids, _ in docs)
+    return ({c: t.stats() for c, t in timing.items()},
+            {c: common.rate(lambda s=s: embed(s, docs), n_docs, args.repeats) for c, s in sess.items()})
+
+
 def run(export_dir: Path, data_dir: Path, args: Any) -> dict[str, Any]:
     from tokenizers import Tokenizer
 
@@ -109,18 +125,12 @@ def run(export_dir: Path, data_dir: Path, args: Any) -> dict[str, Any]:
     for variant, graph in graphs.items():
         for threads in (1, 2):
             key = f"{variant}_{threads}t"
-            sess = {c: session(graph, threads, d) for c, d in configs.items()}
-            fns = {c: (lambda i, s=s: s.run(None, feed(s, queries[i % len(queries)], np.ones_like(queries[i % len(queries)]))))
-                   for c, s in sess.items()}
-            timing = common.timed(fns, args.n, args.repeats, warmup=30)
-            res["query"][key] = {c: t.stats() for c, t in timing.items()}
-            res["query_p50_ms"][key] = {c: t.stats()["p50_ms"] for c, t in timing.items()}
-            res["docs_per_s"][key] = {c: common.rate(lambda s=s: embed(s, docs[:4]), min(4 * BATCH, args.fidelity_docs),
-                                                     args.repeats) for c, s in sess.items()}
-            p = res["query_p50_ms"][key]
+            res["query"][key], res["docs_per_s"][key] = timed_configs(graph, threads, configs, queries, docs, args)
+            p = res["query_p50_ms"][key] = {c: t["p50_ms"] for c, t in res["query"][key].items()}
+            rate = res["docs_per_s"][key]
             res["speedup"][key] = {"query": round(p["ort_default"] / p["hce"], 3),
-                                   "docs": round(res["docs_per_s"][key]["hce"] / res["docs_per_s"][key]["ort_default"], 3)}
-            log.info("%s: query p50 %s, docs/s %s", key, p, res["docs_per_s"][key])
+                                   "docs": round(rate["hce"] / rate["ort_default"], 3)}
+            log.info("%s: query p50 %s, docs/s %s", key, p, rate)
     ref = embed(session(graphs["fp32"], 2, []), docs)
     for variant, graph in graphs.items():
         a, b = embed(session(graph, 2, []), docs), embed(session(graph, 2, disabled), docs)
@@ -129,7 +139,8 @@ def run(export_dir: Path, data_dir: Path, args: Any) -> dict[str, Any]:
         if variant == "int8":
             res["fidelity"][variant]["cos_to_fp32"] = {"ort_default": cosine(a, ref), "hce": cosine(b, ref)}
     with tempfile.TemporaryDirectory(prefix="hce-ort-prof-") as tmp:
-        res["profile_int8_1t_us_per_query"] = {c: profile(graphs["int8"], d, queries[:200], tmp) for c, d in configs.items()}
+        res["profile_int8_1t_us_per_query"] = {c: profile(graphs["int8"], d, queries[:200], tmp)
+                                               for c, d in configs.items()}
     return res
 
 

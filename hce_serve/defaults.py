@@ -13,7 +13,7 @@ VARIANT = "auto"  # encoder graph: int8 on CPU, fp16 on CUDA, else fp32
 QUERY_ENCODERS = ("auto", "full", "shallow")  # the choices of --query-encoder
 QUERY_ENCODER = "auto"  # queries through the export's distilled shallow graph when it has one, else the full one
 # onnxruntime graph rewrites the CPU sessions skip: its SkipLayerNormalization CPU kernel (ORT 1.32) took 62 us
-# where LayerNormalization + Add take ~13 (14x384 query), so fusing them made a MiniLM int8 query 1.25x slower;
+# where LayerNormalization + Add take ~13 (21-token query), so fusing them made a MiniLM int8 query 1.24x slower;
 # fp32 outputs are unchanged (benchmarks/ort_fusions.py -> results/ort-fusions.json). CUDA sessions keep them.
 ORT_CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
