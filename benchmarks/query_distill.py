@@ -31,8 +31,10 @@ from benchmarks import common
 QUERY_LEN = {"arguana": 256}
 CROPS_BEFORE_OPTION = [8, 24]  # the crop words every row drew before --pseudo-words existed (rows without the key)
 # What a file from before an option existed was run with: it resumes only with these settings.
+LOSS_KNOBS = ("tau", "cos_weight", "kl_weight")  # DistillConfig's loss settings, options of this study
 SETTINGS_BEFORE_OPTION = {"init_layers": "bottom",  # students started from the teacher's first L layers
-                          "length_grouped": False}  # batches were random draws of every length
+                          "length_grouped": False,  # batches were random draws of every length
+                          "tau": 0.05, "cos_weight": 1.0, "kl_weight": 1.0}  # the loss before it had options
 
 
 def teacher_dir(name: str, work: Path, qlen: int, dlen: int, base_model: str | None) -> Path:
@@ -77,7 +79,7 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
     q_full = enc.encode([data.queries[q] for q in qids], qlen, 128, False)
     full = scores(q_full)
     given = {"lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc, "init_layers": args.init_layers,
-             "length_grouped": args.length_grouped,
+             "length_grouped": args.length_grouped, **{k: getattr(args, k) for k in LOSS_KNOBS},
              "pseudo_words": tuple(args.pseudo_words) if args.pseudo_words else None}
     given = {k: v for k, v in given.items() if v is not None}
     out: dict[str, Any] = {"teacher": label(teacher, args), **_trained(mdir), "query_max_length": qlen,
@@ -203,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "[DistillConfig's]")
     ap.add_argument("--length-grouped", action=argparse.BooleanOptionalAction, default=None,
                     help="batch queries of similar length together [DistillConfig's]")
+    for knob in LOSS_KNOBS:
+        ap.add_argument(f"--{knob.replace('_', '-')}", type=float, default=None,
+                        help="distillation loss setting [DistillConfig's]")
     ap.add_argument("--base-model", default=None, help="the base teacher [all-MiniLM-L6-v2]")
     ap.add_argument("--doc-max-length", type=int, default=256)
     ap.add_argument("--work", type=Path, default=common.CACHE / "query-distill")
@@ -225,6 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.init_layers = args.init_layers or DistillConfig.init_layers  # recorded resolved: defaults may change
     if args.length_grouped is None:
         args.length_grouped = DistillConfig.length_grouped
+    for knob in LOSS_KNOBS:  # recorded resolved
+        setattr(args, knob, getattr(DistillConfig, knob) if getattr(args, knob) is None else getattr(args, knob))
+    try:
+        DistillConfig(**{k: getattr(args, k) for k in LOSS_KNOBS})
+    except ConfigError as e:
+        ap.error(str(e))
     if args.report:
         if not args.out.is_file():
             raise SystemExit(f"query_distill: {args.out}: no results to report on")
@@ -238,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {"benchmark": "query-distill", "mode": "quick" if args.quick else "full", "epochs": args.epochs,
                 "layers": layers, "lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc,
                 "pseudo_words": args.pseudo_words, "init_layers": args.init_layers,
-                "length_grouped": args.length_grouped}  # None: DistillConfig's; init_layers, length_grouped resolved
+                "length_grouped": args.length_grouped,  # None: DistillConfig's; init_layers, length_grouped resolved
+                **{k: getattr(args, k) for k in LOSS_KNOBS}}
     results: dict[str, list[dict[str, Any]]] = previous(args, settings)
     for name in datasets:
         rows = results.setdefault(name, [])

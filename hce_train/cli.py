@@ -141,6 +141,12 @@ def fit(config_file: Path | None, overwrite: bool, resume: bool, no_progress: bo
 @click.option("--length-grouped/--no-length-grouped", default=None,
               help="Batch queries of similar length together (pads less; long queries train faster) "
                    f"[{'on' if _DISTILL.length_grouped else 'off'}].")
+@click.option("--tau", type=click.FloatRange(0, min_open=True), default=None,
+              help=f"Temperature of the listwise term [{_DISTILL.tau}].")
+@click.option("--cos-weight", type=click.FloatRange(0), default=None,
+              help=f"Weight of the cosine-to-teacher term [{_DISTILL.cos_weight}].")
+@click.option("--kl-weight", type=click.FloatRange(0), default=None,
+              help=f"Weight of the listwise KL term over the teacher's top documents [{_DISTILL.kl_weight}].")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -150,7 +156,7 @@ def fit(config_file: Path | None, overwrite: bool, resume: bool, no_progress: bo
 def distill_query(model: Path, layers: int, out: Path, data: Path | None, epochs: int | None,
                   batch_size: int | None, lr: float | None, pseudo_per_doc: int | None, max_pseudo: int | None,
                   pseudo_words: tuple[int, int] | None, init_layers: str | None, length_grouped: bool | None,
-                  device: str, precision: str,
+                  tau: float | None, cos_weight: float | None, kl_weight: float | None, device: str, precision: str,
                   seed: int, overwrite: bool, no_progress: bool, verbose: int, quiet: bool) -> None:
     """Distil a shallow query encoder (L of MODEL_DIR's layers) that maps queries where MODEL_DIR does."""
     setup_logging(verbose, quiet)
@@ -158,7 +164,8 @@ def distill_query(model: Path, layers: int, out: Path, data: Path | None, epochs
 
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "pseudo_per_doc": pseudo_per_doc,
              "max_pseudo": max_pseudo, "pseudo_words": tuple(pseudo_words) if pseudo_words else None,
-             "init_layers": init_layers, "length_grouped": length_grouped}
+             "init_layers": init_layers, "length_grouped": length_grouped, "tau": tau, "cos_weight": cos_weight,
+             "kl_weight": kl_weight}
     cfg = DistillConfig(layers=layers, seed=seed, precision=precision, device=device,
                         **{k: v for k, v in given.items() if v is not None})
     summary = distill(model, out, cfg, data=data, overwrite=overwrite, progress=not no_progress and not quiet)

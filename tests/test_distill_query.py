@@ -211,3 +211,17 @@ def test_length_grouped_is_recorded_and_can_be_switched_off(pair, tmp_path):
     assert res.exit_code == 0, res.output
     off = json.loads(res.stdout)
     assert off["config"]["length_grouped"] is False and off["steps"] > 0
+
+
+def test_loss_settings_reach_the_config_and_bad_ones_are_usage_errors(pair, tmp_path):
+    model, _, summary = pair
+    assert (summary["config"]["tau"], summary["config"]["cos_weight"], summary["config"]["kl_weight"]) == (0.05, 1.0, 1.0)
+    args = ["distill-query", "--model", str(model), "--layers", "1", "--out", str(tmp_path / "q"), "--epochs", "1",
+            "--batch-size", "16", "--no-progress", "-q"]
+    res = CliRunner().invoke(train_cli, [*args, "--tau", "0.02", "--cos-weight", "2", "--kl-weight", "0.5"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads(res.stdout)["config"]
+    assert (cfg["tau"], cfg["cos_weight"], cfg["kl_weight"]) == (0.02, 2.0, 0.5)
+    for bad in (["--tau", "0"], ["--kl-weight", "-1"]):
+        res = CliRunner().invoke(train_cli, [*args, *bad])
+        assert res.exit_code == 2 and "Traceback" not in res.output

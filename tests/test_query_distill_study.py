@@ -95,6 +95,16 @@ def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_bei
     with pytest.raises(SystemExit, match="other length_grouped"):
         run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom")
     assert run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped") == 0
+    # The loss settings are recorded resolved; another one is another run, and a file from before they were
+    # options was run with the defaults of then.
+    old = json.loads((tmp_path / "qd.json").read_text())
+    assert (old["tau"], old["cos_weight"], old["kl_weight"]) == (0.05, 1.0, 1.0)
+    with pytest.raises(SystemExit, match="other tau"):
+        run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped", "--tau", "0.02")
+    for knob in ("tau", "cos_weight", "kl_weight"):
+        del old[knob]
+    (tmp_path / "qd.json").write_text(json.dumps(old))
+    assert run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped") == 0
 
 
 def test_init_layers_reaches_the_student_and_the_report(tiny_bert, tiny_beir, tmp_path, capsys):
