@@ -121,6 +121,9 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
     from tqdm.auto import tqdm
 
     mdir, qdir = Path(model_dir), Path(out)
+    if mdir.is_dir() and not (mdir / "hce_model.json").is_file():  # a plain HF/sentence-transformers folder
+        raise ConfigError(f"{mdir}: not an hce MODEL_DIR (no hce_model.json, where the pair is recorded): "
+                          "distil from a MODEL_DIR written by `hce-train fit`")
     card = ModelCard.load(mdir)
     data_dir = Path(data) if data else _trained_on(mdir)
     if qdir.exists() and any(qdir.iterdir()) and not overwrite:

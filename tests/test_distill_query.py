@@ -225,3 +225,10 @@ def test_loss_settings_reach_the_config_and_bad_ones_are_usage_errors(pair, tmp_
     for bad in (["--tau", "0"], ["--kl-weight", "-1"]):
         res = CliRunner().invoke(train_cli, [*args, *bad])
         assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_a_plain_model_folder_is_a_one_line_user_error(tiny_bert, tmp_path):
+    res = CliRunner().invoke(train_cli, ["distill-query", "--model", str(tiny_bert), "--layers", "1", "--out",
+                                         str(tmp_path / "q"), "--no-progress", "-q"])
+    assert res.exit_code == 1 and "not an hce MODEL_DIR" in res.output and "Traceback" not in res.output
+    assert not (tiny_bert / "hce_model.json").exists() and not (tmp_path / "q").exists()  # nothing written
