@@ -190,7 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     one.add_argument("--recall-queries", type=int, default=200, help="queries with exact ground truth")
     one.add_argument("--branching", type=int, default=32, help="tree branching")
     one.add_argument("--leaf-size", type=int, default=16, help="tree leaf size")
-    one.add_argument("--ivf-nlist", type=int, default=0, help="also faiss IVF-Flat with this many cells (0: skip)")
+    one.add_argument("--ivf-nlist", type=int, default=0, help="also faiss IVF with this many cells (0: skip)")
+    one.add_argument("--ivf-codes", default="Flat", help="';'-separated IVF vector storages (faiss factory suffixes): "
+                     "Flat, SQ8, SQ8,RFlat, SQ8,Refine(SQfp16), ...")
+    one.add_argument("--refine-k-factor", type=int, default=4,
+                     help="candidates re-ranked per hit by the Refine storages")
+    one.add_argument("--ivf-only", action="store_true", help="skip the tree and hnswlib: only the IVF sweeps")
     one.add_argument("--ivf-train", type=int, default=200_000, help="rows the IVF cells are trained on")
     one.add_argument("--nprobes", default="1,2,4,8,16", help="nprobe values of the IVF sweep")
     one.add_argument("--tmp", default=None, help="folder for the saved index (default: the system's temp)")
@@ -218,6 +223,9 @@ def one_box_main(args: argparse.Namespace) -> int:
 
     args.efs = [int(e) for e in args.efs.split(",")]
     args.nprobes = [int(p) for p in args.nprobes.split(",")]
+    args.ivf_codes = [c.strip() for c in args.ivf_codes.split(";") if c.strip()]
+    if args.ivf_only and not args.ivf_nlist:
+        raise SystemExit("index_scale: --ivf-only needs --ivf-nlist")
     args.latency_queries = args.latency_queries or (300 if args.quick else 1000)
     args.recall_queries = min(args.recall_queries, args.queries)
     defaults = {common.result_path(n).name for n in ("index-scale", "index-scale-quick")}  # --out not given
@@ -225,7 +233,9 @@ def one_box_main(args: argparse.Namespace) -> int:
     payload = {"benchmark": "index_scale", "mode": "one-box", "data": f"synthetic: {args.clusters}-centre Gaussian "
                f"mixture, unit vectors, seed {args.seed}", "params": {"M": args.M, "ef_construction": args.ef_construction,
                "k": K, "build_threads": "all", "search_threads": 1, "tree": {"branching": args.branching,
-               "leaf_size": args.leaf_size}, "ivf_nlist": args.ivf_nlist}, "queries": args.queries,
+               "leaf_size": args.leaf_size}, "ivf_nlist": args.ivf_nlist,
+               "ivf_codes": args.ivf_codes, "refine_k_factor": args.refine_k_factor, "ivf_only": args.ivf_only},
+               "queries": args.queries,
                "latency_queries": args.latency_queries,
                "result": one_box.run(args.one_box, args)}
     print(common.write_result(out, payload, __file__))

@@ -12,9 +12,12 @@ study's N. Options:
   one box it spends more memory, not less (segments in Arrow plus a faiss index per segment); its point is
   that a Milvus cluster spreads the same collection over query nodes.
 
-``ivf_sweep`` is the other kind of index, at the study's full N: faiss ``IndexIVFFlat`` (k-means cells, an
-exact scan of the ``nprobe`` nearest cells), the structure Milvus' ``IVF_FLAT`` builds (``MILVUS_INDEX``), so
-a cluster can serve it; recall and single-query latency per nprobe against the same exact truth.
+``ivf_sweep`` is the other kind of index, at the study's full N: faiss IVF (k-means cells, a scan of the
+``nprobe`` nearest cells) with the cells' vectors stored as ``codes``, a faiss factory suffix: ``Flat`` (fp32,
+the structure Milvus' ``IVF_FLAT`` builds), ``SQ8`` (one byte per dimension: a quarter of the bytes a probe
+reads; Milvus' ``IVF_SQ8``), ``SQ8,RFlat`` (SQ8 candidates re-ranked on fp32 copies: ``k_factor`` x k of them)
+or ``SQ8,Refine(SQfp16)`` (re-ranked on fp16 copies); recall and single-query latency per nprobe against the
+same exact truth, and the bytes each vector costs.
 """
 
 from __future__ import annotations
@@ -131,35 +134,42 @@ def milvus_option(mix: Mixture, m: int, args: argparse.Namespace, ef: int, folde
     return build, search, close
 
 
-def ivf_sweep(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
-    """faiss IVF-Flat over all n documents (cells trained on the first ``args.ivf_train`` rows), swept over
-    ``args.nprobes``: build seconds, RSS growth, recall@10 and 1-thread p50/p99 per nprobe."""
+def ivf_sweep(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: argparse.Namespace,
+              codes: str = "Flat") -> dict[str, Any]:
+    """faiss IVF with ``codes`` (module docstring) over all n documents (cells trained on the first
+    ``args.ivf_train`` rows), swept over ``args.nprobes``: build seconds, RSS growth, bytes per vector,
+    recall@10 and 1-thread p50/p99 per nprobe."""
     import faiss
 
     from benchmarks.index_scale import latency
 
     _release_freed_memory()
     rss0, t0 = common.reset_peak(), time.perf_counter()
-    quantizer = faiss.IndexFlatIP(mix.dim)
-    index = faiss.IndexIVFFlat(quantizer, mix.dim, args.ivf_nlist, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(mix.dim, f"IVF{args.ivf_nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
+    refine = faiss.downcast_index(index) if codes.endswith(("RFlat", ")")) else None  # IndexRefine[Flat]
+    if refine is not None:
+        refine.k_factor = args.refine_k_factor
     index.train(mix.matrix(min(args.ivf_train, n)))
     trained = time.perf_counter() - t0
     for _, blk in mix.blocks(n):
         index.add(blk)
-    out: dict[str, Any] = {"nlist": args.ivf_nlist, "train_rows": min(args.ivf_train, n), "documents": n,
+    out: dict[str, Any] = {"codes": codes, "nlist": args.ivf_nlist, "train_rows": min(args.ivf_train, n),
+                           "documents": n, "bytes_per_vector": index.sa_code_size(),
+                           "k_factor": args.refine_k_factor if refine is not None else None,
                            "train_seconds": round(trained, 1), "build_seconds": round(time.perf_counter() - t0, 1),
                            "rss_growth_gib": round((common.rss_mib() - rss0) / 1024, 2),
                            "peak_growth_gib": round(common.peak_growth_mib(rss0) / 1024, 2), "sweep": []}
+    ivf = faiss.extract_index_ivf(index)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # searched one query at a time on 1 thread, as the hnswlib sweep
     try:
         for nprobe in args.nprobes:
-            index.nprobe = nprobe
+            ivf.nprobe = nprobe
             labels = index.search(q[: truth.shape[0]], K)[1]
             row = {"nprobe": nprobe, "recall@10": round(recall_at_k(labels, truth), 4),
                    **latency(lambda i: index.search(q[i % len(q)][None], K), args.latency_queries)}
             out["sweep"].append(row)
-            log.info("ivf nlist %d: %s", args.ivf_nlist, row)
+            log.info("ivf %s nlist %d: %s", codes, args.ivf_nlist, row)
     finally:
         faiss.omp_set_num_threads(threads)
     return out

@@ -12,8 +12,11 @@ serving path: labels -> string ids, the read lock), never through raw hnswlib.
 
 Per phase: wall seconds and the process's peak RSS (VmHWM) and RSS after it. Recall@10 against exact search
 over ``--recall-queries`` queries, single-query p50/p99 across ``--efs``, and ``chosen_ef``: the smallest with
-recall@10 >= .99. With ``--ivf-nlist``, faiss IVF-Flat over the same N documents beside it
-(``memory_options.ivf_sweep``), swept over ``--nprobes``, with its first nprobe at recall@10 >= .99. Save
+recall@10 >= .99. With ``--ivf-nlist``, faiss IVF over the same N documents beside it
+(``memory_options.ivf_sweep``), once per ``--ivf-codes`` storage (fp32, SQ8, SQ8 re-ranked), swept over
+``--nprobes``, each with its first nprobe at recall@10 >= .99 (``ivf``: one row per codes; files written before
+``--ivf-codes`` hold one IVF-Flat dict there). ``--ivf-only`` skips the tree and hnswlib (to sweep IVF storages
+without the 50-minute hnswlib build measured before). Save
 (index_io.write_index) and load (read_index) of the index files, timed. Memory options (``memory_options.py``)
 at ``--options-size`` documents, their per-vector cost projected to N.
 """
@@ -118,15 +121,11 @@ def sweep(index: Index, q: np.ndarray, truth: np.ndarray, efs: list[int], n_lat:
     return rows
 
 
-def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The whole one-box study at n documents (module docstring)."""
-    from benchmarks import memory_options
-
-    mix = Mixture(384, args.clusters, args.seed)
+def hnswlib_study(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: argparse.Namespace,
+                  res: dict[str, Any]) -> None:
+    """Tree, hnswlib build, save, load and the ef sweep at n documents, into ``res``."""
     ids = [f"d{i}" for i in range(n)]
-    res: dict[str, Any] = {"n": n, "dim": 384, "phases": {}}
     ph = res["phases"]
-    t_all = time.perf_counter()
     leaves = build_tree_phase(mix, n, ids, args, ph)
     params = IndexParams(M=args.M, ef_construction=args.ef_construction, exact_threshold=0)
     rss0, t0 = common.reset_peak(), time.perf_counter()
@@ -146,32 +145,41 @@ def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
         rss0, t0 = common.reset_peak(), time.perf_counter()
         index = read_index(tmp, 384, params, counts)
         phase("load", t0, rss0, ph)
+    res["sweep"] = sweep(index, q, truth, args.efs, args.latency_queries)
+    ok = [r["ef"] for r in res["sweep"] if r["recall@10"] >= TARGETS["recall_at_10"]]
+    res["chosen_ef"] = ok[0] if ok else None
+    chosen = next((r for r in res["sweep"] if r["ef"] == res["chosen_ef"]), None)
+    res["targets"] = {**TARGETS, "met": {
+        "build_minutes": res["build_minutes_tree_plus_index"] <= TARGETS["build_minutes"],
+        "peak_rss_gib": max(p["peak_rss_mib"] for p in ph.values()) / 1024 <= TARGETS["peak_rss_gib"],
+        "recall_at_10": chosen is not None, "p50_ms": chosen is not None and chosen["p50_ms"] <= TARGETS["p50_ms"]}}
+
+
+def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The whole one-box study at n documents (module docstring)."""
+    from benchmarks import memory_options
+
+    mix = Mixture(384, args.clusters, args.seed)
+    res: dict[str, Any] = {"n": n, "dim": 384, "phases": {}}
+    t_all = time.perf_counter()
     q = mix.matrix(args.queries, stream=1)  # (nq, dim), held out
     t0 = time.perf_counter()
     truth = exact_topk(mix, n, q[: args.recall_queries])  # (nr, K)
     res["exact_seconds_per_query"] = round((time.perf_counter() - t0) / len(truth), 3)
-    res["sweep"] = sweep(index, q, truth, args.efs, args.latency_queries)
-    ok = [r["ef"] for r in res["sweep"] if r["recall@10"] >= TARGETS["recall_at_10"]]
-    res["chosen_ef"] = ok[0] if ok else None
+    if not args.ivf_only:
+        hnswlib_study(mix, n, q, truth, args, res)
+    for codes in args.ivf_codes if args.ivf_nlist else []:
+        gc.collect()
+        row = memory_options.ivf_sweep(mix, n, q, truth, args, codes)
+        row["chosen"] = next((r for r in row["sweep"] if r["recall@10"] >= TARGETS["recall_at_10"]), None)
+        res.setdefault("ivf", []).append(row)
     # The high-water mark over all phases: each phase resets VmHWM (common.reset_peak), so the counter alone
     # holds only the phases since the last reset; the phases keep their own peaks.
-    res["peak_rss_gib"] = round(max(common.rss_mib("VmHWM"), *(p["peak_rss_mib"] for p in ph.values())) / 1024, 2)
-    res["peak_phase"] = max(ph, key=lambda k: ph[k]["peak_rss_mib"])
+    ph = res["phases"]
+    res["peak_rss_gib"] = round(max([common.rss_mib("VmHWM"), *(p["peak_rss_mib"] for p in ph.values())]) / 1024, 2)
+    res["peak_phase"] = max(ph, key=lambda k: ph[k]["peak_rss_mib"]) if ph else "ivf"
     res["wall_seconds"] = round(time.perf_counter() - t_all, 1)
-    chosen = next((r for r in res["sweep"] if r["ef"] == res["chosen_ef"]), None)
-    res["targets"] = {**TARGETS, "met": {
-        "build_minutes": res["build_minutes_tree_plus_index"] <= TARGETS["build_minutes"],
-        "peak_rss_gib": res["peak_rss_gib"] <= TARGETS["peak_rss_gib"],
-        "recall_at_10": chosen is not None, "p50_ms": chosen is not None and chosen["p50_ms"] <= TARGETS["p50_ms"]}}
-    del index
-    gc.collect()
-    if getattr(args, "ivf_nlist", 0):
-        from benchmarks import memory_options
-
-        res["ivf"] = memory_options.ivf_sweep(mix, n, q, truth, args)
-        res["ivf"]["chosen"] = next((r for r in res["ivf"]["sweep"] if r["recall@10"] >= TARGETS["recall_at_10"]), None)
-        gc.collect()
     if args.options_size:
         m = min(args.options_size, n)
-        res["memory_options"] = memory_options.run(mix, m, n, q, args, res["chosen_ef"] or max(args.efs))
+        res["memory_options"] = memory_options.run(mix, m, n, q, args, res.get("chosen_ef") or max(args.efs))
     return res
