@@ -71,6 +71,22 @@ def ensure_export(name: str, folder: str | os.PathLike[str], quantize: bool = Tr
     return out
 
 
+def pad_encodings(encs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """tokenizers ``Encoding``s -> (ids, mask) int64 (b, L), padded with 0 to the longest: what the ONNX
+    graphs take, built the same way by every timing loop that feeds one directly."""
+    width = max(len(e.ids) for e in encs)
+    ids, mask = np.zeros((len(encs), width), np.int64), np.zeros((len(encs), width), np.int64)
+    for r, e in enumerate(encs):
+        ids[r, : len(e.ids)], mask[r, : len(e.ids)] = e.ids, 1
+    return ids, mask
+
+
+def cosine_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Row-wise cosine of two (n, dim) embeddings (normalised here): mean and min, 5 decimals."""
+    c = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))  # (n,)
+    return {"mean": round(float(c.mean()), 5), "min": round(float(c.min()), 5)}
+
+
 def quiet_session_options() -> Any:
     """ORT options for quality runs: idle threads must not spin on a CPU shared with other jobs."""
     import onnxruntime as ort

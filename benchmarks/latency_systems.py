@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.encoders import pad_encodings
 from hce_serve.encoder import disabled_optimizers
 from hce_serve.search import topk_inner_product
 
@@ -53,13 +54,7 @@ class Floor:
         self.h.set_ef(ef)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        encs = self.tok.encode_batch(texts)
-        width = max(len(e.ids) for e in encs)
-        ids = np.zeros((len(texts), width), np.int64)  # (b, L)
-        mask = np.zeros_like(ids)
-        for r, e in enumerate(encs):
-            ids[r, : len(e.ids)] = e.ids
-            mask[r, : len(e.ids)] = 1
+        ids, mask = pad_encodings(self.tok.encode_batch(texts))  # (b, L) each
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         return self.sess.run(["sentence_embedding"], {k: feed[k] for k in self.names})[0]  # (b, dim)
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import common
-from benchmarks.encoders import base_model_path, ensure_export
+from benchmarks.encoders import base_model_path, cosine_stats, ensure_export, pad_encodings
 from hce_serve import defaults
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,12 @@ def session(graph: Path, threads: int, disabled: Sequence[str], profile: str | N
     return ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled))
 
 
-def feed(sess: Any, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-    names = {i.name for i in sess.get_inputs()}
+def input_names(sess: Any) -> frozenset[str]:
+    return frozenset(i.name for i in sess.get_inputs())
+
+
+def feed(names: frozenset[str], ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The graph's inputs (``names``, read once per session, outside any timed call)."""
     f = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
     return {k: v for k, v in f.items() if k in names}
 
@@ -51,33 +55,22 @@ def feed(sess: Any, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
 def batches(tok: Any, texts: list[str], max_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(ids, mask) int64 (b, L) batches of ``BATCH`` texts, each padded to its longest (texts in order)."""
     tok.enable_truncation(max_length=max_length)
-    out = []
-    for s in range(0, len(texts), BATCH):
-        encs = tok.encode_batch(texts[s : s + BATCH])
-        width = max(len(e.ids) for e in encs)
-        ids, mask = np.zeros((len(encs), width), np.int64), np.zeros((len(encs), width), np.int64)
-        for r, e in enumerate(encs):
-            ids[r, : len(e.ids)], mask[r, : len(e.ids)] = e.ids, 1
-        out.append((ids, mask))
-    return out
+    return [pad_encodings(tok.encode_batch(texts[s : s + BATCH])) for s in range(0, len(texts), BATCH)]
 
 
 def embed(sess: Any, bs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     (name,) = [o.name for o in sess.get_outputs() if o.name == "sentence_embedding"]
-    e = np.concatenate([sess.run([name], feed(sess, i, m))[0] for i, m in bs])  # (n, dim)
+    names = input_names(sess)
+    e = np.concatenate([sess.run([name], feed(names, i, m))[0] for i, m in bs])  # (n, dim)
     return e / np.linalg.norm(e, axis=1, keepdims=True)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    c = np.sum(a * b, axis=1)  # unit rows
-    return {"mean": round(float(c.mean()), 5), "min": round(float(c.min()), 5)}
 
 
 def profile(graph: Path, disabled: Sequence[str], queries: list[np.ndarray], tmp: str) -> dict[str, float]:
     """Kernel microseconds per query by op type, from ORT's profiler (1 thread)."""
     sess = session(graph, 1, disabled, profile=str(Path(tmp) / "prof"))
+    names = input_names(sess)
     for ids in queries:
-        sess.run(None, feed(sess, ids, np.ones_like(ids)))
+        sess.run(None, feed(names, ids, np.ones_like(ids)))
     events = json.loads(Path(sess.end_profiling()).read_text())
     by: collections.Counter[str] = collections.Counter()
     for e in events:
@@ -90,12 +83,13 @@ def timed_configs(graph: Path, threads: int, configs: dict[str, list[str]], quer
                   docs: list[tuple[np.ndarray, np.ndarray]], args: Any) -> tuple[dict[str, Any], dict[str, float]]:
     """Per config: single-query statistics (interleaved with the other configs) and documents per second."""
     sess = {c: session(graph, threads, d) for c, d in configs.items()}
+    names = {c: input_names(s) for c, s in sess.items()}
 
-    def one(s: Any, i: int) -> Any:
+    def one(c: str, i: int) -> Any:
         ids = queries[i % len(queries)]
-        return s.run(None, feed(s, ids, np.ones_like(ids)))
+        return sess[c].run(None, feed(names[c], ids, np.ones_like(ids)))
 
-    timing = common.timed({c: (lambda i, s=s: one(s, i)) for c, s in sess.items()}, args.n, args.repeats, warmup=30)
+    timing = common.timed({c: (lambda i, c=c: one(c, i)) for c in sess}, args.n, args.repeats, warmup=30)
     docs = docs[:4]  # 4 batches of 32
     n_docs = sum(len(ids) for ids, _ in docs)
     return ({c: t.stats() for c, t in timing.items()},
@@ -135,9 +129,9 @@ def run(export_dir: Path, data_dir: Path, args: Any) -> dict[str, Any]:
     for variant, graph in graphs.items():
         a, b = embed(session(graph, 2, []), docs), embed(session(graph, 2, disabled), docs)
         res["fidelity"][variant] = {"max_abs_diff_between_configs": float(np.abs(a - b).max()),
-                                    "cos_between_configs": cosine(a, b), "docs": len(a)}
+                                    "cos_between_configs": cosine_stats(a, b), "docs": len(a)}
         if variant == "int8":
-            res["fidelity"][variant]["cos_to_fp32"] = {"ort_default": cosine(a, ref), "hce": cosine(b, ref)}
+            res["fidelity"][variant]["cos_to_fp32"] = {"ort_default": cosine_stats(a, ref), "hce": cosine_stats(b, ref)}
     with tempfile.TemporaryDirectory(prefix="hce-ort-prof-") as tmp:
         res["profile_int8_1t_us_per_query"] = {c: profile(graphs["int8"], d, queries[:200], tmp)
                                                for c, d in configs.items()}

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import common
+from benchmarks.encoders import cosine_stats
 from hce_serve import cpu
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,6 @@ def cosine_to_fp32(pairs: dict[str, tuple[Encode, Encode]], docs: list[str]) -> 
     out = {}
     for name, (fp32, int8) in pairs.items():
         a, b = fp32(docs), int8(docs)  # (n, dim) each, unit rows
-        cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))  # (n,)
-        out[name] = {"cos_mean": round(float(cos.mean()), 5), "cos_min": round(float(cos.min()), 5), "docs": len(docs)}
+        cos = cosine_stats(a, b)
+        out[name] = {"cos_mean": cos["mean"], "cos_min": cos["min"], "docs": len(docs)}
     return out

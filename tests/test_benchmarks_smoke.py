@@ -307,3 +307,15 @@ def test_clustered_vectors_are_unit_and_queries_share_the_centres():
     # A query's best document is close (same mixture), yet no query is a document.
     best = (q @ x.T).max(axis=1)
     assert best.min() > 0.7 and not np.isclose(best, 1.0, atol=1e-6).any()
+
+
+def test_pad_encodings_and_cosine_stats():
+    from types import SimpleNamespace
+
+    from benchmarks.encoders import cosine_stats, pad_encodings
+
+    ids, mask = pad_encodings([SimpleNamespace(ids=[5, 6, 7]), SimpleNamespace(ids=[9])])
+    assert ids.tolist() == [[5, 6, 7], [9, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]] and ids.dtype == np.int64
+    a = np.array([[1.0, 0.0], [0.0, 2.0]])
+    b = np.array([[3.0, 0.0], [2.0, 2.0]])  # same direction; 45 degrees (unnormalised rows are normalised)
+    assert cosine_stats(a, b) == {"mean": round((1 + 0.5**0.5) / 2, 5), "min": round(0.5**0.5, 5)}
