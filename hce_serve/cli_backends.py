@@ -118,9 +118,9 @@ def RAY(f: Any) -> Any:
 @click.option("--ef-construction", type=click.IntRange(1, 65_536), default=None, help="HNSW build beam [the folder's].")
 @click.option("--ef", type=click.IntRange(1, 65_536), default=None,
               help="HNSW search beam stored as the collection's default [the folder's].")
-@click.option("--nlist", type=click.IntRange(1, 65_536), default=None, help="IVF_FLAT cells [~4 sqrt(documents)].")
+@click.option("--nlist", type=click.IntRange(1, 65_536), default=None, help="IVF cells [~4 sqrt(documents)].")
 @click.option("--nprobe", type=click.IntRange(1, 65_536), default=defaults.MILVUS_NPROBE, show_default=True,
-              help="IVF_FLAT cells searched per query.")
+              help="IVF cells searched per query.")
 @click.option("--overwrite", is_flag=True, help="Drop an existing collection of that name first.")
 def export_milvus(index_dir, uri, collection, milvus_token, index_type, m, ef_construction, ef, nlist, nprobe,
                   overwrite) -> None:

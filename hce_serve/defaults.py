@@ -54,8 +54,8 @@ HTTP_MAX_BODY_BYTES = 8 * 2**20
 HTTP_MAX_QUERY_CHARS = 20_000  # the encoder truncates anyway; this bounds the tokenizer's work
 
 # ---- beyond one machine: Milvus backend, Ray encoding ---------------------------------------------------
-MILVUS_INDEX = "HNSW"  # vector index of an exported collection: HNSW (M, efConstruction, ef as above), IVF_FLAT, FLAT
-MILVUS_NPROBE = 32  # IVF_FLAT cells searched per query (nlist defaults to ~4 sqrt(documents))
+MILVUS_INDEX = "HNSW"  # vector index of an exported collection: HNSW (M, efConstruction, ef as above), IVF_FLAT, IVF_SQ8, FLAT
+MILVUS_NPROBE = 32  # IVF cells searched per query (nlist defaults to ~4 sqrt(documents))
 MILVUS_EXPORT_BATCH = 1000  # entities per insert: bounded by MILVUS_EXPORT_BYTES too (a server refuses huge RPCs)
 MILVUS_EXPORT_BYTES = 16 * 2**20
 MILVUS_TIMEOUT = 30.0  # seconds to connect to a Milvus server before giving up

@@ -5,7 +5,7 @@ One entity per live document:
 
 ```
 id        VARCHAR primary key (the document id)
-vector    FLOAT_VECTOR(dim), metric IP; index HNSW (M, efConstruction) or IVF_FLAT (nlist), or FLAT
+vector    FLOAT_VECTOR(dim), metric IP; index HNSW (M, efConstruction) or IVF_FLAT / IVF_SQ8 (nlist), or FLAT
 leaf      INT32: the tree node the document hangs under (-1: no tree)
 path      ARRAY<INT32>: the nodes from the first level below the root down to ``leaf`` (its ancestors)
 title, text  VARCHAR   (collections that store documents)
@@ -42,7 +42,7 @@ from .tree import TREE_NAME
 
 MANIFEST_KEY = "hce.manifest"  # collection property holding the manifest
 FORMAT, FORMAT_VERSION = "hce-milvus", 1
-INDEX_TYPES = ("HNSW", "IVF_FLAT", "FLAT")
+INDEX_TYPES = ("HNSW", "IVF_FLAT", "IVF_SQ8", "FLAT")  # IVF_SQ8: one byte a dimension
 MAX_VARCHAR = 65_535  # bytes: Milvus's bound on a VARCHAR field
 MAX_JSON = 65_536  # bytes: Milvus's bound on a JSON field
 MAX_TAGS = 4_096  # Milvus's bound on an ARRAY field's capacity
@@ -84,8 +84,8 @@ class VectorIndex:
     """The collection's vector index and its default search parameters (``defaults.MILVUS_*``)."""
 
     type: str = defaults.MILVUS_INDEX
-    params: dict[str, int] = field(default_factory=dict)  # HNSW: M, efConstruction; IVF_FLAT: nlist
-    search: dict[str, int] = field(default_factory=dict)  # HNSW: ef; IVF_FLAT: nprobe
+    params: dict[str, int] = field(default_factory=dict)  # HNSW: M, efConstruction; IVF_*: nlist
+    search: dict[str, int] = field(default_factory=dict)  # HNSW: ef; IVF_*: nprobe
 
     def __post_init__(self) -> None:
         if self.type not in INDEX_TYPES:
@@ -98,10 +98,10 @@ class VectorIndex:
     def make(cls, type: str = defaults.MILVUS_INDEX, M: int = defaults.M, ef_construction: int = defaults.EF_CONSTRUCTION,
              ef: int = defaults.EF_SEARCH, nlist: int | None = None, nprobe: int = defaults.MILVUS_NPROBE,
              rows: int = 0) -> VectorIndex:
-        """HNSW with the local index's M/efConstruction/ef by default; IVF_FLAT with nlist ~ 4 sqrt(rows)."""
+        """HNSW with the local index's M/efConstruction/ef by default; IVF_FLAT / IVF_SQ8 with nlist ~ 4 sqrt(rows)."""
         if type == "HNSW":
             return cls(type, {"M": M, "efConstruction": ef_construction}, {"ef": ef})
-        if type == "IVF_FLAT":
+        if type.startswith("IVF_"):
             nlist = nlist or min(65_536, max(1, int(4 * rows**0.5)))
             return cls(type, {"nlist": nlist}, {"nprobe": min(nprobe, nlist)})
         return cls(type)

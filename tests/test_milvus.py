@@ -118,6 +118,19 @@ def test_ivf_flat_export_and_a_no_store_index(tiny_export, tiny_beir, tmp_path):
     run("index", "export-milvus", "--index", tmp_path / "bare", "--uri", db, "--collection", "bare", "--overwrite")
 
 
+def test_ivf_sq8_export_searches_like_the_folder(tiny_export, tiny_beir, tmp_path):
+    Engine.build(tiny_export, tiny_beir / "corpus.jsonl", tmp_path / "idx")
+    db = tmp_path / "q.db"
+    out = json.loads(run("index", "export-milvus", "--index", tmp_path / "idx", "--uri", db, "--collection", "sq8",
+                         "--index-type", "IVF_SQ8", "--nlist", "4", "--nprobe", "4"))
+    assert out["index_params"] == {"nlist": 4} and out["search_params"] == {"nprobe": 4}
+    with Engine.open(tmp_path / "idx") as local, Engine.open_milvus(str(db), "sq8", tiny_export) as remote:
+        for q in ("climate carbon", "glacier ice"):  # every cell probed: only the 8-bit codes can reorder
+            a, b = [h.id for h in local.search(q, k=5)], [h.id for h in remote.search(q, k=5)]
+            assert a[0] == b[0] and len(set(a) & set(b)) >= 4
+        assert remote.search("climate carbon", k=1)[0].title is not None  # stored fields come back as with HNSW
+
+
 def test_a_collection_refuses_another_encoder_and_a_second_process(tagged_index, tiny_export, tmp_path):
     db = tmp_path / "z.db"
     run("index", "export-milvus", "--index", tagged_index / "idx", "--uri", db, "--collection", "docs")
@@ -178,6 +191,7 @@ def test_layout_checks_say_what_milvus_cannot_hold(tmp_path):
     with pytest.raises(DataError, match="its folder does not exist"):
         MilvusTarget(str(tmp_path / "missing" / "x.db"), "docs")
     assert VectorIndex.make("IVF_FLAT", rows=10_000).params == {"nlist": 400}
+    assert VectorIndex.make("IVF_SQ8", rows=10_000, nprobe=8).search == {"nprobe": 8}
     assert VectorIndex.make("HNSW").search_params(k=300, ef=None)["params"] == {"ef": 300}  # ef >= k, as hnswlib
 
 
