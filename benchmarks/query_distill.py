@@ -34,7 +34,8 @@ CROPS_BEFORE_OPTION = [8, 24]  # the crop words every row drew before --pseudo-w
 LOSS_KNOBS = ("tau", "cos_weight", "kl_weight")  # DistillConfig's loss settings, options of this study
 SETTINGS_BEFORE_OPTION = {"init_layers": "bottom",  # students started from the teacher's first L layers
                           "length_grouped": False,  # batches were random draws of every length
-                          "tau": 0.05, "cos_weight": 1.0, "kl_weight": 1.0}  # the loss before it had options
+                          "tau": 0.05, "cos_weight": 1.0, "kl_weight": 1.0,  # the loss before it had options
+                          "train_query_repeats": 1}  # each train query once per epoch
 
 
 def teacher_dir(name: str, work: Path, qlen: int, dlen: int, base_model: str | None) -> Path:
@@ -79,6 +80,7 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
     q_full = enc.encode([data.queries[q] for q in qids], qlen, 128, False)
     full = scores(q_full)
     given = {"lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc, "init_layers": args.init_layers,
+             "train_query_repeats": args.train_query_repeats,
              "length_grouped": args.length_grouped, **{k: getattr(args, k) for k in LOSS_KNOBS},
              "pseudo_words": tuple(args.pseudo_words) if args.pseudo_words else None}
     given = {k: v for k, v in given.items() if v is not None}
@@ -199,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=None, help="distillation peak learning rate [DistillConfig's]")
     ap.add_argument("--pseudo-per-doc", type=int, default=None, help="pseudo-queries per document and epoch [DistillConfig's]")
+    ap.add_argument("--train-query-repeats", type=int, default=None,
+                    help="each train-split query this many times per epoch [DistillConfig's]")
     ap.add_argument("--pseudo-words", default=None, metavar="MIN,MAX",
                     help="words per pseudo-query crop [DistillConfig's 8,24]; e.g. 8,192 for ArguAna's long queries")
     ap.add_argument("--init-layers", default=None, help="teacher layers each student starts from: bottom, ends, top "
@@ -230,10 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.init_layers = args.init_layers or DistillConfig.init_layers  # recorded resolved: defaults may change
     if args.length_grouped is None:
         args.length_grouped = DistillConfig.length_grouped
+    if args.train_query_repeats is None:  # recorded resolved
+        args.train_query_repeats = DistillConfig.train_query_repeats
     for knob in LOSS_KNOBS:  # recorded resolved
         setattr(args, knob, getattr(DistillConfig, knob) if getattr(args, knob) is None else getattr(args, knob))
     try:
-        DistillConfig(**{k: getattr(args, k) for k in LOSS_KNOBS})
+        DistillConfig(train_query_repeats=args.train_query_repeats, **{k: getattr(args, k) for k in LOSS_KNOBS})
     except ConfigError as e:
         ap.error(str(e))
     if args.report:
@@ -250,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "layers": layers, "lr": args.lr, "pseudo_per_doc": args.pseudo_per_doc,
                 "pseudo_words": args.pseudo_words, "init_layers": args.init_layers,
                 "length_grouped": args.length_grouped,  # None: DistillConfig's; init_layers, length_grouped resolved
+                "train_query_repeats": args.train_query_repeats,
                 **{k: getattr(args, k) for k in LOSS_KNOBS}}
     results: dict[str, list[dict[str, Any]]] = previous(args, settings)
     for name in datasets:

@@ -132,6 +132,9 @@ def fit(config_file: Path | None, overwrite: bool, resume: bool, no_progress: bo
               help=f"Pseudo-queries cropped from each document per epoch [{_DISTILL.pseudo_per_doc}].")
 @click.option("--max-pseudo", type=click.IntRange(min=1), default=None,
               help=f"Pseudo-queries per epoch, at most [{_DISTILL.max_pseudo}].")
+@click.option("--train-query-repeats", type=click.IntRange(min=1), default=None,
+              help="Each train-split query this many times per epoch: its weight against the corpus crops "
+                   f"[{_DISTILL.train_query_repeats}].")
 @click.option("--pseudo-words", type=click.IntRange(min=1), nargs=2, default=None, metavar="MIN MAX",
               help="Words per pseudo-query crop; make MAX query-sized when queries are long "
                    f"[{' '.join(map(str, _DISTILL.pseudo_words))}].")
@@ -155,7 +158,8 @@ def fit(config_file: Path | None, overwrite: bool, resume: bool, no_progress: bo
 @verbosity_options
 def distill_query(model: Path, layers: int, out: Path, data: Path | None, epochs: int | None,
                   batch_size: int | None, lr: float | None, pseudo_per_doc: int | None, max_pseudo: int | None,
-                  pseudo_words: tuple[int, int] | None, init_layers: str | None, length_grouped: bool | None,
+                  train_query_repeats: int | None, pseudo_words: tuple[int, int] | None, init_layers: str | None,
+                  length_grouped: bool | None,
                   tau: float | None, cos_weight: float | None, kl_weight: float | None, device: str, precision: str,
                   seed: int, overwrite: bool, no_progress: bool, verbose: int, quiet: bool) -> None:
     """Distil a shallow query encoder (L of MODEL_DIR's layers) that maps queries where MODEL_DIR does."""
@@ -163,7 +167,8 @@ def distill_query(model: Path, layers: int, out: Path, data: Path | None, epochs
     from .distill import distill
 
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "pseudo_per_doc": pseudo_per_doc,
-             "max_pseudo": max_pseudo, "pseudo_words": tuple(pseudo_words) if pseudo_words else None,
+             "max_pseudo": max_pseudo, "train_query_repeats": train_query_repeats,
+             "pseudo_words": tuple(pseudo_words) if pseudo_words else None,
              "init_layers": init_layers, "length_grouped": length_grouped, "tau": tau, "cos_weight": cos_weight,
              "kl_weight": kl_weight}
     cfg = DistillConfig(layers=layers, seed=seed, precision=precision, device=device,

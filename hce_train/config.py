@@ -201,6 +201,7 @@ class DistillConfig:
     pool_k: int = 32  # teacher's top documents per query in the listwise pool
     pseudo_per_doc: int = 8  # crops per document and epoch: 8 took CISI's loss from 8.5 to 0.5 points (522 steps)
     max_pseudo: int = 20_000  # pseudo-queries per epoch at most (sampled)
+    train_query_repeats: int = 1  # each train-split query this many times per epoch (its weight against the crops)
     pseudo_words: tuple[int, int] = (8, 24)  # words per pseudo-query crop (min, max): query-sized for short queries
     heldout: float = 0.05  # share of queries kept out of training to measure fidelity
     length_grouped: bool = True  # batches of similar-length queries (shuffled megabatches sorted): less padding
@@ -211,7 +212,7 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.layers < 1:
             raise ConfigError(f"--layers must be >= 1, found {self.layers}")
-        for name in ("epochs", "batch_size", "pool_k", "pseudo_per_doc", "max_pseudo"):
+        for name in ("epochs", "batch_size", "pool_k", "pseudo_per_doc", "max_pseudo", "train_query_repeats"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, found {getattr(self, name)}")
         if self.init_layers not in INIT_RULES:

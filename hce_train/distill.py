@@ -92,13 +92,15 @@ def shallow_copy(teacher: HCEEncoder, layers: int, init: str) -> tuple[HCEEncode
 
 
 def training_queries(data_dir: Path, corpus_texts: list[str], cfg: DistillConfig, epoch: int) -> list[str]:
-    """The train split's queries (if any) and ``pseudo_per_doc`` cropped pseudo-queries per document for
-    ``epoch`` (at most ``max_pseudo``, the documents sampled), each ``pseudo_words`` words long."""
+    """The train split's queries (if any; each ``train_query_repeats`` times) and ``pseudo_per_doc`` cropped
+    pseudo-queries per document for ``epoch`` (at most ``max_pseudo``, the documents sampled), each
+    ``pseudo_words`` words long."""
     texts: list[str] = []
     qrels = data_dir / "qrels" / "train.tsv"
     if qrels.is_file() and (data_dir / "queries.jsonl").is_file():
         wanted = set(beir.load_qrels(qrels))
-        texts += [t for q, t in beir.load_queries(data_dir / "queries.jsonl").items() if q in wanted]
+        train = [t for q, t in beir.load_queries(data_dir / "queries.jsonl").items() if q in wanted]
+        texts += train * cfg.train_query_repeats
     from .data import Corpus
 
     rng = np.random.default_rng([cfg.seed, epoch, 7])

@@ -132,6 +132,18 @@ def test_pseudo_per_doc_crops_each_document_that_many_times_up_to_max_pseudo(tin
     assert crops != training_queries(tiny_beir, texts, DistillConfig(pseudo_per_doc=4), 1)[train:]  # new per epoch
 
 
+def test_train_query_repeats_weights_the_train_split_against_the_crops(tiny_beir):
+    from hce_train.config import DistillConfig
+    from hce_train.data import load_corpus
+    from hce_train.distill import training_queries
+
+    texts = load_corpus(tiny_beir).texts
+    once = training_queries(tiny_beir, texts, DistillConfig(max_pseudo=1), 0)
+    thrice = training_queries(tiny_beir, texts, DistillConfig(max_pseudo=1, train_query_repeats=3), 0)
+    train = once[:-1]  # the train split's queries, then one crop
+    assert train and thrice == train * 3 + once[-1:]  # the same crop: repeats do not move the crop sampling
+
+
 def test_pseudo_words_sets_the_crop_length(tiny_beir):
     from hce_serve.errors import ConfigError
     from hce_train.config import DistillConfig
@@ -222,7 +234,10 @@ def test_loss_settings_reach_the_config_and_bad_ones_are_usage_errors(pair, tmp_
     assert res.exit_code == 0, res.output
     cfg = json.loads(res.stdout)["config"]
     assert (cfg["tau"], cfg["cos_weight"], cfg["kl_weight"]) == (0.02, 2.0, 0.5)
-    for bad in (["--tau", "0"], ["--kl-weight", "-1"]):
+    res = CliRunner().invoke(train_cli, [*args, "--train-query-repeats", "2", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["config"]["train_query_repeats"] == 2
+    for bad in (["--tau", "0"], ["--kl-weight", "-1"], ["--train-query-repeats", "0"]):
         res = CliRunner().invoke(train_cli, [*args, *bad])
         assert res.exit_code == 2 and "Traceback" not in res.output
 

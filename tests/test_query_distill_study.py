@@ -98,10 +98,13 @@ def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_bei
     # The loss settings are recorded resolved; another one is another run, and a file from before they were
     # options was run with the defaults of then.
     old = json.loads((tmp_path / "qd.json").read_text())
-    assert (old["tau"], old["cos_weight"], old["kl_weight"]) == (0.05, 1.0, 1.0)
+    assert (old["tau"], old["cos_weight"], old["kl_weight"], old["train_query_repeats"]) == (0.05, 1.0, 1.0, 1)
     with pytest.raises(SystemExit, match="other tau"):
         run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped", "--tau", "0.02")
-    for knob in ("tau", "cos_weight", "kl_weight"):
+    with pytest.raises(SystemExit, match="other train_query_repeats"):
+        run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped",
+            "--train-query-repeats", "4")
+    for knob in ("tau", "cos_weight", "kl_weight", "train_query_repeats"):
         del old[knob]
     (tmp_path / "qd.json").write_text(json.dumps(old))
     assert run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped") == 0
