@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     one.add_argument("--leaf-size", type=int, default=16, help="tree leaf size")
     one.add_argument("--ivf-nlist", type=int, default=0, help="also faiss IVF with this many cells (0: skip)")
     one.add_argument("--ivf-codes", default="Flat", help="';'-separated IVF vector storages (faiss factory suffixes): "
-                     "Flat, SQ8, SQ8,RFlat, SQ8,Refine(SQfp16), ...")
+                     "Flat, SQ8, SQ8,RFlat, SQ8,Refine(SQfp16), PQ96x4fs,RFlat, ...")
     one.add_argument("--refine-k-factor", type=int, default=4,
                      help="candidates re-ranked per hit by the Refine storages")
     one.add_argument("--ivf-only", action="store_true", help="skip the tree and hnswlib: only the IVF sweeps")

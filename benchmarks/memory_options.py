@@ -16,8 +16,9 @@ study's N. Options:
 ``nprobe`` nearest cells) with the cells' vectors stored as ``codes``, a faiss factory suffix: ``Flat`` (fp32,
 the structure Milvus' ``IVF_FLAT`` builds), ``SQ8`` (one byte per dimension: a quarter of the bytes a probe
 reads; Milvus' ``IVF_SQ8``), ``SQ8,RFlat`` (SQ8 candidates re-ranked on fp32 copies: ``k_factor`` x k of them)
-or ``SQ8,Refine(SQfp16)`` (re-ranked on fp16 copies); recall and single-query latency per nprobe against the
-same exact truth, and the bytes each vector costs.
+or ``SQ8,Refine(SQfp16)`` (re-ranked on fp16 copies), ``PQ96x4fs,RFlat`` (4-bit product-quantizer codes scanned
+with SIMD look-up tables, 48 bytes a vector, then re-ranked on fp32); recall and single-query latency per nprobe
+against the same exact truth, and the bytes each vector costs (codes plus any re-ranking copy).
 """
 
 from __future__ import annotations
