@@ -159,7 +159,8 @@ def ivf_sweep(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: argp
                            "k_factor": args.refine_k_factor if refine is not None else None,
                            "train_seconds": round(trained, 1), "build_seconds": round(time.perf_counter() - t0, 1),
                            "rss_growth_gib": round((common.rss_mib() - rss0) / 1024, 2),
-                           "peak_growth_gib": round(common.peak_growth_mib(rss0) / 1024, 2), "sweep": []}
+                           "peak_growth_gib": round(common.peak_growth_mib(rss0) / 1024, 2),
+                           "peak_rss_gib": round(common.rss_mib("VmHWM") / 1024, 2), "sweep": []}
     ivf = faiss.extract_index_ivf(index)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # searched one query at a time on 1 thread, as the hnswlib sweep

@@ -173,11 +173,13 @@ def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
         row = memory_options.ivf_sweep(mix, n, q, truth, args, codes)
         row["chosen"] = next((r for r in row["sweep"] if r["recall@10"] >= TARGETS["recall_at_10"]), None)
         res.setdefault("ivf", []).append(row)
-    # The high-water mark over all phases: each phase resets VmHWM (common.reset_peak), so the counter alone
-    # holds only the phases since the last reset; the phases keep their own peaks.
-    ph = res["phases"]
-    res["peak_rss_gib"] = round(max([common.rss_mib("VmHWM"), *(p["peak_rss_mib"] for p in ph.values())]) / 1024, 2)
-    res["peak_phase"] = max(ph, key=lambda k: ph[k]["peak_rss_mib"]) if ph else "ivf"
+    # The high-water mark over all phases: each phase (and each IVF build) resets VmHWM (common.reset_peak), so
+    # the counter alone holds only what came after the last reset; the phases and IVF rows keep their own peaks.
+    peaks = {k: p["peak_rss_mib"] / 1024 for k, p in res["phases"].items()}
+    peaks.update({f"ivf {r['codes']}": r["peak_rss_gib"] for r in res.get("ivf", [])})
+    peaks["last"] = common.rss_mib("VmHWM") / 1024
+    res["peak_phase"] = max(peaks, key=lambda k: peaks[k])
+    res["peak_rss_gib"] = round(peaks[res["peak_phase"]], 2)
     res["wall_seconds"] = round(time.perf_counter() - t_all, 1)
     if args.options_size:
         m = min(args.options_size, n)

@@ -67,7 +67,7 @@ def test_index_scale_one_box_quick(tmp_path):
     assert res["chosen_ef"] in (10, 200)
     # The reported peak covers every phase, not only those after the last per-phase reset of VmHWM.
     assert res["peak_rss_gib"] * 1024 >= max(p["peak_rss_mib"] for p in ph.values()) - 6
-    assert ph[res["peak_phase"]]["peak_rss_mib"] == max(p["peak_rss_mib"] for p in ph.values())
+    assert res["peak_phase"] in (*ph, "ivf Flat", "ivf SQ8,RFlat", "last")
     ivf, sq8 = res["ivf"]  # IVF-Flat over the same 3,000: every cell probed is exact search
     assert ivf["codes"] == "Flat" and ivf["documents"] == 3000 and [r["nprobe"] for r in ivf["sweep"]] == [1, 20]
     assert ivf["sweep"][-1]["recall@10"] == 1.0 and ivf["chosen"]["nprobe"] in (1, 20) and ivf["sweep"][0]["p50_ms"] > 0
@@ -94,6 +94,8 @@ def test_one_box_ivf_only_skips_tree_and_hnswlib(tmp_path):
     assert res["phases"] == {} and "sweep" not in res and "chosen_ef" not in res
     (sq8,) = res["ivf"]  # one byte per dimension, every cell probed: only the 8-bit rounding is lost
     assert sq8["codes"] == "SQ8" and sq8["bytes_per_vector"] < 400 and sq8["sweep"][0]["recall@10"] >= 0.9
+    # the peak covers the IVF build, whose own reset of VmHWM would otherwise hide it
+    assert res["peak_rss_gib"] >= sq8["peak_rss_gib"] > 0 and res["peak_phase"] in ("ivf SQ8", "last")
     with pytest.raises(SystemExit, match="needs --ivf-nlist"):
         m.main(["--quick", "--one-box", "2000", "--ivf-only", "--out", str(tmp_path / "x.json")])
 
