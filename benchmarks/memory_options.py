@@ -147,16 +147,16 @@ def ivf_sweep(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: argp
     _release_freed_memory()
     rss0, t0 = common.reset_peak(), time.perf_counter()
     index = faiss.index_factory(mix.dim, f"IVF{args.ivf_nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
-    refine = faiss.downcast_index(index) if codes.endswith(("RFlat", ")")) else None  # IndexRefine[Flat]
-    if refine is not None:
-        refine.k_factor = args.refine_k_factor
+    refine = isinstance(faiss.downcast_index(index), faiss.IndexRefine)  # RFlat / Refine(...): re-ranked on a copy
+    if refine:
+        faiss.downcast_index(index).k_factor = args.refine_k_factor
     index.train(mix.matrix(min(args.ivf_train, n)))
     trained = time.perf_counter() - t0
     for _, blk in mix.blocks(n):
         index.add(blk)
     out: dict[str, Any] = {"codes": codes, "nlist": args.ivf_nlist, "train_rows": min(args.ivf_train, n),
                            "documents": n, "bytes_per_vector": index.sa_code_size(),
-                           "k_factor": args.refine_k_factor if refine is not None else None,
+                           "k_factor": args.refine_k_factor if refine else None,
                            "train_seconds": round(trained, 1), "build_seconds": round(time.perf_counter() - t0, 1),
                            "rss_growth_gib": round((common.rss_mib() - rss0) / 1024, 2),
                            "peak_growth_gib": round(common.peak_growth_mib(rss0) / 1024, 2),
