@@ -147,9 +147,10 @@ def ivf_sweep(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: argp
     _release_freed_memory()
     rss0, t0 = common.reset_peak(), time.perf_counter()
     index = faiss.index_factory(mix.dim, f"IVF{args.ivf_nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
-    refine = isinstance(faiss.downcast_index(index), faiss.IndexRefine)  # RFlat / Refine(...): re-ranked on a copy
+    top = faiss.downcast_index(index)
+    refine = isinstance(top, faiss.IndexRefine)  # RFlat / Refine(...): re-ranked on a copy
     if refine:
-        faiss.downcast_index(index).k_factor = args.refine_k_factor
+        top.k_factor = args.refine_k_factor
     index.train(mix.matrix(min(args.ivf_train, n)))
     trained = time.perf_counter() - t0
     for _, blk in mix.blocks(n):
