@@ -196,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     one.add_argument("--refine-k-factor", type=int, default=4,
                      help="candidates re-ranked per hit by the Refine storages")
     one.add_argument("--ivf-only", action="store_true", help="skip the tree and hnswlib: only the IVF sweeps")
+    one.add_argument("--index-type", choices=("hnsw", "ivf-sq8"), default="hnsw",
+                     help="hce's index kind to build, save, load and sweep (ivf-sq8: --ivf-nlist cells, 0 = auto; "
+                          "--nprobes; --refine-k-factor)")
+    one.add_argument("--no-tree", action="store_true", help="skip the corpus tree (documents without leaves)")
     one.add_argument("--ivf-train", type=int, default=200_000, help="rows the IVF cells are trained on")
     one.add_argument("--nprobes", default="1,2,4,8,16", help="nprobe values of the IVF sweep")
     one.add_argument("--tmp", default=None, help="folder for the saved index (default: the system's temp)")
@@ -226,6 +230,8 @@ def one_box_main(args: argparse.Namespace) -> int:
     args.ivf_codes = [c.strip() for c in args.ivf_codes.split(";") if c.strip()]
     if args.ivf_only and not args.ivf_nlist:
         raise SystemExit("index_scale: --ivf-only needs --ivf-nlist")
+    if args.ivf_only and args.index_type != "hnsw":
+        raise SystemExit("index_scale: --ivf-only skips the index that --index-type chooses")
     args.latency_queries = args.latency_queries or (300 if args.quick else 1000)
     args.recall_queries = min(args.recall_queries, args.queries)
     defaults = {common.result_path(n).name for n in ("index-scale", "index-scale-quick")}  # --out not given
@@ -234,7 +240,8 @@ def one_box_main(args: argparse.Namespace) -> int:
                f"mixture, unit vectors, seed {args.seed}", "params": {"M": args.M, "ef_construction": args.ef_construction,
                "k": K, "build_threads": "all", "search_threads": 1, "tree": {"branching": args.branching,
                "leaf_size": args.leaf_size}, "ivf_nlist": args.ivf_nlist,
-               "ivf_codes": args.ivf_codes, "refine_k_factor": args.refine_k_factor, "ivf_only": args.ivf_only},
+               "ivf_codes": args.ivf_codes, "refine_k_factor": args.refine_k_factor, "ivf_only": args.ivf_only,
+               "index_type": args.index_type, "no_tree": args.no_tree},
                "queries": args.queries,
                "latency_queries": args.latency_queries,
                "result": one_box.run(args.one_box, args)}

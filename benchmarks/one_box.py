@@ -16,7 +16,9 @@ recall@10 >= .99. With ``--ivf-nlist``, faiss IVF over the same N documents besi
 (``memory_options.ivf_sweep``), once per ``--ivf-codes`` storage (fp32, SQ8, SQ8 re-ranked), swept over
 ``--nprobes``, each with its first nprobe at recall@10 >= .99 (``ivf``: one row per codes; files written before
 ``--ivf-codes`` hold one IVF-Flat dict there). ``--ivf-only`` skips the tree and hnswlib (to sweep IVF storages
-without the 50-minute hnswlib build measured before). Save
+without the 50-minute hnswlib build measured before). ``--index-type ivf-sq8`` builds hce's own IVF-SQ8 index
+kind (``hce_serve.ann_ivf``: cells relearnt as the corpus doubles, deletions, the folder files) instead of
+hnswlib and sweeps ``--nprobes`` through ``Index.search``; ``--no-tree`` skips the tree (timed before). Save
 (index_io.write_index) and load (read_index) of the index files, timed. Memory options (``memory_options.py``)
 at ``--options-size`` documents, their per-vector cost projected to N.
 """
@@ -121,19 +123,23 @@ def sweep(index: Index, q: np.ndarray, truth: np.ndarray, efs: list[int], n_lat:
     return rows
 
 
-def hnswlib_study(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: argparse.Namespace,
-                  res: dict[str, Any]) -> None:
-    """Tree, hnswlib build, save, load and the ef sweep at n documents, into ``res``."""
+def index_study(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: argparse.Namespace,
+                res: dict[str, Any]) -> None:
+    """Tree, index build (``--index-type``: hnswlib, or hce's IVF-SQ8 folder kind with ``--ivf-nlist`` cells and
+    ``--refine-k-factor``), save, load and the breadth sweep (ef, or nprobe for IVF) at n documents, into ``res``."""
     ids = [f"d{i}" for i in range(n)]
     ph = res["phases"]
-    leaves = build_tree_phase(mix, n, ids, args, ph)
-    params = IndexParams(M=args.M, ef_construction=args.ef_construction, exact_threshold=0)
+    leaves = None if args.no_tree else build_tree_phase(mix, n, ids, args, ph)
+    ivf = args.index_type == "ivf-sq8"
+    params = IndexParams(M=args.M, ef_construction=args.ef_construction, exact_threshold=0, kind=args.index_type,
+                         nlist=args.ivf_nlist if ivf else 0, refine=args.refine_k_factor if ivf else 4)
+    res["index_type"], res["index_params"] = args.index_type, params.to_dict()
     rss0, t0 = common.reset_peak(), time.perf_counter()
     index = Index(384, params, capacity=n)
     for start, blk in mix.blocks(n):  # chunk by chunk, with each document's leaf, as Engine.build feeds it
-        index.add(ids[start : start + blk.shape[0]], blk, leaves[start : start + blk.shape[0]])
+        index.add(ids[start : start + blk.shape[0]], blk, None if leaves is None else leaves[start : start + blk.shape[0]])
     phase("index_build", t0, rss0, ph)
-    res["build_minutes_tree_plus_index"] = round((ph["tree_build"]["seconds"] + ph["index_build"]["seconds"]) / 60, 1)
+    res["build_minutes_tree_plus_index"] = round(sum(ph[p]["seconds"] for p in ("tree_build", "index_build") if p in ph) / 60, 1)
     with tempfile.TemporaryDirectory(prefix="hce-one-box-", dir=args.tmp) as tmp:
         rss0, t0 = common.reset_peak(), time.perf_counter()
         files = write_index(index, tmp)
@@ -145,7 +151,7 @@ def hnswlib_study(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: 
         rss0, t0 = common.reset_peak(), time.perf_counter()
         index = read_index(tmp, 384, params, counts)
         phase("load", t0, rss0, ph)
-    res["sweep"] = sweep(index, q, truth, args.efs, args.latency_queries)
+    res["sweep"] = sweep(index, q, truth, args.nprobes if ivf else args.efs, args.latency_queries)
     ok = [r["ef"] for r in res["sweep"] if r["recall@10"] >= TARGETS["recall_at_10"]]
     res["chosen_ef"] = ok[0] if ok else None
     chosen = next((r for r in res["sweep"] if r["ef"] == res["chosen_ef"]), None)
@@ -167,7 +173,7 @@ def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
     truth = exact_topk(mix, n, q[: args.recall_queries])  # (nr, K)
     res["exact_seconds_per_query"] = round((time.perf_counter() - t0) / len(truth), 3)
     if not args.ivf_only:
-        hnswlib_study(mix, n, q, truth, args, res)
+        index_study(mix, n, q, truth, args, res)
     for codes in args.ivf_codes if args.ivf_nlist else []:
         gc.collect()
         row = memory_options.ivf_sweep(mix, n, q, truth, args, codes)
@@ -183,5 +189,6 @@ def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
     res["wall_seconds"] = round(time.perf_counter() - t_all, 1)
     if args.options_size:
         m = min(args.options_size, n)
-        res["memory_options"] = memory_options.run(mix, m, n, q, args, res.get("chosen_ef") or max(args.efs))
+        res["memory_options"] = memory_options.run(mix, m, n, q, args, (res.get("chosen_ef") if res.get("index_type") == "hnsw" else None)
+                                                  or max(args.efs))
     return res

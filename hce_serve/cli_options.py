@@ -26,7 +26,7 @@ BATCH = click.option("--batch-size", type=click.IntRange(1, defaults.MAX_BATCH_S
 SKIP_EMPTY = click.option("--skip-empty", is_flag=True,
                           help="Leave out documents with empty title and text (default: index them, with a warning).")
 EF = click.option("--ef", type=click.IntRange(1, 100_000), default=None,
-                  help="Search beam width for these queries [the index's own, set at build].")
+                  help="Search breadth for these queries: the HNSW beam, or the IVF cells scanned [the index's own, set at build].")
 EXISTING = dict(exists=True, dir_okay=False, path_type=Path)
 
 

@@ -161,8 +161,8 @@ class Engine:
         """The ``k`` best documents for ``query``, best first.
 
         ``filter``: ``{"field": value}`` keeps documents whose metadata field equals value (a list: any of
-        them; several fields: all must match), applied inside the graph search. ``ef``: beam width for this
-        query. ``subtree``: only documents under that node of the corpus tree. ``fields``: stored fields to
+        them; several fields: all must match), applied inside the index search. ``ef``: search breadth for this
+        query (HNSW beam, or IVF cells scanned). ``subtree``: only documents under that node of the corpus tree. ``fields``: stored fields to
         return (default: title, text, metadata).
         """
         return self.search_batch([query], k, filter, ef, subtree, fields, max_k)[0]

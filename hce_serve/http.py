@@ -44,7 +44,7 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
         query: str | None = Field(None, description="One query (answer: hits).")
         queries: list[str] | None = Field(None, description="A batch of queries (answer: results).")
         k: int = Field(defaults.K, description=f"Hits per query, 1..{lim.max_k}.")
-        ef: int | None = Field(None, description="Search beam width for this request (default: the index's).")
+        ef: int | None = Field(None, description="Search breadth for this request: HNSW beam or IVF cells scanned (default: the index's).")
         filter: dict[str, Scalar | list[Scalar]] | None = Field(
             None, description='Metadata equality, a list meaning any of: {"lang": "en", "year": [2020, 2021]}.')
         subtree: int | None = Field(None, description="Only documents under this node of the corpus tree.")

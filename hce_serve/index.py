@@ -1,22 +1,19 @@
-"""The vector index: hnswlib (inner product), the label <-> id table, tree leaves and a readers-writer lock.
+"""The vector index: a vector structure (``ann.py``), the label <-> id table, tree leaves and a readers-writer lock.
 
 Mechanism only. Input checks, the writer lock, the compaction policy and all file IO belong to
 ``IndexStore`` (``store.py``, ``index_io.py``); this class trusts its caller and guards only its own
 invariant (one label per live id). Mutations must not run concurrently with each other (the store
 serialises them); searches run concurrently with everything.
 
-Label ``i`` is row ``i`` of the id table. A deleted document keeps its label as a *free slot*: hnswlib's
-deletion marker hides it from every search and the next new document reuses it, so the label count does
-not grow under churn. Why not hnswlib's ``replace_deleted=True``: it reuses an arbitrary deleted slot and
-drops that slot's label, which a row-aligned id table cannot follow without scanning every label. Instead
-a new document is added *under the free label itself*: hnswlib then un-marks that slot and re-links it.
+Label ``i`` is row ``i`` of the id table. A deleted document keeps its label as a *free slot*: the
+structure hides it from every search and the next new document reuses it, so the label count does not grow
+under churn. Why not hnswlib's ``replace_deleted=True``: it reuses an arbitrary deleted slot and drops that
+slot's label, which a row-aligned id table cannot follow without scanning every label. Instead a new
+document is added *under the free label itself*.
 
-Per-query ``ef`` without shared state: hnswlib searches with a beam of ``max(ef, k)`` and ``ef`` is one
-number per graph, so the graph's own ``ef`` stays 1 and a search asks for ``max(k, ef)`` results, keeping
-the best ``k`` — the same beam, the same answer, and concurrent searches with different ``ef`` never race.
-
-Filters (an allowed set of labels) run inside hnswlib's filter callback, so the top-k is the top-k of the
-allowed documents, not a post-filtered top-k. A filter that allows few documents is answered exactly.
+Filters (an allowed set of labels) run inside the structure's search (hnswlib's filter callback, faiss' ID
+selector), so the top-k is the top-k of the allowed documents, not a post-filtered top-k. A filter that
+allows few documents, a small index, and an IVF whose cells are not learnt yet are answered exactly.
 """
 
 from __future__ import annotations
@@ -30,20 +27,13 @@ from typing import Any
 import numpy as np
 
 from . import defaults
-from .errors import ConfigError, missing_dependency
+from .ann import new_ann
+from .errors import ConfigError
 from .index_types import NO_LEAF, AddResult, DeleteResult, IndexParams, IndexState, ScoredId
 from .rwlock import RWLock
 from .search import as_f32_matrix, topk_inner_product
 
 log = logging.getLogger(__name__)
-
-def hnswlib_module() -> Any:
-    try:
-        import hnswlib
-    except ImportError:
-        raise missing_dependency("hnswlib", "serve") from None
-    return hnswlib
-
 
 class Index:
     """An updatable MIPS index over string ids. Many concurrent searches; mutations one at a time."""
@@ -53,20 +43,13 @@ class Index:
             raise ConfigError(f"dim must be positive, found {dim}")
         self.dim = int(dim)
         self.params = params or IndexParams()
-        self._set_state(IndexState(self._new_hnsw(max(16, capacity)), [], np.zeros(0, bool), np.zeros(0, np.int32)))
+        self._set_state(IndexState(new_ann(self.dim, self.params, capacity), [], np.zeros(0, bool), np.zeros(0, np.int32)))
         self._lock = RWLock()
         self._exact: tuple[np.ndarray, np.ndarray] | None = None  # (labels (n,), vectors (n, dim))
         self._exact_lock = threading.Lock()
 
-    def _new_hnsw(self, capacity: int) -> Any:
-        h = hnswlib_module().Index(space=self.params.space, dim=self.dim)
-        h.init_index(max_elements=capacity, M=self.params.M, ef_construction=self.params.ef_construction)
-        h.set_ef(1)  # the beam is max(k, ef) per query (module docstring)
-        return h
-
     def _set_state(self, st: IndexState) -> None:
-        st.hnsw.set_ef(1)
-        self._hnsw, self._ids, self._deleted, self._leaves = st.hnsw, st.ids, st.deleted, st.leaves
+        self._ann, self._ids, self._deleted, self._leaves = st.ann, st.ids, st.deleted, st.leaves
         self._label = {d: i for i, d in enumerate(st.ids) if d}  # live id -> label
         self._free = np.flatnonzero(st.deleted)[::-1].tolist()  # free labels, reused last-in first-out
         self._exact = None
@@ -81,7 +64,7 @@ class Index:
     def read_state(self) -> Iterator[IndexState]:
         """The arrays under the read lock (searches go on, mutations wait): for writing them to disk."""
         with self._lock.read():
-            yield IndexState(self._hnsw, self._ids, self._deleted, self._leaves)
+            yield IndexState(self._ann, self._ids, self._deleted, self._leaves)
 
     # ---- sizes ------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -97,7 +80,7 @@ class Index:
 
     @property
     def capacity(self) -> int:
-        return int(self._hnsw.get_max_elements())
+        return self._ann.capacity
 
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self._label
@@ -113,7 +96,7 @@ class Index:
     def stats(self) -> dict[str, Any]:
         n = self.num_labels
         return {"dim": self.dim, **self.params.to_dict(), "live": len(self), "deleted": self.num_deleted, "labels": n,
-                "capacity": self.capacity, "tombstone_ratio": round(self.num_deleted / n, 4) if n else 0.0}
+                "capacity": self.capacity, "kind": self.params.kind, "tombstone_ratio": round(self.num_deleted / n, 4) if n else 0.0}
 
     # ---- changes ----------------------------------------------------------------------------------
     def add(self, ids: Sequence[str], vectors: np.ndarray, leaves: Sequence[int] | np.ndarray | None = None) -> AddResult:
@@ -144,12 +127,15 @@ class Index:
             if need > self.capacity:
                 new_cap = max(need, int(self.capacity * 1.5) + 16)
                 log.debug("growing index capacity %d -> %d", self.capacity, new_cap)
-                self._hnsw.resize_index(new_cap)
-            # hnswlib is only called once the batch is known to fit; tables are updated after it returns.
-            self._hnsw.add_items(vecs, labels, num_threads=-1)
+                self._ann.resize(new_cap)
+            # The structure is only called once the batch is known to fit; tables are updated after it returns.
+            deleted = np.concatenate([self._deleted, np.zeros(fresh, bool)])
+            live = ~deleted
+            live[labels] = True
+            self._ann.add(vecs, labels, live)
             self._free = free
             self._ids.extend([""] * fresh)
-            self._deleted = np.concatenate([self._deleted, np.zeros(fresh, bool)])
+            self._deleted = deleted
             self._leaves = np.concatenate([self._leaves, np.full(fresh, NO_LEAF, np.int32)])
             for doc_id, lab, leaf in zip(ids, labels.tolist(), leaf_arr.tolist(), strict=True):
                 self._ids[lab] = doc_id
@@ -161,14 +147,18 @@ class Index:
 
     def delete(self, ids: Sequence[str]) -> DeleteResult:
         """Mark documents deleted; ids that are not live are returned in ``missing``."""
-        done, missing = [], []
+        done, missing, labels = [], [], []
         with self._lock.write():
             for doc_id in dict.fromkeys(ids):
-                lab = self._label.pop(doc_id, None) if isinstance(doc_id, str) else None
+                lab = self._label.get(doc_id) if isinstance(doc_id, str) else None
                 if lab is None:
                     missing.append(doc_id)
-                    continue
-                self._hnsw.mark_deleted(lab)
+                else:
+                    labels.append(lab)
+            self._ann.delete(labels)
+            for lab in labels:
+                doc_id = self._ids[lab]
+                del self._label[doc_id]
                 self._ids[lab] = ""
                 self._deleted[lab] = True
                 self._leaves[lab] = NO_LEAF
@@ -182,16 +172,13 @@ class Index:
         d, n = self.num_deleted, self.num_labels
         return d >= max(1, self.params.compact_min_deleted) and d > self.params.compact_ratio * n
 
-    def compact(self, chunk: int = 65536) -> int:
-        """Rebuild the graph from live vectors only (built under the read lock, swapped in under the write
+    def compact(self) -> int:
+        """Rebuild the structure from live vectors only (built under the read lock, swapped in under the write
         lock: searches go on meanwhile); returns the number of slots dropped."""
         with self._lock.read():
             dropped = self.num_deleted
             live = np.flatnonzero(~self._deleted)  # (n,)
-            fresh = self._new_hnsw(max(16, int(live.size * 1.25)))
-            for start in range(0, live.size, chunk):
-                part = live[start : start + chunk]
-                fresh.add_items(self._hnsw.get_items(part, return_type="numpy"), np.arange(start, start + part.size))
+            fresh = self._ann.compacted(live)
             state = IndexState(fresh, [self._ids[i] for i in live.tolist()], np.zeros(live.size, bool),
                                self._leaves[live].copy())
         with self._lock.write():
@@ -208,9 +195,7 @@ class Index:
         """Stored vectors (n, dim) of live ids (KeyError for an unknown one)."""
         with self._lock.read():
             labels = [self._label[i] for i in ids]
-            if not labels:
-                return np.zeros((0, self.dim), np.float32)
-            return np.asarray(self._hnsw.get_items(labels, return_type="numpy"), np.float32)
+            return self._ann.get(labels)
 
     def search(
         self,
@@ -237,23 +222,23 @@ class Index:
             k_eff = min(int(k), n_ok)
             if k_eff == 0:
                 return [[] for _ in range(q.shape[0])]
-            beam = min(max(k_eff, ef or self.params.ef_search), n_ok)
+            breadth = ef or self.params.ef_search
+            beam = min(max(k_eff, breadth), n_ok)
             if self.scans(n_ok if mask is not None else None, beam) if exact is None else exact:
                 return self._search_exact(q, k_eff, mask)
-            allowed = mask.tobytes().__getitem__ if mask is not None else None  # label -> 0/1, no numpy scalar
             try:
-                labels, dists = self._hnsw.knn_query(q, k=beam, num_threads=num_threads, filter=allowed)  # (nq, beam)
-            except RuntimeError as e:  # too few reachable allowed nodes for the beam: answer exactly
-                log.warning("hnswlib could not return %d results (%s); using exact search", beam, e)
+                labels, scores = self._ann.search(q, k_eff, breadth, n_ok, num_threads, mask)  # (nq, >= k) each
+            except RuntimeError as e:  # e.g. too few reachable allowed nodes for hnswlib's beam: answer exactly
+                log.warning("the %s index could not return %d results (%s); using exact search", self.params.kind, k_eff, e)
                 return self._search_exact(q, k_eff, mask)
-            return [self._hits(lab, 1.0 - dist)[:k_eff] for lab, dist in zip(labels, dists, strict=True)]
+            return [self._hits(lab, s)[:k_eff] for lab, s in zip(labels, scores, strict=True)]
 
     def scans(self, allowed: int | None, ef: int) -> bool:
         """Whether a search is answered exactly: a small index always (its matrix is cached); a filter
         allowing ``allowed`` documents when scanning them costs less than the graph walk
         (``defaults.FILTER_SCAN_COST``)."""
         live = len(self._label)
-        if live <= self.params.exact_threshold:
+        if live <= self.params.exact_threshold or not self._ann.ready:
             return True
         return allowed is not None and allowed * allowed * defaults.FILTER_SCAN_COST <= ef * live
 
@@ -280,18 +265,17 @@ class Index:
         with self._exact_lock:
             if self._exact is None:
                 live = np.flatnonzero(~self._deleted)
-                vecs = self._hnsw.get_items(live, return_type="numpy") if live.size else np.zeros((0, self.dim))
-                self._exact = (live, np.ascontiguousarray(vecs, dtype=np.float32))
+                self._exact = (live, self._ann.get(live))
             return self._exact
 
     def _search_exact(self, q: np.ndarray, k: int, mask: np.ndarray | None) -> list[list[ScoredId]]:
-        if mask is None or len(self._label) <= self.params.exact_threshold:
+        if mask is None or len(self._label) <= self.params.exact_threshold or not self._ann.ready:
             labels, mat = self._exact_matrix()  # cached: small indexes are searched this way every time
             if mask is not None:
                 keep = mask[labels]
                 labels, mat = labels[keep], mat[keep]
         else:
             labels = np.flatnonzero(mask)
-            mat = np.asarray(self._hnsw.get_items(labels, return_type="numpy"), np.float32)  # (allowed, dim)
+            mat = self._ann.get(labels)  # (allowed, dim)
         scores, rows = topk_inner_product(mat, q, k)  # (nq, k) each
         return [self._hits(labels[r], s) for r, s in zip(rows, scores, strict=True)]

@@ -1,44 +1,51 @@
 """The index's data files: the only code that reads or writes them.
 
-One generation folder holds ``hnsw.bin`` (hnswlib's own format), ``ids.txt`` (row i = label i, an empty
-line for a free slot), ``deleted.npy`` (bool per label) and ``leaves.npy`` (int32 tree leaf per label).
-Loading checks them against each other and the manifest's counts, and reads hnswlib's header first so a
-foreign or mismatched graph is refused by name instead of being handed to C++ code that trusts it.
+One generation folder holds the vector structure's files (``hnsw.bin``, hnswlib's own format; or for
+``ivf-sq8`` ``ivf.faiss`` and ``vectors.npy``), ``ids.txt`` (row i = label i, an empty line for a free slot),
+``deleted.npy`` (bool per label) and ``leaves.npy`` (int32 tree leaf per label). Loading checks them against
+each other and the manifest's counts, and reads hnswlib's header first so a foreign or mismatched graph is
+refused by name instead of being handed to C++ code that trusts it.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
 
+from .ann import structure
 from .errors import FormatError
-from .index import Index, IndexParams, IndexState, hnswlib_module
+from .index import Index, IndexParams, IndexState
 from .tree import read_ids, write_ids
 
-HNSW_FILE, IDS_FILE, DELETED_FILE, LEAVES_FILE = "hnsw.bin", "ids.txt", "deleted.npy", "leaves.npy"
-DATA_FILES = (HNSW_FILE, IDS_FILE, DELETED_FILE, LEAVES_FILE)
+IDS_FILE, DELETED_FILE, LEAVES_FILE = "ids.txt", "deleted.npy", "leaves.npy"
+
+
+def data_files(kind: str = "hnsw") -> tuple[str, ...]:
+    """The data files of one generation of an index of this kind."""
+    return (*structure(kind).FILES, IDS_FILE, DELETED_FILE, LEAVES_FILE)
+
 
 
 def write_index(index: Index, folder: str | os.PathLike[str]) -> list[str]:
-    """Write the four data files into ``folder`` (a fresh generation folder) and fsync them.
+    """Write the data files into ``folder`` (a fresh generation folder) and fsync them.
 
     Holds the index's read lock: searches continue, mutations wait until the files are complete.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with index.read_state() as st:
-        st.hnsw.save_index(str(folder / HNSW_FILE))
-        fsync_file(folder / HNSW_FILE)
+        st.ann.save(folder, len(st.ids))
+        for name in st.ann.FILES:
+            fsync_file(folder / name)
         write_ids(folder / IDS_FILE, st.ids)
         for name, arr in ((DELETED_FILE, st.deleted), (LEAVES_FILE, st.leaves)):
             with open(folder / name, "wb") as fh:
                 np.save(fh, arr, allow_pickle=False)
                 fh.flush()
                 os.fsync(fh.fileno())
-    return list(DATA_FILES)
+    return list(data_files(index.params.kind))
 
 
 def read_index(folder: str | os.PathLike[str], dim: int, params: IndexParams, counts: dict[str, int]) -> Index:
@@ -61,29 +68,8 @@ def read_index(folder: str | os.PathLike[str], dim: int, params: IndexParams, co
         raise FormatError(f"{folder / IDS_FILE}: a live document id appears twice")
     if len(live_ids) != counts.get("live"):
         raise FormatError(f"{folder / IDS_FILE}: {len(live_ids):,} live ids but the manifest says {counts.get('live'):,}")
-    check_hnsw_header(folder / HNSW_FILE, dim, n)
-    h = hnswlib_module().Index(space=params.space, dim=dim)
-    try:
-        h.load_index(str(folder / HNSW_FILE), max_elements=max(counts.get("capacity", n), n, 16))
-    except (RuntimeError, ValueError, MemoryError) as e:
-        raise FormatError(f"{folder / HNSW_FILE}: hnswlib cannot load it ({e})") from None
-    if h.get_current_count() != n:
-        raise FormatError(f"{folder / HNSW_FILE}: holds {h.get_current_count():,} vectors but {IDS_FILE} has {n:,} rows")
-    return Index.from_state(dim, params, IndexState(h, ids, deleted, leaves))
-
-
-def check_hnsw_header(path: Path, dim: int, n: int) -> None:
-    """Read hnswlib's file header (hnswalg.h saveIndex) and compare dimension and count."""
-    with open(path, "rb") as fh:
-        head = fh.read(96)
-    if len(head) < 96:
-        raise FormatError(f"{path}: too short to be an hnswlib index ({len(head)} bytes)")
-    _, max_el, count, per_elem, _, _, _, _, _, max_m0 = struct.unpack_from("<QQQQQQiiQQ", head)
-    file_dim, rem = divmod(per_elem - 8 - (max_m0 * 4 + 4), 4)
-    if rem or file_dim != dim:
-        raise FormatError(f"{path}: graph holds {file_dim}-d vectors but the manifest says dim {dim}")
-    if count != n or count > max_el:
-        raise FormatError(f"{path}: graph holds {count:,} elements (capacity {max_el:,}); {IDS_FILE} has {n:,} rows")
+    ann = structure(params.kind).load(folder, dim, params, n, ~deleted, counts.get("capacity", n))
+    return Index.from_state(dim, params, IndexState(ann, ids, deleted, leaves))
 
 
 def load_array(path: Path, dtype: type) -> np.ndarray:

@@ -12,11 +12,16 @@ from .errors import ConfigError
 
 NO_LEAF = -1  # leaf of a free slot or of a document in an index without a tree
 ScoredId = tuple[str, float]  # (document id, inner product)
+KINDS = defaults.INDEX_TYPES  # vector structures of an index folder (ann.py)
+IVF_ONLY = ("nlist", "refine")  # parameters an hnsw folder does not write (older releases refuse unknown keys)
 
 
 @dataclass(frozen=True)
 class IndexParams:
-    """HNSW and maintenance knobs, stored in the manifest (defaults: ``defaults.py``)."""
+    """Vector-structure and maintenance knobs, stored in the manifest (defaults: ``defaults.py``).
+
+    ``ef_search`` is the default search breadth: the HNSW beam, or for ``ivf-sq8`` the cells scanned (nprobe).
+    """
 
     M: int = defaults.M
     ef_construction: int = defaults.EF_CONSTRUCTION
@@ -25,8 +30,15 @@ class IndexParams:
     exact_threshold: int = defaults.EXACT_THRESHOLD
     compact_ratio: float = defaults.COMPACT_RATIO
     compact_min_deleted: int = defaults.COMPACT_MIN_DELETED
+    kind: str = "hnsw"
+    nlist: int = defaults.NLIST  # ivf-sq8: cells (0: ~sqrt(live) at each training)
+    refine: int = defaults.REFINE  # ivf-sq8: candidates re-scored on fp32, per hit asked for
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"index kind must be one of {', '.join(KINDS)}; found {self.kind!r}")
+        if not 0 <= self.nlist <= 1_000_000 or not 1 <= self.refine <= 1000:
+            raise ConfigError(f"nlist must be in [0, 1000000] and refine in [1, 1000]; found {self.nlist}, {self.refine}")
         if self.space != "ip":
             raise ConfigError(f"index space must be 'ip' (normalised vectors), found {self.space!r}")
         for name in ("M", "ef_construction", "ef_search"):
@@ -38,7 +50,11 @@ class IndexParams:
             raise ConfigError(f"compact_ratio must be in (0, 1], found {self.compact_ratio}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.kind == "hnsw":  # the same keys as before kinds existed: older releases still load the folder
+            for key in ("kind", *IVF_ONLY):
+                d.pop(key)
+        return d
 
 
 @dataclass(frozen=True)
@@ -58,7 +74,7 @@ class DeleteResult:
 class IndexState:
     """The arrays behind an index, as ``index_io`` reads and writes them (row i = label i)."""
 
-    hnsw: Any  # hnswlib.Index
+    ann: Any  # the vector structure (ann.py): HnswGraph or IvfSq8
     ids: list[str]  # "" for a free slot
     deleted: np.ndarray  # (labels,) bool
     leaves: np.ndarray  # (labels,) int32

@@ -2,7 +2,8 @@
 
 ```
 IDX_DIR/manifest.json        written last; names the current generation and every file's size + sha256
-IDX_DIR/gen-000003/          hnsw.bin, ids.txt (row i = label i, "" = free slot), deleted.npy, leaves.npy
+IDX_DIR/gen-000003/          hnsw.bin (ivf-sq8: ivf.faiss + vectors.npy), ids.txt (row i = label i, "" = free
+                             slot), deleted.npy, leaves.npy
 IDX_DIR/wal-000003.log       adds/deletes acknowledged since generation 3 (replayed on open)
 IDX_DIR/docs.sqlite          stored documents (SQLite, WAL journal); absent for an ids-only index
 IDX_DIR/encoder/             a copy of the EXPORT_DIR the index was built with
@@ -33,7 +34,7 @@ from .defaults import BATCH_SIZE
 from .docstore import DOCS_NAME, DocStore
 from .errors import FormatError, HCEError
 from .index import Index
-from .index_io import DATA_FILES, write_index
+from .index_io import data_files, write_index
 from .manifest import MANIFEST_NAME, IndexManifest, file_digest
 from .wal import wal_name
 
@@ -151,18 +152,18 @@ def write_snapshot(folder: Path, index: Index, generation: int, files: dict, ext
         extra={**extra, "data_dir": name, "params": index.params.to_dict(), "hce_version": __version__},
     )
     manifest.save(folder)
-    link_top_level(folder, name)
+    link_top_level(folder, name, data_files(index.params.kind))
     return manifest
 
 
-def link_top_level(folder: Path, gen_dir: str) -> None:
+def link_top_level(folder: Path, gen_dir: str, names: tuple[str, ...]) -> None:
     """Expose the current generation's data files under DESIGN §6's flat names (``IDX_DIR/hnsw.bin`` …).
 
     Hard links (a copy where links are unsupported), each swapped in with ``os.replace`` after the manifest:
     they are a convenience for tools that read the flat layout; loading always follows the manifest, so a
     crash between two swaps can leave the links mixed but never makes the index unloadable.
     """
-    for name in DATA_FILES:
+    for name in names:
         src = folder / gen_dir / name
         tmp = folder / f"{TMP_PREFIX}link-{name}"
         try:

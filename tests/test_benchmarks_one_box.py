@@ -60,3 +60,19 @@ def test_one_box_ivf_only_skips_tree_and_hnswlib(tmp_path):
     assert res["peak_rss_gib"] >= sq8["peak_rss_gib"] > 0 and res["peak_phase"] in ("ivf SQ8", "last")
     with pytest.raises(SystemExit, match="needs --ivf-nlist"):
         m.main(["--quick", "--one-box", "2000", "--ivf-only", "--out", str(tmp_path / "x.json")])
+
+
+def test_one_box_hce_ivf_index_without_tree(tmp_path):
+    """--index-type ivf-sq8: hce's own IVF-SQ8 kind built, saved, loaded and swept over nprobe via Index.search."""
+    pytest.importorskip("faiss")
+    from benchmarks import index_scale as m
+
+    out = tmp_path / "hce-ivf.json"
+    assert m.main(["--quick", "--one-box", "3000", "--queries", "30", "--recall-queries", "20", "--latency-queries",
+                   "10", "--clusters", "20", "--index-type", "ivf-sq8", "--no-tree", "--ivf-nlist", "16",
+                   "--ivf-codes", "", "--nprobes", "1,16", "--tmp", str(tmp_path), "--out", str(out)]) == 0
+    res = read(out, "benchmarks/index_scale.py")["result"]
+    assert res["index_type"] == "ivf-sq8" and res["index_params"]["nlist"] == 16 and "ivf" not in res
+    assert "tree_build" not in res["phases"] and {"ivf.faiss", "vectors.npy"} <= set(res["phases"]["save"]["bytes"])
+    assert [r["ef"] for r in res["sweep"]] == [1, 16] and res["sweep"][-1]["recall@10"] >= 0.99
+    assert res["chosen_ef"] in (1, 16) and res["build_minutes_tree_plus_index"] >= 0

@@ -181,13 +181,13 @@ def test_hnswlib_failure_falls_back_to_exact(monkeypatch):
         def __init__(self, inner):
             self.inner = inner
 
-        def knn_query(self, *a, **kw):
+        def search(self, *a, **kw):
             raise RuntimeError("Cannot return the results in a contiguous 2D array. Probably ef or M is too small")
 
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-    idx._hnsw = Failing(idx._hnsw)
+    idx._ann = Failing(idx._ann)
     assert idx.search(vecs[:3], 5) == expected
 
 
@@ -197,9 +197,9 @@ def test_per_query_ef_is_hnswlib_ef_without_shared_state():
     q = unit(np.random.default_rng(7), 50, 16)
     for ef in (10, 64, 300):
         got = idx.search(q, 10, ef=ef)
-        idx._hnsw.set_ef(ef)
-        labels, _ = idx._hnsw.knn_query(q, k=10)
-        idx._hnsw.set_ef(1)
+        idx._ann.hnsw.set_ef(ef)
+        labels, _ = idx._ann.hnsw.knn_query(q, k=10)
+        idx._ann.hnsw.set_ef(1)
         assert [[h[0] for h in row] for row in got] == [[ids[lab] for lab in row] for row in labels.tolist()]
     _, exact = topk_inner_product(vecs, q, 10)
     rec = {ef: recall_at_k(np.array([[int(h[0][1:]) for h in row] for row in idx.search(q, 10, ef=ef)]), exact)

@@ -1,0 +1,175 @@
+"""The ivf-sq8 index kind: recall against exact search, training as the corpus grows, deletes, upserts and
+slot reuse, filters, compaction, and folders that save, reopen (with the log) and refuse a damaged file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hce_serve.errors import ConfigError, FormatError
+from hce_serve.index import Index, IndexParams
+from hce_serve.search import recall_at_k, topk_inner_product
+from hce_serve.store import IndexStore
+
+pytest.importorskip("faiss")
+
+IVF = dict(kind="ivf-sq8", exact_threshold=0)
+
+
+def clustered(seed: int, n: int, d: int = 16, centres: int = 20) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d))
+    x = (c[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, d))).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def make(n: int = 3000, **params) -> tuple[Index, np.ndarray, list[str]]:
+    vecs = clustered(0, n)
+    ids = [f"d{i}" for i in range(n)]
+    idx = Index(16, IndexParams(**{**IVF, **params}), capacity=64)
+    for start in range(0, n, 500):  # in batches, as a build adds them: the cells are relearnt as it grows
+        idx.add(ids[start : start + 500], vecs[start : start + 500])
+    return idx, vecs, ids
+
+
+def rows(hits: list[list[tuple[str, float]]]) -> np.ndarray:
+    return np.array([[int(h[0][1:]) for h in row] for row in hits])
+
+
+def test_recall_vs_exact_and_scores_are_exact_inner_products():
+    idx, vecs, _ = make()
+    assert idx._ann.ready and idx._ann.trained_on >= 1500  # relearnt after the corpus doubled past 500
+    assert idx._ann.ivf.nlist == int(round(np.sqrt(idx._ann.trained_on)))
+    q = clustered(1, 200)
+    _, exact = topk_inner_product(vecs, q, 10)
+    hits = idx.search(q, 10, ef=8)
+    assert recall_at_k(rows(hits), exact) >= 0.97
+    assert recall_at_k(rows(idx.search(q, 10, ef=64)), exact) >= recall_at_k(rows(idx.search(q, 10, ef=1)), exact)
+    first = hits[0]
+    assert [s for _, s in first] == sorted((s for _, s in first), reverse=True)
+    assert first[0][1] == pytest.approx(float(vecs[int(first[0][0][1:])] @ q[0]), abs=1e-5)  # re-ranked on fp32
+
+
+def test_small_index_is_exact_until_trained():
+    idx = Index(16, IndexParams(kind="ivf-sq8", exact_threshold=1000), capacity=16)
+    vecs = clustered(2, 800)
+    idx.add([f"d{i}" for i in range(800)], vecs)
+    assert not idx._ann.ready  # below the exact threshold: no cells yet, searched exactly
+    _, exact = topk_inner_product(vecs, vecs[:5], 3)
+    assert rows(idx.search(vecs[:5], 3)).tolist() == exact.tolist()
+    idx.add([f"e{i}" for i in range(400)], clustered(3, 400))
+    assert idx._ann.ready and idx._ann.ivf.ntotal == 1200
+
+
+def test_delete_upsert_and_slot_reuse():
+    idx, vecs, ids = make(2000)
+    q = vecs[:20]
+    gone = [f"d{i}" for i in range(10)]
+    idx.delete(gone)
+    assert idx._ann.ivf.ntotal == 1990
+    assert not set(gone) & {h[0] for row in idx.search(q, 50, ef=64) for h in row}
+    labels_before = idx.num_labels
+    idx.add(["new"], vecs[500:501])  # reuses a free label
+    assert idx.num_labels == labels_before and idx._ann.ivf.ntotal == 1991
+    assert idx.search(vecs[500:501], 2, ef=64)[0][0][1] == pytest.approx(1.0, abs=1e-5)
+    moved = -vecs[600]  # upsert d600 to the opposite direction: its old code must be gone
+    idx.add(["d600"], moved[None])
+    assert idx._ann.ivf.ntotal == 1991
+    assert idx.search(moved[None], 1, ef=64)[0][0] == ("d600", pytest.approx(1.0, abs=1e-5))
+    assert "d600" not in {h[0] for h in idx.search(vecs[600:601], 20, ef=64)[0]}
+    np.testing.assert_array_equal(idx.get_vectors(["d600"])[0], moved)
+
+
+def test_filters_match_exact_filtered_search():
+    idx, vecs, ids = make(3000)
+    allowed = [f"d{i}" for i in range(0, 3000, 3)]  # 1,000 allowed: above the exact-scan crossover
+    q = clustered(4, 50)
+    hits = idx.search(q, 10, ef=64, allow_ids=allowed)
+    assert all(int(h[0][1:]) % 3 == 0 for row in hits for h in row)
+    _, exact = topk_inner_product(vecs[::3], q, 10)
+    assert recall_at_k(rows(hits) // 3, exact) >= 0.97
+
+
+def test_compaction_keeps_answers():
+    idx, vecs, ids = make(2000)
+    idx.delete([f"d{i}" for i in range(0, 2000, 2)])
+    q = clustered(5, 30)
+    before = rows(idx.search(q, 5, ef=64))
+    assert idx.compact() == 1000
+    assert idx.num_labels == 1000 and idx._ann.ivf.ntotal == 1000
+    after = rows(idx.search(q, 5, ef=64))
+    assert (before == after).mean() >= 0.95
+
+
+def test_params_are_checked_and_hnsw_manifests_keep_their_old_keys():
+    with pytest.raises(ConfigError, match="kind"):
+        IndexParams(kind="annoy")
+    with pytest.raises(ConfigError, match="refine"):
+        IndexParams(kind="ivf-sq8", refine=0)
+    assert "kind" not in IndexParams().to_dict() and "nlist" not in IndexParams().to_dict()
+    assert IndexParams(kind="ivf-sq8", nlist=64).to_dict()["nlist"] == 64
+
+
+def test_folder_round_trip_with_log_and_damaged_file(tmp_path):
+    idx, vecs, ids = make(1500, nlist=24)
+    folder = tmp_path / "idx"
+    IndexStore.create(folder, idx, None)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["extra"]["params"]["kind"] == "ivf-sq8"
+    assert any(f.endswith("/ivf.faiss") for f in manifest["files"]) and (folder / "vectors.npy").is_file()
+    q = clustered(6, 20)
+    with IndexStore.open(folder, writable=True) as s:  # changes go to the log, replayed on the next open
+        s.delete(["d1", "d2"])
+        s.add(["x"], -vecs[3:4])
+        expected = s.index.search(q, 10)
+    with IndexStore.open(folder) as s:
+        assert s.index.params.kind == "ivf-sq8" and s.index._ann.ivf.nlist == 24
+        assert s.index.search(q, 10) == expected and "d1" not in s.index
+    with IndexStore.open(folder, writable=True) as s:
+        s.save(force=True)
+    with IndexStore.open(folder) as s:
+        assert s.index.search(q, 10) == expected
+    gen = json.loads((folder / "manifest.json").read_text())["extra"]["data_dir"]
+    damaged = folder / gen / "ivf.faiss"
+    damaged.write_bytes(b"\0" * damaged.stat().st_size)  # same size: only faiss' own read can tell
+    with pytest.raises(FormatError, match="ivf.faiss: faiss cannot read it"):
+        IndexStore.open(folder, checksums=False)
+
+
+def test_cli_builds_searches_and_changes_an_ivf_folder(tiny_export, tiny_beir, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from hce_serve.cli import main
+
+    def run(*args: object, code: int = 0) -> str:
+        res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+        assert res.exit_code == code, res.output
+        return res.stdout if code == 0 else res.output
+
+    base = [json.loads(line) for line in (tiny_beir / "corpus.jsonl").read_text().splitlines()]
+    rows = [{**d, "_id": f"{d['_id']}-{r}", "text": f"{d['text']} {' '.join(base[(i + r) % 64]['text'].split()[:3])}"}
+            for r in range(5) for i, d in enumerate(base)]  # 320 documents: enough to learn cells
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in rows))
+    idx = tmp_path / "idx"
+    run("index", "build", "--model", tiny_export, "--corpus", corpus, "--index", idx, "--index-type", "ivf-sq8",
+        "--nlist", "8", "--exact-threshold", "0")
+    stats = json.loads(run("index", "stats", "--index", idx))
+    assert (stats["kind"], stats["nlist"], stats["ef_search"], stats["live"]) == ("ivf-sq8", 8, 8, 320)
+    query = rows[7]["title"] + " " + rows[7]["text"]
+    narrow = json.loads(run("search", "--index", idx, query, "--k", "5", "--json", "--ef", "1"))["hits"]
+    wide = json.loads(run("search", "--index", idx, query, "--k", "5", "--json", "--ef", "8"))["hits"]
+    assert len(narrow) == len(wide) == 5 and wide[0]["id"] == rows[7]["_id"] and wide[0]["text"] == rows[7]["text"]
+    with IndexStore.open(idx) as s:  # --ef 8 scans every cell: the exact answer
+        exact = s.index.search(s.index.get_vectors([rows[7]["_id"]]), 5, exact=True)[0]
+    assert [h["id"] for h in wide] == [i for i, _ in exact]
+    assert json.loads(run("index", "delete", "--index", idx, "--id", rows[7]["_id"]))["live"] == 319
+    again = json.loads(run("search", "--index", idx, query, "--k", "5", "--json", "--ef", "8"))["hits"]
+    assert rows[7]["_id"] not in {h["id"] for h in again}
+    assert json.loads(run("index", "add", "--index", idx, "--corpus", corpus))["added"] == 1
+    monkeypatch.setitem(__import__("sys").modules, "faiss", None)  # the extra is missing: one line, exit 1
+    out = run("index", "build", "--model", tiny_export, "--corpus", corpus, "--index", tmp_path / "b",
+              "--index-type", "ivf-sq8", code=1)
+    assert "pip install 'hce[ivf]'" in out and len(out.strip().splitlines()) == 1
