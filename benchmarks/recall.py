@@ -1,5 +1,6 @@
 """Retrieval quality on BEIR folders: BM25, the base encoder zero-shot and any fine-tuned models, each
-through ONNX fp32 and int8, with exact search and with hnswlib (the serving path), in one run.
+through ONNX fp32 and int8, with exact search and with the folder's index kinds (the serving path: hnswlib
+at ef 100/200, ivf-sq8 at nprobe 8/32), in one run.
 
     python -m benchmarks.recall --quick                       # BM25 + zero-shot MiniLM int8, 3 datasets
     python -m benchmarks.recall --model hce=runs/hce-model --model flat=runs/flat-model
@@ -35,22 +36,24 @@ DATASETS = ("scifact", "arguana", "cisi")
 # ArguAna's queries are whole arguments: a 64-token query cut loses .06 nDCG@10 (DESIGN.md §8).
 QUERY_MAX_LENGTH = {"arguana": 256}
 HNSW_EF = (100, 200)
+IVF_NPROBE = (8, 32)  # the ivf-sq8 index kind's default nprobe, and a wider scan (cells: ~sqrt(documents))
 
 
-def hnsw_runs(exact: BeirRun, doc_ids: list[str], qids: list[str],
-              efs: Sequence[int] = HNSW_EF) -> dict[str, tuple[dict, dict]]:
-    """{search name: (run, extra)} for hnswlib at each ef over the exact run's vectors, with recall@10
-    against the exact top 10."""
-    index = Index(exact.d.shape[1], IndexParams(exact_threshold=0), capacity=len(doc_ids))
-    index.add(doc_ids, exact.d)
+def ann_runs(exact: BeirRun, doc_ids: list[str], qids: list[str], efs: Sequence[int] = HNSW_EF,
+             nprobes: Sequence[int] = IVF_NPROBE) -> dict[str, tuple[dict, dict]]:
+    """{search name: (run, extra)} for the folder's index kinds over the exact run's vectors — hnswlib at each
+    ef, ivf-sq8 at each nprobe — with recall@10 against the exact top 10."""
     row_of = {d: i for i, d in enumerate(doc_ids)}
     out = {}
-    for ef in efs:
-        index.set_ef(ef)
-        hits = index.search(exact.q, K, exact=False)
-        approx = np.array([[row_of[d] for d, _ in h[:10]] for h in hits])  # (q, 10)
-        run = {q: dict(h) for q, h in zip(qids, hits, strict=True)}
-        out[f"hnsw-ef{ef}"] = (run, {"recall@10_vs_exact": round(recall_at_k(approx, exact.rows[:, :10]), 4)})
+    for kind, breadths in (("hnsw", efs), ("ivf-sq8", nprobes)):
+        index = Index(exact.d.shape[1], IndexParams(exact_threshold=0, kind=kind), capacity=len(doc_ids))
+        index.add(doc_ids, exact.d)
+        for b in breadths:
+            hits = index.search(exact.q, K, ef=b, exact=False)
+            approx = np.array([[row_of[d] for d, _ in h[:10]] for h in hits])  # (q, 10)
+            run = {q: dict(h) for q, h in zip(qids, hits, strict=True)}
+            name = f"hnsw-ef{b}" if kind == "hnsw" else f"ivf-sq8-nprobe{b}"
+            out[name] = (run, {"recall@10_vs_exact": round(recall_at_k(approx, exact.rows[:, :10]), 4)})
     return out
 
 
@@ -84,10 +87,10 @@ def eval_dataset(name: str, data: BeirData, exports: dict[str, Path], variants: 
             common_cols = {"query_max_length": enc.query_max_length, "doc_max_length": enc.card.max_length,
                            "encode_seconds": round(exact.encode_seconds, 1) if exact.encode_seconds else "cached"}
             rows.append({"system": model, "variant": variant, "search": "exact", **exact.metrics, **common_cols})
-            for search, (run, extra) in hnsw_runs(exact, doc_ids, qids).items():
+            for search, (run, extra) in ann_runs(exact, doc_ids, qids).items():
                 rows.append({"system": model, "variant": variant, "search": search, **evaluate(data.qrels, run),
                              **extra, **common_cols})
-            log.info("%s %s %s: %s", name, model, variant, {r["search"]: r["ndcg@10"] for r in rows[-3:]})
+            log.info("%s %s %s: %s", name, model, variant, {r["search"]: r["ndcg@10"] for r in rows[-5:]})
     return rows
 
 

@@ -224,8 +224,8 @@ class Index:
                 return [[] for _ in range(q.shape[0])]
             breadth = ef or self.params.ef_search
             beam = min(max(k_eff, breadth), n_ok)
-            if self.scans(n_ok if mask is not None else None, beam) if exact is None else exact:
-                return self._search_exact(q, k_eff, mask)
+            if (self.scans(n_ok if mask is not None else None, beam) if exact is None else exact) or not self._ann.ready:
+                return self._search_exact(q, k_eff, mask)  # an IVF without cells yet is scanned even if exact=False
             try:
                 labels, scores = self._ann.search(q, k_eff, breadth, n_ok, num_threads, mask)  # (nq, >= k) each
             except RuntimeError as e:  # e.g. too few reachable allowed nodes for hnswlib's beam: answer exactly

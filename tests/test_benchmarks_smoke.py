@@ -87,7 +87,8 @@ def test_recall_quick_and_its_embedding_cache(tiny_beir, tiny_export, tmp_path, 
     assert recall.main(argv) == 0
     rows = read(out, "benchmarks/recall.py")["datasets"][tiny_beir.name]["rows"]
     assert {(r["variant"], r["search"]) for r in rows} == {(None, "bm25s")} | {
-        (v, s) for v in ("int8", "fp32") for s in ("exact", "hnsw-ef100", "hnsw-ef200")}
+        (v, s) for v in ("int8", "fp32") for s in ("exact", "hnsw-ef100", "hnsw-ef200", "ivf-sq8-nprobe8",
+                                                   "ivf-sq8-nprobe32")}
     assert rows[0]["ndcg@10"] > 0.3  # topic words overlap: BM25 must find most targets
     assert all(r["recall@10_vs_exact"] >= 0.95 for r in rows if r["search"] == "hnsw-ef200")
     assert all(r["encode_seconds"] != "cached" for r in rows[1:])

@@ -59,6 +59,7 @@ def test_small_index_is_exact_until_trained():
     assert not idx._ann.ready  # below the exact threshold: no cells yet, searched exactly
     _, exact = topk_inner_product(vecs, vecs[:5], 3)
     assert rows(idx.search(vecs[:5], 3)).tolist() == exact.tolist()
+    assert rows(idx.search(vecs[:5], 3, exact=False)).tolist() == exact.tolist()  # no cells to scan: exact anyway
     idx.add([f"e{i}" for i in range(400)], clustered(3, 400))
     assert idx._ann.ready and idx._ann.ivf.ntotal == 1200
 
