@@ -112,12 +112,12 @@ def RAY(f: Any) -> Any:
 @click.option("--uri", required=True, help="A milvus-lite file (./x.db) or a Milvus server (http://host:19530).")
 @click.option("--collection", required=True, help="Collection to create (letters, digits, underscores).")
 @TOKEN
-@click.option("--index-type", type=click.Choice(INDEX_TYPES), default=defaults.MILVUS_INDEX, show_default=True,
-              help="Milvus vector index (metric IP).")
+@click.option("--index-type", type=click.Choice(INDEX_TYPES), default=None,
+              help=f"Milvus vector index (metric IP) [{defaults.MILVUS_INDEX} for an hnsw folder, IVF_SQ8 for an ivf-sq8 one].")
 @click.option("--M", "m", type=click.IntRange(2, 2048), default=None, help="HNSW graph degree [the index folder's].")
 @click.option("--ef-construction", type=click.IntRange(1, 65_536), default=None, help="HNSW build beam [the folder's].")
 @click.option("--ef", type=click.IntRange(1, 65_536), default=None,
-              help="HNSW search beam stored as the collection's default [the folder's].")
+              help="HNSW search beam stored as the collection's default [an hnsw folder's].")
 @click.option("--nlist", type=click.IntRange(1, 65_536), default=None, help="IVF cells [~4 sqrt(documents)].")
 @click.option("--nprobe", type=click.IntRange(1, 65_536), default=defaults.MILVUS_NPROBE, show_default=True,
               help="IVF cells searched per query.")

@@ -28,13 +28,16 @@ from .store import IndexStore
 log = logging.getLogger(__name__)
 
 
-def vector_index_for(store: IndexStore, type: str = defaults.MILVUS_INDEX, M: int | None = None,
+def vector_index_for(store: IndexStore, type: str | None = None, M: int | None = None,
                      ef_construction: int | None = None, ef: int | None = None, nlist: int | None = None,
                      nprobe: int = defaults.MILVUS_NPROBE) -> VectorIndex:
-    """The collection's index: by default the same HNSW parameters as the folder's own graph."""
+    """The collection's index: by default the folder's own structure — HNSW with its graph's parameters, or
+    IVF_SQ8 for an ivf-sq8 folder (whose ``ef_search`` is an nprobe, so an HNSW export of it gets the default beam)."""
     p = store.index.params
-    return VectorIndex.make(type, M or p.M, ef_construction or p.ef_construction, ef or p.ef_search, nlist, nprobe,
-                            rows=len(store.index))
+    hnsw_folder = p.kind == "hnsw"
+    type = type or (defaults.MILVUS_INDEX if hnsw_folder else "IVF_SQ8")
+    ef = ef or (p.ef_search if hnsw_folder else defaults.EF_SEARCH)
+    return VectorIndex.make(type, M or p.M, ef_construction or p.ef_construction, ef, nlist, nprobe, rows=len(store.index))
 
 
 def export_index(engine: Any, target: MilvusTarget, vector_index: VectorIndex | None = None, overwrite: bool = False,

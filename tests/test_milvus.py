@@ -129,6 +129,11 @@ def test_ivf_sq8_export_searches_like_the_folder(tiny_export, tiny_beir, tmp_pat
             a, b = [h.id for h in local.search(q, k=5)], [h.id for h in remote.search(q, k=5)]
             assert a[0] == b[0] and len(set(a) & set(b)) >= 4
         assert remote.search("climate carbon", k=1)[0].title is not None  # stored fields come back as with HNSW
+    from hce_serve.index import IndexParams
+
+    Engine.build(tiny_export, tiny_beir / "corpus.jsonl", tmp_path / "ivf", IndexParams(kind="ivf-sq8", ef_search=8))
+    out = json.loads(run("index", "export-milvus", "--index", tmp_path / "ivf", "--uri", db, "--collection", "fromivf"))
+    assert "nlist" in out["index_params"]  # an ivf-sq8 folder exports as IVF_SQ8 unless told otherwise
 
 
 def test_a_collection_refuses_another_encoder_and_a_second_process(tagged_index, tiny_export, tmp_path):
