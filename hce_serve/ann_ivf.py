@@ -115,16 +115,25 @@ class IvfSq8:
 
     def search(self, q: np.ndarray, k: int, ef: int, n_ok: int, threads: int,
                mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Scan ``ef`` cells' codes for ``refine × k`` candidates, re-score them on fp32; (nq, ≤ cand) each."""
+        """Scan ``ef`` cells' codes for ``refine × k`` candidates, re-score them on fp32; (nq, cand) each.
+
+        Cells that hold fewer than ``k`` (allowed) documents between them are widened ×4 until every query
+        has ``k`` (all cells hold ``n_ok >= k``), so a filter never returns fewer hits than it allows."""
         faiss = faiss_module()
         cand = min(max(k, self.params.refine * k), n_ok)
-        params = faiss.SearchParametersIVF(nprobe=max(1, min(ef, self.ivf.nlist)))
+        params = faiss.SearchParametersIVF()
         if mask is not None:
             bits = np.packbits(mask, bitorder="little")
-            params.sel = faiss.IDSelectorBitmap(mask.size, faiss.swig_ptr(bits))  # bits outlive the search below
+            params.sel = faiss.IDSelectorBitmap(mask.size, faiss.swig_ptr(bits))  # bits outlive the searches below
         if threads > 0:
             faiss.omp_set_num_threads(threads)
-        _, labels = self.ivf.search(q, cand, params=params)  # (nq, cand), -1 where a query found fewer
+        nprobe = max(1, min(ef, self.ivf.nlist))
+        while True:
+            params.nprobe = nprobe
+            _, labels = self.ivf.search(q, cand, params=params)  # (nq, cand), -1 where a query found fewer
+            if nprobe >= self.ivf.nlist or (labels[:, k - 1] >= 0).all():
+                break
+            nprobe = min(self.ivf.nlist, nprobe * 4)
         found = np.maximum(labels, 0)
         scores = np.einsum("qcd,qd->qc", self.vectors[found], q)  # exact inner products, (nq, cand)
         scores[labels < 0] = -np.inf

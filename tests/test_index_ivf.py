@@ -91,6 +91,9 @@ def test_filters_match_exact_filtered_search():
     assert all(int(h[0][1:]) % 3 == 0 for row in hits for h in row)
     _, exact = topk_inner_product(vecs[::3], q, 10)
     assert recall_at_k(rows(hits) // 3, exact) >= 0.97
+    few = [f"d{i}" for i in range(0, 3000, 50)]  # 60 allowed, spread over cells: one cell cannot hold 10 of them
+    got = idx.search(q, 10, ef=1, allow_ids=few, exact=False)
+    assert all(len(row) == 10 and {h[0] for h in row} <= set(few) for row in got)  # the scan widened to fill k
 
 
 def test_compaction_keeps_answers():
