@@ -53,6 +53,9 @@ class HnswGraph:
     def ready(self) -> bool:
         return True  # a graph can be walked from its first vector on
 
+    def stats(self) -> dict[str, int]:
+        return {}
+
     def resize(self, capacity: int) -> None:
         self.hnsw.resize_index(capacity)
 

@@ -65,6 +65,10 @@ class IvfSq8:
     def ready(self) -> bool:
         return self.ivf is not None
 
+    def stats(self) -> dict[str, int]:
+        """The cells learnt (0: none yet, searched exactly) and the live count they were learnt from."""
+        return {"cells": int(self.ivf.nlist) if self.ivf is not None else 0, "trained_on": self.trained_on}
+
     def resize(self, capacity: int) -> None:
         grown = np.zeros((capacity, self.dim), np.float32)
         n = min(capacity, self.capacity)

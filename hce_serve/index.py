@@ -96,7 +96,8 @@ class Index:
     def stats(self) -> dict[str, Any]:
         n = self.num_labels
         return {"dim": self.dim, **self.params.to_dict(), "live": len(self), "deleted": self.num_deleted, "labels": n,
-                "capacity": self.capacity, "kind": self.params.kind, "tombstone_ratio": round(self.num_deleted / n, 4) if n else 0.0}
+                "capacity": self.capacity, "kind": self.params.kind, **self._ann.stats(),
+                "tombstone_ratio": round(self.num_deleted / n, 4) if n else 0.0}
 
     # ---- changes ----------------------------------------------------------------------------------
     def add(self, ids: Sequence[str], vectors: np.ndarray, leaves: Sequence[int] | np.ndarray | None = None) -> AddResult:

@@ -162,6 +162,7 @@ def test_cli_builds_searches_and_changes_an_ivf_folder(tiny_export, tiny_beir, t
         "--nlist", "8", "--exact-threshold", "0")
     stats = json.loads(run("index", "stats", "--index", idx))
     assert (stats["kind"], stats["nlist"], stats["ef_search"], stats["live"]) == ("ivf-sq8", 8, 8, 320)
+    assert (stats["cells"], stats["trained_on"]) == (8, 320)
     query = rows[7]["title"] + " " + rows[7]["text"]
     narrow = json.loads(run("search", "--index", idx, query, "--k", "5", "--json", "--ef", "1"))["hits"]
     wide = json.loads(run("search", "--index", idx, query, "--k", "5", "--json", "--ef", "8"))["hits"]
