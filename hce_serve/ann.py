@@ -7,7 +7,8 @@
 Each kind implements the same small protocol for ``Index`` (which owns ids, deletions, leaves, locks and
 exact search): ``capacity``, ``ready``, ``resize``, ``add(vectors, labels, live)``, ``delete(labels)``,
 ``get(labels)``, ``search(q, k, ef, n_ok, threads, mask)`` (labels, inner products best first; RuntimeError
-when it cannot answer), ``compacted(live)``, ``stats()``, ``save(folder, n)``, ``load(...)`` and its data ``FILES``.
+when it cannot answer), ``compacted(live)``, ``stats()``, ``deferred`` + ``settle(live)`` (learn after a bulk
+load), ``save(folder, n)``, ``load(...)`` and its data ``FILES``.
 """
 
 from __future__ import annotations

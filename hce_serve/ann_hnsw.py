@@ -56,6 +56,11 @@ class HnswGraph:
     def stats(self) -> dict[str, int]:
         return {}
 
+    deferred = False  # Index.bulk_load sets it; a graph has nothing to learn
+
+    def settle(self, live: np.ndarray) -> bool:
+        return False
+
     def resize(self, capacity: int) -> None:
         self.hnsw.resize_index(capacity)
 

@@ -9,7 +9,8 @@ fp32 table (~1.9 kB a 384-d vector, hnswlib M 32 ~1.8 kB), and a k-means trainin
 - Training: the cells are learnt from the live vectors once there are more than ``exact_threshold`` of
   them (below that the index is searched exactly), and again whenever the live count has doubled since,
   so a corpus added in batches ends with ~sqrt(n) cells (``nlist`` = 0) or the fixed ``nlist``; each
-  retraining re-encodes every vector (amortised: about twice the final corpus). Compaction retrains too.
+  retraining re-encodes every vector (amortised: about twice the final corpus). A build
+  (``Index.bulk_load``) learns once, from the whole corpus, at its end. Compaction retrains too.
 - Deletion removes the label's code (faiss' hash-table direct map: one lookup a label); an upsert
   removes then adds. Per-query ``ef`` is ``nprobe``, the number of cells scanned.
 """
@@ -55,6 +56,7 @@ class IvfSq8:
         self.vectors = np.zeros((max(16, capacity), dim), np.float32)  # (capacity, dim), row = label
         self.ivf: Any = None  # faiss IndexIVFScalarQuantizer once trained
         self.trained_on = 0  # live vectors at the last training
+        self.deferred = False  # inside Index.bulk_load: learn nothing until settle()
 
     # ---- sizes and changes ------------------------------------------------------------------------
     @property
@@ -78,12 +80,20 @@ class IvfSq8:
     def add(self, vectors: np.ndarray, labels: np.ndarray, live: np.ndarray) -> None:
         """Store ``vectors`` under ``labels`` (new, reused or replaced); ``live``: the live mask after it."""
         self.vectors[labels] = vectors
+        if self.deferred and self.ivf is None:
+            return  # a bulk load: the cells are learnt once, from everything, in settle()
+        if not self.settle(live) and self.ivf is not None:
+            self.ivf.remove_ids(labels.astype(np.int64))  # replaced labels: their old codes go first
+            self.ivf.add_with_ids(vectors, labels.astype(np.int64))
+
+    def settle(self, live: np.ndarray) -> bool:
+        """(Re)learn the cells if the live count passed the exact threshold or doubled since the last
+        training; returns whether it did (every live vector is then encoded)."""
         n_live = int(np.count_nonzero(live))
         if n_live > max(self.params.exact_threshold, MIN_TRAIN - 1) and n_live >= 2 * max(self.trained_on, 1):
             self.train(np.flatnonzero(live))
-        elif self.ivf is not None:
-            self.ivf.remove_ids(labels.astype(np.int64))  # replaced labels: their old codes go first
-            self.ivf.add_with_ids(vectors, labels.astype(np.int64))
+            return True
+        return False
 
     def delete(self, labels: list[int]) -> None:
         if self.ivf is not None and labels:

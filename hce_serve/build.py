@@ -117,13 +117,14 @@ def build_index(
     t0, dropped = time.perf_counter(), [0]
     bar = progress_bar(scan.kept(skip_empty), progress, "index build")
     try:
-        for batch, vecs in _encoded(encoder, export_dir, _checked(corpus, batch_size, skip_empty, dropped), ray):
-            leaves = _leaves(tree, known, batch, vecs)
-            index.add([d.id for d in batch], vecs, leaves)
-            if docs is not None:
-                docs.write(put=batch)
-            if bar is not None:
-                bar.update(len(batch))
+        with index.bulk_load():  # an ivf-sq8 index learns its cells once, from the whole corpus
+            for batch, vecs in _encoded(encoder, export_dir, _checked(corpus, batch_size, skip_empty, dropped), ray):
+                leaves = _leaves(tree, known, batch, vecs)
+                index.add([d.id for d in batch], vecs, leaves)
+                if docs is not None:
+                    docs.write(put=batch)
+                if bar is not None:
+                    bar.update(len(batch))
         if docs is not None:
             docs.close()
             docs = None

@@ -169,6 +169,18 @@ class Index:
                 self._exact = None
         return DeleteResult(done, missing)
 
+    @contextmanager
+    def bulk_load(self) -> Iterator[Index]:
+        """Adds inside learn nothing until the end (an ivf-sq8 index learns its cells once, from the whole
+        batch, instead of at every doubling); searches meanwhile are exact scans for such an index."""
+        self._ann.deferred = True
+        try:
+            yield self
+        finally:
+            self._ann.deferred = False
+        with self._lock.write():  # only after a load that finished
+            self._ann.settle(~self._deleted)
+
     def needs_compaction(self) -> bool:
         d, n = self.num_deleted, self.num_labels
         return d >= max(1, self.params.compact_min_deleted) and d > self.params.compact_ratio * n

@@ -64,6 +64,21 @@ def test_small_index_is_exact_until_trained():
     assert idx._ann.ready and idx._ann.ivf.ntotal == 1200
 
 
+def test_bulk_load_learns_once_from_everything():
+    vecs = clustered(7, 3000)
+    idx = Index(16, IndexParams(**IVF), capacity=16)
+    with idx.bulk_load():
+        for start in range(0, 3000, 500):
+            idx.add([f"d{i}" for i in range(start, start + 500)], vecs[start : start + 500])
+            assert not idx._ann.ready  # nothing learnt mid-load: searches scan exactly
+    assert idx._ann.trained_on == 3000 and idx._ann.ivf.ntotal == 3000
+    assert idx._ann.ivf.nlist == int(round(np.sqrt(3000)))
+    with pytest.raises(RuntimeError), idx.bulk_load():  # a load that fails learns nothing more
+        idx.add(["late"], vecs[:1])
+        raise RuntimeError("encoder died")
+    assert idx._ann.trained_on == 3000 and idx._ann.ivf.ntotal == 3001  # a trained index keeps encoding adds
+
+
 def test_delete_upsert_and_slot_reuse():
     idx, vecs, ids = make(2000)
     q = vecs[:20]
