@@ -28,7 +28,7 @@ from .index_types import IndexParams
 IVF_FILE, VECTORS_FILE = "ivf.faiss", "vectors.npy"
 MIN_TRAIN = 256  # never learn cells from fewer vectors (exact_threshold 0 in tests)
 POINTS_PER_CELL = 39  # faiss warns below this many training points a cell
-TRAIN_PER_CELL = 256  # training sample per cell (faiss' own cap on k-means points a centroid)
+TRAIN_PER_CELL = 64  # k-means sample per cell: faiss wants >= 39; 4,096 cells learn from 262k vectors
 ADD_CHUNK = 65536  # vectors encoded per faiss call while (re)training
 
 
@@ -72,10 +72,11 @@ class IvfSq8:
         return {"cells": int(self.ivf.nlist) if self.ivf is not None else 0, "trained_on": self.trained_on}
 
     def resize(self, capacity: int) -> None:
-        grown = np.zeros((capacity, self.dim), np.float32)
-        n = min(capacity, self.capacity)
-        grown[:n] = self.vectors[:n]
-        self.vectors = grown
+        """Grow the fp32 table in place where the allocator can (realloc: glibc moves large blocks with mremap,
+        so a 5M table does not need a second copy); new rows are zero. Runs under the index's write lock."""
+        if not self.vectors.flags.owndata:
+            self.vectors = self.vectors.copy()
+        self.vectors.resize((capacity, self.dim), refcheck=False)
 
     def add(self, vectors: np.ndarray, labels: np.ndarray, live: np.ndarray) -> None:
         """Store ``vectors`` under ``labels`` (new, reused or replaced); ``live``: the live mask after it."""
@@ -170,13 +171,23 @@ class IvfSq8:
     def load(cls, folder: Path, dim: int, params: IndexParams, n: int, live: np.ndarray, capacity: int) -> IvfSq8:
         vec_path, ivf_path = folder / VECTORS_FILE, folder / IVF_FILE
         try:
-            vectors = np.load(vec_path, allow_pickle=False, mmap_mode="r")
+            with open(vec_path, "rb") as fh:  # the header first: a wrong shape is refused before GBs are read
+                version = np.lib.format.read_magic(fh)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    raise ValueError(f"npy format version {version}")
+                shape, fortran, dtype = read_header(fh)
         except (ValueError, OSError, EOFError) as e:
             raise FormatError(f"{vec_path}: not a readable .npy array ({e})") from None
-        if vectors.dtype != np.float32 or vectors.shape != (n, dim):
-            raise FormatError(f"{vec_path}: expected float32 ({n:,}, {dim}), found {vectors.dtype} {vectors.shape}")
-        out = cls(dim, params, max(capacity, n))
-        out.vectors[:n] = vectors
+        if dtype != np.float32 or shape != (n, dim) or fortran:
+            raise FormatError(f"{vec_path}: expected float32 ({n:,}, {dim}), found {dtype} {shape}")
+        out = cls(dim, params, 16)
+        try:
+            out.vectors = np.load(vec_path, allow_pickle=False)  # read once, owned: no second copy (grows on add)
+        except (ValueError, OSError, EOFError) as e:
+            raise FormatError(f"{vec_path}: not a readable .npy array ({e})") from None
+        out.resize(max(16, capacity, n))
         if ivf_path.stat().st_size:
             faiss = faiss_module()
             try:

@@ -150,6 +150,11 @@ def test_folder_round_trip_with_log_and_damaged_file(tmp_path):
         s.save(force=True)
     with IndexStore.open(folder) as s:
         assert s.index.search(q, 10) == expected
+        index = s.index
+    cap = index.capacity
+    index.add([f"n{i}" for i in range(cap - 1499 + 50)], clustered(8, cap - 1499 + 50))  # grows the loaded table
+    assert index.capacity > cap
+    np.testing.assert_array_equal(index.get_vectors(["d0", "d1499"]), vecs[[0, 1499]])
     gen = json.loads((folder / "manifest.json").read_text())["extra"]["data_dir"]
     damaged = folder / gen / "ivf.faiss"
     damaged.write_bytes(b"\0" * damaged.stat().st_size)  # same size: only faiss' own read can tell
