@@ -130,7 +130,7 @@ class IvfSq8:
 
     def search(self, q: np.ndarray, k: int, ef: int, n_ok: int, threads: int,
                mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Scan ``ef`` cells' codes for ``refine × k`` candidates, re-score them on fp32; (nq, cand) each.
+        """Scan ``ef`` cells' codes for ``refine × k`` candidates, re-score them on fp32; the best (nq, k) each.
 
         Cells that hold fewer than ``k`` (allowed) documents between them are widened ×4 until every query
         has ``k`` (all cells hold ``n_ok >= k``), so a filter never returns fewer hits than it allows."""
@@ -150,9 +150,9 @@ class IvfSq8:
                 break
             nprobe = min(self.ivf.nlist, nprobe * 4)
         found = np.maximum(labels, 0)
-        scores = np.einsum("qcd,qd->qc", self.vectors[found], q)  # exact inner products, (nq, cand)
+        scores = np.matmul(self.vectors[found], q[:, :, None])[:, :, 0]  # exact inner products, (nq, cand)
         scores[labels < 0] = -np.inf
-        order = np.argsort(-scores, axis=1, kind="stable")
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # the best k: nothing else is returned
         return np.take_along_axis(labels, order, 1), np.take_along_axis(scores, order, 1)
 
     # ---- files ------------------------------------------------------------------------------------
