@@ -36,7 +36,7 @@ DATASETS = ("scifact", "arguana", "cisi")
 # ArguAna's queries are whole arguments: a 64-token query cut loses .06 nDCG@10 (DESIGN.md §8).
 QUERY_MAX_LENGTH = {"arguana": 256}
 HNSW_EF = (100, 200)
-IVF_NPROBE = (8, 32)  # the ivf-sq8 index kind's default nprobe, and a wider scan (cells: ~sqrt(documents))
+IVF_NPROBE = (8, 32)  # a narrow scan and the ivf-sq8 kind's default nprobe (defaults.NPROBE; cells: ~sqrt(documents))
 
 
 def ann_runs(exact: BeirRun, doc_ids: list[str], qids: list[str], efs: Sequence[int] = HNSW_EF,

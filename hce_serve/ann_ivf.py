@@ -72,11 +72,13 @@ class IvfSq8:
         return {"cells": int(self.ivf.nlist) if self.ivf is not None else 0, "trained_on": self.trained_on}
 
     def resize(self, capacity: int) -> None:
-        """Grow the fp32 table in place where the allocator can (realloc: glibc moves large blocks with mremap,
-        so a 5M table does not need a second copy); new rows are zero. Runs under the index's write lock."""
-        if not self.vectors.flags.owndata:
-            self.vectors = self.vectors.copy()
-        self.vectors.resize((capacity, self.dim), refcheck=False)
+        """A larger fp32 table. Rows past the data are never touched until written (``np.zeros`` is calloc'd:
+        the kernel hands out zero pages on first write), so headroom costs address space, not memory; growing
+        past it copies the table once (transiently twice its size)."""
+        grown = np.zeros((capacity, self.dim), np.float32)
+        n = min(capacity, self.capacity)
+        grown[:n] = self.vectors[:n]
+        self.vectors = grown
 
     def add(self, vectors: np.ndarray, labels: np.ndarray, live: np.ndarray) -> None:
         """Store ``vectors`` under ``labels`` (new, reused or replaced); ``live``: the live mask after it."""
@@ -170,24 +172,8 @@ class IvfSq8:
     @classmethod
     def load(cls, folder: Path, dim: int, params: IndexParams, n: int, live: np.ndarray, capacity: int) -> IvfSq8:
         vec_path, ivf_path = folder / VECTORS_FILE, folder / IVF_FILE
-        try:
-            with open(vec_path, "rb") as fh:  # the header first: a wrong shape is refused before GBs are read
-                version = np.lib.format.read_magic(fh)
-                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-                if read_header is None:
-                    raise ValueError(f"npy format version {version}")
-                shape, fortran, dtype = read_header(fh)
-        except (ValueError, OSError, EOFError) as e:
-            raise FormatError(f"{vec_path}: not a readable .npy array ({e})") from None
-        if dtype != np.float32 or shape != (n, dim) or fortran:
-            raise FormatError(f"{vec_path}: expected float32 ({n:,}, {dim}), found {dtype} {shape}")
         out = cls(dim, params, 16)
-        try:
-            out.vectors = np.load(vec_path, allow_pickle=False)  # read once, owned: no second copy (grows on add)
-        except (ValueError, OSError, EOFError) as e:
-            raise FormatError(f"{vec_path}: not a readable .npy array ({e})") from None
-        out.resize(max(16, capacity, n))
+        out.vectors = read_table(vec_path, n, dim, max(16, capacity, n + n // 4))  # a quarter's headroom: free
         if ivf_path.stat().st_size:
             faiss = faiss_module()
             try:
@@ -202,3 +188,27 @@ class IvfSq8:
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
             out.ivf, out.trained_on = ivf, int(ivf.ntotal)
         return out
+
+
+def read_table(path: Path, n: int, dim: int, rows: int) -> np.ndarray:
+    """``vectors.npy`` (n × dim) read once into the first n of ``rows`` zero rows (np.load would return a
+    buffer without headroom: the first add would copy the whole table); the header is checked before GBs are read."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"npy format version {version}")
+            shape, fortran, dtype = read_header(fh)
+            if dtype != np.float32 or shape != (n, dim) or fortran:
+                raise FormatError(f"{path}: expected float32 ({n:,}, {dim}), found {dtype} {shape}")
+            table = np.zeros((rows, dim), np.float32)
+            buf, got = memoryview(table[:n]).cast("B"), 0
+            while got < buf.nbytes and (step := fh.readinto(buf[got:])):
+                got += step
+    except (ValueError, OSError, EOFError) as e:
+        raise FormatError(f"{path}: not a readable .npy array ({e})") from None
+    if got != n * dim * 4:
+        raise FormatError(f"{path}: truncated ({got:,} of {n * dim * 4:,} data bytes)")
+    return table

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from hce_serve import defaults
 from hce_serve.errors import ConfigError, FormatError
 from hce_serve.index import Index, IndexParams
 from hce_serve.search import recall_at_k, topk_inner_product
@@ -181,7 +182,7 @@ def test_cli_builds_searches_and_changes_an_ivf_folder(tiny_export, tiny_beir, t
     run("index", "build", "--model", tiny_export, "--corpus", corpus, "--index", idx, "--index-type", "ivf-sq8",
         "--nlist", "8", "--exact-threshold", "0")
     stats = json.loads(run("index", "stats", "--index", idx))
-    assert (stats["kind"], stats["nlist"], stats["ef_search"], stats["live"]) == ("ivf-sq8", 8, 8, 320)
+    assert (stats["kind"], stats["nlist"], stats["ef_search"], stats["live"]) == ("ivf-sq8", 8, defaults.NPROBE, 320)
     assert (stats["cells"], stats["trained_on"]) == (8, 320)
     query = rows[7]["title"] + " " + rows[7]["text"]
     narrow = json.loads(run("search", "--index", idx, query, "--k", "5", "--json", "--ef", "1"))["hits"]
