@@ -53,6 +53,26 @@ def test_recall_vs_exact_and_scores_are_exact_inner_products():
     assert first[0][1] == pytest.approx(float(vecs[int(first[0][0][1:])] @ q[0]), abs=1e-5)  # re-ranked on fp32
 
 
+def test_many_cells_are_found_through_a_graph_and_survive_a_save(tmp_path):
+    import faiss
+
+    from hce_serve.ann_ivf import HNSW_CELLS
+
+    n = HNSW_CELLS * 40  # enough points for HNSW_CELLS cells
+    vecs = clustered(9, n, centres=400)
+    idx = Index(16, IndexParams(**{**IVF, "nlist": HNSW_CELLS}), capacity=n)
+    with idx.bulk_load():
+        idx.add([f"d{i}" for i in range(n)], vecs)
+    assert isinstance(faiss.downcast_index(idx._ann.ivf.quantizer), faiss.IndexHNSWFlat)
+    q = clustered(10, 100, centres=400)
+    _, exact = topk_inner_product(vecs, q, 10)
+    assert recall_at_k(rows(idx.search(q, 10, ef=32)), exact) >= 0.95
+    folder = tmp_path / "many"
+    IndexStore.create(folder, idx, None)
+    with IndexStore.open(folder) as s:
+        assert s.index.stats()["cells"] == HNSW_CELLS and s.index.search(q, 10, ef=32) == idx.search(q, 10, ef=32)
+
+
 def test_small_index_is_exact_until_trained():
     idx = Index(16, IndexParams(kind="ivf-sq8", exact_threshold=1000), capacity=16)
     vecs = clustered(2, 800)
