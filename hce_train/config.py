@@ -201,7 +201,9 @@ class DistillConfig:
     pool_k: int = 32  # teacher's top documents per query in the listwise pool
     pseudo_per_doc: int = 8  # crops per document and epoch: 8 took CISI's loss from 8.5 to 0.5 points (522 steps)
     max_pseudo: int = 20_000  # pseudo-queries per epoch at most (sampled)
-    train_query_repeats: int = 1  # each train-split query this many times per epoch (its weight against the crops)
+    train_query_repeats: int = 8  # each train-split query this many times per epoch (its weight against the crops):
+    # SciFact, L 2 / 3, loss at 1 -> 8: HCE teacher 1.39 / 1.38 -> 0.61 / 0.28, base teacher -0.02 / -0.37 -> -0.02 / 0.17
+    # (noise), ~20 % more steps (RESULTS §5); no effect without a train split
     pseudo_words: tuple[int, int] = (8, 24)  # words per pseudo-query crop (min, max): query-sized for short queries
     heldout: float = 0.05  # share of queries kept out of training to measure fidelity
     length_grouped: bool = True  # batches of similar-length queries (shuffled megabatches sorted): less padding

@@ -138,7 +138,7 @@ def test_train_query_repeats_weights_the_train_split_against_the_crops(tiny_beir
     from hce_train.distill import training_queries
 
     texts = load_corpus(tiny_beir).texts
-    once = training_queries(tiny_beir, texts, DistillConfig(max_pseudo=1), 0)
+    once = training_queries(tiny_beir, texts, DistillConfig(max_pseudo=1, train_query_repeats=1), 0)
     thrice = training_queries(tiny_beir, texts, DistillConfig(max_pseudo=1, train_query_repeats=3), 0)
     train = once[:-1]  # the train split's queries, then one crop
     assert train and thrice == train * 3 + once[-1:]  # the same crop: repeats do not move the crop sampling

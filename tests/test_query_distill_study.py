@@ -98,7 +98,7 @@ def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_bei
     # The loss settings are recorded resolved; another one is another run, and a file from before they were
     # options was run with the defaults of then.
     old = json.loads((tmp_path / "qd.json").read_text())
-    assert (old["tau"], old["cos_weight"], old["kl_weight"], old["train_query_repeats"]) == (0.05, 1.0, 1.0, 1)
+    assert (old["tau"], old["cos_weight"], old["kl_weight"], old["train_query_repeats"]) == (0.05, 1.0, 1.0, 8)
     with pytest.raises(SystemExit, match="other tau"):
         run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped", "--tau", "0.02")
     with pytest.raises(SystemExit, match="other train_query_repeats"):
@@ -107,7 +107,10 @@ def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_bei
     for knob in ("tau", "cos_weight", "kl_weight", "train_query_repeats"):
         del old[knob]
     (tmp_path / "qd.json").write_text(json.dumps(old))
-    assert run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped") == 0
+    with pytest.raises(SystemExit, match="other train_query_repeats"):  # such a file ran each train query once
+        run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped")
+    assert run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped",
+               "--train-query-repeats", "1") == 0
 
 
 def test_init_layers_reaches_the_student_and_the_report(tiny_bert, tiny_beir, tmp_path, capsys):
