@@ -2,8 +2,8 @@
 
 Why: at 5M × 384 an hnswlib graph needs ef 400 for recall@10 ≥ .99 and then takes 2.6 ms a query
 (benchmarks/RESULTS.md §6); IVF cells scanned as SQ8 codes and the best ``refine × k`` re-scored exactly on
-the fp32 vectors reached .9985 at 1.2–1.3 ms (1,024 cells) and .9885 at 0.93 ms (4,096) on the same box,
-building 4× faster. Costs: 1 byte a dimension of codes beside the fp32 table (~1.9 kB a 384-d vector,
+the fp32 vectors reached .9985 at 1.2–1.3 ms (1,024 cells) and, with 4,096 cells found through an HNSW
+graph, .992 at 0.79–0.91 ms on the same box, building in 5.5 minutes instead of 46. Costs: 1 byte a dimension of codes beside the fp32 table (~1.9 kB a 384-d vector,
 hnswlib M 32 ~1.8 kB), and a k-means training of the cells.
 
 - The fp32 table is label-aligned (row = label) and is also what ``get``, exact search and compaction read.
