@@ -5,10 +5,10 @@
   that searched 5M × 384 under 1 ms at recall@10 ≥ .99 on one box (benchmarks/RESULTS.md §6).
 
 Each kind implements the same small protocol for ``Index`` (which owns ids, deletions, leaves, locks and
-exact search): ``capacity``, ``ready``, ``resize``, ``add(vectors, labels, live)``, ``delete(labels)``,
+exact search): ``capacity``, ``ready``, ``resize``, ``add(vectors, labels)``, ``delete(labels)``,
 ``get(labels)``, ``search(q, k, ef, n_ok, threads, mask)`` (labels, inner products best first; RuntimeError
-when it cannot answer), ``compacted(live)``, ``stats()``, ``deferred`` + ``settle(live)`` (learn after a bulk
-load), ``save(folder, n)``, ``load(...)`` and its data ``FILES``.
+when it cannot answer), ``compacted(live)``, ``stats()``, ``deferred`` + ``settle(n_live, deleted)``
+(learn from the live vectors when due, after the id tables are updated), ``save(folder, n)``, ``load(...)`` and its data ``FILES``.
 """
 
 from __future__ import annotations

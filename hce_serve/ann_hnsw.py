@@ -58,15 +58,14 @@ class HnswGraph:
 
     deferred = False  # Index.bulk_load sets it; a graph has nothing to learn
 
-    def settle(self, live: np.ndarray) -> bool:
+    def settle(self, n_live: int, deleted: np.ndarray) -> bool:
         return False
 
     def resize(self, capacity: int) -> None:
         self.hnsw.resize_index(capacity)
 
-    def add(self, vectors: np.ndarray, labels: np.ndarray, live: np.ndarray) -> None:
-        """Add (or replace, or reuse a deleted label for) ``vectors`` under ``labels``. ``live``: the
-        index's live mask *after* this batch (unused here: hnswlib keeps its own marks)."""
+    def add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+        """Add (or replace, or reuse a deleted label for) ``vectors`` under ``labels``."""
         self.hnsw.add_items(vectors, labels, num_threads=-1)
 
     def delete(self, labels: list[int]) -> None:

@@ -100,23 +100,20 @@ class IvfSq8:
         grown[:n] = self.vectors[:n]
         self.vectors = grown
 
-    def add(self, vectors: np.ndarray, labels: np.ndarray, live: np.ndarray) -> None:
-        """Store ``vectors`` under ``labels`` (new, reused or replaced); ``live``: the live mask after it."""
+    def add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+        """Store ``vectors`` under ``labels`` (new, reused or replaced) and encode them into the cells, if any."""
         self.vectors[labels] = vectors
-        if self.deferred and self.ivf is None:
-            return  # a bulk load: the cells are learnt once, from everything, in settle()
-        if not self.settle(live) and self.ivf is not None:
+        if self.ivf is not None:
             self.ivf.remove_ids(labels.astype(np.int64))  # replaced labels: their old codes go first
             self.ivf.add_with_ids(vectors, labels.astype(np.int64))
 
-    def settle(self, live: np.ndarray) -> bool:
-        """(Re)learn the cells if the live count passed the exact threshold or doubled since the last
-        training; returns whether it did (every live vector is then encoded)."""
-        n_live = int(np.count_nonzero(live))
-        if n_live > max(self.params.exact_threshold, MIN_TRAIN - 1) and n_live >= 2 * max(self.trained_on, 1):
-            self.train(np.flatnonzero(live))
-            return True
-        return False
+    def settle(self, n_live: int, deleted: np.ndarray) -> bool:
+        """(Re)learn the cells if the ``n_live`` live vectors passed the exact threshold or doubled since the
+        last training (never inside a bulk load); returns whether it did (every live vector is then encoded)."""
+        if self.deferred or n_live <= max(self.params.exact_threshold, MIN_TRAIN - 1) or n_live < 2 * max(self.trained_on, 1):
+            return False
+        self.train(np.flatnonzero(~deleted))
+        return True
 
     def delete(self, labels: list[int]) -> None:
         if self.ivf is not None and labels:
@@ -210,9 +207,9 @@ class IvfSq8:
                 raise FormatError(f"{ivf_path}: faiss cannot read it ({str(e).splitlines()[0]})") from None
             if not isinstance(ivf, faiss.IndexIVFScalarQuantizer) or ivf.d != dim:
                 raise FormatError(f"{ivf_path}: not a {dim}-d faiss IVF-SQ8 index")
-            if ivf.ntotal != int(np.count_nonzero(live)):
-                raise FormatError(f"{ivf_path}: holds {ivf.ntotal:,} codes but the id table has "
-                                  f"{int(np.count_nonzero(live)):,} live rows")
+            n_live = int(np.count_nonzero(live))
+            if ivf.ntotal != n_live:
+                raise FormatError(f"{ivf_path}: holds {ivf.ntotal:,} codes but the id table has {n_live:,} live rows")
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
             out.ivf, out.trained_on, out._nlist = ivf, int(ivf.ntotal), int(ivf.nlist)
         return out

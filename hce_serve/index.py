@@ -130,13 +130,10 @@ class Index:
                 log.debug("growing index capacity %d -> %d", self.capacity, new_cap)
                 self._ann.resize(new_cap)
             # The structure is only called once the batch is known to fit; tables are updated after it returns.
-            deleted = np.concatenate([self._deleted, np.zeros(fresh, bool)])
-            live = ~deleted
-            live[labels] = True
-            self._ann.add(vecs, labels, live)
+            self._ann.add(vecs, labels)
             self._free = free
             self._ids.extend([""] * fresh)
-            self._deleted = deleted
+            self._deleted = np.concatenate([self._deleted, np.zeros(fresh, bool)])
             self._leaves = np.concatenate([self._leaves, np.full(fresh, NO_LEAF, np.int32)])
             for doc_id, lab, leaf in zip(ids, labels.tolist(), leaf_arr.tolist(), strict=True):
                 self._ids[lab] = doc_id
@@ -144,6 +141,7 @@ class Index:
                 self._deleted[lab] = False
                 self._leaves[lab] = leaf
             self._exact = None
+            self._ann.settle(len(self._label), self._deleted)  # an IVF relearns its cells when the corpus doubled
         return AddResult(len(ids) - replaced, replaced)
 
     def delete(self, ids: Sequence[str]) -> DeleteResult:
@@ -179,7 +177,7 @@ class Index:
         finally:
             self._ann.deferred = False
         with self._lock.write():  # only after a load that finished
-            self._ann.settle(~self._deleted)
+            self._ann.settle(len(self._label), self._deleted)
 
     def needs_compaction(self) -> bool:
         d, n = self.num_deleted, self.num_labels
