@@ -202,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     one.add_argument("--no-tree", action="store_true", help="skip the corpus tree (documents without leaves)")
     one.add_argument("--ivf-train", type=int, default=200_000, help="rows the IVF cells are trained on")
     one.add_argument("--nprobes", default="1,2,4,8,16", help="nprobe values of the IVF sweep")
+    one.add_argument("--search-threads", default="1", help="comma-separated threads a query is searched with, "
+                     "timed interleaved (an ivf-sq8 index splits a lone query's cells between them)")
     one.add_argument("--tmp", default=None, help="folder for the saved index (default: the system's temp)")
     ap.set_defaults(result_name="index-scale")
     args = common.parse(ap, argv)
@@ -227,6 +229,7 @@ def one_box_main(args: argparse.Namespace) -> int:
 
     args.efs = [int(e) for e in args.efs.split(",")]
     args.nprobes = [int(p) for p in args.nprobes.split(",")]
+    args.search_threads = tuple(int(t) for t in args.search_threads.split(","))
     args.ivf_codes = [c.strip() for c in args.ivf_codes.split(";") if c.strip()]
     if args.ivf_only and not args.ivf_nlist:
         raise SystemExit("index_scale: --ivf-only needs --ivf-nlist")
@@ -238,7 +241,7 @@ def one_box_main(args: argparse.Namespace) -> int:
     out = common.result_path(f"index-scale-one-box{'-quick' if args.quick else ''}") if args.out.name in defaults else args.out
     payload = {"benchmark": "index_scale", "mode": "one-box", "data": f"synthetic: {args.clusters}-centre Gaussian "
                f"mixture, unit vectors, seed {args.seed}", "params": {"M": args.M, "ef_construction": args.ef_construction,
-               "k": K, "build_threads": "all", "search_threads": 1, "tree": {"branching": args.branching,
+               "k": K, "build_threads": "all", "search_threads": list(args.search_threads), "tree": {"branching": args.branching,
                "leaf_size": args.leaf_size}, "ivf_nlist": args.ivf_nlist,
                "ivf_codes": args.ivf_codes, "refine_k_factor": args.refine_k_factor, "ivf_only": args.ivf_only,
                "index_type": args.index_type, "no_tree": args.no_tree},

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -110,16 +111,23 @@ def build_tree_phase(mix: Mixture, n: int, ids: list[str], args: argparse.Namesp
     return leaves
 
 
-def sweep(index: Index, q: np.ndarray, truth: np.ndarray, efs: list[int], n_lat: int) -> list[dict[str, Any]]:
-    from benchmarks.index_scale import latency
-
+def sweep(index: Index, q: np.ndarray, truth: np.ndarray, efs: list[int], n_lat: int,
+          threads: tuple[int, ...] = (1,)) -> list[dict[str, Any]]:
+    """Recall@10 and single-query latency per ef, at each of ``threads`` (interleaved: ``common.timed``), with
+    the CPU time anything else took meanwhile (``common.others_cpu``)."""
     rows = []
     for ef in efs:
         hits = index.search(q[: truth.shape[0]], K, ef=ef, exact=False)
         labels = np.array([[int(d[1:]) for d, _ in h] + [-1] * (K - len(h)) for h in hits])  # ids are "d<row>"
-        lat = latency(lambda i, ef=ef: index.search(q[i % len(q)][None], K, ef=ef, exact=False), n_lat)
-        rows.append({"ef": ef, "recall@10": round(recall_at_k(labels, truth), 4), **lat})
-        log.info("ef %d: %s", ef, rows[-1])
+        fns = {str(t): (lambda i, ef=ef, t=t: index.search(q[i % len(q)][None], K, ef=ef, num_threads=t, exact=False))
+               for t in threads}
+        cpu0, own0 = common.machine_cpu_s(), sum(os.times()[:2])
+        timings = common.timed(fns, n_lat, warmup=min(50, n_lat))
+        others = common.others_cpu(cpu0, own0)
+        for t in threads:
+            rows.append({"ef": ef, "threads": t, "recall@10": round(recall_at_k(labels, truth), 4),
+                         **timings[str(t)].stats(), **others})
+            log.info("ef %d: %s", ef, rows[-1])
     return rows
 
 
@@ -152,10 +160,12 @@ def index_study(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: ar
         rss0, t0 = common.reset_peak(), time.perf_counter()
         index = read_index(tmp, 384, params, counts)
         phase("load", t0, rss0, ph)
-    res["sweep"] = sweep(index, q, truth, args.nprobes if ivf else args.efs, args.latency_queries)
+    res["sweep"] = sweep(index, q, truth, args.nprobes if ivf else args.efs, args.latency_queries, args.search_threads)
     ok = [r["ef"] for r in res["sweep"] if r["recall@10"] >= TARGETS["recall_at_10"]]
     res["chosen_ef"] = ok[0] if ok else None
-    chosen = next((r for r in res["sweep"] if r["ef"] == res["chosen_ef"]), None)
+    chosen = next((r for r in res["sweep"] if r["ef"] == res["chosen_ef"]), None)  # at the first --search-threads
+    res["chosen_p50_ms_by_threads"] = {str(t): [r["p50_ms"] for r in res["sweep"] if r["ef"] == res["chosen_ef"] and
+                                                r["threads"] == t] for t in args.search_threads}
     res["targets"] = {**TARGETS, "met": {
         "build_minutes": res["build_minutes_tree_plus_index"] <= TARGETS["build_minutes"],
         "peak_rss_gib": max(p["peak_rss_mib"] for p in ph.values()) / 1024 <= TARGETS["peak_rss_gib"],

@@ -20,6 +20,7 @@ hnswlib M 32 ~1.8 kB), and a k-means training of the cells.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,9 @@ class IvfSq8:
             keep += [bits, faiss.IDSelectorBitmap(mask.size, faiss.swig_ptr(bits))]
             params.sel = keep[-1]
         set_threads(faiss, threads)
+        # Fewer queries than threads (one HTTP query with --threads 2): split the cells a query scans between the
+        # threads (faiss parallel_mode 1), else the queries; same hits. 0.93 -> 0.47 ms at 2 threads (RESULTS §6).
+        self.ivf.parallel_mode = 1 if q.shape[0] < (threads if threads > 0 else os.cpu_count() or 1) else 0
         nprobe = max(1, min(ef, self._nlist))
         while True:
             params.nprobe = nprobe

@@ -147,8 +147,9 @@ def _url(host: str, port: int) -> str:
 @QUERY_ENCODER
 @QUERY_CACHE
 @click.option("--threads", type=click.IntRange(1, 1024), default=defaults.HTTP_THREADS, show_default=True,
-              help="onnxruntime intra-op threads per request. Requests run in parallel, one core each, so 1 "
-                   "avoids oversubscribing the cores under load; more lowers one query's latency at low load.")
+              help="Threads per request: onnxruntime's intra-op threads, and an ivf-sq8 index's cell scan. Requests "
+                   "run in parallel, one core each, so 1 avoids oversubscribing the cores under load; more lowers one "
+                   "query's latency at low load.")
 def http(index_dir, host, port, token, read_only, save_every, max_k, max_batch, max_body_mb, variant, query_encoder,
          query_cache, threads) -> None:
     """Serve IDX_DIR (or a Milvus collection: --milvus) over HTTP (FastAPI + uvicorn). OpenAPI docs at /docs."""

@@ -165,7 +165,10 @@ class Engine:
         query (HNSW beam, or IVF cells scanned). ``subtree``: only documents under that node of the corpus tree. ``fields``: stored fields to
         return (default: title, text, metadata).
         """
-        return self.search_batch([query], k, filter, ef, subtree, fields, max_k)[0]
+        # the request's threads (``threads``, default 1) serve its index search too: an ivf-sq8 index splits the
+        # query's cells between them
+        threads = self._encoder_args["threads"] or 1
+        return self.search_batch([query], k, filter, ef, subtree, fields, max_k, num_threads=threads)[0]
 
     def search_batch(self, queries: Sequence[str], k: int = defaults.K, filter: Mapping[str, Any] | None = None,
                      ef: int | None = None, subtree: int | None = None, fields: Iterable[str] | None = None,

@@ -70,9 +70,12 @@ def test_one_box_hce_ivf_index_without_tree(tmp_path):
     out = tmp_path / "hce-ivf.json"
     assert m.main(["--quick", "--one-box", "3000", "--queries", "30", "--recall-queries", "20", "--latency-queries",
                    "10", "--clusters", "20", "--index-type", "ivf-sq8", "--no-tree", "--ivf-nlist", "16",
-                   "--ivf-codes", "", "--nprobes", "1,16", "--tmp", str(tmp_path), "--out", str(out)]) == 0
+                   "--ivf-codes", "", "--nprobes", "1,16", "--search-threads", "1,2", "--tmp", str(tmp_path),
+                   "--out", str(out)]) == 0
     res = read(out, "benchmarks/index_scale.py")["result"]
     assert res["index_type"] == "ivf-sq8" and res["index_params"]["nlist"] == 16 and "ivf" not in res
     assert "tree_build" not in res["phases"] and {"ivf.faiss", "vectors.npy"} <= set(res["phases"]["save"]["bytes"])
-    assert [r["ef"] for r in res["sweep"]] == [1, 16] and res["sweep"][-1]["recall@10"] >= 0.99
+    assert [(r["ef"], r["threads"]) for r in res["sweep"]] == [(1, 1), (1, 2), (16, 1), (16, 2)]
+    assert res["sweep"][-1]["recall@10"] >= 0.99 and res["sweep"][-1]["others_cpu_s"] >= 0 and res["sweep"][-1]["steal_s"] >= 0
     assert res["chosen_ef"] in (1, 16) and res["build_minutes_tree_plus_index"] >= 0
+    assert set(res["chosen_p50_ms_by_threads"]) == {"1", "2"} and all(res["chosen_p50_ms_by_threads"]["2"])

@@ -53,6 +53,18 @@ def test_recall_vs_exact_and_scores_are_exact_inner_products():
     assert first[0][1] == pytest.approx(float(vecs[int(first[0][0][1:])] @ q[0]), abs=1e-5)  # re-ranked on fp32
 
 
+def test_threads_split_a_lone_query_over_its_cells_with_the_same_hits():
+    idx, _, _ = make()
+    q = clustered(1, 6)
+    one = [idx.search(q[i : i + 1], 10, ef=8, num_threads=1)[0] for i in range(6)]
+    assert idx._ann.ivf.parallel_mode == 0  # one thread: nothing to split
+    two = [idx.search(q[i : i + 1], 10, ef=8, num_threads=2)[0] for i in range(6)]
+    assert idx._ann.ivf.parallel_mode == 1  # a lone query on 2 threads: its cells are split between them
+    assert two == one
+    assert idx.search(q, 10, ef=8, num_threads=2) == one  # 6 queries on 2 threads: split by query, same hits
+    assert idx._ann.ivf.parallel_mode == 0
+
+
 def test_many_cells_are_found_through_a_graph_and_survive_a_save(tmp_path):
     import faiss
 
@@ -211,6 +223,12 @@ def test_cli_builds_searches_and_changes_an_ivf_folder(tiny_export, tiny_beir, t
     with IndexStore.open(idx) as s:  # --ef 8 scans every cell: the exact answer
         exact = s.index.search(s.index.get_vectors([rows[7]["_id"]]), 5, exact=True)[0]
     assert [h["id"] for h in wide] == [i for i, _ in exact]
+    from hce_serve.engine import Engine
+
+    for threads, mode in ((2, 1), (None, 0)):  # a request's threads (serve --threads) scan its cells too
+        with Engine.open(idx, threads=threads) as eng:
+            assert [h.id for h in eng.search(query, k=5, ef=8)] == [h["id"] for h in wide]
+            assert eng.store.index._ann.ivf.parallel_mode == mode
     assert json.loads(run("index", "delete", "--index", idx, "--id", rows[7]["_id"]))["live"] == 319
     again = json.loads(run("search", "--index", idx, query, "--k", "5", "--json", "--ef", "8"))["hits"]
     assert rows[7]["_id"] not in {h["id"] for h in again}
