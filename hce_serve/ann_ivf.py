@@ -164,7 +164,7 @@ class IvfSq8:
             params.sel = keep[-1]
         set_threads(faiss, threads)
         # Fewer queries than threads (one HTTP query with --threads 2): split the cells a query scans between the
-        # threads (faiss parallel_mode 1), else the queries; same hits. 0.93 -> 0.47 ms at 2 threads (RESULTS §6).
+        # threads (faiss parallel_mode 1), else the queries; same hits. 5M, nprobe 5: 1.21 -> 0.91 ms (RESULTS §6).
         self.ivf.parallel_mode = 1 if q.shape[0] < (threads if threads > 0 else os.cpu_count() or 1) else 0
         nprobe = max(1, min(ef, self._nlist))
         while True:
