@@ -101,6 +101,7 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
             "p": round(test["p"], 4), "ci95_points": [round(100 * test["ci_low"], 2), round(100 * test["ci_high"], 2)],
             "distill_seconds": summary["seconds"], "steps": summary["steps"], "heldout": summary["heldout"],
             "init_from": summary["init_from"],  # the teacher layers the student started from
+            "crops_per_doc": summary["crops_per_doc"],  # resolved (--pseudo-per-doc 0: automatic)
             "test_query_cosine": query_cosine(q_full, q_shallow),  # fidelity on the real queries (never trained on)
         }
     out["measured"] = measured(common.stamp())
@@ -142,6 +143,8 @@ def previous(args: Any, settings: dict[str, Any]) -> dict[str, list[dict[str, An
     if not args.resume or not args.out.is_file():
         return {}
     old = {**SETTINGS_BEFORE_OPTION, **json.loads(args.out.read_text(encoding="utf-8"))}
+    if old.get("pseudo_per_doc") is None:  # a file from before the automatic default recorded null for 8
+        old["pseudo_per_doc"] = 8
     changed = [k for k, v in settings.items() if old.get(k) != v]
     if changed:
         raise SystemExit(f"query_distill: --resume: {args.out} was run with other {', '.join(changed)}; "
@@ -200,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="[3; 1 with --quick]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=None, help="distillation peak learning rate [DistillConfig's]")
-    ap.add_argument("--pseudo-per-doc", type=int, default=None, help="pseudo-queries per document and epoch [DistillConfig's]")
+    ap.add_argument("--pseudo-per-doc", type=int, default=None,
+                    help="pseudo-queries per document and epoch [DistillConfig's: 0, enough to fill max_pseudo, 8 to 16]")
     ap.add_argument("--train-query-repeats", type=int, default=None,
                     help="each train-split query this many times per epoch [DistillConfig's]")
     ap.add_argument("--pseudo-words", default=None, metavar="MIN,MAX",
@@ -236,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.length_grouped = DistillConfig.length_grouped
     if args.train_query_repeats is None:  # recorded resolved
         args.train_query_repeats = DistillConfig.train_query_repeats
+    if args.pseudo_per_doc is None:  # recorded resolved (0: automatic)
+        args.pseudo_per_doc = DistillConfig.pseudo_per_doc
     for knob in LOSS_KNOBS:  # recorded resolved
         setattr(args, knob, getattr(DistillConfig, knob) if getattr(args, knob) is None else getattr(args, knob))
     try:

@@ -128,8 +128,8 @@ def fit(config_file: Path | None, overwrite: bool, resume: bool, no_progress: bo
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help=f"[{_DISTILL.batch_size}]")
 @click.option("--lr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help=f"Peak learning rate [{_DISTILL.lr}].")
-@click.option("--pseudo-per-doc", type=click.IntRange(min=1), default=None,
-              help=f"Pseudo-queries cropped from each document per epoch [{_DISTILL.pseudo_per_doc}].")
+@click.option("--pseudo-per-doc", type=click.IntRange(min=0), default=None,
+              help="Pseudo-queries cropped from each document per epoch [0: enough to fill --max-pseudo, 8 to 16].")
 @click.option("--max-pseudo", type=click.IntRange(min=1), default=None,
               help=f"Pseudo-queries per epoch, at most [{_DISTILL.max_pseudo}].")
 @click.option("--train-query-repeats", type=click.IntRange(min=1), default=None,

@@ -92,7 +92,7 @@ def shallow_copy(teacher: HCEEncoder, layers: int, init: str) -> tuple[HCEEncode
 
 
 def training_queries(data_dir: Path, corpus_texts: list[str], cfg: DistillConfig, epoch: int) -> list[str]:
-    """The train split's queries (if any; each ``train_query_repeats`` times) and ``pseudo_per_doc`` cropped
+    """The train split's queries (if any; each ``train_query_repeats`` times) and ``cfg.crops_per_doc`` cropped
     pseudo-queries per document for ``epoch`` (at most ``max_pseudo``, the documents sampled), each
     ``pseudo_words`` words long."""
     texts: list[str] = []
@@ -104,7 +104,8 @@ def training_queries(data_dir: Path, corpus_texts: list[str], cfg: DistillConfig
     from .data import Corpus
 
     rng = np.random.default_rng([cfg.seed, epoch, 7])
-    rows = np.concatenate([rng.permutation(len(corpus_texts)) for _ in range(cfg.pseudo_per_doc)])[: cfg.max_pseudo]
+    per_doc = cfg.crops_per_doc(len(corpus_texts))
+    rows = np.concatenate([rng.permutation(len(corpus_texts)) for _ in range(per_doc)])[: cfg.max_pseudo]
     sub = Corpus([str(r) for r in rows], [corpus_texts[r] for r in rows])
     texts += pseudo_query_examples(sub, rng, *cfg.pseudo_words, drop=0.1).queries  # query-sized crops, words dropped
     return texts
@@ -188,7 +189,7 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
     summary = {"layers": cfg.layers, "teacher_layers": int(teacher.model.config.num_hidden_layers),
                "init_from": kept, "steps": step,
                "seconds": round(time.perf_counter() - t_start, 1), "final": stats, "heldout": fidelity,
-               "data": str(data_dir.resolve()), "config": asdict(cfg)}
+               "data": str(data_dir.resolve()), "config": asdict(cfg), "crops_per_doc": cfg.crops_per_doc(len(corpus.texts))}
     _write(student, teacher, card, mdir, qdir, summary, overwrite)
     return {**summary, "out": str(qdir)}
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from hce_serve.card import ModelCard  # noqa: E402
 from hce_serve.encoder import Encoder  # noqa: E402
-from hce_serve.errors import FormatError  # noqa: E402
+from hce_serve.errors import ConfigError, FormatError  # noqa: E402
 from hce_train.cli import main as train_cli  # noqa: E402
 
 
@@ -127,6 +127,13 @@ def test_pseudo_per_doc_crops_each_document_that_many_times_up_to_max_pseudo(tin
     for per_doc, cap, want in ((1, 10**6, len(texts)), (3, 10**6, 3 * len(texts)), (3, 100, 100)):
         got = training_queries(tiny_beir, texts, DistillConfig(pseudo_per_doc=per_doc, max_pseudo=cap), 0)
         assert len(got) == train + want
+    auto = training_queries(tiny_beir, texts, DistillConfig(), 0)  # 0: fill max_pseudo, 8 to 16 a document
+    assert len(auto) == train + 16 * len(texts)
+    assert len(training_queries(tiny_beir, texts, DistillConfig(max_pseudo=len(texts) * 10), 0)) == train + 10 * len(texts)
+    assert [DistillConfig().crops_per_doc(n) for n in (64, 1460, 5183, 10**6)] == [16, 14, 8, 8]
+    assert DistillConfig(pseudo_per_doc=3).crops_per_doc(64) == 3
+    with pytest.raises(ConfigError, match="pseudo_per_doc"):
+        DistillConfig(pseudo_per_doc=-1)
     crops = training_queries(tiny_beir, texts, DistillConfig(pseudo_per_doc=4), 0)[train:]
     assert len(set(crops)) > len(texts)  # the extra crops are other spans, not copies
     assert crops != training_queries(tiny_beir, texts, DistillConfig(pseudo_per_doc=4), 1)[train:]  # new per epoch
@@ -152,7 +159,7 @@ def test_pseudo_words_sets_the_crop_length(tiny_beir):
     long_docs = [" ".join(f"w{i}_{j}" for j in range(300)) for i in range(50)]
     lengths = {n: [len(q.split()) for q in training_queries(tiny_beir.parent, long_docs, DistillConfig(pseudo_words=n), 0)]
                for n in ((8, 24), (120, 190))}
-    assert len(lengths[(8, 24)]) == len(lengths[(120, 190)]) == 8 * len(long_docs)  # no train split here
+    assert len(lengths[(8, 24)]) == len(lengths[(120, 190)]) == 16 * len(long_docs)  # no train split; 16 a document
     assert max(lengths[(8, 24)]) <= 24 and max(lengths[(120, 190)]) <= 190
     assert min(lengths[(120, 190)]) > 90 > max(lengths[(8, 24)])  # each word of a crop is dropped with p .1
     with pytest.raises(ConfigError, match="pseudo_words"):

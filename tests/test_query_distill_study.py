@@ -30,6 +30,7 @@ def test_query_distill_quick(tiny_bert, tiny_beir, tmp_path, capsys):
     assert row["teacher"] == "base" and student["steps"] > 0 and 0 < student["p"] <= 1
     assert "teacher_training" not in row  # the base model was not trained here
     assert row["pseudo_words"] == [8, 24]  # DistillConfig's crops
+    assert student["crops_per_doc"] == 16  # automatic: the tiny corpus is far from filling max_pseudo
     assert student["loss_points"] == pytest.approx(100 * (row["full"]["ndcg@10"] - student["ndcg@10"]), abs=0.006)
     assert student["ci95_points"][0] <= student["ci95_points"][1]
     cos = student["test_query_cosine"]  # teacher vs student on the test queries themselves
@@ -111,6 +112,15 @@ def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_bei
         run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped")
     assert run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped",
                "--train-query-repeats", "1") == 0
+    # Crops per document are recorded resolved (0: automatic); a file that recorded null ran 8, the default then.
+    old = json.loads((tmp_path / "qd.json").read_text())
+    assert old["pseudo_per_doc"] == 0
+    old["pseudo_per_doc"] = None
+    (tmp_path / "qd.json").write_text(json.dumps(old))
+    again = ["--resume", "--init-layers", "bottom", "--no-length-grouped", "--train-query-repeats", "1"]
+    with pytest.raises(SystemExit, match="other pseudo_per_doc"):
+        run(tiny_bert, tiny_beir, tmp_path, *again)
+    assert run(tiny_bert, tiny_beir, tmp_path, *again, "--pseudo-per-doc", "8") == 0
 
 
 def test_init_layers_reaches_the_student_and_the_report(tiny_bert, tiny_beir, tmp_path, capsys):
