@@ -165,6 +165,7 @@ class IvfSq8:
         set_threads(faiss, threads)
         # Fewer queries than threads (one HTTP query with --threads 2): split the cells a query scans between the
         # threads (faiss parallel_mode 1), else the queries; same hits. 5M, nprobe 5: 1.21 -> 0.91 ms (RESULTS §6).
+        # The mode lives on the shared faiss index: a concurrent search may run in the other one (speed only).
         self.ivf.parallel_mode = 1 if q.shape[0] < (threads if threads > 0 else os.cpu_count() or 1) else 0
         nprobe = max(1, min(ef, self._nlist))
         while True:
