@@ -260,24 +260,25 @@ def peak_growth_mib(start_mib: float) -> float:
     return round(rss_mib("VmHWM") - start_mib, 1)
 
 
-def machine_cpu_s() -> tuple[float, float] | None:
-    """(busy, steal) CPU seconds of the whole machine since boot (/proc/stat), or None off Linux."""
+def cpu_snapshot() -> tuple[float, float, float] | None:
+    """(busy, steal) CPU seconds of the whole machine since boot (/proc/stat) and this process's own CPU seconds,
+    or None off Linux: what ``others_cpu`` subtracts from."""
     try:
         f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     except (OSError, ValueError):
         return None
     tick = os.sysconf("SC_CLK_TCK")
-    return (f[0] + f[1] + f[2] + f[5] + f[6]) / tick, f[7] / tick  # user nice system irq softirq; steal
+    return (f[0] + f[1] + f[2] + f[5] + f[6]) / tick, f[7] / tick, sum(os.times()[:2])  # user nice system irq softirq
 
 
-def others_cpu(t0: tuple[float, float] | None, own0: float) -> dict[str, float]:
-    """CPU seconds that anything but this process ran since ``t0 = machine_cpu_s()``, ``own0 = sum(os.times()[:2])``
-    (a daemon, the kernel's reclaim, another job), and the hypervisor's steal: a timing's witness of an idle box."""
-    t1 = machine_cpu_s()
-    if t0 is None or t1 is None:
+def others_cpu(before: tuple[float, float, float] | None) -> dict[str, float]:
+    """CPU seconds that anything but this process ran since ``before = cpu_snapshot()`` (a daemon, the kernel's
+    reclaim, another job), and the hypervisor's steal: a timing's witness of an idle box."""
+    after = cpu_snapshot()
+    if before is None or after is None:
         return {}
-    own = sum(os.times()[:2]) - own0
-    return {"others_cpu_s": round(max(0.0, t1[0] - t0[0] - own), 2), "steal_s": round(t1[1] - t0[1], 2)}
+    others = (after[0] - before[0]) - (after[2] - before[2])
+    return {"others_cpu_s": round(max(0.0, others), 2), "steal_s": round(after[1] - before[1], 2)}
 
 
 # ---- synthetic vectors ----------------------------------------------------------------------------------

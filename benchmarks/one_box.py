@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -121,9 +120,9 @@ def sweep(index: Index, q: np.ndarray, truth: np.ndarray, efs: list[int], n_lat:
         labels = np.array([[int(d[1:]) for d, _ in h] + [-1] * (K - len(h)) for h in hits])  # ids are "d<row>"
         fns = {str(t): (lambda i, ef=ef, t=t: index.search(q[i % len(q)][None], K, ef=ef, num_threads=t, exact=False))
                for t in threads}
-        cpu0, own0 = common.machine_cpu_s(), sum(os.times()[:2])
+        before = common.cpu_snapshot()
         timings = common.timed(fns, n_lat, warmup=min(50, n_lat))
-        others = common.others_cpu(cpu0, own0)
+        others = common.others_cpu(before)
         for t in threads:
             rows.append({"ef": ef, "threads": t, "recall@10": round(recall_at_k(labels, truth), 4),
                          **timings[str(t)].stats(), **others})

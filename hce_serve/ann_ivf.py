@@ -37,6 +37,7 @@ ADD_CHUNK = 65536  # vectors encoded per faiss call while (re)training
 HNSW_CELLS = 2048  # from this many cells a query finds its nearest cells through an HNSW graph over the centroids,
 # not a scan of all of them: 4,096 centroids scanned cost ~0.27 ms of a 1.0 ms query at 5M (RESULTS §6)
 CELL_EF = 64  # that graph's beam (at least 2 x nprobe)
+CPUS = os.cpu_count() or 1  # what a search with threads <= 0 (all cores) runs on
 
 
 def faiss_module() -> Any:
@@ -166,7 +167,7 @@ class IvfSq8:
         # Fewer queries than threads (one HTTP query with --threads 2): split the cells a query scans between the
         # threads (faiss parallel_mode 1), else the queries; same hits. 5M, nprobe 5: 1.21 -> 0.91 ms (RESULTS §6).
         # The mode lives on the shared faiss index: a concurrent search may run in the other one (speed only).
-        self.ivf.parallel_mode = 1 if q.shape[0] < (threads if threads > 0 else os.cpu_count() or 1) else 0
+        self.ivf.parallel_mode = 1 if q.shape[0] < (threads if threads > 0 else CPUS) else 0
         nprobe = max(1, min(ef, self._nlist))
         while True:
             params.nprobe = nprobe
