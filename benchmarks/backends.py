@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks.harness import cli, provenance, timing
 from hce_serve import defaults
 from hce_serve.beir import check_qrels, load_qrels, load_queries, qrels_path
 from hce_serve.engine import Engine
@@ -60,12 +60,12 @@ def latencies(engines: dict[str, Any], vecs: np.ndarray, n: int) -> dict[str, An
     for label, fields in (("ids_only", ()), ("with_fields", defaults.FIELDS)):
         fns = {name: (lambda i, e=eng, f=fields: e.store.search(vecs[i % len(vecs)][None], defaults.K, fields=f))
                for name, eng in engines.items()}
-        out[label] = {name: t.stats() for name, t in common.timed(fns, n, warmup=min(20, n)).items()}
+        out[label] = {name: t.stats() for name, t in timing.timed(fns, n, warmup=min(20, n)).items()}
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = common.study_parser(__doc__, "backends")
+    ap = cli.study_parser(__doc__, "backends")
     ap.add_argument("--index", required=True, type=Path, help="IDX_DIR (built with stored documents)")
     ap.add_argument("--data", required=True, type=Path, help="BEIR folder with queries.jsonl and qrels/")
     ap.add_argument("--split", default="test")
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--collection", default="hce_backends")
     ap.add_argument("--max-queries", type=int, default=None, help="[50 with --quick, else all judged]")
     ap.add_argument("--latency-queries", type=int, default=None, help="[100 with --quick, else 1000]")
-    args = common.parse(ap, argv)
+    args = cli.parse(ap, argv)
     qpath = qrels_path(args.data, args.split)
     with tempfile.TemporaryDirectory(prefix="hce-backends-") as tmp, Engine.open(args.index) as local:
         target = MilvusTarget(args.milvus_uri or str(Path(tmp) / "backends.db"), args.collection)
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "data": f"{args.data.name} {args.split}", "queries": len(qids), "k": defaults.EVAL_K,
                "milvus": "server" if args.milvus_uri else "milvus-lite (in process)", "export": export,
                "encode_seconds": round(encode_s, 2), "latency_queries": n_lat, **result}
-    print(common.write_result(args.out, payload, __file__))
+    print(provenance.write_result(args.out, payload, __file__))
     return 0
 
 

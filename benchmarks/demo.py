@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
+from benchmarks.harness import cli, paths, provenance
 
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 # The fit options that make up the demo's training budget (the rest of train_config.json are defaults).
@@ -38,13 +38,13 @@ def table(base: dict[str, Any], hce: dict[str, Any], tree: dict[str, Any], valid
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = common.study_parser(__doc__, "demo", quick=False)
+    ap = cli.study_parser(__doc__, "demo", quick=False)
     ap.add_argument("--base-eval", type=Path, required=True, help="hce-serve eval JSON of the zero-shot index")
     ap.add_argument("--hce-eval", type=Path, required=True, help="hce-serve eval JSON of the fine-tuned index")
     ap.add_argument("--model", type=Path, required=True, help="the fine-tuned MODEL_DIR")
     ap.add_argument("--export", type=Path, required=True, help="its EXPORT_DIR")
     ap.add_argument("--seconds", type=float, required=True, help="the demo's wall time so far")
-    args = common.parse(ap, argv)
+    args = cli.parse(ap, argv)
     base, hce = (json.loads(p.read_text()) for p in (args.base_eval, args.hce_eval))
     tree = json.loads((args.model / "hce_model.json").read_text()).get("tree") or {}
     config = json.loads((args.model / "train_config.json").read_text())
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = {"what": "scripts/demo.sh: zero-shot all-MiniLM-L6-v2 vs a short HCE fine-tune, both int8 ONNX + HNSW",
                "data": config["data"], "wall_seconds": round(args.seconds), "zero_shot": base, "hce_demo": hce,
                "train_budget": {k: config.get(k) for k in BUDGET}, "tree": tree}
-    print(f"wrote {common.write_result(args.out, payload, common.ROOT / 'scripts' / 'demo.sh')}", file=sys.stderr)
+    print(f"wrote {provenance.write_result(args.out, payload, paths.ROOT / 'scripts' / 'demo.sh')}", file=sys.stderr)
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks.harness import paths
 from hce_serve.beir import BeirData, Document
 from hce_serve.card import ModelCard
 from hce_serve.metrics import evaluate
@@ -58,7 +58,7 @@ def ensure_export(name: str, folder: str | os.PathLike[str], quantize: bool = Tr
     folder = Path(folder)
     if is_export(folder):
         return folder
-    out = (root or common.CACHE / "exports") / name
+    out = (root or paths.CACHE / "exports") / name
     source = out / ".source"
     fingerprint = export_fingerprint(folder, quantize)
     if is_export(out) and source.is_file() and source.read_text().strip() == fingerprint:
@@ -112,7 +112,7 @@ def _cache_file(enc: Any, key: str) -> Path:
     query length is a new entry."""
     graph = enc.export_dir / enc.card.onnx["files"][enc.variant]
     st = graph.stat()
-    return (common.CACHE / "emb" / f"{key}-{enc.export_dir.name}-{graph.stem}-{st.st_size}-{int(st.st_mtime)}-"
+    return (paths.CACHE / "emb" / f"{key}-{enc.export_dir.name}-{graph.stem}-{st.st_size}-{int(st.st_mtime)}-"
             f"q{enc.query_max_length}-d{enc.card.max_length}.npz")
 
 

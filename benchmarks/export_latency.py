@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import common
 from benchmarks.encoders import base_model_path
+from benchmarks.harness import cli, paths, provenance, timing
 
 log = logging.getLogger(__name__)
 QUERY = "what is the effect of vitamin d on bone density in adults"
@@ -78,22 +78,22 @@ def speed(model_dir: Path, export_dir: Path, data_dir: Path, quick: bool, doc_to
                            "query_latency": {}, "docs_per_s": {}}
     for threads in (1, 2):
         fns = systems(model_dir, export_dir, threads, docs, doc_tokens)
-        timing = common.timed({k: q for k, (q, _) in fns.items()}, n, repeats, warmup)
-        res["query_latency"][f"{threads}t"] = {k: t.stats() for k, t in timing.items()}
-        res["docs_per_s"][f"{threads}t"] = {k: common.rate(d, len(docs), 2 if quick else 3) for k, (_, d) in fns.items()}
-        log.info("%dt: query p50 %s, docs/s %s", threads, {k: t.stats()["p50_ms"] for k, t in timing.items()},
+        timings = timing.timed({k: q for k, (q, _) in fns.items()}, n, repeats, warmup)
+        res["query_latency"][f"{threads}t"] = {k: t.stats() for k, t in timings.items()}
+        res["docs_per_s"][f"{threads}t"] = {k: timing.rate(d, len(docs), 2 if quick else 3) for k, (_, d) in fns.items()}
+        log.info("%dt: query p50 %s, docs/s %s", threads, {k: t.stats()["p50_ms"] for k, t in timings.items()},
                  res["docs_per_s"][f"{threads}t"])
     return res
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = common.study_parser(__doc__, "export")
+    ap = cli.study_parser(__doc__, "export")
     ap.add_argument("--model", type=Path, default=None, help="MODEL_DIR [all-MiniLM-L6-v2]")
     ap.add_argument("--export", type=Path, default=None, help="reuse this EXPORT_DIR of --model (else exported now)")
-    ap.add_argument("--data", type=Path, default=common.SHARED_DATA / "scifact", help="where the documents come from")
+    ap.add_argument("--data", type=Path, default=paths.SHARED_DATA / "scifact", help="where the documents come from")
     ap.add_argument("--doc-tokens", type=int, default=128, help="length of the timed documents")
     ap.add_argument("--n", type=int, default=None, help="timed queries per system and repeat [100 quick, 500]")
-    args = common.parse(ap, argv)
+    args = cli.parse(ap, argv)
     from hce_serve.card import ModelCard
 
     model_dir = args.model or base_model_path()
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
-    print(common.write_result(args.out, result, __file__))
+    print(provenance.write_result(args.out, result, __file__))
     return 0
 
 

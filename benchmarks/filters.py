@@ -3,7 +3,7 @@
     python -m benchmarks.filters --quick          # 20k vectors
     python -m benchmarks.filters                  # 100k and 1M
 
-An index folder with stored documents is built over synthetic 384-d vectors (``common.clustered``); each
+An index folder with stored documents is built over synthetic 384-d vectors (``synthetic.clustered``); each
 document's metadata holds a ``bucket`` drawn uniformly from 0-999, independent of its vector (the hard
 case: matches are scattered over the whole graph). A filter on ``bucket`` in the first m values keeps a
 fraction m/1000 of the collection. Per selectivity, on real store and index objects (the work of
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks.harness import cli, figures, paths, provenance, synthetic, timing
 from hce_serve.beir import Document
 from hce_serve.checks import check_filter
 from hce_serve.defaults import FILTER_SCAN_COST
@@ -78,21 +78,21 @@ def measure(store: IndexStore, x: np.ndarray, buckets: np.ndarray, q: np.ndarray
     post = [[h for h in row if allowed[int(h[0][1:])]][:K] for row in index.search(q, K * 10, ef=args.ef, exact=False)]
     res["post_filter"] = {"recall@10": round(recall_at_k(labels_of(post), truth), 4),
                           "mean_hits": round(float(np.mean([len(r) for r in post])), 2)}
-    timing = common.timed({
+    timings = timing.timed({
         "match": lambda i: store.match(flt),
         "search": lambda i: index.search(q[i % len(q)][None], K, ef=args.ef, allow_ids=ids),
         "graph": lambda i: index.search(q[i % len(q)][None], K, ef=args.ef, allow_ids=ids, exact=False),
         "unfiltered": lambda i: index.search(q[i % len(q)][None], K, ef=args.ef, exact=False),
     }, args.latency_queries, warmup=min(20, args.latency_queries))
-    for name, tm in timing.items():
+    for name, tm in timings.items():
         res.setdefault(name, {}).update({k: v for k, v in tm.stats().items() if k in ("p50_ms", "p99_ms", "mean_ms")})
     log.info("selectivity %.3f: %s", sel, res)
     return res
 
 
 def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    x = common.clustered(n, DIM, args.clusters, args.seed)  # (n, DIM)
-    q = common.clustered(args.queries, DIM, args.clusters, args.seed, noise_seed=args.seed + 1)  # (nq, DIM)
+    x = synthetic.clustered(n, DIM, args.clusters, args.seed)  # (n, DIM)
+    q = synthetic.clustered(args.queries, DIM, args.clusters, args.seed, noise_seed=args.seed + 1)  # (nq, DIM)
     buckets = np.random.default_rng(args.seed + 2).integers(0, BUCKETS, n)  # (n,) independent of x
     params = IndexParams(M=args.M, ef_construction=args.ef_construction, ef_search=args.ef, exact_threshold=0)
     with tempfile.TemporaryDirectory(prefix="hce-filters-", dir=args.tmp) as tmp:
@@ -103,7 +103,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plot(results: list[dict], out: Path) -> None:
-    plt = common.pyplot()
+    plt = figures.pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for r in results:
         sel = [s["selectivity"] for s in r["selectivity"]]
@@ -118,11 +118,11 @@ def plot(results: list[dict], out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Filtered search across selectivity (384-d, M=16; 2-core CPU)")
-    common.save_figure(fig, out)
+    figures.save_figure(fig, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = common.study_parser(__doc__, "filters")
+    ap = cli.study_parser(__doc__, "filters")
     ap.add_argument("--sizes", default=None, help="comma-separated sizes (overrides the mode)")
     ap.add_argument("--selectivity", default=",".join(map(str, SELECTIVITY)), help="comma-separated fractions")
     ap.add_argument("--queries", type=int, default=200)
@@ -133,20 +133,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ef", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tmp", default=None, help="folder for the temporary index folders [system temp]")
-    args = common.parse(ap, argv)
+    args = cli.parse(ap, argv)
     sizes = [int(s) for s in (args.sizes or ("20000" if args.quick else "100000,1000000")).split(",")]
     args.selectivity = [float(s) for s in args.selectivity.split(",")]
     args.latency_queries = args.latency_queries or (200 if args.quick else 1000)
     t0 = time.perf_counter()
     results = [run_size(n, args) for n in sizes]
-    plot(results, common.plot_path(args.out, "selectivity"))
+    plot(results, paths.plot_path(args.out, "selectivity"))
     payload = {"benchmark": "filters", "mode": "quick" if args.quick else "full", "dim": DIM, "k": K,
                "data": f"synthetic: {args.clusters}-centre mixture, unit vectors; bucket uniform in 0-{BUCKETS - 1}, "
                        "independent of the vector", "params": {"M": args.M, "ef_construction": args.ef_construction,
                                                                 "ef": args.ef, "filter_scan_cost": FILTER_SCAN_COST},
                "queries": args.queries, "latency_queries": args.latency_queries,
                "wall_seconds": round(time.perf_counter() - t0, 1), "sizes": results}
-    print(common.write_result(args.out, payload, __file__))
+    print(provenance.write_result(args.out, payload, __file__))
     return 0
 
 

@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
 from benchmarks.encoders import base_model_path, ensure_export
+from benchmarks.harness import cli, paths, provenance
 from hce_serve.beir import Document, Qrels, load_corpus, load_qrels, load_queries
 from hce_serve.metrics import evaluate
 from hce_serve.trec import read_run
@@ -93,7 +93,7 @@ def query_groups(test: Qrels, new_ids: set[str]) -> dict[str, Qrels]:
 
 def sh(tool: str, *args: str) -> str:
     """Run a CLI step (``hce-serve``, ``hce-train``); its stdout (JSON) is returned, its stderr goes to ours."""
-    cmd = [*common.tool_argv(tool), *args]
+    cmd = [*cli.tool_argv(tool), *args]
     t = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
@@ -122,8 +122,8 @@ def grouped_metrics(run: dict, groups: dict[str, Qrels]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = common.study_parser(__doc__, "incremental")
-    ap.add_argument("--data", default=str(common.SHARED_DATA / "scifact"))
+    ap = cli.study_parser(__doc__, "incremental")
+    ap.add_argument("--data", default=str(paths.SHARED_DATA / "scifact"))
     ap.add_argument("--withhold", type=float, default=0.2)
     ap.add_argument("--max-docs", type=int, default=None, help="corpus subset size (default 400 quick, all full)")
     ap.add_argument("--steps", type=int, default=None)
@@ -134,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--base", default=None)
     ap.add_argument("--train-arg", action="append", default=[], help="extra hce-train fit argument (repeat)")
     ap.add_argument("--retrain", action="store_true", help="retrain even when a model from an earlier run exists")
-    ap.add_argument("--work", default=str(common.CACHE / "incremental"))
-    args = common.parse(ap, argv)
+    ap.add_argument("--work", default=str(paths.CACHE / "incremental"))
+    args = cli.parse(ap, argv)
     args.base = args.base or str(base_model_path())
     args.max_docs = args.max_docs if args.max_docs is not None else (400 if args.quick else None)
     args.steps = args.steps or (4 if args.quick else 60)
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("%s: %s", arm, row["metrics"])
     res["deletion"] = deletion_check(work / "index-hce-80-then-add", work, test, args)
     res["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    print(common.write_result(args.out, {"benchmark": "incremental", "mode": "quick" if args.quick else "full",
+    print(provenance.write_result(args.out, {"benchmark": "incremental", "mode": "quick" if args.quick else "full",
                                          "data": str(src), **res}, __file__))
     return 0
 

@@ -13,7 +13,7 @@ memory options (hnswlib's fp32 storage, fp16 vectors, Milvus) at ``--options-siz
 
 Vectors are synthetic, 384-d, unit length, drawn around ``--clusters`` random centres (a mixture is
 harder for HNSW than uniform noise, and closer to real embeddings); queries come from the same mixture and
-are not in the index (``common.clustered``). Peak memory is the process's peak RSS growth during the
+are not in the index (``synthetic.clustered``). Peak memory is the process's peak RSS growth during the
 build (VmHWM, reset through /proc/self/clear_refs before each build).
 """
 
@@ -24,13 +24,16 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks import one_box
+from benchmarks.harness import cli, figures, paths, provenance, resources, synthetic
+from benchmarks.harness.synthetic import K
+from benchmarks.harness.timing import latency
 from hce_serve.index import Index, IndexParams
 from hce_serve.index_io import read_index, write_index
 from hce_serve.search import recall_at_k, topk_inner_product
@@ -39,32 +42,26 @@ log = logging.getLogger(__name__)
 
 DIM = 384
 EFS = (10, 20, 40, 80, 100, 200, 400)
-K = 10
-
-
-def latency(fn: Callable[[int], object], n: int) -> dict[str, float]:
-    """Single-query statistics of ``fn(i)`` over ``n`` calls after a warm-up."""
-    return common.timed({"q": fn}, n, warmup=min(50, n))["q"].stats()
 
 
 def build_raw(x: np.ndarray, params: IndexParams) -> tuple[Any, float, float]:
     import hnswlib
 
-    rss = common.reset_peak()
+    rss = resources.reset_peak()
     t = time.perf_counter()
     h = hnswlib.Index(space="ip", dim=x.shape[1])
     h.init_index(max_elements=x.shape[0], M=params.M, ef_construction=params.ef_construction)
     h.add_items(x, np.arange(x.shape[0]), num_threads=-1)
-    return h, time.perf_counter() - t, common.peak_growth_mib(rss)
+    return h, time.perf_counter() - t, resources.peak_growth_mib(rss)
 
 
 def build_ours(x: np.ndarray, params: IndexParams, ids: list[str]) -> tuple[Index, float, float]:
-    rss = common.reset_peak()
+    rss = resources.reset_peak()
     t = time.perf_counter()
     index = Index(x.shape[1], params, capacity=x.shape[0])
     for s in range(0, x.shape[0], 65536):  # the way Engine.build feeds it: chunk by chunk
         index.add(ids[s : s + 65536], x[s : s + 65536])
-    return index, time.perf_counter() - t, common.peak_growth_mib(rss)
+    return index, time.perf_counter() - t, resources.peak_growth_mib(rss)
 
 
 def sweep_raw(h: Any, q: np.ndarray, truth: np.ndarray, efs: tuple[int, ...], n_lat: int) -> list[dict]:
@@ -128,8 +125,8 @@ def deletions(index: Index, x: np.ndarray, q: np.ndarray, ids: list[str], fracs:
 
 
 def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
-    x = common.clustered(n, DIM, args.clusters, args.seed)  # (n, DIM)
-    q = common.clustered(args.queries, DIM, args.clusters, args.seed, noise_seed=args.seed + 1)  # (nq, DIM)
+    x = synthetic.clustered(n, DIM, args.clusters, args.seed)  # (n, DIM)
+    q = synthetic.clustered(args.queries, DIM, args.clusters, args.seed, noise_seed=args.seed + 1)  # (nq, DIM)
     ids = [f"d{i}" for i in range(n)]
     params = IndexParams(M=args.M, ef_construction=args.ef_construction, exact_threshold=0)
     t = time.perf_counter()
@@ -156,7 +153,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plot(results: list[dict], out: Path) -> None:
-    plt = common.pyplot()
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results:
         for key, style in (("hce_index", "-o"), ("raw_hnswlib", "--x")):
@@ -169,11 +166,11 @@ def plot(results: list[dict], out: Path) -> None:
     ax.set_title("HNSW recall vs latency across ef (384-d, M=16, efC=200; 2-core CPU)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    common.save_figure(fig, out)
+    figures.save_figure(fig, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = common.study_parser(__doc__, "index-scale")
+    ap = cli.study_parser(__doc__, "index-scale")
     ap.add_argument("--sizes", default=None, help="comma-separated sizes (overrides the mode)")
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--latency-queries", type=int, default=None)
@@ -206,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "timed interleaved (an ivf-sq8 index splits a lone query's cells between them)")
     one.add_argument("--tmp", default=None, help="folder for the saved index (default: the system's temp)")
     ap.set_defaults(result_name="index-scale")
-    args = common.parse(ap, argv)
+    args = cli.parse(ap, argv)
     if args.one_box:
         return one_box_main(args)
     sizes = [int(s) for s in (args.sizes or ("10000,100000" if args.quick else "10000,100000,1000000")).split(",")]
@@ -214,19 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.latency_queries = args.latency_queries or (300 if args.quick else 1000)
     t0 = time.perf_counter()
     results = [run_size(n, args) for n in sizes]
-    plot(results, common.plot_path(args.out, "recall-latency"))
+    plot(results, paths.plot_path(args.out, "recall-latency"))
     payload = {"benchmark": "index_scale", "mode": "quick" if args.quick else "full", "dim": DIM,
                "data": f"synthetic: {args.clusters}-centre Gaussian mixture, unit vectors, seed {args.seed}",
                "params": {"M": args.M, "ef_construction": args.ef_construction, "k": K, "build_threads": "all (2)",
                           "search_threads": 1}, "queries": args.queries, "latency_queries": args.latency_queries,
                "wall_seconds": round(time.perf_counter() - t0, 1), "sizes": results}
-    print(common.write_result(args.out, payload, __file__))
+    print(provenance.write_result(args.out, payload, __file__))
     return 0
 
 
 def one_box_main(args: argparse.Namespace) -> int:
-    from benchmarks import one_box
-
     args.efs = [int(e) for e in args.efs.split(",")]
     args.nprobes = [int(p) for p in args.nprobes.split(",")]
     args.search_threads = tuple(int(t) for t in args.search_threads.split(","))
@@ -237,8 +232,8 @@ def one_box_main(args: argparse.Namespace) -> int:
         raise SystemExit("index_scale: --ivf-only skips the index that --index-type chooses")
     args.latency_queries = args.latency_queries or (300 if args.quick else 1000)
     args.recall_queries = min(args.recall_queries, args.queries)
-    defaults = {common.result_path(n).name for n in ("index-scale", "index-scale-quick")}  # --out not given
-    out = common.result_path(f"index-scale-one-box{'-quick' if args.quick else ''}") if args.out.name in defaults else args.out
+    defaults = {paths.result_path(n).name for n in ("index-scale", "index-scale-quick")}  # --out not given
+    out = paths.result_path(f"index-scale-one-box{'-quick' if args.quick else ''}") if args.out.name in defaults else args.out
     payload = {"benchmark": "index_scale", "mode": "one-box", "data": f"synthetic: {args.clusters}-centre Gaussian "
                f"mixture, unit vectors, seed {args.seed}", "params": {"M": args.M, "ef_construction": args.ef_construction,
                "k": K, "build_threads": "all", "search_threads": list(args.search_threads), "tree": {"branching": args.branching,
@@ -248,7 +243,7 @@ def one_box_main(args: argparse.Namespace) -> int:
                "queries": args.queries,
                "latency_queries": args.latency_queries,
                "result": one_box.run(args.one_box, args)}
-    print(common.write_result(out, payload, __file__))
+    print(provenance.write_result(out, payload, __file__))
     return 0
 
 

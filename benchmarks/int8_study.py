@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import common
 from benchmarks.encoders import base_model_path, beir_exact, is_export
+from benchmarks.harness import cli, figures, paths, provenance, timing
 
 log = logging.getLogger(__name__)
 QUERY = "what is the effect of vitamin d on bone density in adults"
@@ -123,9 +123,9 @@ def study(data_dir: Path, folders: dict[str, Path], quick: bool) -> dict:
 def query_latency(folders: dict[str, Path], n: int) -> dict:
     """Single-query encode at 1 thread, every graph timed interleaved (20 rounds)."""
     encs = {name: encoder(folder, name, 1) for name, folder in folders.items()}
-    timing = common.timed({name: (lambda i, e=e: e.encode_queries([QUERY])) for name, e in encs.items()},
+    timings = timing.timed({name: (lambda i, e=e: e.encode_queries([QUERY])) for name, e in encs.items()},
                           n, warmup=30, rounds=20)
-    res = {name: t.stats() for name, t in timing.items()}
+    res = {name: t.stats() for name, t in timings.items()}
     for name in res:
         res[name]["speedup_vs_fp32"] = round(res["fp32"]["p50_ms"] / res[name]["p50_ms"], 3)
         log.info("query 1t %s: %s", name, res[name])
@@ -133,7 +133,7 @@ def query_latency(folders: dict[str, Path], n: int) -> dict:
 
 
 def plot(result: dict, out: Path) -> None:
-    plt = common.pyplot()
+    plt = figures.pyplot()
     sets = list(result["datasets"])
     fig, axes = plt.subplots(1, len(sets), figsize=(4.5 * len(sets), 3.4), squeeze=False)
     for ax, ds in zip(axes[0], sets, strict=True):
@@ -142,18 +142,18 @@ def plot(result: dict, out: Path) -> None:
         ax.bar(names, [v[n]["ndcg@10"] for n in names], color=["#555"] + ["#4a7"] * (len(names) - 1))
         ax.set_ylim(min(v[n]["ndcg@10"] for n in names) - 0.02, max(v[n]["ndcg@10"] for n in names) + 0.01)
         ax.set_title(f"{ds} (nDCG@10, {'subsample' if result['quick'] else 'full corpus'})")
-    common.save_figure(fig, out)
+    figures.save_figure(fig, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = common.study_parser(__doc__, "int8-study")
+    ap = cli.study_parser(__doc__, "int8-study")
     ap.add_argument("--model", type=Path, default=None, help="MODEL_DIR to export [all-MiniLM-L6-v2]")
     ap.add_argument("--datasets", default="scifact,arguana", help="BEIR folders or names under ../shared/data")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="recipes to compare [%(default)s]")
     ap.add_argument("--work", type=Path, default=Path("/tmp/hce-int8-study"), help="exports of each recipe")
     ap.add_argument("--latency-n", type=int, default=1000)
     ap.add_argument("--skip-latency", action="store_true")
-    args = common.parse(ap, argv)
+    args = cli.parse(ap, argv)
     logging.getLogger("hce_serve").setLevel(logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
     names = [n for n in args.variants.split(",") if n]
@@ -168,12 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               "recipes": {n: recipes[n] for n in names}, "datasets": {},
               "default_is": twin}
     for ds in [d for d in args.datasets.split(",") if d]:
-        path = Path(ds) if Path(ds).is_dir() else common.SHARED_DATA / ds
+        path = Path(ds) if Path(ds).is_dir() else paths.SHARED_DATA / ds
         result["datasets"][path.name] = study(path, folders, args.quick)
     if not args.skip_latency:
         result["query_latency_1t"] = query_latency(folders, args.latency_n)
-    path = common.write_result(args.out, result, __file__)
-    plot(result, common.plot_path(path, "ndcg"))
+    path = provenance.write_result(args.out, result, __file__)
+    plot(result, paths.plot_path(path, "ndcg"))
     print(json.dumps({ds: {n: (v["ndcg@10"], v.get("ndcg10_loss_points")) for n, v in r["variants"].items()}
                       for ds, r in result["datasets"].items()}, indent=1))
     print(f"wrote {path}")

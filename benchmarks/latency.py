@@ -7,7 +7,7 @@ and 2 threads.
     python -m benchmarks.latency                      # SciFact, then 1M synthetic vectors (issue 5 setting)
 
 Per system: single-query p50/p99 end to end (text -> ids), encode only, search only; batched QPS (32
-queries a call). The systems are timed interleaved (``common.timed``) after a warm-up, and repeated; the
+queries a call). The systems are timed interleaved (``timing.timed``) after a warm-up, and repeated; the
 reported statistic is the median over repeats. ``hce_engine`` runs with the query cache off and the full
 query encoder, so it pays the whole encoder on every query; where ``--export`` holds a distilled query graph
 (``hce-train distill-query`` then ``hce-export onnx``), ``hce_engine_shallow`` is the same path through it and
@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import common, peers
+from benchmarks import peers
 from benchmarks.encoders import base_model_path, beir_exact, ensure_export
+from benchmarks.harness import cli, figures, paths, provenance, synthetic, timing
 from benchmarks.latency_systems import Floor, K, TorchExact, systems, warm_cache
 from benchmarks.loopback import run_load, sequential, start_server
 from hce_serve.beir import Document, load_beir
@@ -57,10 +58,10 @@ def measure_http(index_dir: Path, queries: list[str], threads: int, n: int, repe
             r = asyncio.run(run_load(server.port, bodies, c, total))
             errors = sum(v for code, v in r["status"].items() if code != 200) + r["bad_bodies"]
             loads.append({"concurrency": c, "requests": total, "qps": round(r["qps"], 1), "errors": errors,
-                          **common.percentiles(r["latencies"])})
+                          **timing.percentiles(r["latencies"])})
             log.info("http %dt c=%d: %s", threads, c, loads[-1])
     return {"client": "benchmarks/loopback.py (asyncio keep-alive, same machine)",
-            "sequential": common.median_stats(reps), "load": max(loads, key=lambda x: x["qps"]),
+            "sequential": timing.median_stats(reps), "load": max(loads, key=lambda x: x["qps"]),
             "loads": loads}, [x for r in reps for x in r]
 
 
@@ -107,13 +108,13 @@ def run_setting(name: str, index_dir: Path, matrix: np.ndarray, queries: list[st
             fns = {k: v[which] for k, v in sys_fns.items()}
             if which == 1:  # peers encode only, interleaved with hce's encoders
                 fns.update({p: (lambda i, f=f: f(q1[i % len(q1)])) for p, f in enc_peers.items()})
-            timing = common.timed(fns, args.n, args.repeats)
-            for sysname, tm in timing.items():
+            timings = timing.timed(fns, args.n, args.repeats)
+            for sysname, tm in timings.items():
                 res.setdefault(sysname, {})[col] = tm.stats()
                 if which == 0:
                     cdf[f"{sysname} ({t}t)"] = tm.samples
         for sysname, (_, _, _, batch) in sys_fns.items():
-            res[sysname]["batched_qps"] = common.rate(lambda batch=batch: [batch(b) for b in batches],
+            res[sysname]["batched_qps"] = timing.rate(lambda batch=batch: [batch(b) for b in batches],
                                                       sum(map(len, batches)), args.repeats, warmup=0)
             log.info("%s %dt %s: %s", name, t, sysname, res[sysname]["end_to_end"])
         for e in (eng, cached, shallow):
@@ -139,12 +140,12 @@ def run_setting(name: str, index_dir: Path, matrix: np.ndarray, queries: list[st
         res["hce_end_to_end_p50_over_peer_encode_p50"] = {p: round(hce_e2e / res[p]["encode_only"]["p50_ms"], 3)
                                                           for p in enc_peers}
         out["threads"][str(t)] = res
-    plot_cdf(cdf, common.plot_path(args.out, f"cdf-{name}"), name)
+    plot_cdf(cdf, paths.plot_path(args.out, f"cdf-{name}"), name)
     return out
 
 
 def plot_cdf(cdf: dict[str, list[float]], out: Path, name: str) -> None:
-    plt = common.pyplot()
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, s in cdf.items():
         a = np.sort(np.asarray(s) * 1e3)
@@ -155,7 +156,7 @@ def plot_cdf(cdf: dict[str, list[float]], out: Path, name: str) -> None:
     ax.set_title(f"Latency CDF, {name} (2-core CPU, shared)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    common.save_figure(fig, out)
+    figures.save_figure(fig, out)
 
 
 def make_index(folder: Path, export_dir: Path, ids: list[str], matrix: np.ndarray, ef: int,
@@ -175,7 +176,7 @@ def million(tmp: Path, queries: list[str], args: argparse.Namespace) -> dict[str
     import hnswlib
 
     n, dim, ef = 1_000_000, 384, 200
-    x = common.clustered(n, dim, 1000, seed=0)  # (n, dim)
+    x = synthetic.clustered(n, dim, 1000, seed=0)  # (n, dim)
     t = time.perf_counter()
     idx = make_index(tmp / "million", args.export, [f"d{i}" for i in range(n)], x, ef)
     build = time.perf_counter() - t
@@ -183,7 +184,7 @@ def million(tmp: Path, queries: list[str], args: argparse.Namespace) -> dict[str
     h = hnswlib.Index(space="ip", dim=dim)
     h.load_index(str(next(idx.rglob("hnsw.bin"))), max_elements=n)
     h.set_ef(ef)
-    q = common.clustered(1000, dim, 1000, seed=0, noise_seed=1)  # same mixture: neighbours exist, like real queries
+    q = synthetic.clustered(1000, dim, 1000, seed=0, noise_seed=1)  # same mixture: neighbours exist, like real queries
     truth = topk_inner_product(x, q, K)[1]
     res["recall@10_vs_exact"] = round(recall_at_k(h.knn_query(q, k=K, num_threads=-1)[0], truth), 4)
     res["build_seconds_incl_save"] = round(build, 1)
@@ -203,8 +204,8 @@ def fidelity(args: argparse.Namespace, docs: list[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = common.study_parser(__doc__, "latency")
-    ap.add_argument("--data", type=Path, default=common.SHARED_DATA / "scifact", help="BEIR folder [SciFact]")
+    ap = cli.study_parser(__doc__, "latency")
+    ap.add_argument("--data", type=Path, default=paths.SHARED_DATA / "scifact", help="BEIR folder [SciFact]")
     ap.add_argument("--export", type=Path, default=None, help="EXPORT_DIR (default: all-MiniLM-L6-v2 exported and cached)")
     ap.add_argument("--torch-model", type=Path, default=None, help="the export's source model [all-MiniLM-L6-v2]")
     ap.add_argument("--variant", default="int8")
@@ -217,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-http", action="store_true")
     ap.add_argument("--no-peers", dest="peers", action="store_false",
                     help="leave out sentence-transformers and fastembed (left out anyway where not installed)")
-    args = common.parse(ap, argv)
+    args = cli.parse(ap, argv)
     args.n = args.n or (200 if args.quick else 1000)
     args.n_http = args.n_http or (200 if args.quick else 1000)
     args.http_requests = args.http_requests or (600 if args.quick else 4000)
@@ -234,19 +235,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     fid = fidelity(args, [d.full_text for d in data.corpus[: 200 if args.quick else FIDELITY_DOCS]])
     log.info("int8 cosine to fp32 on documents: %s", fid)
     settings = []
-    common.CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="hce-lat-", dir=common.CACHE) as tmp:
+    paths.CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hce-lat-", dir=paths.CACHE) as tmp:
         idx = make_index(Path(tmp) / "real", args.export, [d.id for d in data.corpus], matrix, 100, data.corpus)
         settings.append(run_setting(f"{args.data.name}-{len(matrix) // 1000}k", idx, matrix, queries, 100, args))
         if args.million or not args.quick:
             settings.append(million(Path(tmp), queries, args))
     payload = {"benchmark": "latency", "mode": "quick" if args.quick else "full", "variant": args.variant, "k": K,
                "batch": BATCH, "query_source": f"{args.data.name} test queries (real text, real encoder)",
-               "timing": "systems interleaved in rounds (benchmarks.common.timed), median over repeats",
+               "timing": "systems interleaved in rounds (benchmarks.harness.timing.timed), median over repeats",
                "peers": {**peers.versions(), "int8_config": peers.int8_config(), "threads": "same as hce's"},
                "fidelity_int8_to_fp32_docs": fid,
                "wall_seconds": round(time.perf_counter() - t0, 1), "settings": settings}
-    print(common.write_result(args.out, payload, __file__))
+    print(provenance.write_result(args.out, payload, __file__))
     return 0
 
 

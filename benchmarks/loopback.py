@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from benchmarks import common
+from benchmarks.harness import cli
 
 
 def free_port() -> int:
@@ -72,7 +72,7 @@ def start_server(index: Path, args: Sequence[str] = (), timeout: float = 120.0) 
     """``hce-serve http --index INDEX ARGS`` on a free loopback port; returns once /healthz answers 200."""
     port = free_port()
     log = tempfile.TemporaryFile()  # noqa: SIM115 - the Server owns it and closes it on stop
-    proc = subprocess.Popen([*common.tool_argv(), "-q", "http", "--index", str(index), "--host", "127.0.0.1",
+    proc = subprocess.Popen([*cli.tool_argv(), "-q", "http", "--index", str(index), "--host", "127.0.0.1",
                              "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=log)
     server = Server(proc, port, log)
     deadline = time.monotonic() + timeout

@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import common
-from benchmarks.one_box import K, Mixture, exact_topk
+from benchmarks.harness import resources
+from benchmarks.harness.synthetic import K, Mixture, exact_topk
+from benchmarks.harness.timing import latency
 from hce_serve.search import recall_at_k
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,10 @@ log = logging.getLogger(__name__)
 def measure(name: str, build: Callable[[], Any], search: Callable[[Any, np.ndarray], np.ndarray], m: int, n_target: int,
             q: np.ndarray, truth: np.ndarray, n_lat: int) -> dict[str, Any]:
     """Build (timed, RSS growth), recall@10 on the truth queries, single-query latency."""
-    from benchmarks.index_scale import latency
-
     _release_freed_memory()
-    rss0, t0 = common.reset_peak(), time.perf_counter()
+    rss0, t0 = resources.reset_peak(), time.perf_counter()
     index = build()
-    secs, grown = time.perf_counter() - t0, common.rss_mib() - rss0
+    secs, grown = time.perf_counter() - t0, resources.rss_mib() - rss0
     labels = search(index, q[: truth.shape[0]])  # (nr, K) rows
     out = {"build_seconds": round(secs, 1), "rss_growth_mib": round(grown, 1),
            "bytes_per_vector": round(grown * 2**20 / m, 1), "projected_gib": round(grown * n_target / m / 1024, 2),
@@ -142,10 +141,8 @@ def ivf_sweep(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: argp
     recall@10 and 1-thread p50/p99 per nprobe."""
     import faiss
 
-    from benchmarks.index_scale import latency
-
     _release_freed_memory()
-    rss0, t0 = common.reset_peak(), time.perf_counter()
+    rss0, t0 = resources.reset_peak(), time.perf_counter()
     index = faiss.index_factory(mix.dim, f"IVF{args.ivf_nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
     top = faiss.downcast_index(index)
     refine = isinstance(top, faiss.IndexRefine)  # RFlat / Refine(...): re-ranked on a copy
@@ -159,9 +156,9 @@ def ivf_sweep(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: argp
                            "documents": n, "bytes_per_vector": index.sa_code_size(),
                            "k_factor": args.refine_k_factor if refine else None,
                            "train_seconds": round(trained, 1), "build_seconds": round(time.perf_counter() - t0, 1),
-                           "rss_growth_gib": round((common.rss_mib() - rss0) / 1024, 2),
-                           "peak_growth_gib": round(common.peak_growth_mib(rss0) / 1024, 2),
-                           "peak_rss_gib": round(common.rss_mib("VmHWM") / 1024, 2), "sweep": []}
+                           "rss_growth_gib": round((resources.rss_mib() - rss0) / 1024, 2),
+                           "peak_growth_gib": round(resources.peak_growth_mib(rss0) / 1024, 2),
+                           "peak_rss_gib": round(resources.rss_mib("VmHWM") / 1024, 2), "sweep": []}
     ivf = faiss.extract_index_ivf(index)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # searched one query at a time on 1 thread, as the hnswlib sweep

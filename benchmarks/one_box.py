@@ -4,7 +4,7 @@ saved, loaded and searched through ``hce_serve``'s ``Index`` (issue 13). Run thr
     nice python -m benchmarks.index_scale --one-box 5000000 --options-size 500000   # the 5M study (hours)
     python -m benchmarks.index_scale --quick --one-box 50000 --options-size 20000   # minutes
 
-Vectors come in fixed blocks drawn from (seed, stream, block) around ``--clusters`` centres (``Mixture``), so a
+Vectors come in fixed blocks drawn from (seed, stream, block) around ``--clusters`` centres (``harness.synthetic.Mixture``), so a
 pass over the corpus (index build, exact ground truth) regenerates them instead of keeping a second copy:
 the data matrix lives only while the tree is built, then the index alone holds the vectors. Queries are held
 out from the same mixture (stream 1), searched one at a time through ``Index.search`` (the serving path: labels ->
@@ -30,66 +30,26 @@ import gc
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks import memory_options
+from benchmarks.harness import resources, timing
+from benchmarks.harness.synthetic import K, Mixture, exact_topk
 from hce_serve.index import Index, IndexParams
 from hce_serve.index_io import read_index, write_index
-from hce_serve.search import recall_at_k, topk_inner_product
+from hce_serve.search import recall_at_k
 
 log = logging.getLogger(__name__)
-BLOCK = 100_000  # rows per generated block (the unit of regeneration)
-K = 10
 TARGETS = {"build_minutes": 60, "peak_rss_gib": 16, "recall_at_10": 0.99, "p50_ms": 1.0}  # issue 13, 5M x 384
-
-
-class Mixture:
-    """Unit vectors around ``clusters`` unit centres; block ``b`` of stream ``s`` depends only on (seed, s, b)."""
-
-    def __init__(self, dim: int, clusters: int, seed: int, spread: float = 0.35) -> None:
-        rng = np.random.default_rng([seed, 0xC3])
-        self.centres = rng.standard_normal((clusters, dim)).astype(np.float32)  # (c, dim)
-        self.centres /= np.linalg.norm(self.centres, axis=1, keepdims=True)
-        self.dim, self.seed, self.spread = dim, seed, spread
-
-    def block(self, b: int, rows: int, stream: int = 0) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, stream, b])
-        x = self.centres[rng.integers(0, self.centres.shape[0], rows)]  # (rows, dim)
-        x += self.spread * rng.standard_normal((rows, self.dim), dtype=np.float32) / np.sqrt(self.dim)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    def blocks(self, n: int, stream: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, block) covering rows 0..n of a stream."""
-        for b, start in enumerate(range(0, n, BLOCK)):
-            yield start, self.block(b, min(BLOCK, n - start), stream)
-
-    def matrix(self, n: int, stream: int = 0) -> np.ndarray:
-        out = np.empty((n, self.dim), np.float32)
-        for start, blk in self.blocks(n, stream):
-            out[start : start + blk.shape[0]] = blk
-        return out
-
-
-def exact_topk(mix: Mixture, n: int, q: np.ndarray, k: int = K) -> np.ndarray:
-    """Rows (nq, k) of the exact top-k inner products over the first n documents, one block at a time."""
-    best_s = np.full((q.shape[0], 0), -np.inf, np.float32)
-    best_r = np.zeros((q.shape[0], 0), np.int64)
-    for start, blk in mix.blocks(n):
-        s, r = topk_inner_product(blk, q, k)  # (nq, k) each
-        cand_s, cand_r = np.concatenate([best_s, s], 1), np.concatenate([best_r, r + start], 1)
-        keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
-        best_s, best_r = np.take_along_axis(cand_s, keep, 1), np.take_along_axis(cand_r, keep, 1)
-    return best_r
 
 
 def phase(name: str, t0: float, rss0: float, out: dict[str, Any]) -> None:
     """Record a phase's wall seconds, peak RSS and RSS now (MiB), and log them."""
-    out[name] = {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(common.rss_mib("VmHWM")),
-                 "rss_mib": round(common.rss_mib()), "peak_growth_mib": common.peak_growth_mib(rss0)}
+    out[name] = {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(resources.rss_mib("VmHWM")),
+                 "rss_mib": round(resources.rss_mib()), "peak_growth_mib": resources.peak_growth_mib(rss0)}
     log.info("%s: %s", name, out[name])
 
 
@@ -97,10 +57,10 @@ def build_tree_phase(mix: Mixture, n: int, ids: list[str], args: argparse.Namesp
     """The corpus tree over all n vectors (hce_train's balanced k-means); returns each document's leaf."""
     from hce_train.tree_builder import TreeConfig, build_tree
 
-    rss0, t0 = common.reset_peak(), time.perf_counter()
+    rss0, t0 = resources.reset_peak(), time.perf_counter()
     x = mix.matrix(n)  # (n, dim): the one moment the whole matrix is in memory
     phase("generate", t0, rss0, out)
-    rss0, t0 = common.reset_peak(), time.perf_counter()
+    rss0, t0 = resources.reset_peak(), time.perf_counter()
     tree = build_tree(x, ids, TreeConfig(branching=args.branching, leaf_size=args.leaf_size, seed=args.seed))
     phase("tree_build", t0, rss0, out)
     out["tree_build"]["summary"] = tree.summary()
@@ -112,17 +72,17 @@ def build_tree_phase(mix: Mixture, n: int, ids: list[str], args: argparse.Namesp
 
 def sweep(index: Index, q: np.ndarray, truth: np.ndarray, efs: list[int], n_lat: int,
           threads: tuple[int, ...] = (1,)) -> list[dict[str, Any]]:
-    """Recall@10 and single-query latency per ef, at each of ``threads`` (interleaved: ``common.timed``), with
-    the CPU time anything else took meanwhile (``common.others_cpu``)."""
+    """Recall@10 and single-query latency per ef, at each of ``threads`` (interleaved: ``timing.timed``), with
+    the CPU time anything else took meanwhile (``resources.others_cpu``)."""
     rows = []
     for ef in efs:
         hits = index.search(q[: truth.shape[0]], K, ef=ef, exact=False)
         labels = np.array([[int(d[1:]) for d, _ in h] + [-1] * (K - len(h)) for h in hits])  # ids are "d<row>"
         fns = {str(t): (lambda i, ef=ef, t=t: index.search(q[i % len(q)][None], K, ef=ef, num_threads=t, exact=False))
                for t in threads}
-        before = common.cpu_snapshot()
-        timings = common.timed(fns, n_lat, warmup=min(50, n_lat))
-        others = common.others_cpu(before)
+        before = resources.cpu_snapshot()
+        timings = timing.timed(fns, n_lat, warmup=min(50, n_lat))
+        others = resources.others_cpu(before)
         for t in threads:
             rows.append({"ef": ef, "threads": t, "recall@10": round(recall_at_k(labels, truth), 4),
                          **timings[str(t)].stats(), **others})
@@ -141,7 +101,7 @@ def index_study(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: ar
     params = IndexParams(M=args.M, ef_construction=args.ef_construction, exact_threshold=0, kind=args.index_type,
                          nlist=args.ivf_nlist if ivf else 0, refine=args.refine_k_factor if ivf else 4)
     res["index_type"], res["index_params"] = args.index_type, params.to_dict()
-    rss0, t0 = common.reset_peak(), time.perf_counter()
+    rss0, t0 = resources.reset_peak(), time.perf_counter()
     index = Index(384, params, capacity=n)
     with index.bulk_load():  # as Engine.build: an ivf-sq8 index learns its cells once, at the end
         for start, blk in mix.blocks(n):  # chunk by chunk, with each document's leaf, as Engine.build feeds it
@@ -149,14 +109,14 @@ def index_study(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: ar
     phase("index_build", t0, rss0, ph)
     res["build_minutes_tree_plus_index"] = round(sum(ph[p]["seconds"] for p in ("tree_build", "index_build") if p in ph) / 60, 1)
     with tempfile.TemporaryDirectory(prefix="hce-one-box-", dir=args.tmp) as tmp:
-        rss0, t0 = common.reset_peak(), time.perf_counter()
+        rss0, t0 = resources.reset_peak(), time.perf_counter()
         files = write_index(index, tmp)
         phase("save", t0, rss0, ph)
         ph["save"]["bytes"] = {f: (Path(tmp) / f).stat().st_size for f in files}
         counts = {"labels": index.num_labels, "live": len(index), "capacity": index.capacity}
         del index
         gc.collect()
-        rss0, t0 = common.reset_peak(), time.perf_counter()
+        rss0, t0 = resources.reset_peak(), time.perf_counter()
         index = read_index(tmp, 384, params, counts)
         phase("load", t0, rss0, ph)
     res["sweep"] = sweep(index, q, truth, args.nprobes if ivf else args.efs, args.latency_queries, args.search_threads)
@@ -173,8 +133,6 @@ def index_study(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: ar
 
 def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
     """The whole one-box study at n documents (module docstring)."""
-    from benchmarks import memory_options
-
     mix = Mixture(384, args.clusters, args.seed)
     res: dict[str, Any] = {"n": n, "dim": 384, "phases": {}}
     t_all = time.perf_counter()
@@ -189,11 +147,11 @@ def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
         row = memory_options.ivf_sweep(mix, n, q, truth, args, codes)
         row["chosen"] = next((r for r in row["sweep"] if r["recall@10"] >= TARGETS["recall_at_10"]), None)
         res.setdefault("ivf", []).append(row)
-    # The high-water mark over all phases: each phase (and each IVF build) resets VmHWM (common.reset_peak), so
+    # The high-water mark over all phases: each phase (and each IVF build) resets VmHWM (resources.reset_peak), so
     # the counter alone holds only what came after the last reset; the phases and IVF rows keep their own peaks.
     peaks = {k: p["peak_rss_mib"] / 1024 for k, p in res["phases"].items()}
     peaks.update({f"ivf {r['codes']}": r["peak_rss_gib"] for r in res.get("ivf", [])})
-    peaks["last"] = common.rss_mib("VmHWM") / 1024
+    peaks["last"] = resources.rss_mib("VmHWM") / 1024
     res["peak_phase"] = max(peaks, key=lambda k: peaks[k])
     res["peak_rss_gib"] = round(peaks[res["peak_phase"]], 2)
     res["wall_seconds"] = round(time.perf_counter() - t_all, 1)

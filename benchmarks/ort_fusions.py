@@ -3,7 +3,7 @@ beside the same sessions as hce-serve opens them (``defaults.ORT_CPU_DISABLED_OP
 
     python -m benchmarks.ort_fusions [--quick] [--export DIR]
 
-For the int8 and fp32 graphs, at 1 and 2 threads, interleaved (``common.timed``): single-query p50 over the
+For the int8 and fp32 graphs, at 1 and 2 threads, interleaved (``timing.timed``): single-query p50 over the
 test queries (tokenized beforehand: the session alone is timed), and documents per second in batches of 32
 cut at ``--doc-tokens``. Fidelity: the largest difference between the two sessions' embeddings and each
 int8 session's cosine to the fp32 graph on ``--fidelity-docs`` documents. A per-op profile (ORT's profiler,
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import common
 from benchmarks.encoders import base_model_path, cosine_stats, ensure_export, pad_encodings
+from benchmarks.harness import cli, paths, provenance, timing
 from hce_serve import defaults
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,11 @@ def timed_configs(graph: Path, threads: int, configs: dict[str, list[str]], quer
         ids = queries[i % len(queries)]
         return sess[c].run(None, feed(names[c], ids, np.ones_like(ids)))
 
-    timing = common.timed({c: (lambda i, c=c: one(c, i)) for c in sess}, args.n, args.repeats, warmup=30)
+    timings = timing.timed({c: (lambda i, c=c: one(c, i)) for c in sess}, args.n, args.repeats, warmup=30)
     docs = docs[:4]  # 4 batches of 32
     n_docs = sum(len(ids) for ids, _ in docs)
-    return ({c: t.stats() for c, t in timing.items()},
-            {c: common.rate(lambda s=s: embed(s, docs), n_docs, args.repeats) for c, s in sess.items()})
+    return ({c: t.stats() for c, t in timings.items()},
+            {c: timing.rate(lambda s=s: embed(s, docs), n_docs, args.repeats) for c, s in sess.items()})
 
 
 def run(export_dir: Path, data_dir: Path, args: Any) -> dict[str, Any]:
@@ -139,23 +139,23 @@ def run(export_dir: Path, data_dir: Path, args: Any) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = common.study_parser(__doc__, "ort-fusions")
+    ap = cli.study_parser(__doc__, "ort-fusions")
     ap.add_argument("--export", type=Path, default=None, help="EXPORT_DIR [all-MiniLM-L6-v2, exported and cached]")
-    ap.add_argument("--data", type=Path, default=common.SHARED_DATA / "scifact", help="BEIR folder [SciFact]")
+    ap.add_argument("--data", type=Path, default=paths.SHARED_DATA / "scifact", help="BEIR folder [SciFact]")
     ap.add_argument("--n", type=int, default=None, help="timed queries per repeat [300; 60 quick]")
     ap.add_argument("--repeats", type=int, default=None, help="[3; 1 quick]")
     ap.add_argument("--doc-tokens", type=int, default=256)
     ap.add_argument("--fidelity-docs", type=int, default=None, help="[1000; 64 quick]")
     ap.add_argument("--disabled", type=lambda s: [x for x in s.split(",") if x],
                     default=list(defaults.ORT_CPU_DISABLED_OPTIMIZERS), help="rewrites to skip [%(default)s]")
-    args = common.parse(ap, argv)
+    args = cli.parse(ap, argv)
     args.n = args.n or (60 if args.quick else 300)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.fidelity_docs = args.fidelity_docs or (64 if args.quick else 1000)
     export_dir = args.export or ensure_export("minilm", base_model_path())
     result = {"benchmark": "ort_fusions", "mode": "quick" if args.quick else "full", "export": str(export_dir),
               "data": str(args.data), **run(export_dir, args.data, args)}
-    print(common.write_result(args.out, result, __file__))
+    print(provenance.write_result(args.out, result, __file__))
     return 0
 
 

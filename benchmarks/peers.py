@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import common
 from benchmarks.encoders import cosine_stats
+from benchmarks.harness import paths
 from hce_serve import cpu
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def prepare(model_dir: Path, config: str, root: Path | None = None) -> Path:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.backend import export_dynamic_quantized_onnx_model
 
-    out = (root or common.CACHE / "peers") / f"{model_dir.name}-{config}"
+    out = (root or paths.CACHE / "peers") / f"{model_dir.name}-{config}"
     stamp = json.dumps({"source": str(model_dir.resolve()), "config": config, "st": _version("sentence-transformers")})
     if (out / ".source").is_file() and (out / ".source").read_text().strip() == stamp and (out / int8_file(config)).is_file():
         return out

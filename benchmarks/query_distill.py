@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
+from benchmarks.harness import cli, paths, provenance
 
 QUERY_LEN = {"arguana": 256}
 CROPS_BEFORE_OPTION = [8, 24]  # the crop words every row drew before --pseudo-words existed (rows without the key)
@@ -104,7 +104,7 @@ def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[
             "crops_per_doc": summary["crops_per_doc"],  # resolved (--pseudo-per-doc 0: automatic)
             "test_query_cosine": query_cosine(q_full, q_shallow),  # fidelity on the real queries (never trained on)
         }
-    out["measured"] = measured(common.stamp())
+    out["measured"] = measured(provenance.stamp())
     return out
 
 
@@ -191,8 +191,8 @@ def _means(per: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = common.study_parser(__doc__, "query-distill")
-    ap.add_argument("--data-root", type=Path, default=common.SHARED_DATA)
+    ap = cli.study_parser(__doc__, "query-distill")
+    ap.add_argument("--data-root", type=Path, default=paths.SHARED_DATA)
     ap.add_argument("--datasets", default=None, help="[scifact,arguana,cisi; cisi with --quick]")
     ap.add_argument("--layers", default=None, help="[2,3; 2 with --quick]")
     ap.add_argument("--model", default=None, help="also distil this MODEL_DIR (e.g. an HCE-trained model)")
@@ -218,8 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="distillation loss setting [DistillConfig's]")
     ap.add_argument("--base-model", default=None, help="the base teacher [all-MiniLM-L6-v2]")
     ap.add_argument("--doc-max-length", type=int, default=256)
-    ap.add_argument("--work", type=Path, default=common.CACHE / "query-distill")
-    args = common.parse(ap, argv)
+    ap.add_argument("--work", type=Path, default=paths.CACHE / "query-distill")
+    args = cli.parse(ap, argv)
     if args.no_base and not args.model:
         ap.error("--no-base needs --model (a teacher to distil)")  # a usage error: exit 2
     from hce_serve.errors import ConfigError
@@ -271,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if any(r["teacher"] == label(t, args) for r in rows):
                 continue  # --resume: already measured
             rows.append(run_one(args.data_root / name, t, layers, args))
-            common.write_result(args.out, {**settings, "results": results}, __file__)  # after every row
+            provenance.write_result(args.out, {**settings, "results": results}, __file__)  # after every row
     print(args.out)
     return 0
 

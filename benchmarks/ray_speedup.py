@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import common, encoders
+from benchmarks import encoders
+from benchmarks.harness import cli, paths, provenance
 from hce_serve import defaults
 from hce_serve.engine import Engine
 
@@ -103,14 +104,14 @@ def measure(export: Path, corpus: Path, docs: int, rounds: int, workers: int, ba
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = common.study_parser(__doc__, "ray-speedup")
+    ap = cli.study_parser(__doc__, "ray-speedup")
     ap.add_argument("--export", type=Path, default=None, help="EXPORT_DIR [the base MiniLM, exported and cached]")
-    ap.add_argument("--corpus", type=Path, default=common.ROOT / "demo" / "data" / "scifact" / "corpus.jsonl.gz")
+    ap.add_argument("--corpus", type=Path, default=paths.ROOT / "demo" / "data" / "scifact" / "corpus.jsonl.gz")
     ap.add_argument("--docs", type=int, default=None, help="first N documents [600 with --quick, else all]")
     ap.add_argument("--rounds", type=int, default=None, help="timed builds per system [1 with --quick, else 3]")
     ap.add_argument("--workers", type=int, default=2, help="Ray encoder actors, one onnxruntime thread each")
     ap.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help="documents per chunk (one Ray block each)")
-    args = common.parse(ap, argv)
+    args = cli.parse(ap, argv)
     export = args.export or encoders.ensure_export("minilm", encoders.base_model_path())
     with tempfile.TemporaryDirectory(prefix="hce-ray-corpus-") as tmp:
         corpus = Path(tmp, "corpus.jsonl")
@@ -119,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = {"benchmark": "ray-speedup", "mode": "quick" if args.quick else "full", "export": str(export),
                "corpus": str(args.corpus), "docs": docs, "workers": args.workers, "batch_size": args.batch_size,
                **result}
-    print(common.write_result(args.out, payload, __file__))
+    print(provenance.write_result(args.out, payload, __file__))
     return 0
 
 

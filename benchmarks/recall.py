@@ -22,8 +22,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bm25 import bm25_run
-from benchmarks.common import SHARED_DATA, parse, plot_path, pyplot, save_figure, study_parser, write_result
 from benchmarks.encoders import BeirRun, K, base_model_path, beir_exact, ensure_export, is_cached, quiet_session_options
+from benchmarks.harness.cli import parse, study_parser
+from benchmarks.harness.figures import pyplot, save_figure
+from benchmarks.harness.paths import SHARED_DATA, plot_path
+from benchmarks.harness.provenance import write_result
 from hce_serve.beir import BeirData, load_beir
 from hce_serve.card import ModelCard
 from hce_serve.index import Index, IndexParams

@@ -102,8 +102,8 @@ def with_stand_in_query_graph(export: Path, out: Path) -> Path:
 
 def read_result(path: Path, script: str) -> dict:
     """A benchmark's results file, checked to name the script that wrote it and to carry the stamp."""
-    from benchmarks import common
+    from benchmarks.harness import provenance
 
     res = json.loads(path.read_text())
-    assert res["script"] == script and all(k in res for k in common.STAMP_KEYS)
+    assert res["script"] == script and all(k in res for k in provenance.STAMP_KEYS)
     return res

@@ -2,35 +2,80 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
+import time
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("hnswlib")
 
-from benchmarks import common  # noqa: E402
+from benchmarks.harness import timing  # noqa: E402
 
 
 def test_timed_interleaves_the_systems_in_rounds():
     calls: list[tuple[str, int]] = []
-    timing = common.timed({"a": lambda i: calls.append(("a", i)), "b": lambda i: calls.append(("b", i))},
+    timings = timing.timed({"a": lambda i: calls.append(("a", i)), "b": lambda i: calls.append(("b", i))},
                           n=20, repeats=2, warmup=0)
     assert calls[:4] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]  # rounds of n/rounds calls, systems in turn
-    assert {k: len(t.samples) for k, t in timing.items()} == {"a": 40, "b": 40}
-    stats = timing["a"].stats()
+    assert {k: len(t.samples) for k, t in timings.items()} == {"a": 40, "b": 40}
+    stats = timings["a"].stats()
     assert stats["n"] == 20 and stats["repeats"] == 2 and 0 < stats["p50_ms"] <= stats["p99_ms"]
-    assert stats["thread_cpu_p50_ms"] >= 0
     warm: list[int] = []
-    common.timed({"w": warm.append}, n=5, warmup=3, rounds=5)
+    timing.timed({"w": warm.append}, n=5, warmup=3, rounds=5)
     assert warm == [0, 1, 2, 0, 1, 2, 3, 4]  # untimed warm-up calls first
 
 
+def test_thread_cpu_counts_work_not_waiting():
+    """The thread CPU column is what keeps a timing honest on a shared box: a call that sleeps has wall time
+    and next to no CPU time, a call that computes has both."""
+    st = timing.timed({"sleep": lambda i: time.sleep(0.003), "busy": lambda i: sum(range(30_000))},
+                      n=10, warmup=0, rounds=2)
+    sleep, busy = st["sleep"].stats(), st["busy"].stats()
+    assert sleep["p50_ms"] >= 3 and sleep["thread_cpu_p50_ms"] < 1
+    assert busy["thread_cpu_p50_ms"] > 0.05 and busy["thread_cpu_p50_ms"] <= busy["p99_ms"] * 1.5
+
+
+def test_no_import_circle_in_benchmarks():
+    """Studies import the harness and each other in one direction: a circle (index_scale -> one_box ->
+    memory_options -> index_scale once) makes a module's names depend on which one was imported first.
+    Imports inside functions count too: they only postpone the circle."""
+    root = Path(__file__).resolve().parents[1]
+    mods = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in (root / "benchmarks").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        deps = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("benchmarks"):
+                deps.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
+                            for a in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name in mods)
+        deps.discard(name)
+    assert graph["benchmarks.memory_options"] and graph["benchmarks.index_scale"]  # the parse found imports
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(graph.get(m, ())):
+            assert state.get(d) != 1, "import circle: " + " -> ".join([*path[path.index(d):], d])
+            if d not in state:
+                visit(d, [*path, d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
 def test_percentiles_and_rate():
-    p = common.percentiles([0.001, 0.002, 0.003, 0.004])
+    p = timing.percentiles([0.001, 0.002, 0.003, 0.004])
     assert p["n"] == 4 and p["mean_ms"] == 2.5 and p["p50_ms"] == 2.5
-    assert common.median_stats([[0.001] * 5, [0.003] * 5])["p50_ms"] == 2.0
-    assert 0 < common.rate(lambda: sum(range(1000)), items=10, repeats=3) < 1e9
+    assert timing.median_stats([[0.001] * 5, [0.003] * 5])["p50_ms"] == 2.0
+    assert 0 < timing.rate(lambda: sum(range(1000)), items=10, repeats=3) < 1e9
 
 
 def test_loopback_server_and_load_client(tiny_export, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("hnswlib")
 
-from benchmarks import common  # noqa: E402
+from benchmarks.harness import paths, synthetic  # noqa: E402
 
 from helpers import read_result as read  # noqa: E402
 from helpers import with_stand_in_query_graph  # noqa: E402 - tests/ is on sys.path (conftest)
@@ -26,7 +26,7 @@ from helpers import with_stand_in_query_graph  # noqa: E402 - tests/ is on sys.p
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
     """Exports and embeddings of this test go to a temporary cache, never to runs/bench."""
-    monkeypatch.setattr(common, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(paths, "CACHE", tmp_path / "cache")
     return tmp_path / "cache"
 
 
@@ -252,10 +252,10 @@ def test_demo_result(tmp_path, capsys):
 
 
 def test_clustered_vectors_are_unit_and_queries_share_the_centres():
-    x = common.clustered(500, 16, 10, seed=0)
-    q = common.clustered(50, 16, 10, seed=0, noise_seed=1)
+    x = synthetic.clustered(500, 16, 10, seed=0)
+    q = synthetic.clustered(50, 16, 10, seed=0, noise_seed=1)
     assert x.shape == (500, 16) and x.dtype == np.float32 and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
-    assert np.allclose(common.clustered(500, 16, 10, seed=0), x)  # deterministic for a seed
+    assert np.allclose(synthetic.clustered(500, 16, 10, seed=0), x)  # deterministic for a seed
     # A query's best document is close (same mixture), yet no query is a document.
     best = (q @ x.T).max(axis=1)
     assert best.min() > 0.7 and not np.isclose(best, 1.0, atol=1e-6).any()

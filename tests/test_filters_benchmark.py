@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("hnswlib")
 
-from benchmarks import common  # noqa: E402
+from benchmarks.harness import provenance  # noqa: E402
 
 
 def test_filters_quick(tmp_path):
@@ -20,7 +20,7 @@ def test_filters_quick(tmp_path):
                          "--latency-queries", "20", "--clusters", "30", "--ef-construction", "100", "--tmp",
                          str(tmp_path), "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res["script"] == "benchmarks/filters.py" and all(k in res for k in common.STAMP_KEYS)
+    assert res["script"] == "benchmarks/filters.py" and all(k in res for k in provenance.STAMP_KEYS)
     rows = {r["selectivity"]: r for r in res["sizes"][0]["selectivity"]}
     assert rows[0.01]["exact_scan"] and rows[0.01]["search"]["recall@10"] == 1.0  # few matches: an exact scan
     assert not rows[0.1]["exact_scan"] and rows[0.1]["search"]["recall@10"] >= 0.99  # the graph, filter inside

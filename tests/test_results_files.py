@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import common
+from benchmarks.harness import paths, provenance
 
 WRITERS = re.compile(r"(benchmarks/\w+\.py|tests/reliability/\w+\.py|scripts/demo\.sh)")
 
@@ -31,9 +31,9 @@ def problems(name: str, doc: dict[str, Any]) -> list[str]:
         if script is None:
             out.append(f"{name}{where}: names no script that wrote it")
             continue
-        if not (isinstance(script, str) and WRITERS.fullmatch(script) and (common.ROOT / script).is_file()):
+        if not (isinstance(script, str) and WRITERS.fullmatch(script) and (paths.ROOT / script).is_file()):
             out.append(f"{name}{where}: script {script!r} is not a writer in this repository")
-        missing = [k for k in common.STAMP_KEYS if k not in rec]
+        missing = [k for k in provenance.STAMP_KEYS if k not in rec]
         if missing:
             out.append(f"{name}{where}: stamp incomplete, no {missing}")
         elif not (rec["machine"].get("cpu") and rec["commit"] and re.match(r"\d{4}-\d\d-\d\dT", rec["date"])):
@@ -41,7 +41,7 @@ def problems(name: str, doc: dict[str, Any]) -> list[str]:
     return out
 
 
-FILES = sorted(common.RESULTS.glob("*.json"))
+FILES = sorted(paths.RESULTS.glob("*.json"))
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
@@ -50,11 +50,11 @@ def test_results_file_names_its_writer_and_carries_the_stamp(path: Path):
 
 
 def test_results_folder_holds_only_json():
-    assert FILES and {p.suffix for p in common.RESULTS.iterdir()} == {".json"}
+    assert FILES and {p.suffix for p in paths.RESULTS.iterdir()} == {".json"}
 
 
 def test_the_check_catches_what_it_must(tmp_path):
-    ok = common.write_result(tmp_path / "ok.json", {"n": 1}, common.ROOT / "benchmarks" / "recall.py")
+    ok = provenance.write_result(tmp_path / "ok.json", {"n": 1}, paths.ROOT / "benchmarks" / "recall.py")
     assert problems("ok.json", json.loads(ok.read_text())) == []
     assert problems("hand.json", {"note": "typed in", "n": 1}) == ["hand.json: names no script that wrote it"]
     rec = json.loads(ok.read_text())
@@ -67,27 +67,27 @@ def test_the_check_catches_what_it_must(tmp_path):
 
 def test_writer_refuses_a_script_it_cannot_name(tmp_path):
     with pytest.raises(ValueError, match="name the script"):
-        common.write_result(tmp_path / "x.json", {}, tmp_path / "elsewhere.py")
+        provenance.write_result(tmp_path / "x.json", {}, tmp_path / "elsewhere.py")
     with pytest.raises(ValueError, match="name the script"):
-        common.write_result(tmp_path / "x.json", {}, "benchmarks/no_such_study.py")
+        provenance.write_result(tmp_path / "x.json", {}, "benchmarks/no_such_study.py")
     assert not (tmp_path / "x.json").exists()
 
 
 def test_a_rewritten_file_gets_a_fresh_stamp(tmp_path):
-    out = common.write_result(tmp_path / "study.json", {"runs": [1]}, "benchmarks/quality.py")
+    out = provenance.write_result(tmp_path / "study.json", {"runs": [1]}, "benchmarks/quality.py")
     old = {**json.loads(out.read_text()), "commit": "0000000", "script": "benchmarks/recall.py"}
-    rec = json.loads(common.write_result(out, {**old, "runs": [1, 2]}, "benchmarks/quality.py").read_text())
-    assert rec["runs"] == [1, 2] and rec["commit"] == common.git_commit() and rec["script"] == "benchmarks/quality.py"
+    rec = json.loads(provenance.write_result(out, {**old, "runs": [1, 2]}, "benchmarks/quality.py").read_text())
+    assert rec["runs"] == [1, 2] and rec["commit"] == provenance.git_commit() and rec["script"] == "benchmarks/quality.py"
 
 
 def test_sections_are_replaced_one_at_a_time(tmp_path):
     out = tmp_path / "rel.json"
-    common.write_result(out, {"n": 1}, "tests/reliability/crash.py", section="crash")
-    common.write_result(out, {"n": 2}, "tests/reliability/fuzz.py", section="fuzz_files")
-    common.write_result(out, {"n": 3}, "tests/reliability/crash.py", section="crash")
+    provenance.write_result(out, {"n": 1}, "tests/reliability/crash.py", section="crash")
+    provenance.write_result(out, {"n": 2}, "tests/reliability/fuzz.py", section="fuzz_files")
+    provenance.write_result(out, {"n": 3}, "tests/reliability/crash.py", section="crash")
     doc = json.loads(out.read_text())
     assert {k: (v["script"], v["n"]) for k, v in doc.items()} == {
         "crash": ("tests/reliability/crash.py", 3), "fuzz_files": ("tests/reliability/fuzz.py", 2)}
-    single = common.write_result(tmp_path / "one.json", {"n": 1}, "benchmarks/recall.py")
+    single = provenance.write_result(tmp_path / "one.json", {"n": 1}, "benchmarks/recall.py")
     with pytest.raises(ValueError, match="not sections"):
-        common.write_result(single, {"n": 2}, "tests/reliability/crash.py", section="crash")
+        provenance.write_result(single, {"n": 2}, "tests/reliability/crash.py", section="crash")

@@ -89,7 +89,7 @@ def test_real_server_listens_on_loopback_only(idx):
         pytest.skip("needs /proc/net/tcp")
     import subprocess
 
-    from benchmarks.common import tool_argv
+    from benchmarks.harness.cli import tool_argv
     from benchmarks.loopback import free_port
 
     port = free_port()  # no --host: the default is what is tested

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks.harness import cli, provenance
 from benchmarks.loopback import start_server
 
 from .ledger import UNIVERSE, Expect, Tally, check, doc_text, unit_vector
@@ -130,9 +130,9 @@ def cli_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim: 
             corpus = folder.parent / "more.jsonl"
             corpus.write_text("".join(json.dumps({"_id": i, "title": "", "text": doc_text(i, v)}) + "\n"
                                       for i, v in zip(ids, vers, strict=True)))  # type: ignore[arg-type]
-            argv = [*common.tool_argv(), "-q", "index", "add", "--index", str(folder), "--corpus", str(corpus)]
+            argv = [*cli.tool_argv(), "-q", "index", "add", "--index", str(folder), "--corpus", str(corpus)]
         else:
-            argv = [*common.tool_argv(), "-q", "index", "delete", "--index", str(folder), *sum((["--id", i] for i in ids), [])]
+            argv = [*cli.tool_argv(), "-q", "index", "delete", "--index", str(folder), *sum((["--id", i] for i in ids), [])]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             proc.wait(timeout=max(0.0, kill_at - time.monotonic()))
@@ -234,12 +234,12 @@ def run(mode: str, cycles: int, workdir: Path, export: Path | None = None, seed:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = common.study_parser(__doc__, "reliability", quick=False)
+    ap = cli.study_parser(__doc__, "reliability", quick=False)
     ap.add_argument("--modes", default="store,cli,http")
     ap.add_argument("--cycles", default="200", help="cycles per mode, or mode=N,mode=N")
     ap.add_argument("--export", type=Path, default=None, help="EXPORT_DIR for the cli/http writers")
     ap.add_argument("--seed", type=int, default=0)
-    a = common.parse(ap, argv)
+    a = cli.parse(ap, argv)
     per = dict(kv.split("=") for kv in a.cycles.split(",")) if "=" in a.cycles else {}
     out = []
     with tempfile.TemporaryDirectory(prefix="hce-crash-") as tmp:
@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = {k: sum(r[k] for r in out) for k in ("cycles", "killed_mid_write", "in_flight_at_kill", "acked_mutations",
                                                   "failed_loads", "lost_acked_writes", "deleted_ids_returned",
                                                   "docs_checks", "docs_index_mismatch", "writer_errors")}
-    common.write_result(a.out, {"export": str(a.export) if a.export else None, "total": total, "modes": out}, __file__,
+    provenance.write_result(a.out, {"export": str(a.export) if a.export else None, "total": total, "modes": out}, __file__,
                         section="crash")
     print(json.dumps(total))
     return 0

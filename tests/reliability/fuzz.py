@@ -29,7 +29,7 @@ import numpy as np
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from benchmarks import common
+from benchmarks.harness import cli, provenance
 from hce_serve.errors import HCEError
 
 from .fuzz_inputs import bytes_of, jsonl, mutated, replace_field, tree_arrays, wal_records
@@ -203,10 +203,10 @@ class Fuzzer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = common.study_parser(__doc__, "reliability", quick=False)
+    ap = cli.study_parser(__doc__, "reliability", quick=False)
     ap.add_argument("--cases", type=int, default=10_000, help="total cases over all file targets")
     ap.add_argument("--export", type=Path, default=None, help="an EXPORT_DIR to fuzz the encoder loader too")
-    a = common.parse(ap, argv)
+    a = cli.parse(ap, argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hce-fuzz-") as tmp:
         fz = Fuzzer(Path(tmp), a.export)
@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "project_errors": total["hce_error"], "multiline_messages": total["multiline_message"],
                "per_target": {k: dict(v) for k, v in fz.tally.items()}, "traceback_examples": fz.tracebacks[:10],
                "seconds": round(time.perf_counter() - t0, 1), "export": str(a.export) if a.export else None}
-    common.write_result(a.out, payload, __file__, section="fuzz_files")
+    provenance.write_result(a.out, payload, __file__, section="fuzz_files")
     print(json.dumps({k: payload[k] for k in ("cases", "tracebacks", "clean_results", "project_errors")}))
     return 0
 

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
-from benchmarks import common
+from benchmarks.harness import cli, provenance
 
 
 # ---- HTTP (schemathesis over the OpenAPI document, in-process ASGI) and CLI argv --------------------------
@@ -170,11 +170,11 @@ def api_samples(root: Path, export: Path) -> tuple[Any, dict[str, str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     from hce_serve.http import create_app
 
-    ap = common.study_parser(__doc__, "reliability", quick=False)
+    ap = cli.study_parser(__doc__, "reliability", quick=False)
     ap.add_argument("--export", type=Path, required=True, help="EXPORT_DIR the sample index is built with")
     ap.add_argument("--http-cases", type=int, default=300, help="schemathesis cases per operation and mode")
     ap.add_argument("--cli-cases", type=int, default=600)
-    a = common.parse(ap, argv)
+    a = cli.parse(ap, argv)
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="hce-fuzz-api-") as tmp:
         (Path(tmp) / "api").mkdir()
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         eng.close()
     out["cases"] = sum(v["cases"] for v in out.values())
     out["tracebacks"] = sum(v.get("traceback", 0) for v in out.values() if isinstance(v, dict))
-    common.write_result(a.out, {**out, "export": str(a.export)}, __file__, section="fuzz_api")
+    provenance.write_result(a.out, {**out, "export": str(a.export)}, __file__, section="fuzz_api")
     print(json.dumps({k: out[k] for k in ("cases", "tracebacks")}))
     return 0
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from benchmarks import common
+from benchmarks.harness import cli, provenance, timing
 from benchmarks.loopback import Connection, start_server
 
 MIX = {"search": 0.7, "get": 0.1, "add": 0.1, "delete": 0.1}
@@ -205,8 +205,8 @@ async def _drive(port: int, load: Load, concurrency: int, seed: int) -> dict[str
     return {
         "requests": done, "seconds": round(wall, 2), "qps": round(done / wall, 1),
         "search_qps": round(len(lat["search"]) / wall, 1),
-        "latency": common.percentiles(all_lat) if all_lat else {},
-        "latency_by_kind": {k: common.percentiles(v) for k, v in lat.items() if v},
+        "latency": timing.percentiles(all_lat) if all_lat else {},
+        "latency_by_kind": {k: timing.percentiles(v) for k, v in lat.items() if v},
         "status": dict(status), "server_errors_5xx": sum(n for s, n in status.items() if s.startswith("5")),
         "transport_errors": sum(n for s, n in status.items() if s.startswith("transport")),
         "invariant_violations": len(inv.violations), "violation_examples": inv.violations[:5],
@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hce_serve.beir import iter_corpus, load_queries
     from hce_serve.engine import Engine
 
-    ap = common.study_parser(__doc__, "reliability", quick=False)
+    ap = cli.study_parser(__doc__, "reliability", quick=False)
     ap.add_argument("--export", type=Path, required=True)
     ap.add_argument("--corpus", type=Path, required=True)
     ap.add_argument("--queries", type=Path, required=True)
@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads in the server")
-    a = common.parse(ap, argv)
+    a = cli.parse(ap, argv)
     docs = {d.id: d.full_text for d in iter_corpus(a.corpus)}
     with tempfile.TemporaryDirectory(prefix="hce-load-") as tmp:
         idx = Path(tmp) / "idx"
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res.update({"export": str(a.export), "corpus": str(a.corpus), "documents": len(docs), "concurrency": a.concurrency,
                 "server_threads": a.threads, "mix": MIX, "build_seconds": round(build_s, 1),
                 "client": "benchmarks/loopback.py (asyncio keep-alive, same machine)"})
-    common.write_result(a.out, res, __file__, section="load")
+    provenance.write_result(a.out, res, __file__, section="load")
     print(json.dumps(res, indent=2))
     return 0
 
