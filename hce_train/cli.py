@@ -119,9 +119,13 @@ def fit(config_file: Path | None, overwrite: bool, resume: bool, no_progress: bo
 
 @main.command("distill-query")
 @click.option("--model", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="MODEL_DIR (the full encoder: teacher, and the document encoder at serving time).")
+              help="MODEL_DIR (the full encoder: teacher, and the document encoder at serving time), or any "
+                   "encoder folder hce-export accepts (an untrained base model: see --out).")
 @click.option("--layers", required=True, type=click.IntRange(min=1), help="Transformer layers the query encoder keeps.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="QMODEL_DIR to write.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="QMODEL_DIR to write. With a plain encoder folder as --model (no hce_model.json, nothing is "
+                   "written there): the pair's MODEL_DIR, a copy of the teacher with its card and the query "
+                   "encoder in query_encoder/; hce-export onnx --model OUT exports both.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="BEIR folder to distil on [the one MODEL_DIR was trained on].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help=f"[{_DISTILL.epochs}]")
@@ -162,7 +166,11 @@ def distill_query(model: Path, layers: int, out: Path, data: Path | None, epochs
                   length_grouped: bool | None,
                   tau: float | None, cos_weight: float | None, kl_weight: float | None, device: str, precision: str,
                   seed: int, overwrite: bool, no_progress: bool, verbose: int, quiet: bool) -> None:
-    """Distil a shallow query encoder (L of MODEL_DIR's layers) that maps queries where MODEL_DIR does."""
+    """Distil a shallow query encoder (L of MODEL_DIR's layers) that maps queries where MODEL_DIR does.
+
+    MODEL_DIR's card records the pair. A plain encoder folder (an untrained base model) is never written:
+    --out then becomes the pair's MODEL_DIR, ready for hce-export.
+    """
     setup_logging(verbose, quiet)
     from .distill import distill
 

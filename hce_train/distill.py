@@ -17,6 +17,11 @@ the method needs no labels and works on a new corpus. Batches hold queries of si
 
 QMODEL_DIR is a plain encoder folder with a card (``extra.role = "query_encoder"``); MODEL_DIR's card then
 records the pair in ``extra.query_encoder`` so ``hce-export`` exports and validates both graphs.
+
+The teacher may also be any plain encoder folder ``hce-export`` accepts (an untrained base model, say). Such a
+folder has no card to record the pair in, and it may not be the user's to write (a package's site-packages
+folder), so nothing is written there: ``--out`` becomes the MODEL_DIR instead, holding a copy of the teacher
+with its derived card and the query encoder in ``query_encoder/``; ``hce-export onnx --model OUT`` exports both.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from hce_serve import beir
-from hce_serve.card import ModelCard
+from hce_serve.card import CARD_NAME, ModelCard
 from hce_serve.errors import ConfigError, DataError
 
 from .config import DistillConfig
@@ -44,6 +49,8 @@ from .loop import lr_at, pick_device
 from .model import HCEEncoder, use_bf16
 
 log = logging.getLogger(__name__)
+
+PLAIN_QUERY_DIR = "query_encoder"  # with a plain teacher folder: the query encoder's place inside --out
 
 
 def pick_layers(rule: str, layers: int, depth: int) -> list[int]:
@@ -123,14 +130,17 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    mdir, qdir = Path(model_dir), Path(out)
-    if mdir.is_dir() and not (mdir / "hce_model.json").is_file():  # a plain HF/sentence-transformers folder
-        raise ConfigError(f"{mdir}: not an hce MODEL_DIR (no hce_model.json, where the pair is recorded): "
-                          "distil from a MODEL_DIR written by `hce-train fit`")
-    card = ModelCard.load(mdir)
+    mdir, out_dir = Path(model_dir), Path(out)
+    plain = mdir.is_dir() and not (mdir / CARD_NAME).is_file()  # a plain HF/sentence-transformers folder
+    card = _plain_card(mdir) if plain else ModelCard.load(mdir)
+    # home: the MODEL_DIR whose card records the pair (a plain teacher's own folder is never written)
+    home, qdir = (out_dir, out_dir / PLAIN_QUERY_DIR) if plain else (mdir, out_dir)
     data_dir = Path(data) if data else _trained_on(mdir)
-    if qdir.exists() and any(qdir.iterdir()) and not overwrite:
-        raise ConfigError(f"{qdir}: already exists; pass --overwrite to replace it")
+    _check_out(out_dir, mdir, overwrite)
+    if plain:
+        log.info("%s is a plain encoder folder: %s becomes the MODEL_DIR of the pair (a copy of the teacher, "
+                 "its card, the query encoder in %s/); export it with `hce-export onnx --model %s`",
+                 mdir, out_dir, PLAIN_QUERY_DIR, out_dir)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     t_start = time.perf_counter()
@@ -190,8 +200,29 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
                "init_from": kept, "steps": step,
                "seconds": round(time.perf_counter() - t_start, 1), "final": stats, "heldout": fidelity,
                "data": str(data_dir.resolve()), "config": asdict(cfg), "crops_per_doc": cfg.crops_per_doc(len(corpus.texts))}
-    _write(student, teacher, card, mdir, qdir, summary, overwrite)
-    return {**summary, "out": str(qdir)}
+    _write(student, teacher, card, home, qdir, out_dir, summary, overwrite, copy_teacher=plain)
+    return {**summary, "out": str(out_dir), "model_dir": str(home), "query_dir": str(qdir)}
+
+
+def _plain_card(mdir: Path) -> ModelCard:
+    """The card ``hce-export`` derives for a plain encoder folder (same checks, same lengths and pooling)."""
+    from hce_export.source import load_source
+
+    card = load_source(mdir).card
+    if card.pooling != "mean":  # the student and teacher embed with HCEEncoder, which mean-pools
+        raise ConfigError(f"{mdir}: a {card.pooling}-pooled encoder; distill-query distils mean-pooled ones")
+    return card
+
+
+def _check_out(out: Path, mdir: Path, overwrite: bool) -> None:
+    """``out`` is replaced as a whole with --overwrite: it must not be the teacher's folder or hold it."""
+    out_r, model_r = out.resolve(), mdir.resolve()
+    if out_r == model_r or out_r in model_r.parents:
+        raise ConfigError(f"{out}: the output folder must not be --model's folder or contain it")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out}: already exists; pass --overwrite to replace it")
 
 
 def _trained_on(mdir: Path) -> Path:
@@ -217,15 +248,21 @@ def _fidelity(teacher: HCEEncoder, student: HCEEncoder, texts: list[str], d_emb:
             "top10_overlap": round(float(overlap), 4)}
 
 
-def _write(student: HCEEncoder, teacher: HCEEncoder, card: ModelCard, mdir: Path, qdir: Path,
-           summary: dict[str, Any], overwrite: bool) -> None:
+def _write(student: HCEEncoder, teacher: HCEEncoder, card: ModelCard, home: Path, qdir: Path, out: Path,
+           summary: dict[str, Any], overwrite: bool, copy_teacher: bool) -> None:
+    """QMODEL_DIR, then the pair in ``home``'s card; ``copy_teacher``: ``home`` (= ``out``) is written whole,
+    the teacher's weights and tokenizer with the card last."""
     import shutil
 
-    if qdir.exists() and overwrite:
-        shutil.rmtree(qdir)
-    qcard = card.replace(tree=None, onnx=None, extra={"role": "query_encoder", "teacher": str(mdir.resolve()),
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    qcard = card.replace(tree=None, onnx=None, extra={"role": "query_encoder", "teacher": str(home.resolve()),
                                                       "distill": summary})
     student.save(qdir, qcard)
-    rel = os.path.relpath(qdir.resolve(), mdir.resolve())
+    rel = os.path.relpath(qdir.resolve(), home.resolve())
     pair = {"path": rel, "layers": summary["layers"], "heldout": summary["heldout"]}
-    card.replace(extra={**card.extra, "query_encoder": pair}).save(mdir)  # the card is replaced atomically
+    paired = card.replace(extra={**card.extra, "query_encoder": pair})
+    if copy_teacher:
+        teacher.save(home, paired)
+    else:
+        paired.save(home)  # the card is replaced atomically

@@ -249,8 +249,64 @@ def test_loss_settings_reach_the_config_and_bad_ones_are_usage_errors(pair, tmp_
         assert res.exit_code == 2 and "Traceback" not in res.output
 
 
-def test_a_plain_model_folder_is_a_one_line_user_error(tiny_bert, tmp_path):
-    res = CliRunner().invoke(train_cli, ["distill-query", "--model", str(tiny_bert), "--layers", "1", "--out",
-                                         str(tmp_path / "q"), "--no-progress", "-q"])
-    assert res.exit_code == 1 and "not an hce MODEL_DIR" in res.output and "Traceback" not in res.output
-    assert not (tiny_bert / "hce_model.json").exists() and not (tmp_path / "q").exists()  # nothing written
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(f.relative_to(folder)): (f.stat().st_size, f.stat().st_mtime_ns) for f in folder.rglob("*")}
+
+
+def test_a_plain_encoder_folder_distils_into_out_and_exports_in_one_more_command(tiny_bert, tiny_beir, tmp_path):
+    """An untrained base model: --out becomes the pair's MODEL_DIR; the base folder is never written."""
+    import shutil
+
+    from hce_export.api import export
+
+    base = tmp_path / "site-packages" / "base-model"  # stands for a folder the user does not own
+    shutil.copytree(tiny_bert, base)
+    before = _snapshot(base)
+    out = tmp_path / "pair"
+    args = ["distill-query", "--model", str(base), "--data", str(tiny_beir), "--layers", "1", "--out", str(out),
+            "--epochs", "1", "--batch-size", "16", "--max-pseudo", "128", "--no-progress", "-q"]
+    res = CliRunner().invoke(train_cli, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert _snapshot(base) == before  # nothing written, nothing touched in the teacher's folder
+    assert summary["model_dir"] == summary["out"] == str(out) and summary["query_dir"] == str(out / "query_encoder")
+    card, qcard = ModelCard.load(out), ModelCard.load(out / "query_encoder")
+    assert card.extra["query_encoder"]["path"] == "query_encoder" and card.extra["query_encoder"]["layers"] == 1
+    assert card.base_model == str(base) and card.pooling == "mean" and card.dim == qcard.dim == 32
+    assert qcard.extra["role"] == "query_encoder" and qcard.extra["teacher"] == str(out.resolve())
+    assert json.loads((out / "query_encoder" / "config.json").read_text())["num_hidden_layers"] == 1
+    section = export(out, tmp_path / "ex", quantize=True)  # the second command: both graphs, validated
+    assert section["query_files"] == {"fp32": "query_model.onnx", "int8": "query_model_int8.onnx"}
+    assert not section["validation"]["degraded"]
+    # A rerun into the same --out needs --overwrite, and then replaces the pair as a whole.
+    res = CliRunner().invoke(train_cli, args)
+    assert res.exit_code == 1 and "--overwrite" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(train_cli, [*args, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert ModelCard.load(out).extra["query_encoder"]["path"] == "query_encoder" and _snapshot(base) == before
+
+
+def test_what_distill_query_refuses_is_a_one_line_error_that_writes_nothing(tiny_bert, tiny_beir, tmp_path):
+    import shutil
+
+    def run(model: Path, out: Path, *extra: str) -> str:
+        res = CliRunner().invoke(train_cli, ["distill-query", "--model", str(model), "--layers", "1", "--out",
+                                             str(out), "--no-progress", "-q", *extra])
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        return res.output
+
+    assert "pass --data" in run(tiny_bert, tmp_path / "q")  # a plain folder records no training data
+    (tmp_path / "not-a-model").mkdir()
+    assert "no config.json" in run(tmp_path / "not-a-model", tmp_path / "q", "--data", str(tiny_beir))
+    cls = tmp_path / "cls-model"
+    shutil.copytree(tiny_bert, cls)
+    (cls / "1_Pooling").mkdir()
+    (cls / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    assert "mean-pooled" in run(cls, tmp_path / "q", "--data", str(tiny_beir))
+    mine = tmp_path / "models" / "mine"
+    shutil.copytree(tiny_bert, mine)
+    before = _snapshot(mine)
+    for out in (mine, mine.parent):  # --overwrite would delete the teacher: refused before any work
+        assert "must not be --model's folder or contain it" in run(mine, out, "--data", str(tiny_beir), "--overwrite")
+    assert _snapshot(mine) == before and not (tmp_path / "q").exists()
+    assert not (tiny_bert / "hce_model.json").exists()
