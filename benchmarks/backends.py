@@ -24,11 +24,11 @@ import numpy as np
 
 from benchmarks.harness import cli, provenance, timing
 from hce_serve import defaults
-from hce_serve.beir import check_qrels, load_qrels, load_queries, qrels_path
 from hce_serve.engine import Engine
+from hce_serve.formats.beir import check_qrels, load_qrels, load_queries, qrels_path
 from hce_serve.metrics import evaluate
-from hce_serve.milvus_export import export_index, vector_index_for
-from hce_serve.milvus_layout import MilvusTarget
+from hce_serve.milvus.export import export_index, vector_index_for
+from hce_serve.milvus.layout import MilvusTarget
 
 TARGETS = {"overlap_at_10": 0.99, "ndcg_at_10_abs_diff": 0.002}
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hce_serve.beir import Document
+from hce_serve.documents import Document
 
 log = logging.getLogger(__name__)
 

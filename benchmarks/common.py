@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from hce_serve import atomic, cpu
+from hce_serve import cpu
+from hce_serve.formats import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

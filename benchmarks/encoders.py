@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness import paths
-from hce_serve.beir import BeirData, Document
-from hce_serve.card import ModelCard
+from hce_serve.documents import Document
+from hce_serve.formats.beir import BeirData
+from hce_serve.formats.card import ModelCard
 from hce_serve.metrics import evaluate
 
 log = logging.getLogger(__name__)

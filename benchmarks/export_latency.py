@@ -33,7 +33,7 @@ QUERY_MAX_LENGTH = 64
 def docs_of_length(tok: Any, corpus: Path, n: int, tokens: int) -> list[str]:
     """The first ``n`` documents of at least ``tokens`` tokens, each cut at its ``tokens``-th token (special
     tokens counted), so every system encodes the same ``tokens``-token inputs."""
-    from hce_serve.beir import iter_corpus
+    from hce_serve.formats.beir import iter_corpus
 
     out = []
     for d in iter_corpus(corpus):
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--doc-tokens", type=int, default=128, help="length of the timed documents")
     ap.add_argument("--n", type=int, default=None, help="timed queries per system and repeat [100 quick, 500]")
     args = cli.parse(ap, argv)
-    from hce_serve.card import ModelCard
+    from hce_serve.formats.card import ModelCard
 
     model_dir = args.model or base_model_path()
     work = None

@@ -32,12 +32,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness import cli, figures, paths, provenance, synthetic, timing
-from hce_serve.beir import Document
 from hce_serve.checks import check_filter
 from hce_serve.defaults import FILTER_SCAN_COST
-from hce_serve.index import Index, IndexParams
-from hce_serve.search import recall_at_k, topk_inner_product
-from hce_serve.store import IndexStore
+from hce_serve.documents import Document
+from hce_serve.folder.store import IndexStore
+from hce_serve.index.exact import recall_at_k, topk_inner_product
+from hce_serve.index.index import Index
+from hce_serve.options import IndexParams
 
 log = logging.getLogger(__name__)
 

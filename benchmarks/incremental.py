@@ -31,9 +31,10 @@ from typing import Any
 
 from benchmarks.encoders import base_model_path, ensure_export
 from benchmarks.harness import cli, paths, provenance
-from hce_serve.beir import Document, Qrels, load_corpus, load_qrels, load_queries
+from hce_serve.documents import Document
+from hce_serve.formats.beir import Qrels, load_corpus, load_qrels, load_queries
+from hce_serve.formats.trec import read_run
 from hce_serve.metrics import evaluate
-from hce_serve.trec import read_run
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ def build_graphs(model: Path, work: Path, names: Sequence[str]) -> tuple[dict[st
     the same fp32 graph, the tokenizer, and a card naming that graph."""
     from hce_export.api import export
     from hce_export.quantize import detect_isa, quantize, settings_for
-    from hce_serve.card import ModelCard
+    from hce_serve.formats.card import ModelCard
 
     exp = work / "export"
     if not is_export(exp):
@@ -95,7 +95,7 @@ def encoder(folder: Path, name: str, threads: int, qlen: int | None = None):  # 
 
 def study(data_dir: Path, folders: dict[str, Path], quick: bool) -> dict:
     from hce_export.validate import subsample
-    from hce_serve.beir import load_beir
+    from hce_serve.formats.beir import load_beir
 
     data = load_beir(data_dir, "test")
     qids, docs = subsample(data, 100, 1500) if quick else subsample(data, None, None)

@@ -35,9 +35,11 @@ from benchmarks.encoders import base_model_path, beir_exact, ensure_export
 from benchmarks.harness import cli, figures, paths, provenance, synthetic, timing
 from benchmarks.latency_systems import Floor, K, TorchExact, systems, warm_cache
 from benchmarks.loopback import run_load, sequential, start_server
-from hce_serve.beir import Document, load_beir
-from hce_serve.index import Index, IndexParams
-from hce_serve.search import recall_at_k, topk_inner_product
+from hce_serve.documents import Document
+from hce_serve.formats.beir import load_beir
+from hce_serve.index.exact import recall_at_k, topk_inner_product
+from hce_serve.index.index import Index
+from hce_serve.options import IndexParams
 
 log = logging.getLogger(__name__)
 BATCH = 32
@@ -67,8 +69,8 @@ def measure_http(index_dir: Path, queries: list[str], threads: int, n: int, repe
 
 def has_shallow(export: Path, variant: str) -> bool:
     """Whether the export has a distilled query graph of this variant: the serving path's own choice."""
-    from hce_serve.card import ModelCard
     from hce_serve.encoder import plan
+    from hce_serve.formats.card import ModelCard
 
     return plan(ModelCard.load(export), export, variant)["query_encoder"] == "shallow"
 
@@ -162,7 +164,7 @@ def plot_cdf(cdf: dict[str, list[float]], out: Path, name: str) -> None:
 def make_index(folder: Path, export_dir: Path, ids: list[str], matrix: np.ndarray, ef: int,
                documents: list[Document] | None = None) -> Path:
     """An index folder over precomputed vectors (with ``documents`` stored, or ids only)."""
-    from hce_serve.store import IndexStore
+    from hce_serve.folder.store import IndexStore
 
     index = Index(matrix.shape[1], IndexParams(ef_search=ef, exact_threshold=0), capacity=len(ids))
     for s in range(0, len(ids), 65536):

@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmarks.encoders import pad_encodings
 from hce_serve.encoder import disabled_optimizers
-from hce_serve.search import topk_inner_product
+from hce_serve.index.exact import topk_inner_product
 
 K = 10
 QUERY_MAX_LENGTH = 64
@@ -37,7 +37,7 @@ class Floor:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        from hce_serve.card import ModelCard
+        from hce_serve.formats.card import ModelCard
 
         card = ModelCard.load(export_dir)
         so = ort.SessionOptions()

@@ -38,7 +38,7 @@ import numpy as np
 from benchmarks.harness import resources
 from benchmarks.harness.synthetic import K, Mixture, exact_topk
 from benchmarks.harness.timing import latency
-from hce_serve.search import recall_at_k
+from hce_serve.index.exact import recall_at_k
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ def faiss_fp16_option(mix: Mixture, m: int, args: argparse.Namespace, ef: int) -
 
 
 def milvus_option(mix: Mixture, m: int, args: argparse.Namespace, ef: int, folder: Path) -> Option:
-    from hce_serve.milvus_client import MilvusCollection, connect, pymilvus_module, release
-    from hce_serve.milvus_layout import CollectionManifest, MilvusTarget, VectorIndex
+    from hce_serve.milvus.client import MilvusCollection, connect, pymilvus_module, release
+    from hce_serve.milvus.layout import CollectionManifest, MilvusTarget, VectorIndex
 
     target = MilvusTarget(str(folder / "options.db"), "options")
     vindex = VectorIndex.make("HNSW", args.M, args.ef_construction, ef)

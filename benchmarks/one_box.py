@@ -38,9 +38,10 @@ import numpy as np
 from benchmarks import memory_options
 from benchmarks.harness import resources, timing
 from benchmarks.harness.synthetic import K, Mixture, exact_topk
-from hce_serve.index import Index, IndexParams
-from hce_serve.index_io import read_index, write_index
-from hce_serve.search import recall_at_k
+from hce_serve.folder.datafiles import read_index, write_index
+from hce_serve.index.exact import recall_at_k
+from hce_serve.index.index import Index
+from hce_serve.options import IndexParams
 
 log = logging.getLogger(__name__)
 TARGETS = {"build_minutes": 60, "peak_rss_gib": 16, "recall_at_10": 0.99, "p50_ms": 1.0}  # issue 13, 5M x 384

@@ -99,8 +99,8 @@ def timed_configs(graph: Path, threads: int, configs: dict[str, list[str]], quer
 def run(export_dir: Path, data_dir: Path, args: Any) -> dict[str, Any]:
     from tokenizers import Tokenizer
 
-    from hce_serve.beir import load_beir
-    from hce_serve.card import ModelCard
+    from hce_serve.formats.beir import load_beir
+    from hce_serve.formats.card import ModelCard
 
     card = ModelCard.load(export_dir)
     graphs = {v: export_dir / card.onnx["files"][v] for v in ("int8", "fp32")}

@@ -96,7 +96,7 @@ def machine_facts() -> dict[str, Any]:
 def anchors(data_dir: Path, qlen: int, budget: dict[str, Any], device: str) -> dict[str, Any]:
     """BM25 and the zero-shot base model, per-query nDCG@10 kept for the paired tests."""
     from benchmarks.bm25 import bm25_run
-    from hce_serve import beir
+    from hce_serve.formats import beir
     from hce_serve.metrics import per_query
     from hce_train.evaluate import evaluate_encoder
     from hce_train.model import HCEEncoder, use_bf16

@@ -40,7 +40,7 @@ SETTINGS_BEFORE_OPTION = {"init_layers": "bottom",  # students started from the 
 
 def teacher_dir(name: str, work: Path, qlen: int, dlen: int, base_model: str | None) -> Path:
     """A MODEL_DIR for ``distill``: the given one, or the base model saved with a card."""
-    from hce_serve.card import ModelCard
+    from hce_serve.formats.card import ModelCard
     from hce_train.model import HCEEncoder
 
     if name != "base":
@@ -53,8 +53,8 @@ def teacher_dir(name: str, work: Path, qlen: int, dlen: int, base_model: str | N
 
 
 def run_one(data_dir: Path, teacher: str, layers: list[int], args: Any) -> dict[str, Any]:
-    from hce_serve import beir
-    from hce_serve.card import ModelCard
+    from hce_serve.formats import beir
+    from hce_serve.formats.card import ModelCard
     from hce_serve.metrics import paired_test, per_query
     from hce_train.distill import DistillConfig, distill
     from hce_train.evaluate import exact_topk

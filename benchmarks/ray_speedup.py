@@ -64,7 +64,7 @@ def vectors(idx: Path) -> tuple[list[str], np.ndarray]:
 
 
 def measure(export: Path, corpus: Path, docs: int, rounds: int, workers: int, batch_size: int) -> dict[str, Any]:
-    from hce_serve.ray_encode import RayOptions
+    from hce_serve.folder.ray_encode import RayOptions
 
     systems = {
         "one_process": {},

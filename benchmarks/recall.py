@@ -27,11 +27,12 @@ from benchmarks.harness.cli import parse, study_parser
 from benchmarks.harness.figures import pyplot, save_figure
 from benchmarks.harness.paths import SHARED_DATA, plot_path
 from benchmarks.harness.provenance import write_result
-from hce_serve.beir import BeirData, load_beir
-from hce_serve.card import ModelCard
-from hce_serve.index import Index, IndexParams
+from hce_serve.formats.beir import BeirData, load_beir
+from hce_serve.formats.card import ModelCard
+from hce_serve.index.exact import recall_at_k
+from hce_serve.index.index import Index
 from hce_serve.metrics import evaluate
-from hce_serve.search import recall_at_k
+from hce_serve.options import IndexParams
 
 log = logging.getLogger(__name__)
 

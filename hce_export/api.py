@@ -17,10 +17,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from hce_serve.atomic import fsync_dir
-from hce_serve.card import ModelCard
 from hce_serve.errors import ConfigError, DataError, FormatError, ValidationError
-from hce_serve.tree import Tree
+from hce_serve.formats.atomic import fsync_dir
+from hce_serve.formats.card import ModelCard
+from hce_serve.formats.tree import Tree
 
 from . import onnx as onnx_export
 from . import optimize, validate

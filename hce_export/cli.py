@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from hce_serve.clitools import HCEGroup, setup_logging, verbosity_options
+from hce_serve.cli.common import HCEGroup, setup_logging, verbosity_options
 
 from .quantize import ISAS
 from .validate import Tolerances

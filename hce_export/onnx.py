@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hce_serve.card import ModelCard
 from hce_serve.errors import FormatError, missing_dependency
+from hce_serve.formats.card import ModelCard
 
 log = logging.getLogger(__name__)
 

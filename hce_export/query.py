@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from hce_serve.card import ModelCard
 from hce_serve.encoder import Encoder
 from hce_serve.errors import FormatError
+from hce_serve.formats.card import ModelCard
 
 from . import onnx as onnx_export
 from . import optimize, validate

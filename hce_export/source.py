@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hce_serve.card import CARD_NAME, ModelCard
 from hce_serve.defaults import DOC_MAX_LENGTH, QUERY_MAX_LENGTH
 from hce_serve.errors import FormatError
+from hce_serve.formats.card import CARD_NAME, ModelCard
 
 log = logging.getLogger(__name__)
 

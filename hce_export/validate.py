@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from hce_serve.card import ModelCard
 from hce_serve.encoder import Encoder
+from hce_serve.formats.card import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def check_data(
     max_queries: int | None = None, max_docs: int | None = None, seed: int = 0,
 ) -> dict[str, Any]:
     """nDCG@10 of each variant by exact search on a BEIR folder (optionally subsampled, recorded)."""
-    from hce_serve.beir import load_beir
+    from hce_serve.formats.beir import load_beir
     from hce_serve.metrics import evaluate
 
     data = load_beir(data_dir, split)
@@ -166,7 +166,7 @@ def subsample(data: Any, max_queries: int | None, max_docs: int | None, seed: in
 def exact_run(q: np.ndarray, d: np.ndarray, qids: list[str], ids: list[str], k: int = 100) -> tuple[dict, np.ndarray]:
     """Exact top-``k`` run {qid: {doc id: score}} of unit query rows against document rows, and the
     (nq, k) document rows best first."""
-    from hce_serve.search import topk_inner_product
+    from hce_serve.index.exact import topk_inner_product
 
     scores, rows = topk_inner_product(d, q, k)  # (nq, k) each
     run = {qid: {ids[j]: float(sc) for j, sc in zip(rr, ss, strict=True)}

@@ -20,12 +20,12 @@ __version__ = "0.1.0"  # the one version string: pyproject.toml reads it (tool.s
 
 _EXPORTS = {
     "Engine": "engine",
-    "Hit": "hit",
+    "Hit": "documents",
     "Encoder": "encoder",
-    "Document": "beir",
-    "IndexParams": "index_types",
-    "AddResult": "index_types",
-    "DeleteResult": "index_types",
+    "Document": "documents",
+    "IndexParams": "options",
+    "AddResult": "documents",
+    "DeleteResult": "documents",
     "HCEError": "errors",
     "DataError": "errors",
     "FormatError": "errors",
@@ -34,12 +34,11 @@ __all__ = ["AddResult", "DataError", "DeleteResult", "Document", "Encoder", "Eng
            "IndexParams", "__version__"]
 
 if TYPE_CHECKING:
-    from .beir import Document
+    from .documents import AddResult, DeleteResult, Document, Hit
     from .encoder import Encoder
     from .engine import Engine
     from .errors import DataError, FormatError, HCEError
-    from .hit import Hit
-    from .index_types import AddResult, DeleteResult, IndexParams
+    from .options import IndexParams
 
 
 def __getattr__(name: str) -> Any:

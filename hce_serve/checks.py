@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .beir import Document
 from .defaults import FIELDS
+from .documents import Document
 from .errors import DataError
-from .search import as_f32_matrix
+from .index.exact import as_f32_matrix
 
 MAX_EF = 100_000
 MAX_FIELD_NAME = 128
@@ -123,28 +122,6 @@ def as_document(obj: Document | Mapping[str, Any], strict: bool = True) -> tuple
         raise DataError(f"document {doc_id!r}: title and text must be strings of valid Unicode text")
     flat, dropped = check_metadata(meta, f"document {doc_id!r}", strict=strict)
     return Document(doc_id, title, text, flat or None), dropped
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Documents that passed ``check_documents``: the input ``IndexStore.add_batch`` takes."""
-
-    docs: list[Document]
-    dropped_metadata: int = 0  # metadata entries left out for not being flat (corpus files only)
-
-    @property
-    def ids(self) -> list[str]:
-        return [d.id for d in self.docs]
-
-    @property
-    def empty(self) -> int:
-        return sum(d.is_empty for d in self.docs)
-
-    def rows(self, vectors: Any, leaves: Any, dim: int, no_leaf: int) -> tuple[np.ndarray, np.ndarray]:
-        """The batch's vectors (n, dim) float32 and tree leaves (n,) int32, checked against it (every backend's
-        add takes them through here); ``leaves`` None gives ``no_leaf`` for all."""
-        n = len(self.docs)
-        return check_vectors(vectors, n, dim), check_leaves(leaves, n, no_leaf)
 
 
 def check_documents(docs: Iterable[Document | Mapping[str, Any]], strict: bool = True) -> tuple[list[Document], int]:

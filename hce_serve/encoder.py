@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from . import defaults
-from .card import ModelCard
 from .errors import ConfigError, FormatError, missing_dependency
+from .formats.card import ModelCard
 from .qcache import query_key_function
 
 log = logging.getLogger(__name__)

@@ -29,19 +29,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import defaults
-from .beir import Document, chunks, iter_corpus
-from .build import build_index, load_tree, progress_bar, report_empty, scan_corpus
-from .card import ModelCard
+from .batching import chunks, progress_bar
 from .checks import check_ef, check_fields, check_filter, check_k, check_query
+from .documents import AddResult, DeleteResult, Document, Hit
 from .errors import DataError, FormatError, HCEError
-from .hit import Hit
-from .index import AddResult, DeleteResult, Index
+from .folder.build import build_index, report_empty, scan_corpus
+from .folder.store import IndexStore
+from .formats.beir import iter_corpus
+from .formats.card import ModelCard
+from .formats.tree import Subtree, load_tree
+from .index.index import Index
 from .qcache import QueryCache
-from .store import IndexStore
-from .tree import Subtree
 
 if TYPE_CHECKING:
-    from .milvus_store import MilvusStore
+    from .milvus.store import MilvusStore
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,8 @@ class Engine:
         """Open a Milvus collection written by ``hce-serve index export-milvus``: ``uri`` a milvus-lite file
         (``./x.db``) or a server (``http://host:19530``, ``token`` if it needs one); ``model`` the export the
         index was built with (or its ``IDX_DIR/encoder``). Same search, add, delete and get as a folder."""
-        from .milvus_layout import MilvusTarget
-        from .milvus_store import MilvusStore
+        from .milvus.layout import MilvusTarget
+        from .milvus.store import MilvusStore
 
         store = MilvusStore.open(MilvusTarget(str(uri), collection, token), model, writable=writable)
         return cls._attach(store, f"{uri} {collection}", variant, threads, providers, query_encoder, query_cache)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from hce_serve.errors import FormatError
-from hce_serve.tree import TREE_NAME, Tree
+from hce_serve.formats.tree import TREE_NAME, Tree
 
 CKPT_DIR = "checkpoint"
 STATE = "state.pt"

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from hce_serve.clitools import HCEGroup, setup_logging, verbosity_options
+from hce_serve.cli.common import HCEGroup, setup_logging, verbosity_options
 from hce_serve.defaults import DOC_MAX_LENGTH, QUERY_MAX_LENGTH
 
 from .config import (

@@ -150,7 +150,7 @@ class TrainConfig:
         return asdict(self)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        from hce_serve import atomic
+        from hce_serve.formats import atomic
 
         atomic.write_json(path, self.to_json())
 

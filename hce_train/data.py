@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hce_serve import beir
 from hce_serve.errors import DataError
+from hce_serve.formats import beir
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from hce_serve import beir
-from hce_serve.card import CARD_NAME, ModelCard
 from hce_serve.errors import ConfigError, DataError
+from hce_serve.formats import beir
+from hce_serve.formats.card import CARD_NAME, ModelCard
 
 from .config import DistillConfig
 from .data import load_corpus, pseudo_query_examples

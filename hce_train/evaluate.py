@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from hce_serve import beir
-from hce_serve.card import CARD_NAME, ModelCard
 from hce_serve.defaults import DOC_MAX_LENGTH, QUERY_MAX_LENGTH
+from hce_serve.formats import beir
+from hce_serve.formats.card import CARD_NAME, ModelCard
 from hce_serve.metrics import NAMES, per_query
 
 from .model import HCEEncoder

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hce_serve.card import CARD_NAME, ModelCard
 from hce_serve.errors import ConfigError
+from hce_serve.formats.card import CARD_NAME, ModelCard
 
 from . import checkpoint, dist, refresh
 from .config import TrainConfig

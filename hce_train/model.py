@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from hce_serve import cpu
-from hce_serve.card import CARD_NAME, ModelCard
 from hce_serve.errors import ConfigError, FormatError, missing_dependency
+from hce_serve.formats.card import CARD_NAME, ModelCard
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hce_serve.tree import Tree
+from hce_serve.formats.tree import Tree
 
 
 class TreeIndex:

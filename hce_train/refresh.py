@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from hce_serve.tree import Tree
+from hce_serve.formats.tree import Tree
 
 from . import dist
 from .config import REBUILD_EPOCH, TrainConfig

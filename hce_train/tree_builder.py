@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hce_serve.errors import ConfigError, DataError, missing_dependency
-from hce_serve.tree import Tree
+from hce_serve.formats.tree import Tree
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hce_serve.beir import Document
-from hce_serve.index import Index, IndexParams
-from hce_serve.store import IndexStore
+from hce_serve.documents import Document
+from hce_serve.folder.store import IndexStore
+from hce_serve.index.index import Index
+from hce_serve.options import IndexParams
 
 DIM = 8
 

@@ -82,8 +82,9 @@ def test_loopback_server_and_load_client(tiny_export, tmp_path):
     """The lean client parses keep-alive answers (JSON bodies, error statuses) like a real client."""
     from benchmarks.loopback import Connection, run_load, sequential, start_server
     from hce_serve.encoder import Encoder
-    from hce_serve.index import Index, IndexParams
-    from hce_serve.store import IndexStore
+    from hce_serve.folder.store import IndexStore
+    from hce_serve.index.index import Index
+    from hce_serve.options import IndexParams
 
     enc = Encoder(tiny_export, threads=1)
     index = Index(enc.dim, IndexParams(), capacity=8)

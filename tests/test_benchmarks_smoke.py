@@ -195,7 +195,7 @@ def test_int8_study_quick(tiny_bert, tiny_beir, tmp_path, cache, monkeypatch):
 
 def test_incremental_split_and_groups(tiny_beir, tmp_path):
     from benchmarks.incremental import query_groups, split_corpus, write_folder
-    from hce_serve.beir import load_beir, load_corpus, load_qrels, load_queries
+    from hce_serve.formats.beir import load_beir, load_corpus, load_qrels, load_queries
 
     corpus = load_corpus(tiny_beir / "corpus.jsonl")
     qrels = {s: load_qrels(tiny_beir / "qrels" / f"{s}.tsv") for s in ("train", "test")}

@@ -15,9 +15,9 @@ pytest.importorskip("optimum.exporters.onnx")
 
 from click.testing import CliRunner  # noqa: E402
 
-from hce_serve.card import ModelCard  # noqa: E402
 from hce_serve.encoder import Encoder  # noqa: E402
 from hce_serve.errors import ConfigError, FormatError  # noqa: E402
+from hce_serve.formats.card import ModelCard  # noqa: E402
 from hce_train.cli import main as train_cli  # noqa: E402
 
 

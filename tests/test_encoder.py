@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from hce_serve.card import ModelCard
 from hce_serve.encoder import Encoder, choose_variant, disabled_optimizers
 from hce_serve.errors import ConfigError, FormatError
+from hce_serve.formats.card import ModelCard
 
 TEXTS = [
     "protein folding",

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hce_serve import DataError, Document, Encoder, Engine, Hit
-from hce_serve.tree import Tree
+from hce_serve.formats.tree import Tree
 
 pytest.importorskip("hnswlib")
 ROOT = Path(__file__).resolve().parents[1]

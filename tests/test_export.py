@@ -17,10 +17,10 @@ from hce_export.api import export  # noqa: E402
 from hce_export.quantize import FFN_OUT_FP32, ISAS, detect_isa, settings_for  # noqa: E402
 from hce_export.validate import Tolerances  # noqa: E402
 from hce_serve import cpu  # noqa: E402
-from hce_serve.card import ModelCard  # noqa: E402
 from hce_serve.encoder import Encoder  # noqa: E402
 from hce_serve.errors import ConfigError, FormatError, MissingDependencyError, ValidationError  # noqa: E402
-from hce_serve.tree import Tree  # noqa: E402
+from hce_serve.formats.card import ModelCard  # noqa: E402
+from hce_serve.formats.tree import Tree  # noqa: E402
 
 TEXTS = ["protein folding", "climate carbon warming ocean ice " * 6, "a", "vaccine immune antibody virus dose"]
 

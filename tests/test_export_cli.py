@@ -10,7 +10,7 @@ from click.testing import CliRunner
 pytest.importorskip("optimum.exporters.onnx")
 
 from hce_export.cli import main  # noqa: E402
-from hce_serve.card import ModelCard  # noqa: E402
+from hce_serve.formats.card import ModelCard  # noqa: E402
 
 
 def run(*args):

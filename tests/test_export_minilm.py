@@ -14,8 +14,8 @@ pytest.importorskip("optimum.exporters.onnx")
 @pytest.mark.slow
 def test_minilm_export_keeps_quality(minilm_path, scifact_dir, tmp_path):
     from hce_export.cli import main
-    from hce_serve.card import ModelCard
     from hce_serve.encoder import Encoder
+    from hce_serve.formats.card import ModelCard
 
     out = tmp_path / "minilm"
     res = CliRunner().invoke(main, [

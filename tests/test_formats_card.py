@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from hce_serve.card import CARD_NAME, ModelCard
 from hce_serve.errors import FormatError, VersionError
-from hce_serve.manifest import MANIFEST_NAME, MANIFEST_VERSION, IndexManifest, file_digest
+from hce_serve.folder.manifest import MANIFEST_NAME, MANIFEST_VERSION, IndexManifest, file_digest
+from hce_serve.formats.card import CARD_NAME, ModelCard
 
 
 def test_card_round_trip(tmp_path):

@@ -8,11 +8,12 @@ import os
 
 import pytest
 
-from hce_serve import atomic
-from hce_serve.beir import check_qrels, chunks, iter_corpus, load_beir, load_qrels, load_queries
+from hce_serve.batching import chunks
 from hce_serve.errors import ConfigError, DataError
+from hce_serve.formats import atomic
+from hce_serve.formats.beir import check_qrels, iter_corpus, load_beir, load_qrels, load_queries
+from hce_serve.formats.trec import read_run, write_run
 from hce_serve.metrics import evaluate
-from hce_serve.trec import read_run, write_run
 
 
 def write_lines(path, lines):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hce_serve.errors import FormatError, VersionError
-from hce_serve.tree import TREE_IDS_NAME, TREE_NAME, Tree
+from hce_serve.formats.tree import TREE_IDS_NAME, TREE_NAME, Tree
 
 
 def small_tree() -> Tree:

@@ -72,7 +72,7 @@ def test_malformed_manifest_fields_are_format_errors(fuzzer, edit):
     import json
 
     from hce_serve.errors import FormatError
-    from hce_serve.store import IndexStore
+    from hce_serve.folder.store import IndexStore
 
     m = json.loads(json.dumps(fuzzer.manifest))
     edit(m)
@@ -90,9 +90,8 @@ def test_unsupported_zip_version_in_tree_is_a_format_error(fuzzer, tmp_path):
     """Found by the fuzzer: zipfile raises NotImplementedError for an unknown zip version field."""
     import shutil
 
-    from hce_serve.build import load_tree
     from hce_serve.errors import FormatError
-    from hce_serve.tree import Tree
+    from hce_serve.formats.tree import Tree, load_tree
 
     shutil.copytree(fuzzer.tree_dir, tmp_path / "t")
     data = bytearray((tmp_path / "t" / "tree.npz").read_bytes())

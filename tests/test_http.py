@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from index_fixtures import built, engine, idx  # noqa: E402,F401 - shared fixtures
 
 from hce_serve.engine import Engine  # noqa: E402
+from hce_serve.folder.store import IndexStore  # noqa: E402
 from hce_serve.http import Limits, create_app, is_loopback  # noqa: E402
-from hce_serve.store import IndexStore  # noqa: E402
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

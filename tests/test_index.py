@@ -8,8 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from hce_serve.index import Index, IndexParams
-from hce_serve.search import recall_at_k, topk_inner_product
+from hce_serve.index.exact import recall_at_k, topk_inner_product
+from hce_serve.index.index import Index
+from hce_serve.options import IndexParams
 
 pytest.importorskip("hnswlib")
 

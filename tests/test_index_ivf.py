@@ -10,9 +10,10 @@ import pytest
 
 from hce_serve import defaults
 from hce_serve.errors import ConfigError, FormatError
-from hce_serve.index import Index, IndexParams
-from hce_serve.search import recall_at_k, topk_inner_product
-from hce_serve.store import IndexStore
+from hce_serve.folder.store import IndexStore
+from hce_serve.index.exact import recall_at_k, topk_inner_product
+from hce_serve.index.index import Index
+from hce_serve.options import IndexParams
 
 pytest.importorskip("faiss")
 
@@ -68,7 +69,7 @@ def test_threads_split_a_lone_query_over_its_cells_with_the_same_hits():
 def test_many_cells_are_found_through_a_graph_and_survive_a_save(tmp_path):
     import faiss
 
-    from hce_serve.ann_ivf import HNSW_CELLS
+    from hce_serve.index.ivf import HNSW_CELLS
 
     n = HNSW_CELLS * 40  # enough points for HNSW_CELLS cells
     vecs = clustered(9, n, centres=400)

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from hce_serve.cli import main
 from hce_serve.engine import Engine
 from hce_serve.errors import BackendError, DataError, FormatError
-from hce_serve.milvus_layout import MilvusTarget, VectorIndex, check_document, filter_expr, quote, tag
-from hce_serve.tree import Tree
+from hce_serve.formats.tree import Tree
+from hce_serve.milvus.layout import MilvusTarget, VectorIndex, check_document, filter_expr, quote, tag
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
@@ -129,7 +129,7 @@ def test_ivf_sq8_export_searches_like_the_folder(tiny_export, tiny_beir, tmp_pat
             a, b = [h.id for h in local.search(q, k=5)], [h.id for h in remote.search(q, k=5)]
             assert a[0] == b[0] and len(set(a) & set(b)) >= 4
         assert remote.search("climate carbon", k=1)[0].title is not None  # stored fields come back as with HNSW
-    from hce_serve.index import IndexParams
+    from hce_serve.options import IndexParams
 
     Engine.build(tiny_export, tiny_beir / "corpus.jsonl", tmp_path / "ivf", IndexParams(kind="ivf-sq8", ef_search=8))
     out = json.loads(run("index", "export-milvus", "--index", tmp_path / "ivf", "--uri", db, "--collection", "fromivf"))
@@ -186,7 +186,7 @@ def test_expressions_escape_ids_and_match_canonical_values():
 
 
 def test_layout_checks_say_what_milvus_cannot_hold(tmp_path):
-    from hce_serve.beir import Document
+    from hce_serve.documents import Document
 
     with pytest.raises(DataError, match="a Milvus VARCHAR holds 65,535"):
         check_document(Document("d", "", "é" * 40_000), stores_documents=True)

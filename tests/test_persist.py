@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hce_serve import snapshot as snapshot_mod
 from hce_serve.errors import FormatError, HCEError, VersionError
-from hce_serve.index import Index, IndexParams
-from hce_serve.manifest import IndexManifest
-from hce_serve.store import IndexStore
-from hce_serve.wal import wal_name
+from hce_serve.folder import snapshot as snapshot_mod
+from hce_serve.folder.manifest import IndexManifest
+from hce_serve.folder.store import IndexStore
+from hce_serve.folder.wal import wal_name
+from hce_serve.index.index import Index
+from hce_serve.options import IndexParams
 
 pytest.importorskip("hnswlib")
 

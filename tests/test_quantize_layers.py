@@ -17,8 +17,8 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from hce_export.quantize import QuantSettings, kept_fp32, layer_of, quantize, settings_for  # noqa: E402
-from hce_serve.card import ModelCard  # noqa: E402
 from hce_serve.errors import ConfigError  # noqa: E402
+from hce_serve.formats.card import ModelCard  # noqa: E402
 
 QUANTISED = {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
 

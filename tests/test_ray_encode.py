@@ -34,7 +34,7 @@ def vectors(idx):
 
 @pytest.mark.parametrize("variant", ["int8", "fp32"])
 def test_ray_build_gives_the_same_ids_and_vectors(local_ray, tiny_export, tiny_beir, tmp_path, variant):
-    from hce_serve.ray_encode import RayOptions
+    from hce_serve.folder.ray_encode import RayOptions
 
     corpus = tiny_beir / "corpus.jsonl"
     # 64 documents in chunks of 16, handed to Ray 3 chunks at a time: two datasets, a window boundary inside

@@ -6,9 +6,9 @@ import pytest
 
 pytest.importorskip("hnswlib")
 
-from hce_serve.beir import iter_corpus, load_queries  # noqa: E402
 from hce_serve.engine import Engine  # noqa: E402
-from hce_serve.index import IndexParams  # noqa: E402
+from hce_serve.formats.beir import iter_corpus, load_queries  # noqa: E402
+from hce_serve.options import IndexParams  # noqa: E402
 
 from reliability import loadtest  # noqa: E402
 

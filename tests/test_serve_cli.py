@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from index_fixtures import idx  # noqa: F401 - a fresh copy of this module's CLI-built index
 
 from hce_serve.cli import main
-from hce_serve.index import NO_LEAF
-from hce_serve.store import IndexStore
-from hce_serve.trec import read_run
+from hce_serve.folder.store import IndexStore
+from hce_serve.formats.trec import read_run
+from hce_serve.formats.tree import NO_LEAF
 
 pytest.importorskip("hnswlib")
 
@@ -105,7 +105,7 @@ def test_add_upsert_delete_compact(idx, tmp_path):
 
 
 def test_leaves_from_export_tree(tiny_export, tiny_beir, tmp_path):
-    from hce_serve.tree import Tree
+    from hce_serve.formats.tree import Tree
 
     export = tmp_path / "export"
     shutil.copytree(tiny_export, export)
@@ -279,7 +279,7 @@ def test_corpus_metadata_is_kept_flat_with_a_warning(tiny_export, tmp_path):
 def test_document_store_failure_is_one_line(built, monkeypatch):
     import sqlite3
 
-    from hce_serve.docstore import DocStore
+    from hce_serve.folder.docstore import DocStore
 
     monkeypatch.setattr(DocStore, "get_many", lambda *a: (_ for _ in ()).throw(sqlite3.OperationalError("disk I/O error")))
     out = run("get", "--index", built, "--id", "soil-1", code=1)

@@ -9,10 +9,9 @@ FORBIDDEN = ("torch", "transformers", "optimum")
 
 CHECK = """
 import sys, importlib
-for m in ("hce_serve.index", "hce_serve.store", "hce_serve.wal", "hce_serve.search", "hce_serve.engine",
-          "hce_serve.encoder", "hce_serve.http", "hce_serve.cli", "hce_serve.docstore", "hce_serve.build",
-          "hce_serve.snapshot", "hce_serve.checks", "hce_serve.cli_index"):
-    importlib.import_module(m)
+import pkgutil, hce_serve
+for m in pkgutil.walk_packages(hce_serve.__path__, "hce_serve."):  # every module of the package
+    importlib.import_module(m.name)
 from hce_serve.http import create_app  # builds nothing, but imports FastAPI lazily on call only
 from click.testing import CliRunner
 from hce_serve.cli import main

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hce_serve.beir import Document
 from hce_serve.checks import check_filter
-from hce_serve.docstore import DOCS_NAME, DocStore
+from hce_serve.documents import Document
 from hce_serve.errors import DataError, FormatError, HCEError
-from hce_serve.index import Index, IndexParams
-from hce_serve.store import IndexStore
-from hce_serve.wal import wal_name
+from hce_serve.folder.docstore import DOCS_NAME, DocStore
+from hce_serve.folder.store import IndexStore
+from hce_serve.folder.wal import wal_name
+from hce_serve.index.index import Index
+from hce_serve.options import IndexParams
 
 pytest.importorskip("hnswlib")
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from hce_serve.store import IndexStore
+from hce_serve.folder.store import IndexStore
 
 pytest.importorskip("hnswlib")
 

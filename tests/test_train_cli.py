@@ -17,8 +17,8 @@ pytest.importorskip("faiss")
 
 from click.testing import CliRunner  # noqa: E402
 
-from hce_serve.card import ModelCard  # noqa: E402
-from hce_serve.tree import Tree  # noqa: E402
+from hce_serve.formats.card import ModelCard  # noqa: E402
+from hce_serve.formats.tree import Tree  # noqa: E402
 from hce_train.cli import main  # noqa: E402
 
 FAST = ["--batch-size", "8", "--leaf-size", "4", "--branching", "4", "--siblings", "3", "--doc-max-length", "48",

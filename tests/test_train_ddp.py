@@ -78,8 +78,8 @@ def test_fit_under_torchrun_with_two_gloo_processes(tiny_beir, tiny_bert, tmp_pa
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])  # only rank 0 prints
     assert summary["steps"] == 2
-    from hce_serve.card import ModelCard
-    from hce_serve.tree import Tree
+    from hce_serve.formats.card import ModelCard
+    from hce_serve.formats.tree import Tree
 
     card = ModelCard.load(out)
     assert card.extra["processes"] == 2 and card.extra["global_batch"] == 8
@@ -109,7 +109,7 @@ dist.shutdown(env)
 
 
 def test_tree_rebuild_sharded_over_two_ranks_gives_the_single_process_tree(tiny_beir, tiny_bert, tmp_path):
-    from hce_serve.tree import Tree
+    from hce_serve.formats.tree import Tree
 
     script = tmp_path / "rebuild.py"
     script.write_text(REBUILD)

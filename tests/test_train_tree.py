@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("faiss")
 
 from hce_serve.errors import ConfigError, DataError  # noqa: E402
-from hce_serve.tree import Tree  # noqa: E402
+from hce_serve.formats.tree import Tree  # noqa: E402
 from hce_train.tree_builder import TreeConfig, balanced_assign, build_tree, leaf_cap, num_levels  # noqa: E402
 
 

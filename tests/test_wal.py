@@ -9,9 +9,9 @@ import zlib
 import numpy as np
 import pytest
 
-from hce_serve.beir import Document
+from hce_serve.documents import Document
 from hce_serve.errors import FormatError
-from hce_serve.wal import FRAME, HEADER, MAGIC, META, Record, encode_record, read_log
+from hce_serve.folder.wal import FRAME, HEADER, MAGIC, META, Record, encode_record, read_log
 
 DIM = 4
 

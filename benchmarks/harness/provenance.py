@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness.paths import ROOT, result_path
-from hce_serve import atomic, cpu
+from hce_serve import cpu
+from hce_serve.formats import atomic
 
 STAMP_KEYS = ("machine", "device", "versions", "commit", "date")
 PACKAGES = ("hce", "numpy", "torch", "transformers", "onnxruntime", "onnxruntime-gpu", "hnswlib", "tokenizers",

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from hce_serve.search import topk_inner_product
+from hce_serve.index.exact import topk_inner_product
 
 K = 10  # the k of recall@k that every synthetic-vector study reports
 BLOCK = 100_000  # rows per generated block of a ``Mixture`` (the unit of regeneration)

@@ -36,7 +36,7 @@ from .ledger import UNIVERSE, Expect, Tally, check, doc_text, unit_vector
 
 # ---- writer 1: the store API in a child process ----------------------------------------------------------
 def _store_writer(folder: str, acks: str, seed: int, dim: int, first_version: int) -> None:
-    from hce_serve.store import IndexStore
+    from hce_serve.folder.store import IndexStore
 
     rng = random.Random(seed)
     version = first_version
@@ -186,8 +186,9 @@ def http_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim:
 
 # ---- driver ----------------------------------------------------------------------------------------------
 def _initial_store(folder: Path, dim: int) -> Expect:
-    from hce_serve.index import Index, IndexParams
-    from hce_serve.store import IndexStore
+    from hce_serve.folder.store import IndexStore
+    from hce_serve.index.index import Index
+    from hce_serve.options import IndexParams
 
     idx = Index(dim, IndexParams(M=8, ef_construction=64, exact_threshold=0, compact_min_deleted=64))
     ids = [f"d{i}" for i in range(0, UNIVERSE, 2)]
@@ -198,7 +199,7 @@ def _initial_store(folder: Path, dim: int) -> Expect:
 
 def _initial_engine(folder: Path, export: Path) -> Expect:
     from hce_serve.engine import Engine
-    from hce_serve.index import IndexParams
+    from hce_serve.options import IndexParams
 
     ids = [f"d{i}" for i in range(0, UNIVERSE, 2)]
     corpus = folder.parent / "corpus.jsonl"
@@ -215,7 +216,7 @@ def run(mode: str, cycles: int, workdir: Path, export: Path | None = None, seed:
     else:
         if export is None:
             raise ValueError(f"mode {mode} needs an EXPORT_DIR")
-        from hce_serve.card import ModelCard
+        from hce_serve.formats.card import ModelCard
 
         dim = ModelCard.load(export).dim
         exp, step = _initial_engine(folder, export), {"cli": cli_cycle, "http": http_cycle}[mode]

@@ -50,10 +50,11 @@ class Fuzzer:
 
     # ---- valid samples -----------------------------------------------------------------------------
     def _samples(self) -> None:
-        from hce_serve.card import ModelCard
-        from hce_serve.index import Index, IndexParams
-        from hce_serve.store import IndexStore
-        from hce_serve.tree import Tree
+        from hce_serve.folder.store import IndexStore
+        from hce_serve.formats.card import ModelCard
+        from hce_serve.formats.tree import Tree
+        from hce_serve.index.index import Index
+        from hce_serve.options import IndexParams
 
         d = self.dir / "samples"
         d.mkdir(parents=True, exist_ok=True)
@@ -83,10 +84,10 @@ class Fuzzer:
 
     # ---- targets -----------------------------------------------------------------------------------
     def targets(self) -> dict[str, tuple[st.SearchStrategy, Callable[[Any], Any]]]:
-        from hce_serve import beir, trec
-        from hce_serve.card import ModelCard
-        from hce_serve.manifest import IndexManifest
-        from hce_serve.tree import Tree
+        from hce_serve.folder.manifest import IndexManifest
+        from hce_serve.formats import beir, trec
+        from hce_serve.formats.card import ModelCard
+        from hce_serve.formats.tree import Tree
 
         def file_target(name: str, loader: Callable[[Path], Any]) -> Callable[[bytes], Any]:
             def fn(data: bytes) -> Any:
@@ -150,7 +151,7 @@ class Fuzzer:
         return loader(p)
 
     def _index_case(self, rel: str, data: bytes) -> Any:
-        from hce_serve.store import IndexStore
+        from hce_serve.folder.store import IndexStore
 
         p = self._scratch() / "idx"
         shutil.copytree(self.index_dir, p)

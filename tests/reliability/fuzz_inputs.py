@@ -89,7 +89,7 @@ def tree_arrays(dim: int) -> st.SearchStrategy[bytes]:
 
 def wal_records(dim: int, gen: int) -> st.SearchStrategy[bytes]:
     """Logs whose records carry *valid* checksums around random metadata and vector bytes."""
-    from hce_serve.wal import FRAME, HEADER, MAGIC, META
+    from hce_serve.folder.wal import FRAME, HEADER, MAGIC, META
 
     def pack(a: tuple) -> bytes:
         dim, gen, recs = a

@@ -80,7 +80,7 @@ class Tally:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    from hce_serve.manifest import IndexManifest
+    from hce_serve.folder.manifest import IndexManifest
 
     m = IndexManifest.load(folder)
     keep = {m.extra.get("data_dir"), f"wal-{m.generation:06d}.log"}
@@ -110,7 +110,7 @@ def check(folder: Path, exp: Expect, tally: Tally, dim: int, vectors: bool) -> N
     the two and not the other is a lost write as well as a mismatch.
     """
     from hce_serve.errors import HCEError
-    from hce_serve.store import IndexStore
+    from hce_serve.folder.store import IndexStore
 
     before = _leftovers(folder) if (folder / "manifest.json").is_file() else []
     try:

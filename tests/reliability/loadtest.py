@@ -233,8 +233,8 @@ def run(index_dir: Path, live: dict[str, str], queries: list[str], requests: int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from hce_serve.beir import iter_corpus, load_queries
     from hce_serve.engine import Engine
+    from hce_serve.formats.beir import iter_corpus, load_queries
 
     ap = cli.study_parser(__doc__, "reliability", quick=False)
     ap.add_argument("--export", type=Path, required=True)

@@ -1,0 +1,10 @@
+"""``hce-serve``, the serving command line (DESIGN §5); ``common`` is what all three HCE command lines share.
+
+- ``serve``: the root group, ``search``, ``get``, ``eval`` and ``http``;
+- ``index``: ``index build|add|delete|compact|stats|export-milvus``;
+- ``options``: the options the commands share, and ``open_engine`` for a folder or a Milvus collection.
+"""
+
+from .serve import main
+
+__all__ = ["main"]

@@ -1,0 +1,144 @@
+"""Options and helpers the ``hce-serve`` commands share (defaults come from ``defaults.py``).
+
+``TARGET`` stands where ``--index`` stood on the commands that work on either backend (search, get, http,
+index add/delete/stats): ``--index IDX_DIR``, or ``--milvus URI --collection NAME --model EXPORT_DIR``. The
+options fold into the command's one ``index_dir`` argument (a ``Path`` or a ``MilvusSpec``), which
+``open_engine`` opens as ``Engine.open`` or ``Engine.open_milvus``: the command itself is the same code for both.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import defaults
+from ..errors import DataError
+from ..milvus.layout import MilvusTarget
+
+IDX = click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder (IDX_DIR).")
+VARIANT = click.option("--variant", type=click.Choice(["auto", "int8", "fp32", "fp16"]), default=defaults.VARIANT,
+                       show_default=True, help="Encoder graph (auto: int8 on CPU).")
+QUERY_ENCODER = click.option(
+    "--query-encoder", type=click.Choice(defaults.QUERY_ENCODERS), default=defaults.QUERY_ENCODER, show_default=True,
+    help="Graph that encodes queries: the export's distilled shallow one when it has one (auto), the document "
+         "graph (full), or the shallow one or an error (shallow).")
+QUERY_CACHE = click.option("--query-cache", type=click.IntRange(min=0), default=defaults.QUERY_CACHE, show_default=True,
+                           help="Query embeddings kept in an LRU cache (0: off).")
+THREADS = click.option("--threads", type=click.IntRange(1, 1024), default=None, help="onnxruntime intra-op threads (1-1024).")
+BATCH = click.option("--batch-size", type=click.IntRange(1, defaults.MAX_BATCH_SIZE), default=defaults.BATCH_SIZE, show_default=True,
+                     help="Documents encoded and written per step.")
+SKIP_EMPTY = click.option("--skip-empty", is_flag=True,
+                          help="Leave out documents with empty title and text (default: index them, with a warning).")
+EF = click.option("--ef", type=click.IntRange(1, 100_000), default=None,
+                  help="Search breadth for these queries: the HNSW beam, or the IVF cells scanned [the index's own, set at build].")
+EXISTING = dict(exists=True, dir_okay=False, path_type=Path)
+TOKEN = click.option("--milvus-token", "milvus_token", envvar="MILVUS_TOKEN", default=None,
+                     help="Milvus server credentials, user:password or an API key (default: $MILVUS_TOKEN).")
+
+
+
+
+class FilterParam(click.ParamType):
+    """``--filter '{"field": value}'`` (a JSON object; a list value means any of)."""
+
+    name = "JSON"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        from ..checks import check_filter
+
+        try:
+            obj = json.loads(value)
+            check_filter(obj)
+        except json.JSONDecodeError as e:
+            self.fail(f"not valid JSON ({e.msg}): {value!r}", param, ctx)
+        except DataError as e:
+            self.fail(str(e), param, ctx)
+        return obj
+
+
+FILTER = click.option("--filter", "flt", type=FilterParam(), default=None,
+                      help='Only documents whose metadata matches, e.g. \'{"lang": "en", "year": [2020, 2021]}\'.')
+SUBTREE = click.option("--subtree", type=click.IntRange(min=0), default=None,
+                       help="Only documents under this node of the corpus tree.")
+
+
+@dataclass(frozen=True)
+class MilvusSpec:
+    """A Milvus collection and the export that encodes its queries (what ``--milvus …`` names)."""
+
+    target: MilvusTarget
+    model: Path
+
+    @property
+    def name(self) -> str:
+        return self.target.collection
+
+
+def milvus_target(uri: str, collection: str, token: str | None) -> MilvusTarget:
+    try:
+        return MilvusTarget(uri, collection, token)
+    except DataError as e:  # a malformed URI or collection name is bad usage (exit 2)
+        raise click.UsageError(str(e)) from None
+
+
+def _resolve(index_dir: Path | None, uri: str | None, collection: str | None, model: Path | None,
+             token: str | None) -> Path | MilvusSpec:
+    if uri is None:
+        if collection is not None or model is not None:
+            raise click.UsageError("--collection and --model go with --milvus URI")
+        if index_dir is None:
+            raise click.UsageError("give --index IDX_DIR, or --milvus URI --collection NAME --model EXPORT_DIR")
+        return index_dir
+    if index_dir is not None:
+        raise click.UsageError("give either --index or --milvus, not both")
+    if collection is None or model is None:
+        raise click.UsageError("--milvus needs --collection NAME and --model EXPORT_DIR (the export the index was built with)")
+    return MilvusSpec(milvus_target(uri, collection, token), model)
+
+
+def TARGET(f: Any) -> Any:
+    """``--index IDX_DIR`` or ``--milvus URI --collection NAME --model EXPORT_DIR``, passed on as ``index_dir``."""
+
+    @functools.wraps(f)
+    def run(*args: Any, index_dir: Path | None, milvus_uri: str | None, collection: str | None, milvus_model: Path | None,
+            milvus_token: str | None, **kwargs: Any) -> Any:
+        return f(*args, index_dir=_resolve(index_dir, milvus_uri, collection, milvus_model, milvus_token), **kwargs)
+
+    for opt in (
+        TOKEN,
+        click.option("--model", "milvus_model", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     help="With --milvus: the EXPORT_DIR the index was built with (or IDX_DIR/encoder)."),
+        click.option("--collection", default=None, help="With --milvus: the collection's name."),
+        click.option("--milvus", "milvus_uri", default=None,
+                     help="A Milvus collection instead of IDX_DIR: a milvus-lite file (./x.db) or a server "
+                          "(http://host:19530); written by `index export-milvus`."),
+        click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
+                     help="Index folder (IDX_DIR)."),
+    ):
+        run = opt(run)
+    return run
+
+
+def emit(obj: Any) -> None:
+    """One JSON object on stdout."""
+    click.echo(json.dumps(obj, ensure_ascii=False))
+
+
+def open_engine(index_dir: Any, writable: bool = False, variant: str = defaults.VARIANT,
+                threads: int | None = None, **kwargs: Any) -> Any:
+    """An Engine on IDX_DIR, or on the Milvus collection of a ``MilvusSpec`` (``--milvus …``)."""
+    from ..engine import Engine
+
+    if isinstance(index_dir, MilvusSpec):
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("save_every", "checksums")}  # folder-only knobs
+        t = index_dir.target
+        return Engine.open_milvus(t.uri, t.collection, index_dir.model, t.token, writable=writable, variant=variant,
+                                  threads=threads, **kwargs)
+    return Engine.open(index_dir, writable=writable, variant=variant, threads=threads, **kwargs)

@@ -1,0 +1,183 @@
+"""``hce-serve``: build, update, search and serve an index folder (DESIGN §5).
+
+Results go to stdout (JSON where a program reads them), logs and progress bars to stderr. Errors the user
+can fix exit 1 with one line; bad usage exits 2. Heavy modules (onnxruntime, hnswlib, FastAPI) are
+imported only by the commands that need them, so ``hce-serve --help`` is instant. Every command goes
+through ``Engine``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import defaults
+from ..errors import DataError, HCEError
+from .common import HCEGroup
+from .index import index
+from .options import EF, FILTER, IDX, QUERY_CACHE, QUERY_ENCODER, SUBTREE, TARGET, THREADS, VARIANT, emit, open_engine
+
+log = logging.getLogger(__name__)
+
+
+@click.group(cls=HCEGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """HCE serving runtime: index folders, search, evaluation and the HTTP server."""
+
+
+main.add_command(index)
+
+
+def _print_hits(hits: list[Any]) -> None:
+    for rank, h in enumerate(hits, 1):
+        click.echo(f"{rank:>3}  {h.score:.4f}  {h.id}" + (f"  {h.title}" if h.title else ""))
+        if snippet := h.snippet():
+            click.echo(f"{'':>13}{snippet}")
+
+
+@main.command("search")
+@TARGET
+@click.argument("query", nargs=-1)
+@click.option("--k", type=click.IntRange(1, defaults.MAX_K), default=defaults.K, show_default=True, help="Hits per query.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query on stdout.")
+@click.option("--queries", type=click.Path(path_type=Path), help="queries.jsonl: batch mode.")
+@click.option("--run", "run_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a TREC run file.")
+@EF
+@FILTER
+@SUBTREE
+@click.option("--fields", default=",".join(defaults.FIELDS), show_default=True,
+              help="Stored fields in --json hits (comma-separated; empty: ids and scores only).")
+@VARIANT
+@QUERY_ENCODER
+@QUERY_CACHE
+@THREADS
+def search(index_dir, query, k, as_json, queries, run_path, ef, flt, subtree, fields, variant, query_encoder,
+           query_cache, threads) -> None:
+    """Search IDX_DIR (or a Milvus collection: --milvus) for QUERY (or every query of --queries)."""
+    text = " ".join(query)
+    if bool(text) == bool(queries):
+        raise click.UsageError("give either a QUERY argument or --queries FILE")
+    if run_path and not queries:
+        raise click.UsageError("--run needs --queries")
+    from ..formats.beir import load_queries
+    from ..formats.trec import write_run
+
+    qmap = load_queries(queries) if queries else {"query": text}
+    with open_engine(index_dir, variant=variant, threads=threads, query_encoder=query_encoder,
+                     query_cache=query_cache) as eng:
+        results = eng.search_batch(list(qmap.values()), k=k, filter=flt, ef=ef, subtree=subtree,
+                                   fields=() if run_path else fields, num_threads=-1, progress=bool(queries))
+    if run_path:
+        write_run(run_path, {q: [(h.id, h.score) for h in hits] for q, hits in zip(qmap, results, strict=True)})
+        log.info("wrote %d queries to %s", len(qmap), run_path)
+        return
+    for (qid, qtext), hits in zip(qmap.items(), results, strict=True):
+        if as_json or queries:
+            obj = {"query": qtext, "hits": [h.to_dict() for h in hits]}
+            emit({"query_id": qid, **obj} if queries else obj)
+        else:
+            _print_hits(hits)
+
+
+@main.command("get")
+@TARGET
+@click.option("--id", "doc_id", required=True, help="Document id.")
+def get(index_dir, doc_id) -> None:
+    """Print the stored document with this id as JSON (_id, title, text, metadata)."""
+    with open_engine(index_dir) as eng:
+        doc = eng.get(doc_id)
+    if doc is None:
+        raise DataError(f"document {doc_id!r} is not in the index")
+    emit({"_id": doc.id, "title": doc.title, "text": doc.text, "metadata": doc.metadata or {}})
+
+
+@main.command("eval")
+@IDX
+@click.option("--queries", required=True, type=click.Path(path_type=Path), help="queries.jsonl")
+@click.option("--qrels", required=True, type=click.Path(path_type=Path), help="qrels TSV (query-id, corpus-id, score).")
+@click.option("--k", type=click.IntRange(100, defaults.MAX_K), default=defaults.EVAL_K, show_default=True,
+              help="Depth retrieved per query.")
+@EF
+@VARIANT
+@QUERY_ENCODER
+@QUERY_CACHE
+@THREADS
+def eval_cmd(index_dir, queries, qrels, k, ef, variant, query_encoder, query_cache, threads) -> None:
+    """Search every judged query and print nDCG@10, R@10, R@100 and MRR@10 as JSON."""
+    from ..formats.beir import check_qrels, load_qrels, load_queries
+    from ..metrics import evaluate
+
+    qmap = load_queries(queries)
+    judged = load_qrels(qrels)
+    with open_engine(index_dir, variant=variant, threads=threads, query_encoder=query_encoder,
+                     query_cache=query_cache) as eng:
+        check = check_qrels(judged, qmap, eng.index.ids(), str(qrels))
+        if not check.kept:
+            raise DataError(f"{qrels}: no judgment refers to a known query and an indexed document")
+        qids = sorted(check.kept)
+        results = eng.search_batch([qmap[q] for q in qids], k=k, ef=ef, fields=(), num_threads=-1, progress=True)
+    run = {q: {h.id: h.score for h in hits} for q, hits in zip(qids, results, strict=True)}
+    emit({**evaluate(check.kept, run), "queries": len(qids), "index": str(index_dir)})
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@main.command("http")
+@TARGET
+@click.option("--host", default=defaults.HOST, show_default=True, help="Bind address (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=defaults.PORT, show_default=True)
+@click.option("--token", default=None, help="Bearer token for write endpoints (default: $HCE_TOKEN).")
+@click.option("--read-only", is_flag=True, help="Serve searches only; no writer lock is taken.")
+@click.option("--save-every", type=click.IntRange(min=1), default=defaults.SAVE_EVERY, show_default=True,
+              help="Fold the mutation log into a snapshot after this many writes (and on shutdown).")
+@click.option("--max-k", type=click.IntRange(1, defaults.MAX_K), default=defaults.HTTP_MAX_K, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=defaults.HTTP_MAX_BATCH, show_default=True,
+              help="Most queries or documents per request.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=defaults.HTTP_MAX_BODY_BYTES / 2**20,
+              show_default=True)
+@VARIANT
+@QUERY_ENCODER
+@QUERY_CACHE
+@click.option("--threads", type=click.IntRange(1, 1024), default=defaults.HTTP_THREADS, show_default=True,
+              help="Threads per request: onnxruntime's intra-op threads, and an ivf-sq8 index's cell scan. Requests "
+                   "run in parallel, one core each, so 1 avoids oversubscribing the cores under load; more lowers one "
+                   "query's latency at low load.")
+def http(index_dir, host, port, token, read_only, save_every, max_k, max_batch, max_body_mb, variant, query_encoder,
+         query_cache, threads) -> None:
+    """Serve IDX_DIR (or a Milvus collection: --milvus) over HTTP (FastAPI + uvicorn). OpenAPI docs at /docs."""
+    from ..http import Limits, create_app, is_loopback
+
+    token = token or os.environ.get("HCE_TOKEN") or None
+    if not read_only and not token and not is_loopback(host):
+        raise HCEError(f"refusing to serve writes on non-loopback address {host} without a token; "
+                       "set HCE_TOKEN or --token (or pass --read-only)")
+    try:
+        import uvicorn
+    except ImportError:
+        from ..errors import missing_dependency
+
+        raise missing_dependency("uvicorn", "serve") from None
+    eng = open_engine(index_dir, writable=not read_only, variant=variant, threads=threads, save_every=save_every,
+                      query_encoder=query_encoder, query_cache=query_cache)
+    try:
+        eng.encoder  # noqa: B018 - load the graph now: a broken export fails here, not on the first request
+        limits = Limits(max_k=max_k, max_batch=max_batch, max_body_bytes=int(max_body_mb * 2**20))
+        app = create_app(eng, token=token, limits=limits)
+        log.info("serving %s (%d documents%s) on %s — API docs at %s/docs", index_dir.name, len(eng.index),
+                 ", read-only" if read_only else "", _url(host, port), _url(host, port))
+        log.info("queries through the %s encoder (%s); query cache: %d entries", eng.encoder.query_encoder,
+                 eng.encoder.query_graph, query_cache)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        eng.close(save=not read_only)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
