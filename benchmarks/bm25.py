@@ -28,7 +28,7 @@ def _stemmer() -> Any:
 
 
 def bm25_run(
-    corpus: Sequence[Document], queries: Mapping[str, str], k: int = 100
+    corpus: Sequence[Document], queries: Mapping[str, str], k: int = 100, k1: float = K1, b: float = B
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Retrieve the top ``k`` documents for every query: ({qid: {doc id: score}}, config used)."""
     try:
@@ -40,7 +40,7 @@ def bm25_run(
     stem = _stemmer()
     doc_ids = [d.id for d in corpus]
     tokens = bm25s.tokenize([d.full_text for d in corpus], stopwords="en", stemmer=stem, show_progress=False)
-    retriever = bm25s.BM25(k1=K1, b=B, method="lucene")
+    retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
     retriever.index(tokens, show_progress=False)
     qids = list(queries)
     qtok = bm25s.tokenize([queries[q] for q in qids], stopwords="en", stemmer=stem, show_progress=False)
@@ -50,6 +50,6 @@ def bm25_run(
     for qid, r, s in zip(qids, rows.tolist(), scores.tolist(), strict=True):
         # bm25s pads with zero-score rows when a query matches fewer than k documents: drop those.
         run[qid] = {doc_ids[i]: float(v) for i, v in zip(r, s, strict=True) if v > 0}
-    config = {"library": "bm25s", "method": "lucene", "k1": K1, "b": B, "stopwords": "en",
+    config = {"library": "bm25s", "method": "lucene", "k1": k1, "b": b, "stopwords": "en",
               "stemmer": "snowball-english" if stem else None}
     return run, config

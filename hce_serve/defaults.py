@@ -45,6 +45,17 @@ K = 10  # hits per query
 MAX_K = 10_000  # a larger k is almost certainly a mistake and costs a full sort of the collection
 EVAL_K = 100  # depth retrieved per query by `hce-serve eval` (R@100 needs 100)
 SEARCH_CHUNK = 256  # queries encoded per step of a batch search (one progress-bar tick)
+
+# ---- hybrid search (lexical/): defaults chosen on dev queries by benchmarks/hybrid.py (RESULTS: hybrid)
+MODES = ("dense", "lexical", "hybrid")
+MODE_DENSE_ONLY = "dense"  # a folder without a lexical part (built before hybrid search, or --no-lexical)
+MODE_WITH_LEXICAL = "hybrid"  # a new folder with its lexical part, unless `index build --mode` says otherwise
+FUSION = "minmax"  # lexical.fusion.FUSIONS: rrf | minmax | dbsf
+ALPHA = 0.5  # the dense side's weight in the fused score
+FUSION_DEPTH = 100  # hits each side retrieves before fusion (at least k)
+MAX_FUSION_DEPTH = 10_000
+LEXICAL_LANGUAGE = "english"  # a Snowball stemmer name, or "none"
+LEXICAL_STOPWORDS = "english"  # english | none | a file of words
 QUERY_CACHE = 4096  # query embeddings kept (LRU; 0 = off): ~7 MiB at 384-d, the head of a query log; a hit
 # skips the encoder (ms) for a key and a lookup (us), and the index is still searched afresh
 SNIPPET_CHARS = 160  # text shown under a hit by the human-readable CLI output

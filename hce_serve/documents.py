@@ -35,6 +35,7 @@ class Hit:
     title: str | None = None
     text: str | None = None
     metadata: dict[str, Any] | None = None
+    explain: dict[str, Any] | None = None  # hybrid search's view of the hit: each side's rank and score
 
     def snippet(self, width: int = defaults.SNIPPET_CHARS) -> str:
         """The start of the text on one line, cut at a word boundary."""
@@ -49,6 +50,8 @@ class Hit:
         for name in defaults.FIELDS:
             if (value := getattr(self, name)) is not None:
                 out[name] = value
+        if self.explain is not None:
+            out["explain"] = self.explain
         return out
 
 

@@ -39,6 +39,7 @@ from .formats.beir import iter_corpus
 from .formats.card import ModelCard
 from .formats.tree import Subtree, load_tree
 from .index.index import Index
+from .lexical import modes
 from .qcache import QueryCache
 
 if TYPE_CHECKING:
@@ -158,39 +159,53 @@ class Engine:
     # ---- reads ------------------------------------------------------------------------------------
     def search(self, query: str, k: int = defaults.K, filter: Mapping[str, Any] | None = None,
                ef: int | None = None, subtree: int | None = None, fields: Iterable[str] | None = None,
-               max_k: int = defaults.MAX_K) -> list[Hit]:
+               max_k: int = defaults.MAX_K, *, mode: str | None = None, fusion: str | None = None,
+               alpha: float | None = None, depth: int | None = None, explain: bool = False) -> list[Hit]:
         """The ``k`` best documents for ``query``, best first.
 
         ``filter``: ``{"field": value}`` keeps documents whose metadata field equals value (a list: any of
         them; several fields: all must match), applied inside the index search. ``ef``: search breadth for this
-        query (HNSW beam, or IVF cells scanned). ``subtree``: only documents under that node of the corpus tree. ``fields``: stored fields to
-        return (default: title, text, metadata).
+        query (HNSW beam, or IVF cells scanned). ``subtree``: only documents under that node of the corpus tree.
+        ``fields``: stored fields to return (default: title, text, metadata).
+
+        ``mode``: dense | lexical | hybrid (default: the index's, ``search_defaults``); hybrid fuses each side's
+        top ``depth`` by ``fusion`` (rrf | minmax | dbsf) with ``alpha`` the dense weight. ``explain``: each hit
+        carries each side's rank and score. Filters, ``subtree`` and deletions apply to both sides.
         """
         # the request's threads (``threads``, default 1) serve its index search too: an ivf-sq8 index splits the
         # query's cells between them
         threads = self._encoder_args["threads"] or 1
-        return self.search_batch([query], k, filter, ef, subtree, fields, max_k, num_threads=threads)[0]
+        return self.search_batch([query], k, filter, ef, subtree, fields, max_k, num_threads=threads, mode=mode,
+                                 fusion=fusion, alpha=alpha, depth=depth, explain=explain)[0]
 
     def search_batch(self, queries: Sequence[str], k: int = defaults.K, filter: Mapping[str, Any] | None = None,
                      ef: int | None = None, subtree: int | None = None, fields: Iterable[str] | None = None,
-                     max_k: int = defaults.MAX_K, num_threads: int = 1, progress: bool = False) -> list[list[Hit]]:
+                     max_k: int = defaults.MAX_K, num_threads: int = 1, progress: bool = False, *,
+                     mode: str | None = None, fusion: str | None = None, alpha: float | None = None,
+                     depth: int | None = None, explain: bool = False) -> list[list[Hit]]:
         """``search`` for many queries (encoded in batches; ``num_threads`` graph threads, -1: all cores)."""
         if isinstance(queries, str):
             raise DataError("search_batch takes a list of queries; use search() for one")
         k, ef, fields, flt = check_k(k, max_k), check_ef(ef), check_fields(fields), check_filter(filter)
+        settings = modes.resolve(self.search_defaults, mode, fusion, alpha, depth, explain)
         texts = [check_query(q) for q in queries]
         scope = self._subtree(subtree) if subtree is not None else None
         out: list[list[Hit]] = []
         bar = progress_bar(len(texts), progress, "search", unit="query")
         for part in chunks(texts, defaults.SEARCH_CHUNK):
-            vecs = self.query_vectors(part)  # (q, dim)
-            rows = self.store.search(vecs, k, ef=ef, filter=flt, subtree=scope, fields=fields, num_threads=num_threads)
-            out.extend([[Hit(d, s, *self._fields(doc, fields)) for d, s, doc in row] for row in rows])
+            rows = modes.run(self.store, self.query_vectors, part, k, settings, ef, flt, scope, fields, num_threads)
+            out.extend([[Hit(d, s, *self._fields(doc, fields), explain=ex) for d, s, doc, ex in row] for row in rows])
             if bar is not None:
                 bar.update(len(part))
         if bar is not None:
             bar.close()
         return out
+
+    @property
+    def search_defaults(self) -> modes.SearchSettings:
+        """The index's default mode, fusion, alpha and depth (``index build`` stores them; a folder without a
+        lexical part searches dense)."""
+        return modes.stored_defaults(self.store.manifest.extra, getattr(self.store, "lexical", None) is not None)
 
     def query_vectors(self, texts: Sequence[str]) -> Any:
         """Embeddings of checked query texts, float32 (n, dim), through the query cache."""

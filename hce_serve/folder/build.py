@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from .. import defaults
 from ..batching import chunks, progress_bar
 from ..checks import check_documents
 from ..documents import Document
+from ..errors import ConfigError
 from ..formats.beir import iter_corpus
 from ..formats.tree import NO_LEAF, Tree, load_tree
 from ..index.index import Index
@@ -74,13 +75,22 @@ def build_index(
     store_documents: bool = True,
     skip_empty: bool = False,
     ray: Any = None,
+    lexical: bool = True,
+    lexical_language: str = defaults.LEXICAL_LANGUAGE,
+    lexical_stopwords: Any = defaults.LEXICAL_STOPWORDS,
+    search: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Encode a corpus file into a new index folder; returns its stats plus the empty-document counts.
 
     ``ray``: a ``ray_encode.RayOptions`` to encode the chunks on Ray actors instead of in this process
-    (the same chunks, so the same vectors); the index is built here either way.
+    (the same chunks, so the same vectors); the index is built here either way. ``lexical``: also build the
+    BM25 part (hybrid search) with a Snowball ``lexical_language`` stemmer and ``lexical_stopwords``; it
+    needs the stored documents. ``search``: the index's default mode / fusion / alpha / depth (checked).
     """
     from ..encoder import Encoder
+    from ..lexical import Analyzer
+    from ..lexical.bm25 import LexicalBuilder
+    from ..lexical.modes import SEARCH_KEY, resolve, stored_defaults
 
     export_dir, index_dir = Path(export_dir), Path(index_dir)
     check_can_create(index_dir, overwrite)  # before minutes of encoding, not after
@@ -88,6 +98,11 @@ def build_index(
         from .ray_encode import ray_module
 
         ray_module()  # installed? before the corpus is read
+    lexical = lexical and store_documents  # BM25 needs the text: an ids-only index (--no-store) is dense-only
+    analyzer = Analyzer.create(lexical_language, lexical_stopwords) if lexical else None
+    settings = resolve(stored_defaults({}, lexical), **dict(search or {}))
+    if settings.mode != "dense" and not lexical:
+        raise ConfigError(f"search mode {settings.mode!r} needs the lexical part (drop --no-lexical / --no-store)")
     scan = scan_corpus(corpus)
     encoder = Encoder(export_dir, variant=variant, threads=threads)
     tree = load_tree(export_dir, encoder.dim)
@@ -96,6 +111,7 @@ def build_index(
     remove_build_leftovers(index_dir)
     docs_path = build_path(index_dir, "docs") if store_documents else None
     docs = DocStore.create(docs_path, bulk=True) if docs_path is not None else None
+    lex = LexicalBuilder(analyzer) if analyzer is not None else None
     t0, dropped = time.perf_counter(), [0]
     bar = progress_bar(scan.kept(skip_empty), progress, "index build")
     try:
@@ -105,6 +121,8 @@ def build_index(
                 index.add([d.id for d in batch], vecs, leaves)
                 if docs is not None:
                     docs.write(put=batch)
+                if lex is not None:
+                    lex.add([(d.id, d.full_text) for d in batch])
                 if bar is not None:
                     bar.update(len(batch))
         if docs is not None:
@@ -113,7 +131,9 @@ def build_index(
         extra = {"built_from": {"corpus": str(corpus), "export": str(export_dir), "ray": ray is not None,
                                 "seconds": round(time.perf_counter() - t0, 2)},
                  "encoder_variant": encoder.variant, "tree": tree is not None}
-        IndexStore.create(index_dir, index, export_dir, extra=extra, overwrite=overwrite, docs_file=docs_path)
+        extra[SEARCH_KEY] = settings.to_dict()
+        IndexStore.create(index_dir, index, export_dir, extra=extra, overwrite=overwrite, docs_file=docs_path,
+                          lexical=lex.finish() if lex is not None else None)
     finally:
         if bar is not None:
             bar.close()
@@ -125,7 +145,7 @@ def build_index(
     if dropped[0]:
         log.warning("%s: left out %d metadata entries that are not flat (nested values, bad keys)", corpus, dropped[0])
     log.info("built %s: %d documents in %.1f s", index_dir, len(index), time.perf_counter() - t0)
-    return {**index.stats(), "stores_documents": store_documents, "empty": scan.empty,
+    return {**index.stats(), "stores_documents": store_documents, "lexical": lexical, "empty": scan.empty,
             "skipped_empty": scan.empty if skip_empty else 0}
 
 

@@ -34,6 +34,8 @@ from ..documents import Document
 from ..errors import FormatError, HCEError
 from ..formats.atomic import TMP_PREFIX, fsync_dir, remove_stale_temps
 from ..index.index import Index
+from ..lexical.bm25 import LexicalIndex
+from ..lexical.part import with_settings
 from .datafiles import data_files, write_index
 from .docstore import DOCS_NAME, DocStore
 from .manifest import MANIFEST_NAME, IndexManifest, file_digest
@@ -88,7 +90,8 @@ def remove_build_leftovers(folder: Path) -> None:
 
 
 def create_folder(folder: Path, index: Index, encoder_src: str | os.PathLike[str] | None, extra: dict[str, Any],
-                  overwrite: bool, documents: Iterable[Document] | None = None, docs_file: Path | None = None) -> None:
+                  overwrite: bool, documents: Iterable[Document] | None = None, docs_file: Path | None = None,
+                  lexical: LexicalIndex | None = None) -> None:
     """Write a new index folder (generation 1): built in a temp folder beside it, renamed into place.
 
     The document store comes from ``documents`` or is moved in from ``docs_file``; with neither: ids only.
@@ -112,7 +115,7 @@ def create_folder(folder: Path, index: Index, encoder_src: str | os.PathLike[str
             finally:
                 store.close()
         stored = docs_file is not None or documents is not None
-        write_snapshot(tmp, index, 1, files, extra, DOCS_NAME if stored else None)
+        write_snapshot(tmp, index, 1, files, extra, DOCS_NAME if stored else None, lexical)
         if folder.exists():
             old = build_path(folder, "old")
             os.replace(folder, old)
@@ -128,12 +131,16 @@ def create_folder(folder: Path, index: Index, encoder_src: str | os.PathLike[str
 
 
 def write_snapshot(folder: Path, index: Index, generation: int, files: dict, extra: dict,
-                   documents: str | None) -> IndexManifest:
-    """Write generation ``generation`` of ``index`` and commit it with a new manifest (written last)."""
+                   documents: str | None, lexical: LexicalIndex | None = None) -> IndexManifest:
+    """Write generation ``generation`` of ``index`` and its lexical part (merged first) and commit it with a new
+    manifest (written last)."""
     name = gen_name(generation)
     tmp = folder / (TMP_PREFIX + name)
     shutil.rmtree(tmp, ignore_errors=True)
     write_index(index, tmp)
+    if lexical is not None:
+        lexical.save(tmp)
+    extra = with_settings(extra, lexical)
     fsync_dir(tmp)
     final = folder / name
     shutil.rmtree(final, ignore_errors=True)  # an unreferenced leftover of a killed save

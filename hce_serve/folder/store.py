@@ -31,6 +31,8 @@ from ..documents import AddResult, DeleteResult, Document
 from ..errors import FormatError, HCEError
 from ..formats.tree import NO_LEAF
 from ..index.index import Index
+from ..lexical.bm25 import LexicalIndex
+from ..lexical.part import load_part
 from ..options import IndexParams
 from .datafiles import data_files, read_index
 from .docstore import DocStore
@@ -46,8 +48,9 @@ class IndexStore(StoreReads):
     """An opened index folder. Writers (``writable=True``) hold an exclusive lock on it."""
 
     def __init__(self, folder: Path, manifest: IndexManifest, index: Index, writable: bool,
-                 docs: DocStore | None, save_every: int | None) -> None:
+                 docs: DocStore | None, save_every: int | None, lexical: LexicalIndex | None = None) -> None:
         self.folder, self.manifest, self.index, self.writable, self.docs = folder, manifest, index, writable, docs
+        self.lexical = lexical  # the BM25 side of hybrid search (None: a dense-only folder)
         self.pending = 0  # log records not yet folded into a snapshot
         self.autosave_every = save_every  # save after this many logged mutations (None: only when asked)
         self._mutex = threading.RLock()  # the writer lock: one change at a time, checked once, logged once
@@ -62,13 +65,15 @@ class IndexStore(StoreReads):
     @classmethod
     def create(cls, folder: str | os.PathLike[str], index: Index, encoder_src: str | os.PathLike[str] | None,
                extra: dict[str, Any] | None = None, overwrite: bool = False,
-               documents: Iterable[Document] | None = None, docs_file: Path | None = None) -> None:
+               documents: Iterable[Document] | None = None, docs_file: Path | None = None,
+               lexical: LexicalIndex | None = None) -> None:
         """Write a new index folder (generation 1), built beside ``folder`` and renamed into place.
 
         ``documents`` (the stored text of the index's live ids), or ``docs_file``, a finished document store
-        (``DocStore.create`` ... ``close``) to move in; with neither the index stores ids only.
+        (``DocStore.create`` ... ``close``) to move in; with neither the index stores ids only. ``lexical``: the
+        BM25 index of the same documents (hybrid search), or None for a dense-only folder.
         """
-        create_folder(Path(folder), index, encoder_src, extra or {}, overwrite, documents, docs_file)
+        create_folder(Path(folder), index, encoder_src, extra or {}, overwrite, documents, docs_file, lexical)
 
     @classmethod
     def open(cls, folder: str | os.PathLike[str], writable: bool = False, checksums: bool = True,
@@ -113,8 +118,9 @@ class IndexStore(StoreReads):
         if missing:
             raise FormatError(f"{folder / MANIFEST_NAME}: does not list {', '.join(missing)}")
         index = read_index(folder / data_dir, manifest.dim, params, manifest.counts)
+        lexical = load_part(folder / data_dir, extra, manifest.files, str(folder / MANIFEST_NAME))
         docs = DocStore.open(folder / manifest.documents, readonly=not writable) if manifest.documents else None
-        store = cls(folder, manifest, index, writable, docs, save_every)
+        store = cls(folder, manifest, index, writable, docs, save_every, lexical)
         try:
             store._replay(folder / wal_name(manifest.generation))
         except BaseException:
@@ -130,10 +136,15 @@ class IndexStore(StoreReads):
             for rec in contents.records:
                 if rec.op == "add":
                     self.index.add(rec.ids, rec.vectors, rec.leaves)  # type: ignore[arg-type]
-                    net.update((d.id, d) for d in (rec.docs or [Document(i, "", "") for i in rec.ids]))
+                    docs = rec.docs or [Document(i, "", "") for i in rec.ids]
+                    net.update((d.id, d) for d in docs)
+                    if self.lexical is not None:
+                        self.lexical.add([(d.id, d.full_text) for d in docs])
                 else:
                     self.index.delete(rec.ids)
                     net.update(dict.fromkeys(rec.ids))
+                    if self.lexical is not None:
+                        self.lexical.delete(rec.ids)
             self.pending, end = len(contents.records), contents.end
             if contents.records:
                 log.info("%s: replayed %d logged mutations", wal_path, len(contents.records))
@@ -145,6 +156,9 @@ class IndexStore(StoreReads):
             if self.docs is not None and (n := self.docs.count()) != len(self.index):
                 raise FormatError(f"{self.docs.path}: holds {n:,} documents but the index has {len(self.index):,} "
                                   "live ids (changed by another program?)")
+            if self.lexical is not None and len(self.lexical) != len(self.index):
+                raise FormatError(f"{self.folder}: the lexical part holds {len(self.lexical):,} documents but the "
+                                  f"index has {len(self.index):,} live ids")
             self._wal = MutationLog(wal_path, self.manifest.dim, self.manifest.generation, truncate_at=end)
 
     # ---- changes ----------------------------------------------------------------------------------
@@ -180,6 +194,9 @@ class IndexStore(StoreReads):
                 wal.rollback(start)  # nothing changed anywhere: withdraw the record
                 raise
             res = self._apply(lambda: self.index.add(ids, vecs, leaf_arr))
+            if self.lexical is not None:
+                lex = self.lexical
+                self._apply(lambda: lex.add([(d.id, d.full_text) for d in batch.docs]))
             self._after_mutation()
             return AddResult(res.added, res.replaced, batch.empty)
 
@@ -196,6 +213,9 @@ class IndexStore(StoreReads):
             if not present:
                 return DeleteResult([], list(dict.fromkeys(ids)))
             wal.append(Record("delete", present))
+            if self.lexical is not None:  # first: the lexical side never holds an id the graph has dropped
+                lex = self.lexical
+                self._apply(lambda: lex.delete(present))
             res = self._apply(lambda: self.index.delete(ids))
             if self.docs is not None:
                 self._apply(lambda: self.docs.write(remove=present))  # type: ignore[union-attr]
@@ -235,7 +255,8 @@ class IndexStore(StoreReads):
                 self.docs.checkpoint()  # durable before the log that covers it is retired
             old = self.manifest
             enc = {k: v for k, v in old.files.items() if k.startswith(ENCODER_DIR + "/")}
-            new = write_snapshot(self.folder, self.index, old.generation + 1, enc, old.extra, old.documents)
+            new = write_snapshot(self.folder, self.index, old.generation + 1, enc, old.extra, old.documents,
+                                 self.lexical)
             # Committed: the new manifest names the new generation; the old one and its log are garbage.
             self.manifest = new
             wal.close()
@@ -253,7 +274,27 @@ class IndexStore(StoreReads):
         """Counts and parameters (no filesystem paths: this goes to HTTP clients)."""
         return {**self.index.stats(), "generation": self.manifest.generation, "pending_log_records": self.pending,
                 "log_bytes": self._wal.size if self._wal else None, "writable": self.writable,
-                "stores_documents": self.docs is not None}
+                "stores_documents": self.docs is not None,
+                "lexical": self.lexical.stats() if self.lexical is not None else None}
+
+    def build_lexical(self, analyzer: Any = None, params: Any = None, batch: int = defaults.BATCH_SIZE) -> dict[str, Any]:
+        """Give a dense-only folder its lexical part, from its stored documents, as a new generation."""
+        from ..lexical.bm25 import LexicalBuilder
+
+        with self._mutex:
+            self._require_writable()
+            if self.docs is None:
+                raise HCEError(f"{self.folder.name}: stores no documents (built with --no-store): BM25 needs their text")
+            builder = LexicalBuilder(analyzer, params)
+            for part in self.docs.iter_documents(batch):
+                builder.add([(d.id, d.full_text) for d in part])
+            lexical = builder.finish()
+            if len(lexical) != len(self.index):
+                raise FormatError(f"{self.docs.path}: holds {len(lexical):,} documents but the index has "
+                                  f"{len(self.index):,} live ids")
+            self.lexical = lexical
+            self.save(force=True)
+            return lexical.stats()
 
     def close(self, save: bool = False) -> None:
         with self._mutex:

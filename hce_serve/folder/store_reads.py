@@ -19,6 +19,10 @@ from .docstore import DocStore, matches
 
 if TYPE_CHECKING:
     from ..index.index import Index
+    from ..lexical.bm25 import LexicalIndex
+
+NO_LEXICAL = ("this index has no lexical part (built before hybrid search, or with --no-lexical): "
+              "add one with 'hce-serve index build-lexical --index IDX_DIR'")
 
 StoredHit = tuple[str, float, Document | None]  # (id, score, the stored document when fields were asked for)
 
@@ -29,6 +33,7 @@ class StoreReads:
     _overlay: dict[str, Document | None]  # a reader's replayed documents (None: deleted)
     _matches: dict[tuple, tuple[int, frozenset[str]]]
     _doc_writes: int
+    lexical: LexicalIndex | None
 
     @property
     def stores_documents(self) -> bool:
@@ -44,10 +49,38 @@ class StoreReads:
         allow_ids = self.match(filter) if filter else None
         rows = self.index.search(queries, k, ef=ef, num_threads=num_threads, allow_ids=allow_ids,
                                  allow_leaves=subtree.leaves if subtree is not None else None)
+        return self._with_fields(rows, fields)
+
+    def search_lexical(self, texts: Sequence[str], k: int, filter: Mapping[str, tuple[str, ...]] | None = None,
+                       subtree: Subtree | None = None, fields: Sequence[str] = ()) -> list[list[StoredHit]]:
+        """BM25's top-``k`` per query text, best first, under the same filter and subtree rules as ``search``."""
+        lex = self.lexical
+        if lex is None:
+            raise DataError(NO_LEXICAL)
+        allow_ids = self.match(filter) if filter else None
+        index = self.index
+        leaves = frozenset(subtree.leaves.tolist()) if subtree is not None else None
+
+        def accept(ids: list[str]) -> list[bool]:
+            # Live in the vector index too: a write changes the lexical side first on delete, last on add, so
+            # this only matters for a search racing a write, and keeps the two sides' answers the same set.
+            if leaves is None:
+                return [i in index for i in ids]
+            return [_leaf(i) in leaves for i in ids]
+
+        def _leaf(i: str) -> int | None:
+            try:
+                return index.leaf_of(i)
+            except KeyError:  # deleted meanwhile
+                return None
+
+        return self._with_fields([lex.search(t, k, allow_ids, accept) for t in texts], fields)
+
+    def _with_fields(self, rows: list[list[tuple[str, float]]], fields: Sequence[str]) -> list[list[StoredHit]]:
         if not fields or self.docs is None:
             return [[(d, s, None) for d, s in row] for row in rows]
         docs = self.documents({d for row in rows for d, _ in row})
-        # A hit whose document is gone was deleted after the graph answered: it is not returned.
+        # A hit whose document is gone was deleted after the search answered: it is not returned.
         return [[(d, s, docs[d]) for d, s in row if d in docs] for row in rows]
 
     def documents(self, ids: Iterable[str]) -> dict[str, Document]:

@@ -34,7 +34,7 @@ from .analyzer import Analyzer
 
 TERMS_FILE, IDS_FILE, ARRAYS_FILE = "lexical-terms.txt", "lexical-ids.txt", "lexical.npz"
 FILES = (TERMS_FILE, IDS_FILE, ARRAYS_FILE)
-K1, B = 1.5, 0.75  # bm25s' and BEIR's BM25 settings
+K1, B = 1.5, 0.75  # bm25s' defaults: the BM25 reference the hybrid study (benchmarks/hybrid.py) compares with
 
 LexHit = tuple[str, float]
 Accept = Callable[[list[str]], Sequence[bool]]
@@ -89,34 +89,15 @@ class LexicalIndex:
     def build(cls, docs: Iterable[tuple[str, str]], analyzer: Analyzer | None = None,
               params: BM25Params | None = None, batch: int = 4096) -> LexicalIndex:
         """A sealed index of (id, text) pairs in one pass (a later pair with the same id replaces the earlier)."""
-        index = cls(analyzer, params)
-        latest: dict[str, Counter[str]] = {}
+        builder = LexicalBuilder(analyzer, params)
         part: list[tuple[str, str]] = []
         for pair in docs:
             part.append(pair)
             if len(part) >= batch:
-                latest.update(zip([i for i, _ in part], index.analyzer.counts_many([t for _, t in part]), strict=True))
+                builder.add(part)
                 part = []
-        latest.update(zip([i for i, _ in part], index.analyzer.counts_many([t for _, t in part]), strict=True))
-        terms = sorted({t for c in latest.values() for t in c})
-        vocab = {t: j for j, t in enumerate(terms)}
-        counts = list(latest.values())
-        n_post = sum(len(c) for c in counts)
-        term_of = np.empty(n_post, np.int32)
-        rows, tf = np.empty(n_post, np.int32), np.empty(n_post, np.int32)
-        at = 0
-        for r, c in enumerate(counts):
-            m = len(c)
-            term_of[at : at + m] = [vocab[t] for t in c]
-            tf[at : at + m] = list(c.values())
-            rows[at : at + m] = r
-            at += m
-        order = np.argsort(term_of, kind="stable")  # rows ascend within a term: they were written in order
-        offsets = np.zeros(len(terms) + 1, np.int64)
-        np.cumsum(np.bincount(term_of, minlength=len(terms)), out=offsets[1:])
-        lengths = np.array([sum(c.values()) for c in counts], np.float32)
-        index._seal(list(latest), vocab, offsets, rows[order], tf[order], lengths)
-        return index
+        builder.add(part)
+        return builder.finish()
 
     # ---- changes ----------------------------------------------------------------------------------
     def add(self, docs: Sequence[tuple[str, str]]) -> None:
@@ -317,6 +298,55 @@ class LexicalIndex:
         return index
 
 
+class LexicalBuilder:
+    """Streams (id, text) batches into a sealed ``LexicalIndex``, holding postings as arrays, not Python objects."""
+
+    def __init__(self, analyzer: Analyzer | None = None, params: BM25Params | None = None) -> None:
+        self.analyzer, self.params = analyzer or Analyzer(), params or BM25Params()
+        self.vocab: dict[str, int] = {}  # in order of first sight; sorted at the end
+        self.ids: list[str] = []
+        self.row_of: dict[str, int] = {}
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (term ids, rows, tf) per batch
+        self.lengths: list[int] = []
+
+    def add(self, docs: Sequence[tuple[str, str]]) -> None:
+        if not docs:
+            return
+        terms: list[int] = []
+        rows: list[int] = []
+        tfs: list[int] = []
+        vocab = self.vocab
+        for (doc_id, _), c in zip(docs, self.analyzer.counts_many([t for _, t in docs]), strict=True):
+            row = len(self.ids)
+            if (old := self.row_of.get(doc_id)) is not None:
+                self.ids[old] = ""
+            self.ids.append(doc_id)
+            self.row_of[doc_id] = row
+            terms.extend(vocab.setdefault(t, len(vocab)) for t in c)
+            tfs.extend(c.values())
+            rows.extend([row] * len(c))
+            self.lengths.append(sum(c.values()))
+        self.parts.append((np.array(terms, np.int32), np.array(rows, np.int32), np.array(tfs, np.int32)))
+
+    def finish(self) -> LexicalIndex:
+        index = LexicalIndex(self.analyzer, self.params)
+        terms = sorted(self.vocab)
+        rank = np.empty(len(terms), np.int32)
+        rank[[self.vocab[t] for t in terms]] = np.arange(len(terms), dtype=np.int32)
+        empty = np.zeros(0, np.int32)
+        term_of = rank[np.concatenate([p[0] for p in self.parts])] if self.parts else empty
+        rows = np.concatenate([p[1] for p in self.parts]) if self.parts else empty
+        tf = np.concatenate([p[2] for p in self.parts]) if self.parts else empty
+        order = np.argsort(term_of, kind="stable")  # rows ascend within a term: they were added in order
+        offsets = np.zeros(len(terms) + 1, np.int64)
+        np.cumsum(np.bincount(term_of, minlength=len(terms)), out=offsets[1:])
+        index._seal(self.ids, {t: j for j, t in enumerate(terms)}, offsets, rows[order], tf[order],
+                    np.array(self.lengths, np.float32))
+        if len(self.row_of) < len(self.ids):
+            index.merge()  # a repeated id left a dead row
+        return index
+
+
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
         for line in lines:
@@ -333,4 +363,4 @@ def _read_lines(path: Path) -> list[str]:
     return text.split("\n")[:-1] if text else []
 
 
-__all__ = ["FILES", "BM25Params", "LexHit", "LexicalIndex"]
+__all__ = ["FILES", "BM25Params", "LexHit", "LexicalBuilder", "LexicalIndex"]
