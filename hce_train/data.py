@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 class Corpus:
     ids: list[str]
     texts: list[str]  # title + text, as the encoder sees them
+    # Documents with empty title and text, left out of ``ids``/``texts`` (nothing to train on): their ids and
+    # their rows in the corpus file (``hce-serve index build`` indexes them, so file-aligned arrays have them).
+    empty_ids: tuple[str, ...] = ()
+    empty_rows: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -40,12 +44,42 @@ class Examples:
 
 
 def load_corpus(data_dir: str | os.PathLike[str]) -> Corpus:
-    """The corpus of a BEIR folder; empty documents and duplicate ids are DataErrors."""
+    """The corpus of a BEIR folder without its empty documents (warned, counted); duplicate ids are DataErrors.
+
+    A document with empty title and text gives nothing to learn (no span to crop, no text to match), so
+    ``fit`` and ``distill-query`` leave it out, where ``hce-serve index build`` indexes it with a warning.
+    """
     d = Path(data_dir)
     if not d.is_dir():
         raise DataError(f"{d}: data folder not found")
-    docs = beir.load_corpus(d / "corpus.jsonl")
-    return Corpus([doc.id for doc in docs], [doc.full_text for doc in docs])
+    ids, texts, empty_ids, empty_rows = [], [], [], []
+    for row, doc in enumerate(beir.iter_corpus(d / "corpus.jsonl", empty="keep")):
+        if doc.is_empty:
+            empty_ids.append(doc.id)
+            empty_rows.append(row)
+        else:
+            ids.append(doc.id)
+            texts.append(doc.full_text)
+    path = beir.resolve(d / "corpus.jsonl")
+    if not ids:
+        raise DataError(f"{path}: all {len(empty_ids)} documents have empty title and text; nothing to train on")
+    if empty_ids:
+        log.warning("%s: left out %d documents with empty title and text from training (nothing to learn from; "
+                    "`hce-serve index build` still indexes them)", path, len(empty_ids))
+    return Corpus(ids, texts, tuple(empty_ids), tuple(empty_rows))
+
+
+def _judging_text(qrels: beir.Qrels, corpus: Corpus, where: object) -> beir.Qrels:
+    """``qrels`` without the judgments of the corpus's empty documents (left out of training, counted here
+    rather than among the unknown ids)."""
+    empty = set(corpus.empty_ids)
+    if not empty:
+        return qrels
+    kept = {q: {doc: g for doc, g in judged.items() if doc not in empty} for q, judged in qrels.items()}
+    dropped = sum(len(j) for j in qrels.values()) - sum(len(j) for j in kept.values())
+    if dropped:
+        log.warning("%s: left out %d judgments of documents with empty title and text", where, dropped)
+    return {q: judged for q, judged in kept.items() if judged}
 
 
 def supervised_examples(data_dir: str | os.PathLike[str], split: str, corpus: Corpus) -> Examples:
@@ -53,7 +87,7 @@ def supervised_examples(data_dir: str | os.PathLike[str], split: str, corpus: Co
     d = Path(data_dir)
     qpath = beir.qrels_path(d, split)
     queries = beir.load_queries(d / "queries.jsonl")
-    check = beir.check_qrels(beir.load_qrels(qpath), queries, corpus.ids, str(qpath))
+    check = beir.check_qrels(_judging_text(beir.load_qrels(qpath), corpus, qpath), queries, corpus.ids, str(qpath))
     row = {doc_id: i for i, doc_id in enumerate(corpus.ids)}
     texts: list[str] = []
     rows: list[int] = []

@@ -124,7 +124,8 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
     """Train the shallow query encoder, write QMODEL_DIR, record the pair in MODEL_DIR's card.
 
     ``doc_emb`` (docs, D): the teacher's corpus embeddings when the caller already has them (row i = the
-    corpus file's document i, at the card's max_length); otherwise the corpus is encoded here.
+    corpus file's document i, at the card's max_length; or only its non-empty documents, in file order);
+    otherwise the corpus is encoded here. Documents with empty title and text are left out (warned, counted).
     """
     import torch
     import torch.nn.functional as F
@@ -147,6 +148,8 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
     teacher = HCEEncoder.load(mdir, device)
     teacher.autocast_bf16 = use_bf16(cfg.precision, device)
     corpus = load_corpus(data_dir)
+    if doc_emb is not None and corpus.empty_rows and doc_emb.shape[0] == len(corpus) + len(corpus.empty_rows):
+        doc_emb = np.delete(doc_emb, corpus.empty_rows, axis=0)  # file-aligned: the empty documents' rows go
     if doc_emb is not None and doc_emb.shape != (len(corpus), card.dim):
         raise DataError(f"doc_emb has shape {doc_emb.shape}, expected ({len(corpus)}, {card.dim})")
     d_emb = torch.from_numpy(np.ascontiguousarray(doc_emb, np.float32) if doc_emb is not None else
@@ -199,7 +202,8 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
     summary = {"layers": cfg.layers, "teacher_layers": int(teacher.model.config.num_hidden_layers),
                "init_from": kept, "steps": step,
                "seconds": round(time.perf_counter() - t_start, 1), "final": stats, "heldout": fidelity,
-               "data": str(data_dir.resolve()), "config": asdict(cfg), "crops_per_doc": cfg.crops_per_doc(len(corpus.texts))}
+               "data": str(data_dir.resolve()), "config": asdict(cfg), "crops_per_doc": cfg.crops_per_doc(len(corpus.texts)),
+               "skipped_empty": len(corpus.empty_ids)}
     _write(student, teacher, card, home, qdir, out_dir, summary, overwrite, copy_teacher=plain)
     return {**summary, "out": str(out_dir), "model_dir": str(home), "query_dir": str(qdir)}
 

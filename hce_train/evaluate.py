@@ -42,6 +42,40 @@ def exact_topk(q: np.ndarray, d: np.ndarray, k: int, chunk: int = 1024) -> tuple
     return scores, rows
 
 
+def load_beir_keeping_empty(data_dir: str | os.PathLike[str], split: str) -> tuple[beir.BeirData, list[int]]:
+    """``beir.load_beir`` that keeps documents with empty title and text, as ``hce-serve index build`` indexes
+    them and BEIR's evaluation searches them (a warning with their count); returns their rows too."""
+    from pathlib import Path
+
+    from hce_serve.errors import DataError
+
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise DataError(f"{d}: data folder not found")
+    qpath = beir.qrels_path(d, split)
+    corpus = list(beir.iter_corpus(d / "corpus.jsonl", empty="keep"))
+    queries = beir.load_queries(d / "queries.jsonl")
+    check = beir.check_qrels(beir.load_qrels(qpath), queries, (doc.id for doc in corpus), str(qpath))
+    if not check.kept:
+        raise DataError(f"{qpath}: no judgment refers to a known query and document")
+    empty = [row for row, doc in enumerate(corpus) if doc.is_empty]
+    if empty:
+        log.warning("%s: %d documents have empty title and text; searched as they are, as `hce-serve index build` "
+                    "indexes them and BEIR's evaluation does", beir.resolve(d / "corpus.jsonl"), len(empty))
+    return beir.BeirData(corpus, {q: queries[q] for q in check.kept}, check.kept), empty
+
+
+def _with_empty_rows(encoder: HCEEncoder, doc_emb: np.ndarray, corpus: list[beir.Document], empty: list[int],
+                     max_length: int, batch_size: int) -> np.ndarray:
+    """File-aligned embeddings from those of the non-empty documents (fit's): the empty ones encoded here."""
+    full = np.zeros((len(corpus), doc_emb.shape[1]), np.float32)
+    mask = np.zeros(len(corpus), bool)
+    mask[empty] = True
+    full[~mask] = doc_emb
+    full[mask] = encoder.encode([corpus[r].full_text for r in empty], max_length, batch_size, False)
+    return full
+
+
 def evaluate_encoder(
     encoder: HCEEncoder,
     data_dir: str | os.PathLike[str],
@@ -56,12 +90,15 @@ def evaluate_encoder(
 ) -> dict[str, Any]:
     """Encode the corpus and the split's queries, search exactly, return metrics plus counts and timing.
 
-    ``doc_emb`` (docs, D), row-aligned with the corpus file, skips encoding the corpus. ``with_per_query``
+    ``doc_emb`` (docs, D), row-aligned with the corpus file (or with its non-empty documents, as ``fit``'s
+    ``keep`` gives them: the empty ones are then encoded here), skips encoding the corpus. ``with_per_query``
     adds ``per_query``: {"ndcg@10": {qid: value}} (what paired significance tests need).
     """
     t0 = time.perf_counter()
-    data = beir.load_beir(data_dir, split)
+    data, empty = load_beir_keeping_empty(data_dir, split)
     qids = list(data.queries)
+    if doc_emb is not None and empty and doc_emb.shape[0] == len(data.corpus) - len(empty):
+        doc_emb = _with_empty_rows(encoder, doc_emb, data.corpus, empty, doc_max_length, batch_size)
     if doc_emb is not None and doc_emb.shape[0] != len(data.corpus):
         raise ValueError(f"doc_emb has {doc_emb.shape[0]} rows for {len(data.corpus)} documents")
     d_emb = doc_emb if doc_emb is not None else encoder.encode(
@@ -74,7 +111,7 @@ def evaluate_encoder(
     metrics: dict[str, Any] = {name: round(sum(per[name].values()) / len(data.qrels), 5) for name in NAMES.values()}
     if with_per_query:
         metrics["per_query"] = {"ndcg@10": {q: round(v, 5) for q, v in per["ndcg@10"].items()}}
-    metrics.update(queries=len(qids), docs=len(data.corpus), split=split, seconds=round(time.perf_counter() - t0, 2))
+    metrics.update(queries=len(qids), docs=len(data.corpus), empty=len(empty), split=split, seconds=round(time.perf_counter() - t0, 2))
     return metrics
 
 

@@ -176,7 +176,8 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
     dist.barrier(env)
     return {"steps": step, "seconds": round(time.perf_counter() - t_start, 1), "final": stats,
             "bf16": encoder.autocast_bf16, "epochs_done": round(step / per_epoch, 3),
-            "tree": tree.summary(), "out": str(out)}
+            "tree": tree.summary(),
+            "skipped_empty": len(run.corpus.empty_ids), "out": str(out)}
 
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:

@@ -163,11 +163,16 @@ def test_bad_data(tiny_beir, tiny_bert, tmp_path):
         fh.write("q-unknown\tprotein-0\t1\nq-protein-0\tno-such-doc\t1\n")
     res = _fit(data, tiny_bert, tmp_path / "ok", "--max-steps", "1")
     assert res.exit_code == 0, res.output
-    # An empty document is a one-line error.
+    # An empty document is left out of training with a warning and the count, as index build warns and counts.
     with open(data / "corpus.jsonl", "a") as fh:
         fh.write(json.dumps({"_id": "empty", "title": "", "text": "  "}) + "\n")
     res = _fit(data, tiny_bert, tmp_path / "e", "--max-steps", "1")
-    assert res.exit_code == 1 and "empty" in res.output
+    assert res.exit_code == 0 and json.loads(res.stdout)["skipped_empty"] == 1, res.output
+    # A duplicate document id is a one-line error naming its line.
+    with open(data / "corpus.jsonl", "a") as fh:
+        fh.write(json.dumps({"_id": "empty", "title": "again", "text": "words"}) + "\n")
+    res = _fit(data, tiny_bert, tmp_path / "f", "--max-steps", "1")
+    assert res.exit_code == 1 and "duplicate document id 'empty'" in res.output and "Traceback" not in res.output
 
 
 def test_nan_loss_stops_with_step_and_hint(tiny_beir, tiny_bert, tmp_path, monkeypatch):
