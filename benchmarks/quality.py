@@ -1,7 +1,11 @@
-"""Quality study (issue 10): does HCE beat plain hard-negative fine-tuning on the same data and budget?
+"""Quality study (issues 10 and 30): does HCE beat plain hard-negative fine-tuning on the same data and budget?
 
-Supervised: train on SciFact train, evaluate on SciFact test (exact search, nDCG@10 / R@10 / R@100 /
-MRR@10 through pytrec_eval, per-query nDCG@10 kept), from all-MiniLM-L6-v2, arms
+Supervised: train on SciFact train, evaluate with exact search (nDCG@10 / R@10 / R@100 / MRR@10 through
+pytrec_eval, per-query nDCG@10 and R@100 kept), from all-MiniLM-L6-v2. Issue 30's protocol: 100 train
+queries (fixed, seeded, listed in the file, never a test query) are held out as the dev split; every arm
+trains on the rest and is evaluated on dev, where every choice is made; ``--eval-split test`` (its own file)
+is the final table. Issue 10's file (quality-<profile>.json: all of train, test split) keeps its protocol
+when continued with ``--out``. Arms (ARMS below has them all), among them
   flat            in-batch + S random negatives
   mined           in-batch + S negatives from the starting encoder's ranks [10, 50)
   mined-refresh   mined, re-mined from the current encoder on hce's rebuild schedule (fresh negatives,
@@ -9,16 +13,18 @@ MRR@10 through pytrec_eval, per-query nDCG@10 kept), from all-MiniLM-L6-v2, arms
   hce             in-batch + S tree siblings + centroid levels, tree rebuilt every epoch
   hce-doc-level-only   ablation: hce without the centroid levels
   hce-unguarded, mined-unguarded   the other fair rule: no guard for either arm (mined from ranks 0-50)
-Every arm shares the profile's budget (epochs, batch, S, lengths, precision) and the same guard against
-unjudged positives (no negative among the query's top 10). Anchors: zero-shot and BM25. Unsupervised:
-adapt on the CISI and ArguAna corpora (pseudo-queries, no qrels) with hce and flat.
+  issue 30: percpos filters, tree-topic batches, query-aware and mixed siblings, centroid schedules, long regime
+Every arm shares the profile's budget (epochs, batch, S, lengths, precision); its recipe is pinned in ARMS.
+Anchors: zero-shot and BM25. The report Holm-corrects the family "every hce variant vs the best baseline"
+(nDCG@10 and R@100). Unsupervised: adapt on the CISI and ArguAna corpora (pseudo-queries, no qrels).
 
-    python -m benchmarks.quality --profile cpu --seeds 0,1,2 --resume     # the 2-core CPU study
-    python -m benchmarks.quality --profile gpu --seeds 0,1,2 --device cuda --out ...gpu.json
+    python -m benchmarks.quality --profile cpu --arms mined-unguarded,hce-topic --seeds 0 --resume   # dev
+    python -m benchmarks.quality --profile cpu --eval-split test --arms ... --seeds 0,1,2 --resume   # final
+    python -m benchmarks.quality --profile cpu --out benchmarks/results/quality-cpu.json --report     # issue 10
 
-Results: benchmarks/results/quality-<profile>.json, rewritten after every finished (arm, seed) run;
-``--resume`` skips the runs already there, so a study can span sessions. Paired tests, plots and the
-verdict are recomputed from the stored per-query scores on every save (``--report`` does only that).
+Results: benchmarks/results/quality-<profile>-dev.json (-final.json), rewritten after every finished (arm,
+seed) run; ``--resume`` skips the runs already there, so a study can span sessions. Paired tests, plots and
+the verdict are recomputed from the stored per-query scores on every save (``--report`` does only that).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +44,28 @@ from benchmarks.quality_report import markdown, report
 
 log = logging.getLogger("quality")
 
-# name -> (negatives, config overrides). Every arm shares the profile's budget. The guard against unjudged
-# positives is pinned here, not taken from the product's defaults, so a changed default can't change an arm.
-GUARD = 10  # the shared rule: no negative among the query's top 10 (mined ranks from 10; siblings guarded)
-GUARDED = {"mined_rank_lo": GUARD, "sibling_guard": GUARD}
+# name -> (negatives, config overrides). Every arm shares the profile's budget. Every recipe knob an arm depends
+# on is pinned here (RECIPE), not taken from the product's defaults, so a changed default can't change an arm.
+GUARD = 10  # the shared rule of issue 10: no negative among the query's top 10 (mined ranks from 10; siblings guarded)
+# The recipe of every arm before issue 30, knob by knob (what results/quality-cpu.json's runs recorded).
+RECIPE: dict[str, Any] = {
+    "tau": 0.05, "level_taus": None, "level_weights": (0.5,), "doc_weight": 1.0, "inbatch_weight": 1.0,
+    "normalize_centroids": True, "branching": 32, "leaf_size": 16, "tree_balance": 1.3, "kmeans_iters": 20,
+    "rebuild_every": -1, "mined_rank_hi": 50, "refresh_mined": False, "negative_encoding": "live",
+    "warmup_ratio": 0.1, "weight_decay": 0.01, "grad_clip": 1.0, "span_min_words": 16, "span_max_words": 48,
+    "crop_drop": 0.1, "batching": "random", "sibling_select": "leaf", "query_sibling_pool": 20, "sibling_share": 1.0,
+    "level_anneal_epochs": 0.0, "pseudo_positive": "document",
+}
+GUARDED = {**RECIPE, "mined_rank_lo": GUARD, "sibling_guard": GUARD, "negative_filter": f"rank:{GUARD}"}
+# No filter for either arm (mined from ranks 0-50): the fair rule under which mined led hce by 0.8 points.
+UNGUARDED = {**RECIPE, "mined_rank_lo": 0, "sibling_guard": 0, "negative_filter": "none"}
+
+
+def percpos(ratio: float) -> dict[str, Any]:
+    """TopK-PercPos instead of a rank guard (NV-Retriever): drop negatives scoring above ratio x the positive."""
+    return {**UNGUARDED, "negative_filter": f"percpos:{ratio:g}"}
+
+
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "flat": ("flat", dict(GUARDED)),
     "mined": ("mined", dict(GUARDED)),
@@ -48,8 +73,8 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "hce": ("hce", dict(GUARDED)),
     "hce-doc-level-only": ("hce", {**GUARDED, "level_weights": (0.0,)}),
     "hce-raw-centroids": ("hce", {**GUARDED, "normalize_centroids": False}),
-    "hce-unguarded": ("hce", {**GUARDED, "sibling_guard": 0}),  # no guard against unjudged positives...
-    "mined-unguarded": ("mined", {"mined_rank_lo": 0, "sibling_guard": 0}),  # ...for either arm: ranks 0-50
+    "hce-unguarded": ("hce", {**GUARDED, "sibling_guard": 0, "negative_filter": "none"}),  # no guard against
+    "mined-unguarded": ("mined", dict(UNGUARDED)),  # unjudged positives for either arm: mined ranks 0-50
     # What the CPU profile's one method cut (attention dropout off) changes: the base model's 0.1 restored.
     "hce-attn-dropout": ("hce", {**GUARDED, "attention_dropout": None}),
     "mined-attn-dropout": ("mined", {**GUARDED, "attention_dropout": None}),
@@ -57,6 +82,26 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     # level can take every leaf-mate. A method change: compare with the live arms above.
     "hce-cached": ("hce", {**GUARDED, "negative_encoding": "cached"}),
     "mined-cached": ("mined", {**GUARDED, "negative_encoding": "cached"}),
+    # Issue 30 (HCE v2). Unless named, an arm uses no filter: the family of the best baseline so far
+    # (mined-unguarded); each hce arm has its mined twin where the change applies to both.
+    # A positive-aware false-negative filter in place of the rank guard (R tuned on the dev split).
+    "mined-percpos-0.95": ("mined", percpos(0.95)),
+    "hce-percpos-0.95": ("hce", percpos(0.95)),
+    "mined-percpos-0.9": ("mined", percpos(0.9)),
+    "hce-percpos-0.9": ("hce", percpos(0.9)),
+    # TAS-B-style batches from one or two top-level tree nodes: on-topic in-batch negatives for free.
+    "hce-topic": ("hce", {**UNGUARDED, "batching": "tree-topic"}),
+    "mined-topic": ("mined", {**UNGUARDED, "batching": "tree-topic"}),
+    # Siblings the query confuses: the query's top documents under the positive's parent node.
+    "hce-query-siblings": ("hce", {**UNGUARDED, "sibling_select": "query"}),
+    "hce-mixed": ("hce", {**UNGUARDED, "sibling_share": 0.5}),  # 4 leaf siblings + 3 mined of S = 7
+    # Centroid levels: weight annealed to 0 over the first epoch, or a softer temperature of their own.
+    "hce-centroid-anneal": ("hce", {**UNGUARDED, "level_anneal_epochs": 1.0}),
+    "hce-centroid-tau0.1": ("hce", {**UNGUARDED, "level_taus": (0.1,)}),
+    "hce-centroid-tau0.2": ("hce", {**UNGUARDED, "level_taus": (0.2,)}),
+    # The longer regime (one seed first): 6 epochs, a rebuild every half epoch, leaves of 8; mined twin.
+    "hce-long": ("hce", {**UNGUARDED, "epochs": 6, "rebuild_every": -2, "leaf_size": 8}),
+    "mined-long": ("mined", {**UNGUARDED, "epochs": 6}),
 }
 # Budgets. cpu: sized so one seed of flat, mined, mined-refresh and hce fits 90 minutes on 2 cores.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -66,6 +111,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "attention_dropout": None, "unsup_epochs": 1, "pseudo_queries": "crop"},
 }
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
+DEV_QUERIES = 100  # issue 30: SciFact train queries held out for every choice (epochs, weights, R, the default)
 QUERY_LEN = {"arguana": 256}  # DESIGN §8: ArguAna queries are whole arguments; others 64
 
 
@@ -93,49 +139,81 @@ def machine_facts() -> dict[str, Any]:
     return {"isa": cpu.timing_isas(), "native_bf16": bool(cpu.bf16_flags()), "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
-def anchors(data_dir: Path, qlen: int, budget: dict[str, Any], device: str) -> dict[str, Any]:
-    """BM25 and the zero-shot base model, per-query nDCG@10 kept for the paired tests."""
+def anchors(data_dir: Path, qlen: int, budget: dict[str, Any], device: str, split: str = "test",
+            query_ids: list[str] | None = None) -> dict[str, Any]:
+    """BM25 and the zero-shot base model on ``split`` (only ``query_ids`` when given), per-query nDCG@10 and
+    R@100 kept for the paired tests."""
     from benchmarks.bm25 import bm25_run
     from hce_serve.formats import beir
     from hce_serve.metrics import per_query
-    from hce_train.evaluate import evaluate_encoder
+    from hce_train.evaluate import PER_QUERY, evaluate_encoder
     from hce_train.model import HCEEncoder, use_bf16
 
-    data = beir.load_beir(data_dir, "test")
+    data = beir.load_beir(data_dir, split)
+    if query_ids is not None:
+        data.queries = {q: data.queries[q] for q in query_ids}
+        data.qrels = {q: data.qrels[q] for q in query_ids}
     run, config = bm25_run(data.corpus, data.queries, k=100)
     per = per_query(data.qrels, run)
     bm25 = {"metrics": {m: round(sum(per[m].values()) / len(per[m]), 5) for m in METRICS}, "config": config,
-            "per_query": {"ndcg@10": {q: round(v, 5) for q, v in per["ndcg@10"].items()}}}
+            "per_query": {m: {q: round(v, 5) for q, v in per[m].items()} for m in PER_QUERY}}
     t0 = time.perf_counter()
     enc = HCEEncoder.build(budget.get("base_model"), device)
     enc.autocast_bf16 = use_bf16(budget["precision"], device)
-    m = evaluate_encoder(enc, data_dir, "test", qlen, budget["doc_max_length"], with_per_query=True)
+    m = evaluate_encoder(enc, data_dir, split, qlen, budget["doc_max_length"], with_per_query=True,
+                         query_ids=query_ids)
     zs = {"metrics": {k: m[k] for k in METRICS}, "per_query": m["per_query"], "bf16_eval": enc.autocast_bf16,
           "seconds": round(time.perf_counter() - t0, 1)}
     return {"bm25": bm25, "zero_shot": zs}
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """Which queries train and which evaluate, as a results file's supervised block records them."""
+
+    holdout: tuple[str, ...]  # train-split queries kept out of training (the dev split), or none
+    eval_split: str  # the qrels split every number of the file comes from
+    eval_queries: tuple[str, ...] | None  # only these queries of eval_split (the dev split), or all
+    also_dev: bool  # the final table: record the dev split's numbers beside the test split's
+
+
+def protocol_of(block: dict[str, Any], mode: str) -> Protocol:
+    """A supervised block with a ``dev`` split trains without it and evaluates on it (``eval_split`` dev) or on
+    the test split (``test``, the final table). Files from before issue 30 have no ``dev``: train on all of
+    train, evaluate on test, as their runs did. Unsupervised corpora have no training queries: test."""
+    dev = block.get("dev") if mode == "supervised" else None
+    if not dev:
+        return Protocol((), "test", None, False)
+    held = tuple(dev["queries"])
+    if block.get("eval_split", "dev") == "dev":
+        return Protocol(held, dev["from_split"], held, False)
+    return Protocol(held, "test", None, True)
+
+
 def train_and_eval(arm: str, seed: int, data_dir: Path, mode: str, budget: dict[str, Any], args: argparse.Namespace,
-                   qlen: int) -> dict[str, Any]:
+                   qlen: int, proto: Protocol | None = None) -> dict[str, Any]:
     from hce_train.config import TrainConfig
     from hce_train.evaluate import evaluate_encoder
     from hce_train.loop import fit
 
+    proto = proto or Protocol((), "test", None, False)
     negatives, overrides = ARMS[arm]
     out = args.work / f"{data_dir.name}-{mode}-{arm}-s{seed}"
     epochs = budget["epochs"] if mode == "supervised" else budget["unsup_epochs"]
     shared = {k: budget[k] for k in ("batch_size", "negatives_per_query", "doc_max_length", "precision",
                                      "attention_dropout", "pseudo_queries", "lr", "base_model") if k in budget}
+    held = {"holdout_queries": proto.holdout} if proto.holdout else {}
     cfg = TrainConfig(**{"data": str(data_dir), "out": str(out), "mode": mode, "negatives": negatives, "seed": seed,
                          "device": args.device, "epochs": epochs, "max_steps": args.max_steps,
-                         "query_max_length": qlen, **shared, **overrides}).resolved()
+                         "query_max_length": qlen, **shared, **overrides, **held}).resolved()
+    split, qids = proto.eval_split, (list(proto.eval_queries) if proto.eval_queries is not None else None)
     curve: list[dict[str, Any]] = []
     eval_s = 0.0
 
     def on_epoch(epoch: int, encoder: Any) -> None:  # learning curve, same precision as the final number
         nonlocal eval_s  # fit skips the run's last epoch: that point is the final evaluation below
         t = time.perf_counter()
-        m = evaluate_encoder(encoder, data_dir, "test", qlen, cfg.doc_max_length, progress=False)
+        m = evaluate_encoder(encoder, data_dir, split, qlen, cfg.doc_max_length, progress=False, query_ids=qids)
         curve.append({"epoch": epoch, "ndcg@10": m["ndcg@10"]})
         eval_s += time.perf_counter() - t
 
@@ -150,8 +228,13 @@ def train_and_eval(arm: str, seed: int, data_dir: Path, mode: str, budget: dict[
     encoder = HCEEncoder.load(out, device=args.device_resolved)
     encoder.autocast_bf16 = summary["bf16"]
     # The final tree's corpus embeddings came from this same encoder and precision: reused, not re-encoded.
-    m = evaluate_encoder(encoder, data_dir, "test", qlen, cfg.doc_max_length, doc_emb=keep["corpus_embeddings"],
-                         with_per_query=True)
+    m = evaluate_encoder(encoder, data_dir, split, qlen, cfg.doc_max_length, doc_emb=keep["corpus_embeddings"],
+                         with_per_query=True, query_ids=qids)
+    dev: dict[str, Any] = {}
+    if proto.also_dev:  # the final table keeps each run's dev numbers too (the same corpus encode)
+        d = evaluate_encoder(encoder, data_dir, cfg.split, qlen, cfg.doc_max_length,
+                             doc_emb=keep["corpus_embeddings"], with_per_query=True, query_ids=list(proto.holdout))
+        dev = {"dev": {"metrics": {k: d[k] for k in METRICS}, "per_query": d["per_query"]}}
     eval_s += time.perf_counter() - t0
     curve.append({"epoch": summary["epochs_done"], "ndcg@10": m["ndcg@10"]})
     config = json.loads((out / "train_config.json").read_text())
@@ -162,7 +245,7 @@ def train_and_eval(arm: str, seed: int, data_dir: Path, mode: str, budget: dict[
     return {"seed": seed, "metrics": {k: m[k] for k in METRICS}, "per_query": m["per_query"], "curve": curve,
             "steps": summary["steps"], "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
             "bf16": summary["bf16"], "machine": {**facts, "loadavg_1m_after": round(os.getloadavg()[0], 2)},
-            "commit": args.code_commit, "config": config}
+            "commit": args.code_commit, "config": config, **dev}
 
 
 def load_or_start(args: argparse.Namespace, budget: dict[str, Any]) -> dict[str, Any]:
@@ -173,12 +256,30 @@ def load_or_start(args: argparse.Namespace, budget: dict[str, Any]) -> dict[str,
         if not args.report and res.get("budget") != budget:
             raise StudyError(f"{args.out} was made with budget {res.get('budget')}, not {budget}; "
                              "use another --out or --fresh")
+        sup = res["supervised"]
+        have = sup.get("eval_split", "dev") if sup.get("dev") else "test"
+        if args.eval_split is not None and args.eval_split != have:
+            raise StudyError(f"{args.out} evaluates on the {have} split, not {args.eval_split}; use another --out")
+        if sup.get("dev") and args.dev_queries is not None and args.dev_queries != sup["dev"]["n"]:
+            raise StudyError(f"{args.out} holds out {sup['dev']['n']} dev queries, not {args.dev_queries}")
         return res
     if args.report:
         raise StudyError(f"{args.out}: no results to report on")
-    return {"profile": args.profile, "budget": budget, "notes": [],
-            "supervised": {"dataset": args.supervised, "train_split": "train", "test_split": "test", "arms": {}},
-            "unsupervised": {}}
+    sup: dict[str, Any] = {"dataset": args.supervised, "train_split": "train", "arms": {}}
+    n_dev = DEV_QUERIES if args.dev_queries is None else args.dev_queries
+    if n_dev:
+        from hce_serve.errors import HCEError
+        from hce_train.data import holdout_queries
+
+        try:
+            dev = holdout_queries(args.data_root / args.supervised, "train", n_dev, args.dev_seed)
+        except HCEError as e:
+            raise StudyError(str(e)) from None
+        sup.update(eval_split=args.eval_split or "dev",
+                   dev={"from_split": "train", "n": n_dev, "seed": args.dev_seed, "never_in": ["test"], "queries": dev})
+    else:  # the protocol of issue 10: all of train, evaluated on test
+        sup["test_split"] = "test"
+    return {"profile": args.profile, "budget": budget, "notes": [], "supervised": sup, "unsupervised": {}}
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
@@ -203,6 +304,13 @@ def main() -> None:
     ap.add_argument("--unsupervised", default="cisi,arguana", help="corpora to adapt on, or 'none'")
     ap.add_argument("--unsup-arms", default="hce,flat")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--eval-split", choices=("dev", "test"), default=None,
+                    help="dev [default for a new file]: train on train minus the dev queries, evaluate on them; "
+                         "test: the same training, evaluated on the test split (the final table only)")
+    ap.add_argument("--dev-queries", type=int, default=None,
+                    help=f"train queries held out as the dev split [{DEV_QUERIES}]; 0: issue 10's protocol "
+                         "(all of train, test split)")
+    ap.add_argument("--dev-seed", type=int, default=0, help="seed of the dev split's draw [0]")
     ap.add_argument("--epochs", type=int, default=None, help="override the profile")
     ap.add_argument("--batch-size", type=int, default=None, help="override the profile")
     ap.add_argument("--negatives-per-query", type=int, default=None, help="S; override the profile")
@@ -221,10 +329,17 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/hce-quality"))
     ap.add_argument("--keep-models", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--out", type=Path, default=None, help="[benchmarks/results/quality-<profile>.json]")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="[benchmarks/results/quality-<profile>-dev.json; -final.json with --eval-split test]")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    args.out = args.out or RESULTS / f"quality-{args.profile}.json"
+    if args.dev_queries is not None and args.dev_queries < 0:
+        ap.error("--dev-queries must be >= 0")
+    if args.dev_queries == 0 and args.eval_split == "dev":
+        ap.error("--eval-split dev needs --dev-queries > 0")
+    if args.out is None:  # issue 10's file (quality-<profile>.json) is only continued when named with --out
+        tail = "" if args.dev_queries == 0 else ("-final" if args.eval_split == "test" else "-dev")
+        args.out = RESULTS / f"quality-{args.profile}{tail}.json"
     unknown = [a for a in (args.arms + "," + args.unsup_arms).split(",") if a and a not in ARMS]
     if unknown:
         ap.error(f"unknown arms {unknown}")
@@ -257,15 +372,18 @@ def run_study(args: argparse.Namespace) -> None:
         block = res["supervised"] if mode == "supervised" else res["unsupervised"].setdefault(data_name, {"arms": {}})
         data_dir = args.data_root / data_name
         qlen = QUERY_LEN.get(data_name, 64)
+        proto = protocol_of(block, mode)
         if "zero_shot" not in block:
-            block.update(anchors(data_dir, qlen, budget, args.device_resolved), query_max_length=qlen)
+            qids = list(proto.eval_queries) if proto.eval_queries is not None else None
+            block.update(anchors(data_dir, qlen, budget, args.device_resolved, proto.eval_split, qids),
+                         query_max_length=qlen)
             save()
         runs = block["arms"].setdefault(arm, {"runs": []})["runs"]
         if any(r["seed"] == seed for r in runs):
             log.info("skip %s/%s seed %d: already in %s", data_name, arm, seed, args.out)
             continue
         log.info("run %s %s %s seed %d", data_name, mode, arm, seed)
-        runs.append(train_and_eval(arm, seed, data_dir, mode, budget, args, qlen))
+        runs.append(train_and_eval(arm, seed, data_dir, mode, budget, args, qlen, proto))
         runs.sort(key=lambda r: r["seed"])
         save()
     print(json.dumps(res.get("verdict", {}), indent=2))

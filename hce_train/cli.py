@@ -16,18 +16,24 @@ import click
 
 from hce_serve.cli.common import HCEGroup, setup_logging, verbosity_options
 from hce_serve.defaults import DOC_MAX_LENGTH, QUERY_MAX_LENGTH
+from hce_serve.errors import ConfigError
 
 from .config import (
+    BATCHINGS,
     DEVICES,
     MODES,
     NEGATIVE_ENCODINGS,
     NEGATIVES,
     PRECISIONS,
+    PSEUDO_POSITIVES,
     PSEUDO_QUERIES,
     REBUILD_EPOCH,
+    REBUILD_HALF_EPOCH,
+    SIBLING_SELECTS,
     DistillConfig,
     load_config_file,
     make_config,
+    parse_negative_filter,
 )
 
 log = logging.getLogger(__name__)
@@ -48,10 +54,25 @@ def _rebuild(ctx: click.Context, param: click.Parameter, value: str | None) -> i
         return None
     if value == "epoch":
         return REBUILD_EPOCH
+    if value == "half-epoch":
+        return REBUILD_HALF_EPOCH
     try:
-        return int(value)
+        steps = int(value)
     except ValueError:
-        raise click.BadParameter(f"expected 'epoch' or a step count (0 = never), found {value!r}") from None
+        steps = -1
+    if steps < 0:
+        raise click.BadParameter(f"expected 'epoch', 'half-epoch' or a step count (0 = never), found {value!r}")
+    return steps
+
+
+def _negative_filter(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parse_negative_filter(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e).removeprefix("config: ")) from None
+    return value
 
 
 @click.group(cls=HCEGroup)
@@ -94,10 +115,26 @@ def main() -> None:
 @click.option("--refresh-mined/--static-mined", "refresh_mined", default=None,
               help="mined: re-mine from the current encoder on the rebuild schedule [static].")
 @click.option("--sibling-guard", type=click.IntRange(min=0), default=None,
-              help="Skip the query's top-G documents as negatives in every arm [0: off].")
+              help="Skip the query's top-G documents as negatives in every arm [0: off]; = --negative-filter rank:G.")
+@click.option("--negative-filter", callback=_negative_filter, default=None, metavar="none|rank:G|percpos:R",
+              help="False-negative filter of the hard negatives: none, the query's top G skipped, or (TopK-PercPos) "
+                   "any negative scoring above R x the positive dropped, under the encoder that picked it [none].")
+@click.option("--batching", type=click.Choice(BATCHINGS), default=None,
+              help="random, or tree-topic: each batch from one or two top-level tree nodes [random].")
+@click.option("--sibling-select", type=click.Choice(SIBLING_SELECTS), default=None,
+              help="hce: leaf-mates of the positive, or the query's top documents under the positive's parent [leaf].")
+@click.option("--query-sibling-pool", type=click.IntRange(min=1), default=None,
+              help="--sibling-select query: draw from the query's top P under the parent [20].")
+@click.option("--sibling-share", type=click.FloatRange(0, 1), default=None,
+              help="hce: share of S from siblings, the rest mined (0.5 = half and half) [1].")
+@click.option("--level-anneal-epochs", type=click.FloatRange(0), default=None,
+              help="Centroid level weights fall linearly to 0 over this many epochs [0: constant].")
+@click.option("--pseudo-positive", type=click.Choice(PSEUDO_POSITIVES), default=None,
+              help="Unsupervised positive: the whole document, or a second independent crop (Contriever) [document].")
 @click.option("--pseudo-queries", type=click.Choice(PSEUDO_QUERIES), default=None,
               help="Unsupervised queries: verbatim spans or crops with dropped words [span].")
-@click.option("--rebuild-every", callback=_rebuild, default=None, help="'epoch' [default], N steps, or 0 (never).")
+@click.option("--rebuild-every", callback=_rebuild, default=None,
+              help="'epoch' [default], 'half-epoch', N steps, or 0 (never).")
 @click.option("--query-max-length", type=click.IntRange(min=1), default=None, help=f"Query tokens [{QUERY_MAX_LENGTH}].")
 @click.option("--doc-max-length", type=click.IntRange(min=1), default=None, help=f"Document tokens [{DOC_MAX_LENGTH}].")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=None, help="Also checkpoint every N steps.")

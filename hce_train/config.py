@@ -20,9 +20,32 @@ NEGATIVES = ("hce", "flat", "mined")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA and on CPUs with native bf16
 PSEUDO_QUERIES = ("span", "crop")
+PSEUDO_POSITIVES = ("document", "crop")
 NEGATIVE_ENCODINGS = ("live", "cached")
+BATCHINGS = ("random", "tree-topic")  # tree-topic: TAS-B-style batches from one or two top-level tree nodes
+SIBLING_SELECTS = ("leaf", "query")  # leaf: the positive's leaf-mates; query: the query's top under the parent
+FILTER_KINDS = ("none", "rank", "percpos")  # --negative-filter none | rank:G | percpos:R
 INIT_RULES = ("bottom", "ends", "top")  # distill-query's student init: first L, layer 0 + top L-1, top L
 REBUILD_EPOCH = -1  # rebuild_every value meaning "at the start of every epoch"
+REBUILD_HALF_EPOCH = -2  # rebuild_every value meaning "at the start and the middle of every epoch"
+
+
+def parse_negative_filter(text: str) -> tuple[str, float]:
+    """``none`` | ``rank:G`` | ``percpos:R`` -> (kind, value); a ConfigError names what is wrong."""
+    kind, _, value = str(text).strip().partition(":")
+    if kind == "none" and not value:
+        return "none", 0.0
+    if kind == "rank" and value.strip().isdigit():
+        return "rank", float(int(value))
+    if kind == "percpos":
+        try:
+            ratio = float(value)
+        except ValueError:
+            ratio = -1.0
+        if 0 < ratio <= 1:
+            return "percpos", ratio
+        raise ConfigError(f"config: negative_filter percpos:R needs 0 < R <= 1, found {text!r}")
+    raise ConfigError(f"config: negative_filter must be none, rank:G or percpos:R, found {text!r}")
 
 
 @dataclass(frozen=True)
@@ -30,6 +53,8 @@ class TrainConfig:
     data: str = ""  # BEIR folder
     out: str = ""  # MODEL_DIR
     split: str = "train"  # qrels split (supervised); unsupervised uses the corpus only
+    # Queries of ``split`` kept out of training (a dev split for model selection; see data.holdout_queries).
+    holdout_queries: tuple[str, ...] = ()
     base_model: str | None = None  # None -> all-MiniLM-L6-v2 (offline package when installed)
     mode: str = "supervised"
     negatives: str = "hce"  # hce: tree siblings; flat: random docs; mined: start-encoder ranks
@@ -57,6 +82,9 @@ class TrainConfig:
     negative_encoding: str = "live"
     doc_weight: float = 1.0  # weight of the document-level sibling CE
     level_weights: tuple[float, ...] = (0.5,)  # centroid levels, top first; the last value repeats
+    # > 0: the centroid levels' weights fall linearly to 0 over this many epochs (1.0: over the first epoch),
+    # so the coarse structure shapes the start and the document level decides the end.
+    level_anneal_epochs: float = 0.0
     inbatch_weight: float = 1.0  # lambda of the two-way in-batch InfoNCE
     normalize_centroids: bool = True  # see loss.py for why
     # Tree.
@@ -76,12 +104,35 @@ class TrainConfig:
     # guard of 10 cost hce 2.4 and mined 1.4 nDCG@10 points over 3 seeds (results/quality-cpu.json).
     # Raise it on data where many relevant documents are unjudged (e.g. sparse web-search qrels).
     sibling_guard: int | None = None
+    # The false-negative filter of every hard-negative arm, one knob: ``none``; ``rank:G`` (= sibling_guard G,
+    # and mined draws from ranks >= G); ``percpos:R`` (NV-Retriever's TopK-PercPos, arXiv 2407.15831: drop a
+    # negative whose score under the encoder that picked it exceeds R x that encoder's score of the
+    # positive). None -> derived from sibling_guard, so configs written before the knob keep their meaning.
+    # flat's random negatives are never filtered.
+    negative_filter: str | None = None
+    # Hard negatives of the hce arm: ``leaf`` draws the positive's leaf-mates (then the nearest leaves under the
+    # same parent); ``query`` ranks every document under the positive's parent node by the query at each
+    # rebuild and draws from the top ``query_sibling_pool`` (the query's confusions, not the document's
+    # neighbours). ``sibling_share`` < 1 fills the rest of S from the mined pool (ranks [lo, hi) of the
+    # starting encoder, or re-mined at each rebuild with refresh_mined): 0.5 is half siblings, half mined.
+    sibling_select: str = "leaf"
+    query_sibling_pool: int = 20
+    sibling_share: float = 1.0
+    # How examples form batches: ``random`` (a seeded shuffle) or ``tree-topic`` (TAS-B-style: each batch
+    # from the queries whose positives lie under one or two top-level nodes of the current tree, every
+    # example once per epoch; in-batch negatives are then on topic at no extra encoding cost). tree-topic
+    # builds a tree on the rebuild schedule for every negatives arm.
+    batching: str = "random"
     # Unsupervised pseudo-queries: ``span`` cuts span_min..span_max consecutive words; ``crop`` does the
     # same, then drops each word with probability crop_drop (Contriever-style cropping with deletion).
     pseudo_queries: str = "span"
     span_min_words: int = 16
     span_max_words: int = 48
     crop_drop: float = 0.1
+    # Unsupervised positives: ``document`` (the whole document, the pseudo-query cut from it) or ``crop``
+    # (a second, independent crop of the same document, Contriever-style: query and positive are both
+    # crops, so the model cannot match a span to its verbatim context).
+    pseudo_positive: str = "document"
     # Housekeeping.
     encode_batch_size: int = 128  # corpus encoding for tree rebuilds and mining
     checkpoint_every: int = 0  # also checkpoint every N steps (0: only at each epoch end and the end)
@@ -93,7 +144,8 @@ class TrainConfig:
             raise ConfigError(f"config: {msg}")
 
         choices = {"mode": MODES, "negatives": NEGATIVES, "device": DEVICES, "precision": PRECISIONS,
-                   "negative_encoding": NEGATIVE_ENCODINGS, "pseudo_queries": PSEUDO_QUERIES}
+                   "negative_encoding": NEGATIVE_ENCODINGS, "pseudo_queries": PSEUDO_QUERIES, "batching": BATCHINGS,
+                   "sibling_select": SIBLING_SELECTS, "pseudo_positive": PSEUDO_POSITIVES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 bad(f"{name} must be one of {allowed}, found {getattr(self, name)!r}")
@@ -103,6 +155,19 @@ class TrainConfig:
             bad(f"crop_drop must be in [0, 1), found {self.crop_drop}")
         if self.sibling_guard is not None and not 0 <= self.sibling_guard < self.mined_rank_hi:
             bad(f"sibling_guard must be in [0, mined_rank_hi={self.mined_rank_hi}), found {self.sibling_guard}")
+        if self.negative_filter is not None:
+            kind, value = parse_negative_filter(self.negative_filter)
+            if kind == "rank" and not value < self.mined_rank_hi:
+                bad(f"negative_filter rank:G needs G < mined_rank_hi={self.mined_rank_hi}, found {self.negative_filter}")
+            want = int(value) if kind == "rank" else 0
+            if self.sibling_guard is not None and self.sibling_guard != want:
+                bad(f"negative_filter {self.negative_filter} contradicts sibling_guard {self.sibling_guard}")
+        if not 0 <= self.sibling_share <= 1:
+            bad(f"sibling_share must be in [0, 1], found {self.sibling_share}")
+        if self.query_sibling_pool < 1:
+            bad(f"query_sibling_pool must be >= 1, found {self.query_sibling_pool}")
+        if self.level_anneal_epochs < 0:
+            bad(f"level_anneal_epochs must be >= 0, found {self.level_anneal_epochs}")
         for name in ("batch_size", "query_max_length", "doc_max_length", "branching", "leaf_size", "kmeans_iters",
                      "encode_batch_size", "log_every"):
             if getattr(self, name) < 1:
@@ -125,8 +190,9 @@ class TrainConfig:
             bad(f"branching must be >= 2, found {self.branching}")
         if self.tree_balance < 1:
             bad(f"tree_balance must be >= 1, found {self.tree_balance}")
-        if self.rebuild_every < REBUILD_EPOCH:
-            bad(f"rebuild_every must be -1 (each epoch), 0 (never) or a step count, found {self.rebuild_every}")
+        if self.rebuild_every < REBUILD_HALF_EPOCH:
+            bad(f"rebuild_every must be -2 (each half epoch), -1 (each epoch), 0 (never) or a step count, "
+                f"found {self.rebuild_every}")
         if not 0 <= self.mined_rank_lo < self.mined_rank_hi:
             bad(f"mined ranks need 0 <= lo < hi, found {self.mined_rank_lo}..{self.mined_rank_hi}")
         if not 1 <= self.span_min_words <= self.span_max_words:
@@ -137,14 +203,35 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """Fill the mode-dependent defaults."""
         sup = self.mode == "supervised"
+        if self.negative_filter is None:
+            guard = self.sibling_guard if self.sibling_guard is not None else self.mined_rank_lo
+            filt = f"rank:{guard}" if guard > 0 else "none"
+        else:
+            kind, value = parse_negative_filter(self.negative_filter)
+            guard = int(value) if kind == "rank" else 0
+            filt = {"none": "none", "rank": f"rank:{guard}", "percpos": f"percpos:{value:g}"}[kind]
         return replace(
             self,
             epochs=self.epochs if self.epochs is not None else (8 if sup else 1),
             lr=self.lr if self.lr is not None else (5e-5 if sup else 1e-5),
-            sibling_guard=self.sibling_guard if self.sibling_guard is not None else self.mined_rank_lo,
+            sibling_guard=guard,
             # a guard binds mined too: it never draws from the top ``sibling_guard`` ranks either
-            mined_rank_lo=max(self.mined_rank_lo, self.sibling_guard or 0),
+            mined_rank_lo=max(self.mined_rank_lo, guard),
+            negative_filter=filt,
         )
+
+    @property
+    def percpos(self) -> float | None:
+        """R of a ``percpos:R`` filter, else None."""
+        if self.negative_filter is None:
+            return None
+        kind, value = parse_negative_filter(self.negative_filter)
+        return value if kind == "percpos" else None
+
+    @property
+    def uses_mined(self) -> bool:
+        """Whether some of the S negatives come from a mined pool (the mined arm, or hce with sibling_share < 1)."""
+        return self.negatives == "mined" or (self.negatives == "hce" and self.sibling_share < 1)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,7 +257,7 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     unknown = sorted(set(obj) - known)
     if unknown:
         raise ConfigError(f"{p}: unknown config keys {unknown}")
-    for key in ("level_taus", "level_weights"):
+    for key in ("level_taus", "level_weights", "holdout_queries"):
         if isinstance(obj.get(key), list):
             obj[key] = tuple(obj[key])
     return obj

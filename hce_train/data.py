@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,17 +83,25 @@ def _judging_text(qrels: beir.Qrels, corpus: Corpus, where: object) -> beir.Qrel
     return {q: judged for q, judged in kept.items() if judged}
 
 
-def supervised_examples(data_dir: str | os.PathLike[str], split: str, corpus: Corpus) -> Examples:
-    """One example per relevant (grade > 0) judgment of ``split``."""
+def supervised_examples(data_dir: str | os.PathLike[str], split: str, corpus: Corpus,
+                        holdout: Collection[str] = ()) -> Examples:
+    """One example per relevant (grade > 0) judgment of ``split``, leaving out the ``holdout`` queries."""
     d = Path(data_dir)
     qpath = beir.qrels_path(d, split)
     queries = beir.load_queries(d / "queries.jsonl")
     check = beir.check_qrels(_judging_text(beir.load_qrels(qpath), corpus, qpath), queries, corpus.ids, str(qpath))
+    missing = sorted(set(holdout) - set(check.kept))
+    if missing:
+        raise DataError(f"{qpath}: {len(missing)} held-out queries are not judged in this split "
+                        f"(first: {missing[0]!r})")
     row = {doc_id: i for i, doc_id in enumerate(corpus.ids)}
     texts: list[str] = []
     rows: list[int] = []
     pos: list[frozenset[int]] = []
+    held = set(holdout)
     for qid, judged in check.kept.items():
+        if qid in held:
+            continue
         relevant = frozenset(row[doc] for doc, grade in judged.items() if grade > 0)
         for doc in sorted(judged):
             if judged[doc] > 0:
@@ -101,8 +110,33 @@ def supervised_examples(data_dir: str | os.PathLike[str], split: str, corpus: Co
                 pos.append(relevant)
     if not texts:
         raise DataError(f"{qpath}: no relevant judgment refers to a known query and document")
-    log.info("%s: %d training pairs from %d queries", qpath, len(texts), len(check.kept))
+    log.info("%s: %d training pairs from %d queries (%d held out)", qpath, len(texts), len(check.kept) - len(held),
+             len(held))
     return Examples(texts, np.asarray(rows, np.int64), pos)
+
+
+def holdout_queries(data_dir: str | os.PathLike[str], split: str, n: int, seed: int,
+                    never: Collection[str] = ("test",)) -> list[str]:
+    """A fixed, seeded dev split: ``n`` query ids judged (grade > 0) in ``split``, sorted.
+
+    Queries also judged in any of the ``never`` splits (those that exist) are not eligible, so a dev split
+    can never share a query with the test split. The same (qrels files, n, seed) give the same list.
+    """
+    d = Path(data_dir)
+    queries = beir.load_queries(d / "queries.jsonl")
+    qpath = beir.qrels_path(d, split)
+    doc_ids = [doc.id for doc in beir.load_corpus(d / "corpus.jsonl")]
+    judged = beir.check_qrels(beir.load_qrels(qpath), queries, doc_ids, str(qpath)).kept
+    eligible = sorted(q for q, docs in judged.items() if any(g > 0 for g in docs.values()))
+    banned: set[str] = set()
+    for other in never:
+        if other != split and (d / "qrels" / f"{other}.tsv").is_file():
+            banned |= set(beir.load_qrels(beir.qrels_path(d, other)))
+    eligible = [q for q in eligible if q not in banned]
+    if not 0 < n < len(eligible):
+        raise DataError(f"{qpath}: cannot hold out {n} of {len(eligible)} eligible queries (need 0 < n < all)")
+    pick = np.random.default_rng([seed, 30]).permutation(len(eligible))[:n]
+    return sorted(eligible[i] for i in pick)
 
 
 def pseudo_query_examples(corpus: Corpus, rng: np.random.Generator, span_min: int, span_max: int,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,8 @@ from hce_serve.metrics import NAMES, per_query
 from .model import HCEEncoder
 
 log = logging.getLogger(__name__)
+
+PER_QUERY = ("ndcg@10", "recall@100")  # per-query scores kept for paired tests (top-10 quality, deep recall)
 
 
 def exact_topk(q: np.ndarray, d: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -87,15 +90,25 @@ def evaluate_encoder(
     progress: bool = True,
     doc_emb: np.ndarray | None = None,
     with_per_query: bool = False,
+    query_ids: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Encode the corpus and the split's queries, search exactly, return metrics plus counts and timing.
 
     ``doc_emb`` (docs, D), row-aligned with the corpus file (or with its non-empty documents, as ``fit``'s
     ``keep`` gives them: the empty ones are then encoded here), skips encoding the corpus. ``with_per_query``
-    adds ``per_query``: {"ndcg@10": {qid: value}} (what paired significance tests need).
+    adds ``per_query``: {"ndcg@10": {qid: value}, "recall@100": {qid: value}} (what paired significance
+    tests need). ``query_ids`` evaluates only those queries of the split (a dev split held out of training).
     """
     t0 = time.perf_counter()
     data, empty = load_beir_keeping_empty(data_dir, split)
+    if query_ids is not None:
+        missing = sorted(set(query_ids) - set(data.qrels))
+        if missing:
+            raise ValueError(f"{len(missing)} of the asked queries are not judged in split {split!r} "
+                             f"(first: {missing[0]!r})")
+        keep = set(query_ids)
+        data.queries = {q: t for q, t in data.queries.items() if q in keep}
+        data.qrels = {q: j for q, j in data.qrels.items() if q in keep}
     qids = list(data.queries)
     if doc_emb is not None and empty and doc_emb.shape[0] == len(data.corpus) - len(empty):
         doc_emb = _with_empty_rows(encoder, doc_emb, data.corpus, empty, doc_max_length, batch_size)
@@ -110,7 +123,7 @@ def evaluate_encoder(
     per = per_query(data.qrels, run)
     metrics: dict[str, Any] = {name: round(sum(per[name].values()) / len(data.qrels), 5) for name in NAMES.values()}
     if with_per_query:
-        metrics["per_query"] = {"ndcg@10": {q: round(v, 5) for q, v in per["ndcg@10"].items()}}
+        metrics["per_query"] = {m: {q: round(v, 5) for q, v in per[m].items()} for m in PER_QUERY}
     metrics.update(queries=len(qids), docs=len(data.corpus), empty=len(empty), split=split, seconds=round(time.perf_counter() - t0, 2))
     return metrics
 

@@ -125,11 +125,12 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
         optimizer.load_state_dict(ckpt.optimizer)
         torch.set_rng_state(ckpt.torch_rng)
         step, tree, ctx.mined, ctx.guard = ckpt.step, ckpt.tree, ckpt.mined, ckpt.guard
+        ctx.sib_pool = ckpt.arrays.get("sib_pool")
         tree_step = int(ckpt.config.get("_tree_step", -1))
         _truncate_log(out / LOG_NAME, step, env)
     if env.is_main:
         cfg.save(out / CONFIG_NAME)
-    if cfg.negatives == "mined" and not cfg.refresh_mined and ctx.mined is None:
+    if cfg.uses_mined and not cfg.refresh_mined and ctx.mined is None:
         ctx.mined = refresh.mine(run, encoder, run.examples(0))
     if tree is not None:
         ctx.tree, ctx.centroids = TreeIndex(tree), torch.from_numpy(tree.centroids).to(device)
@@ -157,7 +158,8 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
         if step == total or pos == per_epoch - 1 or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
             if env.is_main:
                 state_cfg = {**cfg.to_json(), "_tree_step": tree_step, "_batch": batch}
-                checkpoint.save(out, encoder, optimizer, step, state_cfg, tree, ctx.mined, ctx.guard)
+                checkpoint.save(out, encoder, optimizer, step, state_cfg, tree, ctx.mined, ctx.guard,
+                                {"sib_pool": ctx.sib_pool})
             dist.barrier(env)
     bar.close()
 

@@ -34,6 +34,22 @@ class TreeIndex:
             self.paths[:, depth] = node
             node = tree.parent[node].astype(np.int64)
         self._near: dict[int, list[int]] = {}  # leaf -> its parent's other leaves, nearest centroid first
+        self._under: dict[int, np.ndarray] = {}  # node -> every document below it
+
+    def top_nodes(self, docs: np.ndarray) -> np.ndarray:
+        """(n,) the top-level node (depth 1) above each document: its topic for tree-topic batches."""
+        return self.paths[np.asarray(docs, np.int64), 0]
+
+    def parent_docs(self, doc: int) -> np.ndarray:
+        """Every document under the parent of ``doc``'s leaf: the pool siblings are ever drawn from."""
+        node = int(self.tree.parent[int(self.tree.doc_leaf[doc])])
+        if node not in self._under:
+            if node == 0:  # a one-level tree: the leaf's parent is the root
+                self._under[node] = np.arange(self.paths.shape[0], dtype=np.int64)
+            else:
+                depth = int(np.flatnonzero(self.paths[doc] == node)[0])
+                self._under[node] = np.flatnonzero(self.paths[:, depth] == node).astype(np.int64)
+        return self._under[node]
 
     def near_leaves(self, leaf: int) -> list[int]:
         """The other leaves under ``leaf``'s parent, by cosine of their centroids to ``leaf``'s, nearest first."""
@@ -107,9 +123,16 @@ def mined_negatives(pool: np.ndarray, s: int, rng: np.random.Generator) -> np.nd
 
 
 def mine_pools(
-    q_emb: np.ndarray, d_emb: np.ndarray, positives: list[frozenset[int]], lo: int, hi: int
+    q_emb: np.ndarray, d_emb: np.ndarray, positives: list[frozenset[int]], lo: int, hi: int,
+    max_scores: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(queries, hi - lo) int64: each query's start-encoder ranks lo..hi after removing its positives."""
+    """(queries, hi - lo) int64: each query's start-encoder ranks lo..hi after removing its positives.
+
+    ``max_scores`` (queries,): documents scoring above a query's bound are removed before ranking too
+    (TopK-PercPos: the bound is R x the score of the query's positive).
+    """
+    if max_scores is not None:
+        return _mine_bounded(q_emb, d_emb, positives, lo, hi, np.asarray(max_scores, np.float32))
     from .evaluate import exact_topk
 
     _, idx = exact_topk(q_emb, d_emb, min(d_emb.shape[0], hi + max((len(p) for p in positives), default=0)))
@@ -118,6 +141,69 @@ def mine_pools(
         ranked = [int(d) for d in row if int(d) not in positives[i]][lo:hi]
         pools[i, : len(ranked)] = ranked
     return pools
+
+
+def _mine_bounded(q_emb: np.ndarray, d_emb: np.ndarray, positives: list[frozenset[int]], lo: int, hi: int,
+                  bound: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """``mine_pools`` with a per-query score bound: full scores per chunk, positives and over-bound masked."""
+    q = np.ascontiguousarray(q_emb, np.float32)
+    d = np.ascontiguousarray(d_emb, np.float32)
+    k = min(hi, d.shape[0])
+    pools = np.full((q.shape[0], hi - lo), -1, np.int64)
+    for start in range(0, q.shape[0], chunk):
+        s = q[start : start + chunk] @ d.T  # (c, docs)
+        for i in range(s.shape[0]):
+            s[i, list(positives[start + i])] = -np.inf
+        s[s > bound[start : start + chunk, None]] = -np.inf
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < d.shape[0] else np.tile(np.arange(k), (s.shape[0], 1))
+        ps = np.take_along_axis(s, part, 1)
+        order = np.argsort(-ps, axis=1, kind="stable")
+        for i in range(s.shape[0]):
+            ranked = [int(part[i, j]) for j in order[i] if np.isfinite(ps[i, j])][lo:hi]
+            pools[start + i, : len(ranked)] = ranked
+    return pools
+
+
+def percpos_bounds(q_emb: np.ndarray, d_emb: np.ndarray, doc_rows: np.ndarray, ratio: float) -> np.ndarray:
+    """(n,) R x each example's score of its own positive: TopK-PercPos drops negatives scoring above it."""
+    return ratio * np.einsum("nd,nd->n", q_emb, d_emb[np.asarray(doc_rows, np.int64)])
+
+
+def percpos_exclusions(index: TreeIndex, q_emb: np.ndarray, d_emb: np.ndarray, doc_rows: np.ndarray,
+                       positives: list[frozenset[int]], ratio: float) -> np.ndarray:
+    """(n, W) int64, -1 padded: per example, the documents a sibling could be drawn from (under the parent of
+    the positive's leaf) that score above R x the positive, under the encoder of ``q_emb``/``d_emb``.
+
+    Only the sibling pool is scanned: no other document can become a sibling, and a poorly ranked positive
+    would otherwise put much of the corpus on the list.
+    """
+    bound = percpos_bounds(q_emb, d_emb, doc_rows, ratio)
+    rows: list[list[int]] = []
+    for i, doc in enumerate(np.asarray(doc_rows, np.int64)):
+        cand = index.parent_docs(int(doc))
+        over = cand[d_emb[cand] @ q_emb[i] > bound[i]]
+        rows.append([int(d) for d in over if int(d) not in positives[i]])
+    out = np.full((len(rows), max((len(r) for r in rows), default=0)), -1, np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def query_sibling_pools(index: TreeIndex, q_emb: np.ndarray, d_emb: np.ndarray, doc_rows: np.ndarray,
+                        positives: list[frozenset[int]], pool: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """(n, pool) int64, -1 padded: per example, the documents under the parent of its positive's leaf, ranked
+    by the query (best first), its positives and ``exclude[i]`` (the filter's rows) removed: query-aware
+    siblings, the query's confusions inside the positive's subtree rather than the positive's neighbours."""
+    out = np.full((len(doc_rows), pool), -1, np.int64)
+    for i, doc in enumerate(np.asarray(doc_rows, np.int64)):
+        cand = index.parent_docs(int(doc))
+        drop = set(positives[i]) | ({int(r) for r in exclude[i] if r >= 0} if exclude is not None else set())
+        if drop:
+            cand = cand[~np.isin(cand, list(drop))]
+        scores = d_emb[cand] @ q_emb[i]
+        top = cand[np.argsort(-scores, kind="stable")[:pool]]
+        out[i, : top.size] = top
+    return out
 
 
 def _pad(picked: list[int], s: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from . import dist
 from .config import REBUILD_EPOCH, TrainConfig
 from .data import Corpus, Examples, load_corpus, pseudo_query_examples, supervised_examples
 from .model import HCEEncoder
-from .negatives import TreeIndex, mine_pools
+from .negatives import TreeIndex, mine_pools, percpos_bounds, percpos_exclusions, query_sibling_pools
 from .tree_builder import TreeConfig, build_tree
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def due(every: int, step: int, pos_in_epoch: int, last_step: int) -> bool:
 
 def refreshes(cfg: TrainConfig) -> bool:
     """Whether this arm re-derives anything from the encoder as training goes."""
-    return (cfg.negatives == "hce" or (cfg.negatives == "mined" and cfg.refresh_mined)
+    return (cfg.negatives == "hce" or (cfg.uses_mined and cfg.refresh_mined) or cfg.batching == "tree-topic"
             or cfg.negative_encoding == "cached")
 
 
@@ -56,7 +56,8 @@ class RunState:
         self.progress = progress and env.is_main
         self.out = Path(cfg.out)
         self.corpus: Corpus = load_corpus(cfg.data)
-        self._sup = supervised_examples(cfg.data, cfg.split, self.corpus) if cfg.mode == "supervised" else None
+        self._sup = (supervised_examples(cfg.data, cfg.split, self.corpus, cfg.holdout_queries)
+                     if cfg.mode == "supervised" else None)
         self._epoch_cache: dict[int, Examples] = {}
         self.last_embeddings: np.ndarray | None = None  # corpus embeddings behind the latest tree
 
@@ -103,38 +104,62 @@ class RunState:
         self.log_row({"event": "tree_rebuild", "step": step, "seconds": round(secs, 2), **tree.summary()})
         return tree
 
+    def encode_queries(self, encoder: HCEEncoder, exs: Examples) -> np.ndarray:
+        return encoder.encode(exs.queries, self.cfg.query_max_length, self.cfg.encode_batch_size, self.progress,
+                              "encode queries")
+
     def rank_pools(self, encoder: HCEEncoder, exs: Examples, d_emb: np.ndarray, lo: int, hi: int) -> np.ndarray:
         """(examples, hi - lo): each example's ranks [lo, hi) under ``encoder``, its positives removed."""
-        q_emb = encoder.encode(exs.queries, self.cfg.query_max_length, self.cfg.encode_batch_size, self.progress,
-                               "encode queries")
-        return mine_pools(q_emb, d_emb, exs.positives, lo, hi)
+        return mine_pools(self.encode_queries(encoder, exs), d_emb, exs.positives, lo, hi)
+
+
+def mined_pools(cfg: TrainConfig, q_emb: np.ndarray, d_emb: np.ndarray, exs: Examples) -> np.ndarray:
+    """Each example's mined pool: ranks [lo, hi), positives removed, and with ``percpos:R`` every document
+    scoring above R x the example's positive removed first (all under the encoder of the embeddings)."""
+    bound = percpos_bounds(q_emb, d_emb, exs.doc_rows, cfg.percpos) if cfg.percpos is not None else None
+    return mine_pools(q_emb, d_emb, exs.positives, cfg.mined_rank_lo, cfg.mined_rank_hi, max_scores=bound)
 
 
 def mine(run: RunState, encoder: HCEEncoder, exs: Examples) -> np.ndarray:
     """Pools of the encoder's ranks [lo, hi) per example, positives removed (the mined arms)."""
-    cfg = run.cfg
-    return run.rank_pools(encoder, exs, run.encode_corpus(encoder), cfg.mined_rank_lo, cfg.mined_rank_hi)
+    return mined_pools(run.cfg, run.encode_queries(encoder, exs), run.encode_corpus(encoder), exs)
 
 
 def refresh(run: RunState, ctx: Any, encoder: HCEEncoder, step: int, exs: Examples) -> Tree | None:
-    """One E step for ``ctx``'s arm; returns the new tree (hce) or None. Updates ctx in place."""
+    """One E step for ``ctx``'s arm; returns the new tree (hce, or any arm with tree-topic batches) or None.
+    Updates ctx in place."""
     import torch
 
     cfg = run.cfg
-    if cfg.negatives != "hce":
-        t0 = time.perf_counter()
-        emb = run.encode_corpus(encoder)
-        if cfg.negatives == "mined" and cfg.refresh_mined:
-            ctx.mined = run.rank_pools(encoder, exs, emb, cfg.mined_rank_lo, cfg.mined_rank_hi)
-        keep_corpus(ctx, emb, cfg)
-        run.log_row({"event": "refresh", "step": step, "seconds": round(time.perf_counter() - t0, 2)})
-        return None
+    t0 = time.perf_counter()
     emb = run.encode_corpus(encoder)
     keep_corpus(ctx, emb, cfg)
+    q_cache: list[np.ndarray] = []
+
+    def queries() -> np.ndarray:  # encoded once per refresh, only if something needs them
+        if not q_cache:
+            q_cache.append(run.encode_queries(encoder, exs))
+        return q_cache[0]
+
+    if cfg.uses_mined and cfg.refresh_mined:
+        ctx.mined = mined_pools(cfg, queries(), emb, exs)
+    if cfg.negatives != "hce" and cfg.batching != "tree-topic":
+        run.log_row({"event": "refresh", "step": step, "seconds": round(time.perf_counter() - t0, 2)})
+        return None
     tree = run.build(encoder, step, emb)
     ctx.tree, ctx.centroids = TreeIndex(tree), torch.from_numpy(tree.centroids).to(run.device)
+    if cfg.negatives != "hce":
+        return tree
     guard = int(cfg.sibling_guard or 0)
-    ctx.guard = run.rank_pools(encoder, exs, emb, 0, guard) if guard > 0 else None
+    if guard > 0:
+        ctx.guard = mine_pools(queries(), emb, exs.positives, 0, guard)
+    elif cfg.percpos is not None:
+        ctx.guard = percpos_exclusions(ctx.tree, queries(), emb, exs.doc_rows, exs.positives, cfg.percpos)
+    else:
+        ctx.guard = None
+    if cfg.sibling_select == "query":
+        ctx.sib_pool = query_sibling_pools(ctx.tree, queries(), emb, exs.doc_rows, exs.positives,
+                                           cfg.query_sibling_pool, exclude=ctx.guard)
     return tree
 
 

@@ -38,6 +38,7 @@ class StepContext:
     mined: np.ndarray | None = None  # (examples, pool) mined arm
     guard: np.ndarray | None = None  # (examples, G) hce arm: each example's top-G non-positive rows, -1 padded
     corpus_emb: torch.Tensor | None = None  # (docs, D) the latest corpus encode, for cached negatives
+    sib_pool: np.ndarray | None = None  # (examples, P) query-aware siblings: the query's top P under the parent
 
 
 def sample_negatives(ctx: StepContext, exs: Examples, batch: np.ndarray, step: int) -> np.ndarray:
@@ -52,7 +53,22 @@ def sample_negatives(ctx: StepContext, exs: Examples, batch: np.ndarray, step: i
             assert ctx.tree is not None
             if ctx.guard is not None:
                 excl = excl | {int(r) for r in ctx.guard[ex] if r >= 0}
-            out[i] = ctx.tree.siblings(doc, excl, s, rng)
+            if cfg.sibling_select == "leaf" and cfg.sibling_share >= 1:
+                out[i] = ctx.tree.siblings(doc, excl, s, rng)
+                continue
+            n_sib = int(s * cfg.sibling_share + 0.5)  # hce-mixed: 0.5 of S = 7 is 4 siblings and 3 mined
+            if cfg.sibling_select == "query":
+                assert ctx.sib_pool is not None
+                sib = mined_negatives(ctx.sib_pool[ex], n_sib, rng)  # n_sib drawn from the query's top P
+            else:
+                sib = ctx.tree.siblings(doc, excl, n_sib, rng)
+            picked = [int(d) for d in sib if d >= 0]
+            if n_sib < s:
+                assert ctx.mined is not None
+                pool = ctx.mined[ex]
+                rest = mined_negatives(np.where(np.isin(pool, picked), -1, pool), s - n_sib, rng)
+                picked += [int(d) for d in rest if d >= 0]
+            out[i, : len(picked)] = picked
         elif cfg.negatives == "mined":
             assert ctx.mined is not None
             out[i] = mined_negatives(ctx.mined[ex], s, rng)

@@ -151,6 +151,10 @@ def _study(tmp_path, data_root, bert, out, *extra: str):
     return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
 
 
+ISSUE_10_ARMS = ("flat", "mined", "mined-refresh", "hce", "hce-doc-level-only", "hce-raw-centroids", "hce-unguarded",
+                 "mined-unguarded", "hce-attn-dropout", "mined-attn-dropout", "hce-cached", "mined-cached")
+
+
 def test_quality_study_runs_every_arm_and_resumes(tiny_beir, tiny_bert, tmp_path):
     """A 2-step CPU run of every arm through benchmarks/quality.py, then --resume skips what is done."""
     import json
@@ -160,18 +164,28 @@ def test_quality_study_runs_every_arm_and_resumes(tiny_beir, tiny_bert, tmp_path
     out = tmp_path / "q.json"
     arms = ",".join(a for a in ARMS)
     r = _study(tmp_path, tiny_beir.parent, tiny_bert, out, "--arms", arms, "--unsupervised", "tiny",
-               "--unsup-arms", "hce,flat", "--seeds", "0", "--fresh", "--note", "smoke")
+               "--unsup-arms", "hce,flat", "--seeds", "0", "--fresh", "--note", "smoke", "--dev-queries", "6")
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     sup = res["supervised"]
     assert set(sup["arms"]) == set(ARMS)
-    n_test = len(sup["zero_shot"]["per_query"]["ndcg@10"])
+    dev = sup["dev"]["queries"]
+    assert len(dev) == 6 and sup["eval_split"] == "dev" and sorted(sup["zero_shot"]["per_query"]["ndcg@10"]) == dev
     for name, arm in sup["arms"].items():
         (run,) = arm["runs"]
         assert run["steps"] == 2 and run["config"]["negatives_per_query"] == 7, name  # the profile's S for all
-        assert len(run["per_query"]["ndcg@10"]) == n_test
+        assert sorted(run["per_query"]["ndcg@10"]) == dev and sorted(run["per_query"]["recall@100"]) == dev
+        assert run["config"]["holdout_queries"] == dev  # trained without the dev queries
         assert run["curve"][-1]["ndcg@10"] == run["metrics"]["ndcg@10"]
-        assert run["config"]["sibling_guard"] == (0 if name.endswith("-unguarded") else 10)  # = mined's skipped ranks
+        if name in ISSUE_10_ARMS:
+            assert run["config"]["sibling_guard"] == (0 if name.endswith("-unguarded") else 10)  # = mined's ranks
+    for name, want in (("hce-percpos-0.95", "percpos:0.95"), ("hce-topic", "none"), ("mined-percpos-0.9", "percpos:0.9")):
+        assert sup["arms"][name]["runs"][0]["config"]["negative_filter"] == want
+    assert sup["arms"]["hce-topic"]["runs"][0]["config"]["batching"] == "tree-topic"
+    assert sup["arms"]["hce-long"]["runs"][0]["config"]["epochs"] == 6
+    fam = sup["family"]
+    variants = [a for a in ARMS if ARMS[a][0] == "hce"]
+    assert fam["size"] == 2 * len(variants) and all(t["p_holm"] >= t["p"] for t in fam["tests"].values())
     assert sup["arms"]["mined-refresh"]["runs"][0]["config"]["refresh_mined"] is True
     assert sup["arms"]["hce-attn-dropout"]["runs"][0]["config"]["attention_dropout"] is None
     assert sup["arms"]["hce"]["runs"][0]["config"]["attention_dropout"] == 0.0
@@ -184,6 +198,28 @@ def test_quality_study_runs_every_arm_and_resumes(tiny_beir, tiny_bert, tmp_path
     assert (tmp_path / "q-arms.png").is_file() and (tmp_path / "q-curve.png").is_file()
     r = _study(tmp_path, tiny_beir.parent, tiny_bert, out, "--report", "--markdown")
     assert r.returncode == 0 and "| hce | 0 |" in r.stdout and "| hce-vs-mined-refresh |" in r.stdout
+    assert "dev queries: 6, held out of train" in r.stdout and "Holm-corrected" in r.stdout
+    r = _study(tmp_path, tiny_beir.parent, tiny_bert, out, "--arms", "flat", "--seeds", "0", "--resume",
+               "--eval-split", "test")
+    assert r.returncode == 1 and "evaluates on the dev split" in r.stderr  # one file, one protocol
+
+    # The final table: the same training (dev held out), evaluated on test, each run's dev numbers kept.
+    final = tmp_path / "final.json"
+    r = _study(tmp_path, tiny_beir.parent, tiny_bert, final, "--arms", "flat", "--unsupervised", "none",
+               "--seeds", "0", "--eval-split", "test", "--dev-queries", "6")
+    assert r.returncode == 0, r.stderr[-3000:]
+    fin = json.loads(final.read_text())["supervised"]
+    (run,) = fin["arms"]["flat"]["runs"]
+    assert fin["dev"]["queries"] == dev and run["config"]["holdout_queries"] == dev
+    assert not set(run["per_query"]["ndcg@10"]) & set(dev) and sorted(run["dev"]["per_query"]["ndcg@10"]) == dev
+    # Issue 10's protocol (--dev-queries 0): all of train, evaluated on test.
+    legacy = tmp_path / "legacy.json"
+    r = _study(tmp_path, tiny_beir.parent, tiny_bert, legacy, "--arms", "flat", "--unsupervised", "none",
+               "--seeds", "0", "--dev-queries", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    old = json.loads(legacy.read_text())["supervised"]
+    assert "dev" not in old and old["arms"]["flat"]["runs"][0]["config"]["holdout_queries"] == []
+    assert set(old["arms"]["flat"]["runs"][0]["per_query"]["ndcg@10"]) == set(run["per_query"]["ndcg@10"])
 
     # --resume runs only what is missing (seed 1), keeping seed 0's numbers as they were.
     before = sup["arms"]["flat"]["runs"][0]
