@@ -297,6 +297,13 @@ class Engine:
         """Delete documents by id; ids not in the index come back in ``missing``. Durable when this returns."""
         return self.store.delete([ids] if isinstance(ids, str) else list(ids))
 
+    def build_lexical(self, analyzer: Any = None) -> dict[str, Any]:
+        """Add the lexical (BM25) part to a folder built without one (before hybrid search, or --no-lexical)."""
+        build = getattr(self.store, "build_lexical", None)
+        if build is None:
+            raise DataError("this backend has no lexical part to build (a Milvus collection searches dense only)")
+        return build(analyzer)
+
     def save(self, force: bool = False) -> bool:
         return self.store.save(force=force)
 

@@ -153,3 +153,49 @@ def test_stored_search_defaults_are_used(tiny_export, tmp_path):
     with Engine.open(idx) as eng:
         assert eng.search_defaults.mode == "lexical"
         assert set(ids(eng.search(RARE, k=5))) == {"rare", "rare2"}
+
+
+# ---- HTTP and CLI -------------------------------------------------------------------------------------
+def test_http_takes_mode_alpha_and_explain_and_refuses_bad_values_with_422(engine):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from hce_serve.http import create_app
+
+    with TestClient(create_app(engine)) as c:
+        r = c.post("/search", json={"query": RARE, "k": 5, "mode": "lexical"})
+        assert r.status_code == 200 and {h["id"] for h in r.json()["hits"]} == {"rare", "rare2"}
+        r = c.post("/search", json={"query": RARE, "k": 5, "mode": "hybrid", "alpha": 0.3, "explain": True})
+        hit = {h["id"]: h for h in r.json()["hits"]}["rare"]
+        assert hit["explain"]["lexical"]["rank"] in (1, 2) and "fused" in hit["explain"]
+        assert c.get("/search", params={"q": RARE, "mode": "lexical", "k": 2}).status_code == 200
+        for bad in ({"mode": "sparse"}, {"alpha": 1.5}, {"alpha": -0.1}, {"fusion": "max"}, {"depth": 0}):
+            assert c.post("/search", json={"query": "x", **bad}).status_code == 422, bad
+        assert c.get("/search", params={"q": "x", "mode": "nope"}).status_code == 422
+
+
+def test_cli_mode_and_alpha_and_build_lexical(built, tiny_export, tmp_path):
+    from click.testing import CliRunner
+
+    from hce_serve.cli import main
+
+    def cli(*args):
+        return CliRunner().invoke(main, [str(a) for a in args])
+
+    res = cli("search", "--index", built, "--mode", "lexical", "--json", "--k", "2", RARE)
+    assert res.exit_code == 0, res.output
+    assert {h["id"] for h in json.loads(res.output)["hits"]} == {"rare", "rare2"}
+    res = cli("search", "--index", built, "--mode", "hybrid", "--explain", RARE)
+    assert res.exit_code == 0 and "lexical #" in res.output
+    assert cli("search", "--index", built, "--mode", "sparse", "x").exit_code == 2
+    assert cli("search", "--index", built, "--alpha", "1.5", "x").exit_code == 2
+    dense = tmp_path / "dense"
+    assert cli("index", "build", "--model", tiny_export, "--corpus", corpus(tmp_path / "c.jsonl"), "--index", dense,
+               "--no-lexical").exit_code == 0
+    res = cli("search", "--index", dense, "--mode", "lexical", "x")
+    assert res.exit_code == 1 and "no lexical part" in res.output and "Traceback" not in res.output
+    res = cli("index", "build-lexical", "--index", dense)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["lexical"]["documents"] == 42
+    res = cli("search", "--index", dense, "--mode", "lexical", "--json", RARE)
+    assert {h["id"] for h in json.loads(res.output)["hits"]} == {"rare", "rare2"}

@@ -16,7 +16,22 @@ from .. import defaults
 from ..errors import DataError
 from ..milvus.layout import INDEX_TYPES
 from .common import HCEGroup
-from .options import BATCH, EXISTING, IDX, SKIP_EMPTY, TARGET, THREADS, TOKEN, VARIANT, emit, milvus_target, open_engine
+from .options import (
+    BATCH,
+    BUILD_MODE,
+    EXISTING,
+    IDX,
+    LEXICAL_LANGUAGE,
+    LEXICAL_STOPWORDS,
+    SKIP_EMPTY,
+    TARGET,
+    THREADS,
+    TOKEN,
+    VARIANT,
+    emit,
+    milvus_target,
+    open_engine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +87,18 @@ def index() -> None:
 @click.option("--exact-threshold", type=click.IntRange(min=0), default=defaults.EXACT_THRESHOLD, show_default=True,
               help="Search exactly while the index holds at most this many documents.")
 @click.option("--no-store", is_flag=True, help="Keep ids and vectors only: no stored title/text/metadata.")
+@click.option("--no-lexical", is_flag=True, help="Leave out the lexical (BM25) part: a dense-only index.")
+@LEXICAL_LANGUAGE
+@LEXICAL_STOPWORDS
+@BUILD_MODE
 @SKIP_EMPTY
 @BATCH
 @VARIANT
 @THREADS
 @RAY
 def index_build(export_dir, corpus, index_dir, overwrite, m, ef_construction, ef, kind, nlist, refine, exact_threshold,
-                no_store, skip_empty, batch_size, variant, threads, ray) -> None:
+                no_store, no_lexical, lexical_language, lexical_stopwords, mode, fusion, alpha, depth, skip_empty,
+                batch_size, variant, threads, ray) -> None:
     """Encode CORPUS with EXPORT_DIR's model into a new index folder."""
     from ..engine import Engine
     from ..options import IndexParams
@@ -92,8 +112,27 @@ def index_build(export_dir, corpus, index_dir, overwrite, m, ef_construction, ef
                          kind=kind, nlist=nlist, refine=refine)
     stats = Engine.build(export_dir, corpus, index_dir, params, overwrite=overwrite, variant=variant, threads=threads,
                          batch_size=batch_size, progress=True, store_documents=not no_store, skip_empty=skip_empty,
-                         ray=ray)
-    emit({"index": str(index_dir), **{k: stats[k] for k in ("live", "dim", "empty", "skipped_empty", "stores_documents")}})
+                         ray=ray, lexical=not no_lexical, lexical_language=lexical_language,
+                         lexical_stopwords=lexical_stopwords,
+                         search={k: v for k, v in (("mode", mode), ("fusion", fusion), ("alpha", alpha), ("depth", depth))
+                                 if v is not None})
+    emit({"index": str(index_dir), **{k: stats[k] for k in ("live", "dim", "empty", "skipped_empty", "stores_documents",
+                                                            "lexical")}})
+
+
+@index.command("build-lexical")
+@IDX
+@LEXICAL_LANGUAGE
+@LEXICAL_STOPWORDS
+def index_build_lexical(index_dir, lexical_language, lexical_stopwords) -> None:
+    """Add the lexical (BM25) part to an index folder built without one, from its stored documents."""
+    from ..engine import Engine
+    from ..lexical import Analyzer
+
+    analyzer = Analyzer.create(lexical_language, lexical_stopwords)
+    with Engine.open(index_dir, writable=True) as eng:
+        stats = eng.build_lexical(analyzer)
+    emit({"index": str(index_dir), "lexical": stats})
 
 
 @index.command("add")

@@ -69,6 +69,40 @@ SUBTREE = click.option("--subtree", type=click.IntRange(min=0), default=None,
                        help="Only documents under this node of the corpus tree.")
 
 
+def _fusions() -> tuple[str, ...]:
+    from ..lexical.fusion import FUSIONS
+
+    return FUSIONS
+
+
+def search_mode_options(default_note: str) -> Any:
+    """--mode, --fusion, --alpha, --depth: hybrid search's choices (None: ``default_note``)."""
+    def wrap(f: Any) -> Any:
+        for opt in reversed((
+            click.option("--mode", type=click.Choice(defaults.MODES), default=None,
+                         help=f"dense (the encoder), lexical (BM25) or hybrid (both, fused) [{default_note}]."),
+            click.option("--fusion", type=click.Choice(_fusions()), default=None,
+                         help=f"How hybrid fuses the two sides [{default_note}]."),
+            click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=None,
+                         help=f"Hybrid: the dense side's weight, 0-1 [{default_note}]."),
+            click.option("--depth", type=click.IntRange(1, defaults.MAX_FUSION_DEPTH), default=None,
+                         help=f"Hybrid: hits each side retrieves before fusion [{default_note}]."),
+        )):
+            f = opt(f)
+        return f
+    return wrap
+
+
+SEARCH_MODE = search_mode_options("the index's default")
+BUILD_MODE = search_mode_options(  # what `index build` stores as the folder's defaults
+    f"{defaults.MODE_WITH_LEXICAL} with the lexical part, else {defaults.MODE_DENSE_ONLY}; fusion {defaults.FUSION}, "
+    f"alpha {defaults.ALPHA}, depth {defaults.FUSION_DEPTH}")
+LEXICAL_LANGUAGE = click.option("--lexical-language", default=defaults.LEXICAL_LANGUAGE, show_default=True,
+                                help="Snowball stemmer of the lexical (BM25) part, or 'none'.")
+LEXICAL_STOPWORDS = click.option("--lexical-stopwords", default=defaults.LEXICAL_STOPWORDS, show_default=True,
+                                 help="Stop words of the lexical part: english, none, or a file of words.")
+
+
 @dataclass(frozen=True)
 class MilvusSpec:
     """A Milvus collection and the export that encodes its queries (what ``--milvus …`` names)."""

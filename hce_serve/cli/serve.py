@@ -20,7 +20,20 @@ from .. import defaults
 from ..errors import DataError, HCEError
 from .common import HCEGroup
 from .index import index
-from .options import EF, FILTER, IDX, QUERY_CACHE, QUERY_ENCODER, SUBTREE, TARGET, THREADS, VARIANT, emit, open_engine
+from .options import (
+    EF,
+    FILTER,
+    IDX,
+    QUERY_CACHE,
+    QUERY_ENCODER,
+    SEARCH_MODE,
+    SUBTREE,
+    TARGET,
+    THREADS,
+    VARIANT,
+    emit,
+    open_engine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +51,9 @@ def _print_hits(hits: list[Any]) -> None:
         click.echo(f"{rank:>3}  {h.score:.4f}  {h.id}" + (f"  {h.title}" if h.title else ""))
         if snippet := h.snippet():
             click.echo(f"{'':>13}{snippet}")
+        if h.explain is not None:
+            sides = [f"{s} " + (f"#{v['rank']} {v['score']:.4f}" if (v := h.explain[s]) else "-") for s in ("dense", "lexical")]
+            click.echo(f"{'':>13}[{' | '.join(sides)}]")
 
 
 @main.command("search")
@@ -52,12 +68,14 @@ def _print_hits(hits: list[Any]) -> None:
 @SUBTREE
 @click.option("--fields", default=",".join(defaults.FIELDS), show_default=True,
               help="Stored fields in --json hits (comma-separated; empty: ids and scores only).")
+@SEARCH_MODE
+@click.option("--explain", is_flag=True, help="Show each side's rank and score in every hit (dense, lexical).")
 @VARIANT
 @QUERY_ENCODER
 @QUERY_CACHE
 @THREADS
-def search(index_dir, query, k, as_json, queries, run_path, ef, flt, subtree, fields, variant, query_encoder,
-           query_cache, threads) -> None:
+def search(index_dir, query, k, as_json, queries, run_path, ef, flt, subtree, fields, mode, fusion, alpha, depth,
+           explain, variant, query_encoder, query_cache, threads) -> None:
     """Search IDX_DIR (or a Milvus collection: --milvus) for QUERY (or every query of --queries)."""
     text = " ".join(query)
     if bool(text) == bool(queries):
@@ -71,7 +89,8 @@ def search(index_dir, query, k, as_json, queries, run_path, ef, flt, subtree, fi
     with open_engine(index_dir, variant=variant, threads=threads, query_encoder=query_encoder,
                      query_cache=query_cache) as eng:
         results = eng.search_batch(list(qmap.values()), k=k, filter=flt, ef=ef, subtree=subtree,
-                                   fields=() if run_path else fields, num_threads=-1, progress=bool(queries))
+                                   fields=() if run_path else fields, num_threads=-1, progress=bool(queries),
+                                   mode=mode, fusion=fusion, alpha=alpha, depth=depth, explain=explain)
     if run_path:
         write_run(run_path, {q: [(h.id, h.score) for h in hits] for q, hits in zip(qmap, results, strict=True)})
         log.info("wrote %d queries to %s", len(qmap), run_path)
@@ -103,13 +122,16 @@ def get(index_dir, doc_id) -> None:
 @click.option("--k", type=click.IntRange(100, defaults.MAX_K), default=defaults.EVAL_K, show_default=True,
               help="Depth retrieved per query.")
 @EF
+@SEARCH_MODE
 @VARIANT
 @QUERY_ENCODER
 @QUERY_CACHE
 @THREADS
-def eval_cmd(index_dir, queries, qrels, k, ef, variant, query_encoder, query_cache, threads) -> None:
+def eval_cmd(index_dir, queries, qrels, k, ef, mode, fusion, alpha, depth, variant, query_encoder, query_cache,
+             threads) -> None:
     """Search every judged query and print nDCG@10, R@10, R@100 and MRR@10 as JSON."""
     from ..formats.beir import check_qrels, load_qrels, load_queries
+    from ..lexical import modes
     from ..metrics import evaluate
 
     qmap = load_queries(queries)
@@ -120,9 +142,13 @@ def eval_cmd(index_dir, queries, qrels, k, ef, variant, query_encoder, query_cac
         if not check.kept:
             raise DataError(f"{qrels}: no judgment refers to a known query and an indexed document")
         qids = sorted(check.kept)
-        results = eng.search_batch([qmap[q] for q in qids], k=k, ef=ef, fields=(), num_threads=-1, progress=True)
-    run = {q: {h.id: h.score for h in hits} for q, hits in zip(qids, results, strict=True)}
-    emit({**evaluate(check.kept, run), "queries": len(qids), "index": str(index_dir)})
+        results = eng.search_batch([qmap[q] for q in qids], k=k, ef=ef, fields=(), num_threads=-1, progress=True,
+                                   mode=mode, fusion=fusion, alpha=alpha, depth=depth)
+        used = modes.resolve(eng.search_defaults, mode, fusion, alpha, depth)
+    # rank-derived scores: trec_eval orders by score, and fused scores can tie
+    run = {q: {h.id: float(len(hits) - r) for r, h in enumerate(hits)} for q, hits in zip(qids, results, strict=True)}
+    setting = used.to_dict() if used.mode == "hybrid" else {"mode": used.mode}
+    emit({**evaluate(check.kept, run), "queries": len(qids), "index": str(index_dir), **setting})
 
 
 def _url(host: str, port: int) -> str:

@@ -17,10 +17,11 @@ a time.
 import hmac
 import logging
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from .. import __version__, defaults
 from ..errors import DataError, HCEError, missing_dependency
+from ..lexical.fusion import FUSIONS
 from .limits import BodyLimit, Limits, is_loopback
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,11 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
             None, description='Metadata equality, a list meaning any of: {"lang": "en", "year": [2020, 2021]}.')
         subtree: int | None = Field(None, description="Only documents under this node of the corpus tree.")
         fields: list[str] | None = Field(None, description=f"Stored fields per hit (default: {', '.join(defaults.FIELDS)}).")
+        mode: Literal[defaults.MODES] | None = Field(None, description="Search mode (default: the index's).")
+        fusion: Literal[FUSIONS] | None = Field(None, description="Hybrid fusion (default: the index's).")
+        alpha: float | None = Field(None, ge=0.0, le=1.0, description="Hybrid: the dense side's weight (default: the index's).")
+        depth: int | None = Field(None, ge=1, le=defaults.MAX_FUSION_DEPTH, description="Hybrid: hits per side before fusion.")
+        explain: bool = Field(False, description="Each hit carries each side's rank and score.")
 
     class DocumentIn(BaseModel):
         id: str = Field(alias="_id")
@@ -118,7 +124,8 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
             if isinstance(t, str) and len(t) > lim.max_query_chars:
                 raise DataError(f"query of {len(t):,} characters; the limit is {lim.max_query_chars:,}")
         hits = engine.search_batch(texts, k=body.k, filter=body.filter, ef=body.ef, subtree=body.subtree,
-                                   fields=body.fields, max_k=lim.max_k)
+                                   fields=body.fields, max_k=lim.max_k, mode=body.mode, fusion=body.fusion,
+                                   alpha=body.alpha, depth=body.depth, explain=body.explain)
         return [[h.to_dict() for h in row] for row in hits]
 
     @app.get("/healthz")
@@ -131,8 +138,12 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
 
     @app.get("/search")
     def search_get(q: str = Query(..., description="Query text"), k: int = defaults.K, ef: int | None = None,
-                   fields: str | None = Query(None, description="Comma-separated stored fields")) -> dict[str, Any]:
-        body = SearchBody(k=k, ef=ef, fields=fields.split(",") if fields is not None else None)
+                   fields: str | None = Query(None, description="Comma-separated stored fields"),
+                   mode: Literal[defaults.MODES] | None = None,
+                   alpha: float | None = Query(None, ge=0.0, le=1.0),
+                   fusion: Literal[FUSIONS] | None = None, explain: bool = False) -> dict[str, Any]:
+        body = SearchBody(k=k, ef=ef, fields=fields.split(",") if fields is not None else None, mode=mode,
+                          alpha=alpha, fusion=fusion, explain=explain)
         return {"hits": run_search([q], body)[0]}
 
     @app.post("/search")
