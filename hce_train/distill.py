@@ -47,6 +47,7 @@ from .data import load_corpus, pseudo_query_examples
 from .evaluate import exact_topk
 from .loop import lr_at, pick_device
 from .model import HCEEncoder, use_bf16
+from .progress import step_bar
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,6 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
     """
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
 
     mdir, out_dir = Path(model_dir), Path(out)
     plain = mdir.is_dir() and not (mdir / CARD_NAME).is_file()  # a plain HF/sentence-transformers folder
@@ -162,7 +162,7 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
     first = training_queries(data_dir, corpus.texts, cfg, 0)  # epoch 0's list sizes the schedule, then trains
     per_epoch = math.ceil(len(first) * (1 - cfg.heldout) / cfg.batch_size)
     total, step, heldout, stats = per_epoch * cfg.epochs, 0, set(), {}
-    bar = tqdm(total=total, desc=f"distill L={cfg.layers}", unit="step", disable=not progress)
+    bar = step_bar(total, f"distill L={cfg.layers}", progress)  # no estimate from the first steps
     for epoch in range(cfg.epochs):
         texts = first if epoch == 0 else training_queries(data_dir, corpus.texts, cfg, epoch)
         t_q = teacher.encode(texts, card.query_max_length, 128, progress, "teacher: queries")

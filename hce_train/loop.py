@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from hce_serve.errors import ConfigError
 from hce_serve.formats.card import CARD_NAME, ModelCard
@@ -26,6 +25,7 @@ from .config import TrainConfig
 from .data import epoch_batches
 from .model import HCEEncoder, resolve_base_model, use_bf16
 from .negatives import TreeIndex
+from .progress import step_bar
 from .refresh import LOG_NAME, RunState
 from .step import StepContext, train_step
 
@@ -137,7 +137,7 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
     if ckpt is not None and cfg.negative_encoding == "cached":  # what the cached negatives come from
         refresh.keep_corpus(ctx, run.encode_corpus(encoder), cfg)
 
-    bar = tqdm(total=total, initial=step, desc=f"fit ({cfg.negatives})", unit="step", disable=not run.progress)
+    bar = step_bar(total, f"fit ({cfg.negatives})", run.progress, initial=step)  # no estimate from the first steps
     stats: dict[str, float] = {}
     while step < total:
         epoch, pos = divmod(step, per_epoch)
