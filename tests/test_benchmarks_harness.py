@@ -5,6 +5,9 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 
 pytest.importorskip("hnswlib")
 
-from benchmarks.harness import timing  # noqa: E402
+from benchmarks.harness import resources, timing  # noqa: E402
 
 
 def test_timed_interleaves_the_systems_in_rounds():
@@ -36,6 +39,27 @@ def test_thread_cpu_counts_work_not_waiting():
     sleep, busy = st["sleep"].stats(), st["busy"].stats()
     assert sleep["p50_ms"] >= 3 and sleep["thread_cpu_p50_ms"] < 1
     assert busy["thread_cpu_p50_ms"] > 0.05 and busy["thread_cpu_p50_ms"] <= busy["p99_ms"] * 1.5
+
+
+def test_others_cpu_counts_another_process_and_not_this_one():
+    """``others_cpu`` is the witness that a timing ran on an idle box: a child burning CPU must show up in it
+    (whatever else runs, it can only add), and this process's own work is subtracted out."""
+    before = resources.cpu_snapshot()
+    if before is None:
+        pytest.skip("needs /proc/stat")
+    child0 = sum(os.times()[2:4])
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                    "while time.process_time() - t < 0.4: pass"], check=True)
+    child = sum(os.times()[2:4]) - child0  # the child's CPU seconds
+    seen = resources.others_cpu(before)
+    assert child >= 0.35 and seen["others_cpu_s"] >= child - 0.05
+    before = resources.cpu_snapshot()
+    own0 = sum(os.times()[:2])
+    while sum(os.times()[:2]) - own0 < 0.4:  # this process's own 0.4 s, which must not count as others'
+        pass
+    after = resources.cpu_snapshot()
+    busy = after[0] - before[0]  # everything the machine ran meanwhile, this process included
+    assert resources.others_cpu(before)["others_cpu_s"] <= max(0.0, busy - 0.35) + 0.05
 
 
 def test_no_import_circle_in_benchmarks():
