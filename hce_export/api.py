@@ -27,6 +27,7 @@ from . import optimize, validate
 from . import quantize as q8
 from . import query as qx
 from .source import TOKENIZER_FILES, TREE_FILES, load_source
+from .tool_messages import tool_output
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def export(
     validate_split: str = "test",
     validate_max_queries: int | None = None,
     validate_max_docs: int | None = None,
+    tool_messages: bool = False,
 ) -> dict[str, Any]:
     """Export ``model_dir`` to ``out_dir`` and validate it; returns the card's ``onnx`` section plus ``path``.
 
@@ -111,7 +113,8 @@ def export(
     without ``overwrite`` or an inconsistent int8 recipe, ``MissingDependencyError`` without optimum-onnx.
     ``keep_ffn_out`` keeps the GELU-fed FFN output projections fp32 (None: the instruction set's default,
     ``hce_export.quantize.FFN_OUT_FP32``); ``fp32_layers`` keeps them fp32 in those encoder layers only
-    (None: in every layer); see ``hce_export.quantize``.
+    (None: in every layer); see ``hce_export.quantize``. onnxruntime's known harmless warnings become one
+    INFO line (``hce_export.tool_messages``); ``tool_messages`` lets them through as they are too.
     """
     tol = tolerances or validate.Tolerances()
     src = load_source(model_dir)
@@ -129,64 +132,65 @@ def export(
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
-    try:
-        model = onnx_export.load_torch_model(src.path)
-        raw = tmp / ".raw.onnx"
-        done = onnx_export.export_fp32(model, card, raw, opset=opset)
-        fusion = optimize.fuse(raw, tmp / FILES["fp32"], src.config)
-        raw.unlink()
-        _copy_tokenizer(src.path, tmp)
-        if src.has_tree:
-            Tree.load(src.path)  # a corrupt tree fails the export, not the first search that uses it
-            for name in TREE_FILES:
-                shutil.copy2(src.path / name, tmp / name)
-        files = {"fp32": FILES["fp32"]}
-        section: dict[str, Any] = {
-            "files": files, "inputs": done.inputs, "output": onnx_export.OUTPUT_NAME, "opset": done.opset,
-            "optimization": fusion, "quantization": None, "versions": _versions(),
-            "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": str(src.path),
-        }
-        # A provisional card lets the serving Encoder load the staged folder; the final one replaces it.
-        card.replace(onnx=section).save(tmp)
-        wrapper = onnx_export.pooled_module(model, card, done.inputs)
-        numbers = validate.check_fp32(model, wrapper, src.path, tmp, card)
-        if settings is not None:
-            section["quantization"] = q8.quantize(tmp / FILES["fp32"], tmp / FILES["int8"], settings)
-            files["int8"] = FILES["int8"]
+    with tool_output(show=tool_messages):  # onnxruntime's harmless warnings: one line of ours
+        try:
+            model = onnx_export.load_torch_model(src.path)
+            raw = tmp / ".raw.onnx"
+            done = onnx_export.export_fp32(model, card, raw, opset=opset)
+            fusion = optimize.fuse(raw, tmp / FILES["fp32"], src.config)
+            raw.unlink()
+            _copy_tokenizer(src.path, tmp)
+            if src.has_tree:
+                Tree.load(src.path)  # a corrupt tree fails the export, not the first search that uses it
+                for name in TREE_FILES:
+                    shutil.copy2(src.path / name, tmp / name)
+            files = {"fp32": FILES["fp32"]}
+            section: dict[str, Any] = {
+                "files": files, "inputs": done.inputs, "output": onnx_export.OUTPUT_NAME, "opset": done.opset,
+                "optimization": fusion, "quantization": None, "versions": _versions(),
+                "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "source": str(src.path),
+            }
+            # A provisional card lets the serving Encoder load the staged folder; the final one replaces it.
             card.replace(onnx=section).save(tmp)
-            numbers.update(validate.check_variant(tmp, "int8"))
-        qsrc = qx.query_source(src)
-        if qsrc is not None:  # a distilled shallow query encoder: its graphs go beside the document graphs
-            qmodel, qwrapper = qx.export_query(qsrc, card, tmp, settings, section, opset)
-            card.replace(onnx=section).save(tmp)
-            numbers.update(qx.check_query(qmodel, qwrapper, qsrc, tmp, card.replace(onnx=section)))
-        if fp16:
-            section["fp16"] = optimize.to_fp16(tmp / FILES["fp32"], tmp / FILES["fp16"], src.config)
-            files["fp16"] = FILES["fp16"]
-            card.replace(onnx=section).save(tmp)
-            try:  # onnxruntime's CPU provider runs most fp16 graphs (slowly); where it cannot, say so
-                numbers.update(validate.check_variant(tmp, "fp16"))
-            except FormatError as e:
-                numbers["fp16_not_validated"] = f"the CPU provider cannot run it: {e}"
-        if validate_data is not None:
-            numbers["data"] = validate.check_data(
-                tmp, Path(validate_data), [v for v in ("fp32", "int8") if v in files], validate_split,
-                validate_max_queries, validate_max_docs,
-            )
-        bad = validate.failures(numbers, tol) + qx.query_failures(numbers, tol)
-        numbers.update(tolerances=validate.tolerances_dict(tol), degraded=bool(bad), failures=bad)
-        if bad and not allow_degraded:
-            raise ValidationError("export out of tolerance: " + "; ".join(bad) + " (--allow-degraded to keep it)")
-        if bad:
-            log.warning("export kept despite: %s", "; ".join(bad))
-        section["validation"] = numbers
-        card.replace(onnx=section).save(tmp)  # last file written
-        _check_out(out, src.path, overwrite)  # the folder may have appeared while we worked
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            wrapper = onnx_export.pooled_module(model, card, done.inputs)
+            numbers = validate.check_fp32(model, wrapper, src.path, tmp, card)
+            if settings is not None:
+                section["quantization"] = q8.quantize(tmp / FILES["fp32"], tmp / FILES["int8"], settings)
+                files["int8"] = FILES["int8"]
+                card.replace(onnx=section).save(tmp)
+                numbers.update(validate.check_variant(tmp, "int8"))
+            qsrc = qx.query_source(src)
+            if qsrc is not None:  # a distilled shallow query encoder: its graphs go beside the document graphs
+                qmodel, qwrapper = qx.export_query(qsrc, card, tmp, settings, section, opset)
+                card.replace(onnx=section).save(tmp)
+                numbers.update(qx.check_query(qmodel, qwrapper, qsrc, tmp, card.replace(onnx=section)))
+            if fp16:
+                section["fp16"] = optimize.to_fp16(tmp / FILES["fp32"], tmp / FILES["fp16"], src.config)
+                files["fp16"] = FILES["fp16"]
+                card.replace(onnx=section).save(tmp)
+                try:  # onnxruntime's CPU provider runs most fp16 graphs (slowly); where it cannot, say so
+                    numbers.update(validate.check_variant(tmp, "fp16"))
+                except FormatError as e:
+                    numbers["fp16_not_validated"] = f"the CPU provider cannot run it: {e}"
+            if validate_data is not None:
+                numbers["data"] = validate.check_data(
+                    tmp, Path(validate_data), [v for v in ("fp32", "int8") if v in files], validate_split,
+                    validate_max_queries, validate_max_docs,
+                )
+            bad = validate.failures(numbers, tol) + qx.query_failures(numbers, tol)
+            numbers.update(tolerances=validate.tolerances_dict(tol), degraded=bool(bad), failures=bad)
+            if bad and not allow_degraded:
+                raise ValidationError("export out of tolerance: " + "; ".join(bad) + " (--allow-degraded to keep it)")
+            if bad:
+                log.warning("export kept despite: %s", "; ".join(bad))
+            section["validation"] = numbers
+            card.replace(onnx=section).save(tmp)  # last file written
+            _check_out(out, src.path, overwrite)  # the folder may have appeared while we worked
+            _swap_into_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     log.info("export written to %s (%s)", out, ", ".join(sorted(files)))
     return {**section, "path": str(out)}
 

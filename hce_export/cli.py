@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from hce_serve.cli.common import HCEGroup, setup_logging, verbosity_options
+from hce_serve.cli.common import _STATE, HCEGroup, setup_logging, verbosity_options
 
 from .quantize import ISAS
 from .validate import Tolerances
@@ -84,6 +84,9 @@ def onnx_cmd(model_dir: Path, out_dir: Path, quantize: bool, fp16: bool, isa: st
              max_ndcg_loss: float, allow_degraded: bool, overwrite: bool, verbose: int, quiet: bool) -> None:
     """Export MODEL_DIR to a self-contained, self-validated EXPORT_DIR."""
     setup_logging(verbose, quiet)
+    # -v given anywhere on the line (setup_logging adds them up): onnxruntime's own messages shown as they are
+    said = click.get_current_context().find_root().meta.get(_STATE, {})
+    tool_messages = bool(said.get("verbose", verbose)) and not said.get("quiet", quiet)
     if (isa or exclude or quantize_ffn_out is not None or fp32_layers is not None) and not quantize:
         raise click.UsageError("--isa/--exclude-node/--quantize-ffn-out/--keep-ffn-out/--fp32-ffn-layers only apply "
                                "with --quantize")
@@ -99,7 +102,7 @@ def onnx_cmd(model_dir: Path, out_dir: Path, quantize: bool, fp16: bool, isa: st
         max_length=max_length, query_max_length=query_max_length,
         tolerances=Tolerances(max_fp32_diff, min_int8_mean_cos, min_int8_cos, max_ndcg_loss),
         validate_split=validate_split, validate_max_queries=validate_max_queries,
-        validate_max_docs=validate_max_docs,
+        validate_max_docs=validate_max_docs, tool_messages=tool_messages,
     )
     summary = {"path": result["path"], "files": result["files"], "validation": result["validation"]}
     click.echo(json.dumps(summary, indent=2, sort_keys=True))

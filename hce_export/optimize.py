@@ -7,13 +7,13 @@ onnxruntime applies its own provider-specific rewrites when a session loads the 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from hce_serve.errors import missing_dependency
+
+from .tool_messages import tool_output
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,9 @@ def fuse(src: Path, dst: Path, config: dict[str, Any]) -> dict[str, Any]:
     family = MODEL_TYPES.get(str(config.get("model_type")), "bert")
     heads = int(config.get("num_attention_heads") or config.get("n_heads") or 0)
     hidden = int(config.get("hidden_size") or config.get("dim") or 0)
-    # The optimizer print()s shape-inference failures; stdout belongs to the CLI's JSON result.
-    with contextlib.redirect_stdout(sys.stderr):
+    # The optimizer print()s and logs a shape-inference failure that is harmless here (tool_messages); stdout
+    # belongs to the CLI's JSON result.
+    with tool_output():
         opt = optimize_model(str(src), model_type=family, num_heads=heads, hidden_size=hidden, opt_level=0)
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
     opt.save_model_to_file(str(dst), use_external_data_format=False)
@@ -47,7 +48,7 @@ def to_fp16(src: Path, dst: Path, config: dict[str, Any]) -> dict[str, Any]:
     except ImportError:
         raise missing_dependency("onnxruntime", "export") from None
     family = MODEL_TYPES.get(str(config.get("model_type")), "bert")
-    with contextlib.redirect_stdout(sys.stderr):
+    with tool_output():
         opt = optimize_model(str(src), model_type=family, opt_level=0)
     # keep_io_types: the graph still takes/returns float32 where it has float tensors at its edges.
     opt.convert_float_to_float16(keep_io_types=True)

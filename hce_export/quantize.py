@@ -40,6 +40,8 @@ from typing import Any
 from hce_serve import cpu
 from hce_serve.errors import ConfigError, missing_dependency
 
+from .tool_messages import tool_output
+
 log = logging.getLogger(__name__)
 
 ISAS = ("avx512-vnni", "avx2", "arm64")
@@ -160,20 +162,21 @@ def quantize(src: Path, dst: Path, settings: QuantSettings) -> dict[str, Any]:
     level = root.level
     root.setLevel(max(level, logging.WARNING))  # the quantizer logs one INFO line per tensor on the root logger
     try:
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            per_channel=settings.per_channel,
-            reduce_range=settings.reduce_range,
-            weight_type=QuantType.QInt8 if settings.weight_type == "qint8" else QuantType.QUInt8,
-            op_types_to_quantize=list(settings.op_types),
-            nodes_to_exclude=excluded,
-            extra_options={
-                "MatMulConstBOnly": True,  # only weight matmuls; activation x activation stays fp32
-                # ONNX shape inference cannot type the fused contrib ops' outputs; they are all float.
-                "DefaultTensorType": onnx.TensorProto.FLOAT,
-            },
-        )
+        with tool_output():  # it also advises a pre-processing this graph does not need (tool_messages)
+            quantize_dynamic(
+                str(src),
+                str(dst),
+                per_channel=settings.per_channel,
+                reduce_range=settings.reduce_range,
+                weight_type=QuantType.QInt8 if settings.weight_type == "qint8" else QuantType.QUInt8,
+                op_types_to_quantize=list(settings.op_types),
+                nodes_to_exclude=excluded,
+                extra_options={
+                    "MatMulConstBOnly": True,  # only weight matmuls; activation x activation stays fp32
+                    # ONNX shape inference cannot type the fused contrib ops' outputs; they are all float.
+                    "DefaultTensorType": onnx.TensorProto.FLOAT,
+                },
+            )
     finally:
         root.setLevel(level)
     log.info("int8 graph %s: %d quantisable nodes, %d kept fp32", dst.name, len(names), len(excluded))
