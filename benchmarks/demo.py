@@ -1,21 +1,27 @@
 """The demo's result: print the evaluation table of ``scripts/demo.sh`` (zero-shot vs the short HCE
-fine-tune, both through the int8 ONNX encoder and the HNSW index) and write benchmarks/results/demo.json.
+fine-tune, both through the int8 ONNX encoder and the HNSW index) and write it, stamped, into the demo's own
+output folder. Recording a run into benchmarks/results/demo.json is a separate, explicit step, so a checkout
+stays clean after the demo.
 
     python -m benchmarks.demo --base-eval BASE.json --hce-eval HCE.json --model MODEL_DIR --export EXPORT_DIR \\
-        --seconds N
+        --seconds N [--out DEMO_OUT/demo.json]     # demo.sh's last step [the folder holding MODEL_DIR]
+    python -m benchmarks.demo --record [DEMO_OUT/demo.json] [--out NAME|PATH.json]   # [demo-out/demo.json -> demo]
 
-demo.sh calls this as its last step; the file names demo.sh as the script to rerun.
+The result names scripts/demo.sh, the script that measured it; ``--record`` copies it as measured (the run's
+own stamp: machine, commit, date), after checking it is one.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import cli, paths, provenance
+from benchmarks.harness import paths, provenance
+from hce_serve.formats import atomic
 
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 # The fit options that make up the demo's training budget (the rest of train_config.json are defaults).
@@ -37,14 +43,32 @@ def table(base: dict[str, Any], hce: dict[str, Any], tree: dict[str, Any], valid
     return "\n".join(lines)
 
 
+SCRIPT = "scripts/demo.sh"
+DEFAULT_RUN = paths.ROOT / "demo-out" / "demo.json"  # demo.sh's default output folder (HCE_DEMO_OUT)
+TABLE_ARGS = ("base_eval", "hce_eval", "model", "export", "seconds")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = cli.study_parser(__doc__, "demo", quick=False)
-    ap.add_argument("--base-eval", type=Path, required=True, help="hce-serve eval JSON of the zero-shot index")
-    ap.add_argument("--hce-eval", type=Path, required=True, help="hce-serve eval JSON of the fine-tuned index")
-    ap.add_argument("--model", type=Path, required=True, help="the fine-tuned MODEL_DIR")
-    ap.add_argument("--export", type=Path, required=True, help="its EXPORT_DIR")
-    ap.add_argument("--seconds", type=float, required=True, help="the demo's wall time so far")
-    args = cli.parse(ap, argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base-eval", type=Path, help="hce-serve eval JSON of the zero-shot index")
+    ap.add_argument("--hce-eval", type=Path, help="hce-serve eval JSON of the fine-tuned index")
+    ap.add_argument("--model", type=Path, help="the fine-tuned MODEL_DIR")
+    ap.add_argument("--export", type=Path, help="its EXPORT_DIR")
+    ap.add_argument("--seconds", type=float, help="the demo's wall time so far")
+    ap.add_argument("--record", type=Path, nargs="?", const=DEFAULT_RUN, default=None, metavar="DEMO_JSON",
+                    help=f"copy a demo run's result into benchmarks/results [{DEFAULT_RUN.relative_to(paths.ROOT)}]")
+    ap.add_argument("--out", default=None,
+                    help="where to write: the run's result [DEMO_OUT/demo.json, beside --model]; with --record a "
+                         "name under benchmarks/results or a .json path [demo]")
+    args = ap.parse_args(argv)
+    given = [f"--{a.replace('_', '-')}" for a in TABLE_ARGS if getattr(args, a) is not None]
+    if args.record is not None:
+        if given:
+            ap.error(f"--record copies a finished run's result; {', '.join(given)} belong to the run's own step")
+        return record(args.record, paths.result_path(args.out or "demo"))
+    missing = [f"--{a.replace('_', '-')}" for a in TABLE_ARGS if getattr(args, a) is None]
+    if missing:
+        ap.error(f"the run's step needs {', '.join(missing)} (or --record to record a finished run)")
     base, hce = (json.loads(p.read_text()) for p in (args.base_eval, args.hce_eval))
     tree = json.loads((args.model / "hce_model.json").read_text()).get("tree") or {}
     config = json.loads((args.model / "train_config.json").read_text())
@@ -53,7 +77,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = {"what": "scripts/demo.sh: zero-shot all-MiniLM-L6-v2 vs a short HCE fine-tune, both int8 ONNX + HNSW",
                "data": config["data"], "wall_seconds": round(args.seconds), "zero_shot": base, "hce_demo": hce,
                "train_budget": {k: config.get(k) for k in BUDGET}, "tree": tree}
-    print(f"wrote {provenance.write_result(args.out, payload, paths.ROOT / 'scripts' / 'demo.sh')}", file=sys.stderr)
+    out = Path(args.out) if args.out else args.model.resolve().parent / "demo.json"
+    written = provenance.write_result(out if out.suffix == ".json" else out / "demo.json", payload, paths.ROOT / SCRIPT)
+    print(f"wrote {written}; `python -m benchmarks.demo --record {written}` records it in benchmarks/results",
+          file=sys.stderr)
+    return 0
+
+
+def record(run: Path, dest: Path) -> int:
+    """Copy a demo run's stamped result to ``dest`` as measured; 1 with one line when it is not one."""
+    try:
+        rec = json.loads(run.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        print(f"error: {run}: cannot read a demo result ({e}); run `bash scripts/demo.sh` first", file=sys.stderr)
+        return 1
+    missing = [k for k in (*provenance.STAMP_KEYS, "zero_shot", "hce_demo") if not isinstance(rec, dict) or k not in rec]
+    if missing or rec.get("script") != SCRIPT:
+        print(f"error: {run}: not a result of {SCRIPT} (missing {missing or ['script']})", file=sys.stderr)
+        return 1
+    if str(rec["commit"]).endswith("-dirty"):
+        print(f"warning: {run} was measured on uncommitted changes (commit {rec['commit']})", file=sys.stderr)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(dest, json.dumps(rec, indent=2) + "\n")
+    print(f"recorded {run} (commit {rec['commit']}, {rec['date']}) in {dest}", file=sys.stderr)
     return 0
 
 

@@ -241,14 +241,39 @@ def test_demo_result(tmp_path, capsys):
     (model / "hce_model.json").write_text(json.dumps({"tree": {"levels": 2, "nodes": 9, "max_branching": 4}}))
     (model / "train_config.json").write_text(json.dumps({"data": "demo/data/scifact", "max_steps": 24, "seed": 0}))
     (export / "hce_model.json").write_text(json.dumps({"onnx": {"validation": {"int8_vs_fp32_min_cos": 0.99}}}))
+    results = {f.name: f.stat().st_mtime_ns for f in paths.RESULTS.iterdir()}
+    run = ["--base-eval", str(tmp_path / "base.json"), "--hce-eval", str(tmp_path / "hce.json"), "--model", str(model),
+           "--export", str(export), "--seconds", "748.4"]
+    assert demo.main(run) == 0  # no --out: the demo's own folder, the one holding --model
     out = tmp_path / "demo.json"
-    assert demo.main(["--base-eval", str(tmp_path / "base.json"), "--hce-eval", str(tmp_path / "hce.json"), "--model",
-                      str(model), "--export", str(export), "--seconds", "748.4", "--out", str(out)]) == 0
     res = read(out, "scripts/demo.sh")
     assert res["zero_shot"] == evals["base"] and res["hce_demo"] == evals["hce"] and res["wall_seconds"] == 748
     assert res["train_budget"]["max_steps"] == 24 and res["tree"]["nodes"] == 9
-    table = capsys.readouterr().out
+    table, err = capsys.readouterr()
     assert "ndcg@10" in table and "+4.0p" in table and "recall@100" not in table  # only metrics both evals have
+    assert "--record" in err
+    assert {f.name: f.stat().st_mtime_ns for f in paths.RESULTS.iterdir()} == results  # the checkout untouched
+    # Recording is its own step: the run's record as measured (its stamp too), nothing else.
+    assert demo.main(["--record", str(out), "--out", str(tmp_path / "recorded.json")]) == 0
+    assert (tmp_path / "recorded.json").read_text() == out.read_text()
+    assert {f.name: f.stat().st_mtime_ns for f in paths.RESULTS.iterdir()} == results
+
+
+def test_demo_record_refuses_what_is_not_a_demo_result(tmp_path, capsys):
+    from benchmarks import demo
+    from benchmarks.harness import provenance
+
+    other = provenance.write_result(tmp_path / "other.json", {"zero_shot": {}, "hce_demo": {}}, "benchmarks/recall.py")
+    (tmp_path / "bad.json").write_text("{not json")
+    for run in (other, tmp_path / "bad.json", tmp_path / "missing.json"):
+        assert demo.main(["--record", str(run), "--out", str(tmp_path / "rec.json")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1 and str(run) in err
+    assert not (tmp_path / "rec.json").exists()
+    for argv in (["--record", str(other), "--seconds", "3"], ["--seconds", "3"]):  # the two steps' options don't mix
+        with pytest.raises(SystemExit) as e:
+            demo.main(argv)
+        assert e.value.code == 2
 
 
 def test_clustered_vectors_are_unit_and_queries_share_the_centres():
