@@ -102,6 +102,11 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     # The longer regime (one seed first): 6 epochs, a rebuild every half epoch, leaves of 8; mined twin.
     "hce-long": ("hce", {**UNGUARDED, "epochs": 6, "rebuild_every": -2, "leaf_size": 8}),
     "mined-long": ("mined", {**UNGUARDED, "epochs": 6}),
+    # Unsupervised (issue 30 item 7): 3 epochs, the tree rebuilt every half epoch (EM, where one epoch built it
+    # once from the zero-shot encoder), Contriever's pairs (two independent crops of a document as query and
+    # positive). Issue 10's unsupervised guard, so they compare with its hce and flat.
+    "hce-em": ("hce", {**GUARDED, "epochs": 3, "rebuild_every": -2, "pseudo_positive": "crop"}),
+    "flat-em": ("flat", {**GUARDED, "epochs": 3, "pseudo_positive": "crop"}),
 }
 # Budgets. cpu: sized so one seed of flat, mined, mined-refresh and hce fits 90 minutes on 2 cores.
 PROFILES: dict[str, dict[str, Any]] = {

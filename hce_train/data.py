@@ -39,6 +39,9 @@ class Examples:
     queries: list[str]  # query text per example
     doc_rows: np.ndarray  # (n,) int64: the positive's corpus row per example
     positives: list[frozenset[int]]  # every relevant corpus row of the example's query (never a negative)
+    # The positive's text per example when it is not the whole document (a second crop of it); None: the
+    # document's own text.
+    pos_texts: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -140,13 +143,22 @@ def holdout_queries(data_dir: str | os.PathLike[str], split: str, n: int, seed: 
 
 
 def pseudo_query_examples(corpus: Corpus, rng: np.random.Generator, span_min: int, span_max: int,
-                          drop: float = 0.0) -> Examples:
+                          drop: float = 0.0, positive_rng: np.random.Generator | None = None) -> Examples:
     """One pseudo-query per document: ``span_min..span_max`` consecutive words at a random offset.
 
     A document shorter than the drawn span gives its whole text (every document still trains). ``drop`` > 0
     deletes each word of the span with that probability (Contriever's cropping with word deletion), so the
     query is no longer a verbatim substring of its positive; at least one word is always kept.
+    ``positive_rng``: the positive is a second crop of the document, drawn the same way but independently
+    (Contriever's pairs: two views of one document), instead of the whole document.
     """
+    texts = _crops(corpus, rng, span_min, span_max, drop)
+    rows = np.arange(len(corpus), dtype=np.int64)
+    pos = _crops(corpus, positive_rng, span_min, span_max, drop) if positive_rng is not None else None
+    return Examples(texts, rows, [frozenset((int(r),)) for r in rows], pos)
+
+
+def _crops(corpus: Corpus, rng: np.random.Generator, span_min: int, span_max: int, drop: float) -> list[str]:
     texts = []
     for text in corpus.texts:
         words = text.split()
@@ -158,8 +170,7 @@ def pseudo_query_examples(corpus: Corpus, rng: np.random.Generator, span_min: in
             keep[int(rng.integers(len(span)))] = True
             span = [w for w, k in zip(span, keep, strict=True) if k]
         texts.append(" ".join(span))
-    rows = np.arange(len(corpus), dtype=np.int64)
-    return Examples(texts, rows, [frozenset((int(r),)) for r in rows])
+    return texts
 
 
 def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -172,3 +183,43 @@ def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> li
     steps = -(-n_examples // batch_size)
     padded = np.resize(perm, steps * batch_size)  # repeats the shuffle from its start to fill the last batch
     return [padded[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
+
+
+def topic_batches(groups: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The epoch's batches of example indices for tree-topic batching (TAS-B's balanced topic-aware sampling,
+    Hofstaetter et al. 2021, with the tree's top-level nodes as the topics).
+
+    ``groups[i]`` is the topic of example i (the top-level node above its positive). Every example appears
+    once; every batch holds exactly ``batch_size`` rows drawn from at most two topics. Packing: a batch
+    starts with the smallest topic left (whole, or its first ``batch_size``); if that leaves room, the
+    topic left that best fits the room (the smallest that fills it) fills it. When no topic left can fill
+    the room the batch is topped up with repeats of its own rows (masked as false negatives by the loss,
+    like ``epoch_batches``' last batch), so an epoch may take a few more batches than a random one.
+    Topic order, order within a topic and the batches' order are seeded by (seed, epoch).
+    """
+    groups = np.asarray(groups)
+    rng = np.random.default_rng([seed, epoch, 4])
+    topics = rng.permutation(np.unique(groups))
+    rank = {int(t): i for i, t in enumerate(topics)}  # ties between equal sizes go by this seeded order
+    left = {int(t): list(rng.permutation(np.flatnonzero(groups == t))) for t in topics}
+    batches: list[np.ndarray] = []
+    while left:
+        first = min(left, key=lambda t: (len(left[t]), rank[t]))
+        rows = _take(left, first, batch_size)
+        room = batch_size - len(rows)
+        if room:
+            fits = [t for t in left if len(left[t]) >= room]
+            if fits:
+                rows += _take(left, min(fits, key=lambda t: (len(left[t]), rank[t])), room)
+            else:  # nothing left can fill the batch from one topic: repeat its own rows
+                rows += [rows[int(i)] for i in rng.integers(0, len(rows), size=room)]
+        batches.append(np.asarray(rows, np.int64))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _take(left: dict[int, list[int]], topic: int, n: int) -> list[int]:
+    rows, left[topic] = left[topic][:n], left[topic][n:]
+    if not left[topic]:
+        del left[topic]
+    return [int(r) for r in rows]
+

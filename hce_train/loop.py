@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hce_serve.errors import ConfigError
@@ -22,7 +23,7 @@ from hce_serve.formats.card import CARD_NAME, ModelCard
 
 from . import checkpoint, dist, refresh
 from .config import TrainConfig
-from .data import epoch_batches
+from .data import epoch_batches, topic_batches
 from .model import HCEEncoder, resolve_base_model, use_bf16
 from .negatives import TreeIndex
 from .progress import step_bar
@@ -121,12 +122,20 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
     optimizer = torch.optim.AdamW(encoder.model.parameters(), lr=float(cfg.lr or 5e-5), weight_decay=cfg.weight_decay)
     ctx = StepContext(cfg, encoder, optimizer, run.corpus, env)
     step, tree, tree_step = 0, None, -1  # tree_step: the step of the latest refresh (tree, guard or re-mine)
+    # tree-topic batches are planned from the tree at each epoch's start; an epoch may then take a few more
+    # batches than ``per_epoch``. The step budget stays ``total`` (every arm trains as many steps), so the
+    # last epoch can end early. Random batches keep the step -> (epoch, position) arithmetic.
+    topic = cfg.batching == "tree-topic"
+    plan: list[np.ndarray] | None = None
+    epoch, pos = 0, 0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt.optimizer)
         torch.set_rng_state(ckpt.torch_rng)
         step, tree, ctx.mined, ctx.guard = ckpt.step, ckpt.tree, ckpt.mined, ckpt.guard
         ctx.sib_pool = ckpt.arrays.get("sib_pool")
         tree_step = int(ckpt.config.get("_tree_step", -1))
+        if topic and "plan" in ckpt.arrays:  # where the checkpoint stood in its epoch's topic batches
+            plan, epoch, pos = list(ckpt.arrays["plan"]), int(ckpt.config["_epoch"]), int(ckpt.config["_pos"])
         _truncate_log(out / LOG_NAME, step, env)
     if env.is_main:
         cfg.save(out / CONFIG_NAME)
@@ -140,26 +149,44 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
     bar = step_bar(total, f"fit ({cfg.negatives})", run.progress, initial=step)  # no estimate from the first steps
     stats: dict[str, float] = {}
     while step < total:
-        epoch, pos = divmod(step, per_epoch)
+        if not topic:
+            epoch, pos = divmod(step, per_epoch)
+        elif plan is not None and pos >= len(plan):  # the planned epoch is done
+            epoch, pos, plan = epoch + 1, 0, None
         exs = run.examples(epoch)
-        if refresh.refreshes(cfg) and refresh.due(cfg.rebuild_every, step, pos, tree_step):
+        epoch_len = len(plan) if plan is not None else per_epoch
+        if refresh.refreshes(cfg) and refresh.due(cfg.rebuild_every, step, pos, tree_step, epoch_len):
             tree, tree_step = refresh.refresh(run, ctx, encoder, step, exs) or tree, step
+        if topic and plan is None:
+            assert ctx.tree is not None
+            plan = topic_batches(ctx.tree.top_nodes(exs.doc_rows), batch, cfg.seed, epoch)
+            epoch_len = len(plan)
+            run.log_row({"event": "topic_batches", "step": step, "epoch": epoch, "batches": epoch_len,
+                         "topics": int(np.unique(ctx.tree.top_nodes(exs.doc_rows)).size)})
+        rows = plan[pos] if plan is not None else epoch_batches(len(exs), batch, cfg.seed, epoch)[pos]
         t0 = time.perf_counter()
         lr = lr_at(step, total, float(cfg.lr or 5e-5), cfg.warmup_ratio)
-        stats = train_step(ctx, exs, epoch_batches(len(exs), batch, cfg.seed, epoch)[pos], step, lr)
+        # Centroid levels annealed: their weights fall linearly to 0 over the first level_anneal_epochs.
+        scale = (max(0.0, 1.0 - (epoch + pos / epoch_len) / cfg.level_anneal_epochs)
+                 if cfg.level_anneal_epochs > 0 else 1.0)
+        stats = train_step(ctx, exs, rows, step, lr, level_scale=scale)
         step += 1
+        last_of_epoch = pos == epoch_len - 1
+        pos += 1
         if step % cfg.log_every == 0 or step == total:
+            extra = {"level_scale": round(scale, 4)} if cfg.level_anneal_epochs > 0 else {}
             run.log_row({"step": step, "epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - t0, 3),
-                         **{k: round(v, 5) for k, v in stats.items()}})
+                         **extra, **{k: round(v, 5) for k, v in stats.items()}})
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['inbatch_acc']:.2f}")
-        if on_epoch is not None and pos == per_epoch - 1 and step < total:
+        if on_epoch is not None and last_of_epoch and step < total:
             on_epoch(epoch + 1, encoder)
-        if step == total or pos == per_epoch - 1 or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+        if step == total or last_of_epoch or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
             if env.is_main:
-                state_cfg = {**cfg.to_json(), "_tree_step": tree_step, "_batch": batch}
+                state_cfg = {**cfg.to_json(), "_tree_step": tree_step, "_batch": batch, "_epoch": epoch, "_pos": pos}
+                plan_arr = np.stack(plan) if plan is not None else None
                 checkpoint.save(out, encoder, optimizer, step, state_cfg, tree, ctx.mined, ctx.guard,
-                                {"sib_pool": ctx.sib_pool})
+                                {"sib_pool": ctx.sib_pool, "plan": plan_arr})
             dist.barrier(env)
     bar.close()
 
@@ -177,7 +204,8 @@ def _fit(cfg: TrainConfig, env: dist.DistEnv, device: str, overwrite: bool, resu
         encoder.save(out, card)  # weights, tokenizer, then the card last
     dist.barrier(env)
     return {"steps": step, "seconds": round(time.perf_counter() - t_start, 1), "final": stats,
-            "bf16": encoder.autocast_bf16, "epochs_done": round(step / per_epoch, 3),
+            "bf16": encoder.autocast_bf16,
+            "epochs_done": round(epoch + pos / len(plan) if plan is not None else step / per_epoch, 3),
             "tree": tree.summary(),
             "skipped_empty": len(run.corpus.empty_ids), "out": str(out)}
 
@@ -187,6 +215,11 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
     for key in ("data", "split", "mode", "negatives", "seed", "batch_size", "negatives_per_query"):
         if saved.get(key) != getattr(cfg, key):
             raise ConfigError(f"--resume: {key} was {saved.get(key)!r} in the checkpoint, now {getattr(cfg, key)!r}")
+    # Knobs added later: a checkpoint written before them ran with their first value.
+    for key, before in (("batching", "random"), ("holdout_queries", [])):
+        was, now = saved.get(key, before), getattr(cfg, key)
+        if was != (list(now) if isinstance(now, tuple) else now):
+            raise ConfigError(f"--resume: {key} was {was!r} in the checkpoint, now {now!r}")
 
 
 def _truncate_log(path: Path, step: int, env: dist.DistEnv) -> None:

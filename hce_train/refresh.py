@@ -20,7 +20,7 @@ import numpy as np
 from hce_serve.formats.tree import Tree
 
 from . import dist
-from .config import REBUILD_EPOCH, TrainConfig
+from .config import REBUILD_EPOCH, REBUILD_HALF_EPOCH, TrainConfig
 from .data import Corpus, Examples, load_corpus, pseudo_query_examples, supervised_examples
 from .model import HCEEncoder
 from .negatives import TreeIndex, mine_pools, percpos_bounds, percpos_exclusions, query_sibling_pools
@@ -31,14 +31,17 @@ log = logging.getLogger(__name__)
 LOG_NAME = "train_log.jsonl"
 
 
-def due(every: int, step: int, pos_in_epoch: int, last_step: int) -> bool:
-    """Whether to refresh before ``step``: first step always; then each epoch start or every N steps."""
+def due(every: int, step: int, pos_in_epoch: int, last_step: int, epoch_len: int = 0) -> bool:
+    """Whether to refresh before ``step``: first step always; then each epoch start, each half epoch (start
+    and position ``epoch_len // 2``) or every N steps."""
     if last_step < 0:
         return True
     if last_step == step:
         return False
     if every == REBUILD_EPOCH:
         return pos_in_epoch == 0
+    if every == REBUILD_HALF_EPOCH:
+        return pos_in_epoch == 0 or (epoch_len > 1 and pos_in_epoch == epoch_len // 2)
     return every > 0 and step % every == 0
 
 
@@ -67,9 +70,10 @@ class RunState:
         if epoch not in self._epoch_cache:
             cfg = self.cfg
             drop = cfg.crop_drop if cfg.pseudo_queries == "crop" else 0.0
+            pos_rng = np.random.default_rng([cfg.seed, epoch, 5]) if cfg.pseudo_positive == "crop" else None
             self._epoch_cache = {epoch: pseudo_query_examples(
                 self.corpus, np.random.default_rng([cfg.seed, epoch, 3]), cfg.span_min_words, cfg.span_max_words,
-                drop=drop)}
+                drop=drop, positive_rng=pos_rng)}
         return self._epoch_cache[epoch]
 
     def log_row(self, row: dict[str, Any]) -> None:

@@ -77,8 +77,11 @@ def sample_negatives(ctx: StepContext, exs: Examples, batch: np.ndarray, step: i
     return out
 
 
-def train_step(ctx: StepContext, exs: Examples, batch: np.ndarray, step: int, lr: float) -> dict[str, float]:
-    """Run one step on the global ``batch`` of example indices; returns the loss statistics."""
+def train_step(ctx: StepContext, exs: Examples, batch: np.ndarray, step: int, lr: float,
+               level_scale: float = 1.0) -> dict[str, float]:
+    """Run one step on the global ``batch`` of example indices; returns the loss statistics.
+
+    ``level_scale`` multiplies the centroid levels' weights (their annealing schedule)."""
     cfg, env, enc = ctx.cfg, ctx.env, ctx.encoder
     big_b = batch.size
     b = big_b // env.world
@@ -91,13 +94,15 @@ def train_step(ctx: StepContext, exs: Examples, batch: np.ndarray, step: int, lr
     torch.manual_seed(cfg.seed * 100_003 + step)  # dropout: same draws for a resumed run
     q = enc.embed([exs.queries[i] for i in local_ex], cfg.query_max_length)  # (b, D)
     fill = np.where(local_neg >= 0, local_neg, local_pos[:, None])  # padding encodes the positive, masked below
+    pos_texts = ([exs.pos_texts[i] for i in local_ex] if exs.pos_texts is not None  # a second crop (unsupervised)
+                 else [ctx.corpus.texts[r] for r in local_pos])
     if cfg.negative_encoding == "cached":  # negatives from the latest corpus encode: constants, no forward pass
         assert ctx.corpus_emb is not None
-        d_pos = enc.embed([ctx.corpus.texts[r] for r in local_pos], cfg.doc_max_length)  # (b, D)
+        d_pos = enc.embed(pos_texts, cfg.doc_max_length)  # (b, D)
         d_neg = ctx.corpus_emb[torch.from_numpy(fill)].to(q.device)  # (b, S, D)
     else:
-        doc_rows = np.concatenate([local_pos, fill.reshape(-1)])  # (b + b*S,)
-        docs = enc.embed([ctx.corpus.texts[r] for r in doc_rows], cfg.doc_max_length)  # (b + b*S, D)
+        texts = pos_texts + [ctx.corpus.texts[r] for r in fill.reshape(-1)]  # (b + b*S,)
+        docs = enc.embed(texts, cfg.doc_max_length)  # (b + b*S, D)
         d_pos, d_neg = docs[:b], docs[b:].reshape(b, s, docs.shape[1])  # (b, D), (b, S, D)
     dev = q.device
     neg_mask = torch.from_numpy(local_neg >= 0).to(dev)  # (b, S)
@@ -118,7 +123,8 @@ def train_step(ctx: StepContext, exs: Examples, batch: np.ndarray, step: int, lr
 
     out = hce_loss(
         q, d_pos, d_neg, neg_mask, levels,
-        tau=cfg.tau, level_taus=cfg.level_taus, level_weights=cfg.level_weights, doc_weight=cfg.doc_weight,
+        tau=cfg.tau, level_taus=cfg.level_taus, doc_weight=cfg.doc_weight,
+        level_weights=cfg.level_weights if level_scale == 1.0 else tuple(w * level_scale for w in cfg.level_weights),
         inbatch_weight=cfg.inbatch_weight, all_q=all_q, all_docs=all_docs, offset=env.rank * b,
         qd_exclude=torch.from_numpy(qd_ex).to(dev), dq_exclude=torch.from_numpy(dq_ex).to(dev),
         normalize_centroids=cfg.normalize_centroids,

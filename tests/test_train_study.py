@@ -164,7 +164,7 @@ def test_quality_study_runs_every_arm_and_resumes(tiny_beir, tiny_bert, tmp_path
     out = tmp_path / "q.json"
     arms = ",".join(a for a in ARMS)
     r = _study(tmp_path, tiny_beir.parent, tiny_bert, out, "--arms", arms, "--unsupervised", "tiny",
-               "--unsup-arms", "hce,flat", "--seeds", "0", "--fresh", "--note", "smoke", "--dev-queries", "6")
+               "--unsup-arms", "hce,flat,hce-em", "--seeds", "0", "--fresh", "--note", "smoke", "--dev-queries", "6")
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     sup = res["supervised"]
@@ -192,7 +192,8 @@ def test_quality_study_runs_every_arm_and_resumes(tiny_beir, tiny_bert, tmp_path
     assert {f"hce-vs-{a}" for a in ARMS if a != "hce"} | {"hce-vs-zero_shot", "hce-vs-bm25",
                                                          "hce-unguarded-vs-mined-unguarded"} == set(sup["tests"])
     assert 0 < sup["tests"]["hce-vs-flat"]["p"] <= 1
-    assert set(res["unsupervised"]["tiny"]["arms"]) == {"hce", "flat"}
+    assert set(res["unsupervised"]["tiny"]["arms"]) == {"hce", "flat", "hce-em"}
+    assert res["unsupervised"]["tiny"]["arms"]["hce-em"]["runs"][0]["config"]["pseudo_positive"] == "crop"
     assert res["unsupervised"]["tiny"]["arms"]["hce"]["runs"][0]["config"]["mode"] == "unsupervised"
     assert res["notes"][0]["note"] == "smoke" and res["script"] == "benchmarks/quality.py"
     assert (tmp_path / "q-arms.png").is_file() and (tmp_path / "q-curve.png").is_file()

@@ -243,3 +243,106 @@ def test_issue_10_arms_resolve_to_the_configs_their_runs_recorded():
                 new = json.loads(json.dumps(cfg.to_json()))
                 differ = {k: (v, new.get(k)) for k, v in old.items() if new.get(k) != v}
                 assert not differ, (arm, differ)
+
+
+# ---- tree-topic batches --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(6))
+def test_topic_batches_lie_under_at_most_two_topics_and_cover_every_example_once(seed):
+    from hce_train.data import topic_batches
+
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 70, size=int(rng.integers(2, 20)))  # topics smaller and larger than a batch
+    groups = rng.permutation(np.repeat(np.arange(sizes.size) * 7 + 3, sizes))  # arbitrary node ids
+    batches = topic_batches(groups, 16, seed=0, epoch=seed)
+    assert all(b.size == 16 for b in batches)
+    assert all(np.unique(groups[b]).size <= 2 for b in batches)
+    firsts = [set(b.tolist()) for b in batches]
+    assert set().union(*firsts) == set(range(groups.size))  # every example in the epoch ...
+    counts = np.bincount(np.concatenate([np.unique(b) for b in batches]), minlength=groups.size)
+    assert (counts == 1).all()  # ... in exactly one batch (repeats fill a batch only with its own rows)
+    assert len(batches) >= -(-groups.size // 16)
+    assert [b.tolist() for b in topic_batches(groups, 16, 0, seed)] == [b.tolist() for b in batches]  # seeded
+
+
+def test_topic_batches_on_a_real_tree_and_in_a_fit(tiny_beir, tiny_bert, tmp_path):
+    """--batching tree-topic: batches planned from the tree at each epoch start, every query once an epoch,
+    the step budget of random batches, and a resumed run continuing the same plan."""
+    from click.testing import CliRunner
+
+    from hce_train.cli import main as cli
+
+    out = tmp_path / "m"
+    base = ["fit", "--data", str(tiny_beir), "--out", str(out), "--base-model", str(tiny_bert), "--batch-size", "4",
+            "--negatives", "mined", "--batching", "tree-topic", "--leaf-size", "4", "--branching", "4",
+            "--doc-max-length", "32", "--epochs", "2", "--no-progress", "-q"]
+    res = CliRunner().invoke(cli, [*base, "--max-steps", "7"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, [*base, "--resume"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "event" not in r]
+    assert [r["step"] for r in steps] == list(range(1, 13))  # 24 train pairs / 4 = 6 steps an epoch, 2 epochs
+    plans = [r for r in rows if r.get("event") == "topic_batches"]
+    assert [p["epoch"] for p in plans] == [0, 1] and all(p["batches"] == 6 and p["topics"] > 1 for p in plans)
+    # each epoch's start, the first run's final tree (it stopped at 7), the final tree
+    assert [r["step"] for r in rows if r.get("event") == "tree_rebuild"] == [0, 6, 7, 12]
+
+    from hce_train.data import load_corpus, supervised_examples, topic_batches
+    from hce_train.negatives import TreeIndex as TI
+
+    index = TI(Tree.load(out / "checkpoint"))  # the tree the second epoch was planned from
+    exs = supervised_examples(tiny_beir, "train", load_corpus(tiny_beir))
+    groups = index.top_nodes(exs.doc_rows)
+    plan = np.load(out / "checkpoint" / "array-plan.npy")
+    assert [b.tolist() for b in plan] == [b.tolist() for b in topic_batches(groups, 4, 0, 1)]
+    assert all(np.unique(groups[b]).size <= 2 for b in plan)
+
+
+def test_half_epoch_rebuilds_and_level_annealing(tiny_beir, tiny_bert, tmp_path):
+    from click.testing import CliRunner
+
+    from hce_train.cli import main as cli
+    from hce_train.refresh import due
+
+    assert [p for p in range(7) if due(-2, 10 + p, p, 9, 7)] == [0, 3]
+    out = tmp_path / "m"
+    res = CliRunner().invoke(cli, ["fit", "--data", str(tiny_beir), "--out", str(out), "--base-model", str(tiny_bert),
+                                   "--batch-size", "4", "--negatives", "hce", "--rebuild-every", "half-epoch",
+                                   "--level-anneal-epochs", "1", "--leaf-size", "4", "--branching", "4",
+                                   "--doc-max-length", "32", "--epochs", "2", "--no-progress", "-q"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    rebuilds = [r["step"] for r in rows if r.get("event") == "tree_rebuild"]
+    assert rebuilds == [0, 3, 6, 9, 12]  # epoch starts and middles (6 steps an epoch), then the final tree
+    scale = [r["level_scale"] for r in rows if "event" not in r]
+    assert scale[:6] == pytest.approx([1 - i / 6 for i in range(6)], abs=1e-4) and scale[6:] == [0.0] * 6
+
+
+def test_unsupervised_two_crops_are_independent_views_of_the_document():
+    from hce_train.data import pseudo_query_examples
+
+    words = [f"w{i}" for i in range(300)]
+    corpus = Corpus(["a", "b"], [" ".join(words), "tiny doc"])
+    one = pseudo_query_examples(corpus, np.random.default_rng(0), 20, 40)
+    two = pseudo_query_examples(corpus, np.random.default_rng(0), 20, 40, positive_rng=np.random.default_rng(1))
+    assert one.pos_texts is None and two.queries == one.queries  # the queries do not change
+    q, p = two.queries[0].split(), two.pos_texts[0].split()
+    assert 20 <= len(p) <= 40 and set(p) <= set(words) and p != q  # a crop of the same document, another one
+    assert two.pos_texts[1] == "tiny doc"
+
+
+def test_unsupervised_em_with_crop_positives_trains(tiny_beir, tiny_bert, tmp_path):
+    from click.testing import CliRunner
+
+    from hce_train.cli import main as cli
+
+    out = tmp_path / "m"
+    res = CliRunner().invoke(cli, ["fit", "--data", str(tiny_beir), "--out", str(out), "--base-model", str(tiny_bert),
+                                   "--mode", "unsupervised", "--pseudo-positive", "crop", "--rebuild-every",
+                                   "half-epoch", "--batch-size", "16", "--epochs", "2", "--doc-max-length", "32",
+                                   "--no-progress", "-q"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("event") == "tree_rebuild"] == [0, 2, 4, 6, 8]  # 4 steps an epoch
+    assert all(np.isfinite(r["loss"]) for r in rows if "event" not in r)
+    assert json.loads((out / "train_config.json").read_text())["pseudo_positive"] == "crop"
