@@ -224,10 +224,10 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_beir, tiny_bert, tmp_p
 
     real = loop_mod.train_step
 
-    def crash_at_5(ctx, exs, batch, step, lr):
+    def crash_at_5(ctx, exs, batch, step, lr, **kw):
         if step == 4:
             raise KeyboardInterrupt("simulated crash")
-        return real(ctx, exs, batch, step, lr)
+        return real(ctx, exs, batch, step, lr, **kw)
 
     crashed = tmp_path / "crashed"
     monkeypatch.setattr(loop_mod, "train_step", crash_at_5)
