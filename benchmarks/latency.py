@@ -99,7 +99,7 @@ def run_setting(name: str, index_dir: Path, matrix: np.ndarray, queries: list[st
                               query_encoder="shallow") if with_shallow else None
         for e in (eng, cached, shallow):
             if e is not None:
-                e.index.set_ef(ef)
+                e.store.index.set_ef(ef)
         out["query_graphs"] = {"hce_engine": eng.encoder.query_graph,
                                **({"hce_engine_shallow": shallow.encoder.query_graph} if shallow else {})}
         warm_cache(cached, queries)

@@ -91,22 +91,22 @@ def systems(floor: Floor, eng: Any, cached: Any, tq: TorchExact, queries: list[s
     ev = eng.encoder.encode_queries(queries[:1])
     docs = {} if not eng.stores_documents else {
         "hce_engine_docs": (lambda i: eng.search_batch(q1[i % len(q1)], K), lambda i: eng.encoder.encode_queries(q1[i % len(q1)]),
-                            lambda i: eng.store.documents([d for d, _ in eng.index.search(ev, K)[0]]),
+                            lambda i: eng.store.get([d for d, _ in eng.store.index.search(ev, K)[0]]),
                             lambda b: eng.search_batch(b, K, num_threads=t))}
     return {
         "floor": (lambda i: floor.search(floor.encode(q1[i % len(q1)])), lambda i: floor.encode(q1[i % len(q1)]),
                   lambda i: floor.search(fv), lambda b: floor.search(floor.encode(b), t)),
         "hce_engine": (lambda i: eng.search_batch(q1[i % len(q1)], K, fields=()),
                        lambda i: eng.encoder.encode_queries(q1[i % len(q1)]),
-                       lambda i: eng.index.search(ev, K), lambda b: eng.search_batch(b, K, fields=(), num_threads=t)),
+                       lambda i: eng.store.index.search(ev, K), lambda b: eng.search_batch(b, K, fields=(), num_threads=t)),
         **docs,
         **({} if shallow is None else {"hce_engine_shallow": (
             lambda i: shallow.search_batch(q1[i % len(q1)], K, fields=()),
             lambda i: shallow.encoder.encode_queries(q1[i % len(q1)]),
-            lambda i: shallow.index.search(ev, K), lambda b: shallow.search_batch(b, K, fields=(), num_threads=t))}),
+            lambda i: shallow.store.index.search(ev, K), lambda b: shallow.search_batch(b, K, fields=(), num_threads=t))}),
         "hce_engine_cache_hit": (lambda i: cached.search_batch(q1[i % len(q1)], K, fields=()),
                                  lambda i: cached.query_vectors(q1[i % len(q1)]),
-                                 lambda i: cached.index.search(ev, K),
+                                 lambda i: cached.store.index.search(ev, K),
                                  lambda b: cached.search_batch(b, K, fields=(), num_threads=t)),
         "torch_exact": (lambda i: tq.search(tq.encode(q1[i % len(q1)])), lambda i: tq.encode(q1[i % len(q1)]),
                         lambda i: tq.search(fv), lambda b: tq.search(tq.encode(b))),

@@ -59,8 +59,8 @@ def start_ray(cpus: int) -> tuple[Any, float, bool]:
 
 def vectors(idx: Path) -> tuple[list[str], np.ndarray]:
     with Engine.open(idx) as eng:
-        ids = eng.index.ids()
-        return ids, eng.index.get_vectors(ids)
+        ids = eng.ids()
+        return ids, eng.store.index.get_vectors(ids)
 
 
 def measure(export: Path, corpus: Path, docs: int, rounds: int, workers: int, batch_size: int) -> dict[str, Any]:

@@ -23,9 +23,7 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def progress_bar(total: int | None, enabled: bool, desc: str, unit: str = "doc") -> Any:
-    """A tqdm bar on stderr, or None."""
-    if not enabled:
-        return None
+    """A tqdm bar on stderr (a context manager); when not ``enabled`` it counts silently."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr)
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=not enabled)

@@ -18,8 +18,8 @@ from .defaults import FIELDS
 from .documents import Document
 from .errors import DataError
 from .index.exact import as_f32_matrix
+from .options import Bound, EngineOptions
 
-MAX_EF = 100_000
 MAX_FIELD_NAME = 128
 MAX_FILTER_VALUES = 1024  # values of one field in a filter (one SQL parameter each)
 Scalar = str | int | float | bool
@@ -146,18 +146,14 @@ def check_query(text: object) -> str:
     return text
 
 
-def check_k(k: object, max_k: int) -> int:
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= max_k:
-        raise DataError(f"k must be an integer between 1 and {max_k:,}, found {k!r}")
-    return k
+def check_k(k: object, max_k: int | None = None) -> int:
+    """Hits per query: ``1..max_k`` (a server's own limit; default ``EngineOptions.K``)."""
+    return (EngineOptions.K if max_k is None else Bound(1, max_k)).check("k", k, DataError)
 
 
 def check_ef(ef: object) -> int | None:
-    if ef is None:
-        return None
-    if not isinstance(ef, int) or isinstance(ef, bool) or not 1 <= ef <= MAX_EF:
-        raise DataError(f"ef must be an integer between 1 and {MAX_EF:,}, found {ef!r}")
-    return ef
+    """A search breadth for one request (None: the index's default), within ``EngineOptions.EF``."""
+    return None if ef is None else EngineOptions.EF.check("ef", ef, DataError)
 
 
 def check_fields(fields: Iterable[str] | None) -> tuple[str, ...]:

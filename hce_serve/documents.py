@@ -3,6 +3,7 @@ a ``Hit`` comes out, and a change reports what it did (``AddResult``, ``DeleteRe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,15 @@ class Hit:
     text: str | None = None
     metadata: dict[str, Any] | None = None
     explain: dict[str, Any] | None = None  # hybrid search's view of the hit: each side's rank and score
+
+    @classmethod
+    def of(cls, doc_id: str, score: float, doc: Document | None, fields: Iterable[str],
+           explain: dict[str, Any] | None = None) -> Hit:
+        """A hit carrying the ``fields`` of its stored ``doc`` (None: ids only, or an index storing no documents)."""
+        if doc is None:
+            return cls(doc_id, score, explain=explain)
+        return cls(doc_id, score, doc.title if "title" in fields else None, doc.text if "text" in fields else None,
+                   (doc.metadata or {}) if "metadata" in fields else None, explain)
 
     def snippet(self, width: int = defaults.SNIPPET_CHARS) -> str:
         """The start of the text on one line, cut at a word boundary."""

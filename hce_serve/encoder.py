@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,16 @@ from typing import Any
 import numpy as np
 
 from . import defaults
+from .batching import progress_bar
 from .errors import ConfigError, FormatError, missing_dependency
 from .formats.card import ModelCard
+from .options import EngineOptions
 from .qcache import query_key_function
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("auto", "int8", "fp32", "fp16")
-QUERY_ENCODERS = defaults.QUERY_ENCODERS  # auto: the distilled query graph when the export has one
+VARIANTS = EngineOptions.VARIANTS
+QUERY_ENCODERS = EngineOptions.QUERY_ENCODERS  # auto: the distilled query graph when the export has one
 OUTPUT_NAME = "sentence_embedding"
 TOKEN_BUDGET = 16384  # padded tokens per session.run: bounds activation memory, keeps batches efficient
 MAX_BATCH = 128
@@ -261,7 +262,7 @@ class Encoder:
         encs = tok.encode_batch(texts)
         lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
         order = np.argsort(-lengths, kind="stable")  # longest first: the first batch shows a memory problem early
-        bar = _progress(len(texts), progress)
+        bar = progress_bar(len(texts), progress, "encode")
         start = 0
         while start < len(order):
             width = int(lengths[order[start]])  # the batch's longest (sorted descending)
@@ -291,8 +292,3 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
             raise ConfigError(f"text {i} is {type(t).__name__}, expected str")
     return out
 
-
-def _progress(total: int, enabled: bool) -> Any:
-    from tqdm import tqdm  # disabled: a no-op bar
-
-    return tqdm(total=total, unit="doc", desc="encode", file=sys.stderr, disable=not enabled)

@@ -47,8 +47,8 @@ def writable(tagged, tmp_path):
 
 def brute_force(eng: Engine, query: str, keep, k: int) -> list[str]:
     """The exact top-k among the stored documents for which keep(metadata) holds."""
-    ids = [i for i in eng.index.ids() if keep(eng.get(i).metadata)]
-    scores = eng.index.get_vectors(ids) @ eng.encoder.encode_queries([query])[0]
+    ids = [i for i in eng.ids() if keep(eng.get(i).metadata)]
+    scores = eng.store.index.get_vectors(ids) @ eng.encoder.encode_queries([query])[0]
     return [ids[j] for j in np.argsort(-scores, kind="stable")[:k]]
 
 
@@ -161,17 +161,17 @@ def test_subtree_search_and_leaves_of_new_documents(tiny_export, tiny_beir, tmp_
     Tree(parent, cent, (3 + np.arange(64) % 4).astype(np.int32), ids).save(export)
     Engine.build(export, tiny_beir / "corpus.jsonl", tmp_path / "idx")
     with Engine.open(tmp_path / "idx", writable=True) as eng:
-        assert eng.index.leaf_of(ids[5]) == 3 + 5 % 4  # documents the tree knows keep their leaf
+        assert eng.store.index.leaf_of(ids[5]) == 3 + 5 % 4  # documents the tree knows keep their leaf
         under = {i for i in ids if 3 + ids.index(i) % 4 in (3, 4)}  # node 1's subtree
         hits = eng.search("protein enzyme", k=10, subtree=1)
         assert len(hits) == 10 and {h.id for h in hits} <= under
         query = eng.encoder.encode_queries(["protein enzyme"])[0]
-        scores = {i: float(eng.index.get_vectors([i])[0] @ query) for i in under}
+        scores = {i: float(eng.store.index.get_vectors([i])[0] @ query) for i in under}
         assert [h.id for h in hits] == sorted(scores, key=lambda i: -scores[i])[:10]
         assert {h.id for h in eng.search("x y", k=64, subtree=0)} == set(ids)
         eng.add([{"_id": "fresh", "text": "brain neuron cortex"}])
-        v = eng.index.get_vectors(["fresh"])[0]
-        assert eng.index.leaf_of("fresh") == int(eng.tree.assign(v[None])[0])  # the tree's own rule
+        v = eng.store.index.get_vectors(["fresh"])[0]
+        assert eng.store.index.leaf_of("fresh") == int(eng.tree.assign(v[None])[0])  # the tree's own rule
         with pytest.raises(DataError, match="node id between 0 and 6"):
             eng.search("x", subtree=7)
 

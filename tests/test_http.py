@@ -145,6 +145,30 @@ def test_read_only_server_refuses_writes(idx):
         eng.close()
 
 
+def test_server_threads_reach_every_requests_index_search(idx, monkeypatch):
+    """`hce-serve http --threads 2` opens its engine with threads=2: each request's index search gets them too
+    (an ivf-sq8 index splits a lone query's cells between them), not only the encoder."""
+    eng = Engine.open(idx, threads=2)
+    seen: list[int] = []
+    search = eng.store.search
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["num_threads"])
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(eng.store, "search", spy)
+    try:
+        with client(eng) as c:
+            assert c.post("/search", json={"query": "protein", "k": 3}).status_code == 200
+            assert c.get("/search", params={"q": "protein", "k": 3}).status_code == 200
+            assert c.post("/search", json={"queries": ["protein", "ice"], "k": 3}).status_code == 200
+    finally:
+        eng.close()
+    assert seen == [2, 2, 2]
+    with Engine.open(idx, threads=2, search_threads=1) as one:  # the two can differ
+        assert one.options.index_threads == 1
+
+
 def test_is_loopback():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5") and not is_loopback("example.com")

@@ -103,7 +103,7 @@ def test_the_log_replays_into_the_lexical_postings_after_a_kill(built, tmp_path)
     with Engine.open(tmp_path / "idx", writable=True) as again:
         assert ids(again.search("platypus", k=3, mode="lexical")) == ["late"]
         assert ids(again.search(RARE, k=5, mode="lexical")) == ["rare"]
-        assert again.store.lexical.live_ids() == set(again.index.ids())
+        assert again.store.lexical.live_ids() == set(again.ids())
         again.save(force=True)  # merged into the next generation
     with Engine.open(tmp_path / "idx") as reader:
         assert ids(reader.search("platypus", k=3, mode="lexical")) == ["late"]
@@ -135,7 +135,7 @@ def test_an_old_folder_opens_dense_only_and_build_lexical_adds_the_part(tmp_path
             return
         eng.store.build_lexical()
     with Engine.open(old) as eng:
-        assert eng.stats()["lexical"]["documents"] == len(eng.index)
+        assert eng.stats()["lexical"]["documents"] == len(eng)
 
 
 def test_no_lexical_builds_a_dense_only_folder(tiny_export, tmp_path):

@@ -13,7 +13,7 @@ from hce_serve.errors import ConfigError, FormatError
 from hce_serve.folder.store import IndexStore
 from hce_serve.index.exact import recall_at_k, topk_inner_product
 from hce_serve.index.index import Index
-from hce_serve.options import IndexParams
+from hce_serve.options import EngineOptions, IndexParams
 
 pytest.importorskip("faiss")
 
@@ -163,6 +163,19 @@ def test_params_are_checked_and_hnsw_manifests_keep_their_old_keys():
         IndexParams(kind="ivf-sq8", refine=0)
     assert "kind" not in IndexParams().to_dict() and "nlist" not in IndexParams().to_dict()
     assert IndexParams(kind="ivf-sq8", nlist=64).to_dict()["nlist"] == 64
+
+
+def test_python_build_of_an_ivf_index_scans_the_ivf_default_cells(tiny_export, tiny_beir, tmp_path):
+    """``Engine.build(..., IndexParams(kind="ivf-sq8"))`` from Python: the default breadth is the IVF's nprobe,
+    not HNSW's beam of 100 (which would scan a hundred cells a query)."""
+    from hce_serve.engine import Engine
+
+    assert IndexParams(kind="ivf-sq8").ef_search == EngineOptions.default_ef("ivf-sq8") != EngineOptions.default_ef("hnsw")
+    assert IndexParams().ef_search == EngineOptions.default_ef("hnsw") and IndexParams(ef_search=7).ef_search == 7
+    stats = Engine.build(tiny_export, tiny_beir / "corpus.jsonl", tmp_path / "ivf", IndexParams(kind="ivf-sq8"))
+    assert (stats["kind"], stats["ef_search"]) == ("ivf-sq8", EngineOptions.default_ef("ivf-sq8"))
+    with Engine.open(tmp_path / "ivf") as eng:  # and it is what the manifest keeps
+        assert (eng.stats()["kind"], eng.stats()["ef_search"]) == ("ivf-sq8", EngineOptions.default_ef("ivf-sq8"))
 
 
 def test_folder_round_trip_with_log_and_damaged_file(tmp_path):

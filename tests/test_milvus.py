@@ -76,14 +76,14 @@ def test_round_trip_export_search_delete_search(tagged_index, tmp_path):
         assert res.deleted == [top[0], 'quote"and\\slash'] and res.missing == ["never-there"]
         after = [h.id for h in remote.search("protein enzyme binding", k=64)]
         assert top[0] not in after and 'quote"and\\slash' not in after and len(after) == 62
-        assert remote.get(top[0]) is None and len(remote.index) == 62
+        assert remote.get(top[0]) is None and len(remote) == 62
         added = remote.add([{"_id": "fresh", "title": "brain cortex", "text": "neuron synapse memory",
                              "metadata": {"topic": "brain"}}, {"_id": top[1], "title": "replaced", "text": "soil crop"}])
         assert (added.added, added.replaced) == (1, 1)
         hits = remote.search("neuron synapse memory", k=1, filter={"topic": "brain"})
         assert hits[0].id == "fresh" and hits[0].title == "brain cortex"
         leaf = int(remote.tree.assign(remote.encoder.encode_documents(["brain cortex neuron synapse memory"]))[0])
-        assert remote.index.fetch(["fresh"], ["leaf", "path"])["fresh"]["path"] == remote.tree.ancestors(leaf)
+        assert remote.store.collection.fetch(["fresh"], ["leaf", "path"])["fresh"]["path"] == remote.tree.ancestors(leaf)
         assert remote.get(top[1]).title == "replaced"
     # the command line reads what the API wrote, in the local index's JSON shape
     got = json.loads(run("search", "--milvus", db, "--collection", "docs", "--model", export, "--json", "neuron synapse memory"))

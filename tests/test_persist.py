@@ -229,7 +229,7 @@ def test_acknowledged_writes_survive_sigkill(folder):
     """A child process acknowledges adds/deletes on stdout, then is killed with SIGKILL mid-stream."""
     code = textwrap.dedent(f"""
         import os, signal, sys, numpy as np
-        from hce_serve.store import IndexStore
+        from hce_serve.folder.store import IndexStore
         s = IndexStore.open({str(folder)!r}, writable=True)
         rng = np.random.default_rng(0)
         for i in range(30):

@@ -28,8 +28,8 @@ def local_ray():
 
 def vectors(idx):
     with Engine.open(idx) as eng:
-        ids = eng.index.ids()
-        return ids, eng.index.get_vectors(ids), eng.stats()["live"]
+        ids = eng.ids()
+        return ids, eng.store.index.get_vectors(ids), eng.stats()["live"]
 
 
 @pytest.mark.parametrize("variant", ["int8", "fp32"])

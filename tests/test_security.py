@@ -17,7 +17,7 @@ from click.testing import CliRunner  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from index_fixtures import built, engine, idx  # noqa: E402,F401 - shared fixtures
 
-from hce_serve import cli  # noqa: E402
+from hce_serve.cli import serve as cli  # noqa: E402 - the root group and the http command
 from hce_serve.engine import Engine  # noqa: E402
 from hce_serve.http import Limits, create_app  # noqa: E402
 
@@ -163,7 +163,7 @@ def test_body_size_is_bounded_even_without_content_length(engine):
 
         # Refused while streaming, before any handler parses it.
         one_line_4xx(c.post("/documents", content=chunks(), headers={"content-type": "application/json"}), 413)
-        assert "big" not in engine.index
+        assert "big" not in engine.ids()
         one_line_4xx(c.post("/search", content=b"{}", headers={"content-length": "-5", "content-type": "application/json"}))
 
         def small():  # chunked but within the limit: replayed to the handler intact
@@ -217,7 +217,7 @@ def test_paths_from_requests_never_reach_the_filesystem(engine, tmp_path):
             for h in hostile:
                 assert c.get("/search", params={"q": h, "k": 3}).status_code == 200
                 assert c.post("/documents", json={"documents": [{"_id": h, "text": "protein " + h}]}).status_code == 200
-                assert h in engine.index
+                assert h in engine.ids()
                 assert c.post("/documents/delete", json={"ids": [h]}).json()["deleted"] == [h]
             for path in (f"/documents/..%2F..%2F{MARK}", f"/documents/{MARK}%00", f"/{MARK}/../../etc/passwd",
                          f"/static/../{MARK}"):

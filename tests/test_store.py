@@ -39,27 +39,27 @@ def test_layout_and_manifest_version(folder, tmp_path):
     m = json.loads((ids_only / "manifest.json").read_text())
     assert m["format_version"] == 1 and "documents" not in m  # still readable by older releases
     with IndexStore.open(ids_only) as s:
-        assert s.docs is None and s.documents(["a"]) == {}
+        assert s.docs is None and s.get(["a"]) == {}
         with pytest.raises(DataError, match="no documents"):
-            s.match(check_filter({"x": 1}))
+            s.search(unit(1, 1), 1, filter=check_filter({"x": 1}))
 
 
 def test_documents_follow_adds_replaces_and_deletes(folder):
     with IndexStore.open(folder, writable=True) as s:
         batch = s.prepare([{"_id": "new", "title": "T", "text": "body", "metadata": {"lang": "en", "tags": ["a", "b"]}},
                            doc(3, version=1)])
-        assert s.add_batch(batch, unit(2, 2)).added == 1
-        assert s.documents(["new"])["new"] == Document("new", "T", "body", {"lang": "en", "tags": ["a", "b"]})
-        assert s.documents(["d3"])["d3"].metadata["version"] == 1
-        assert s.match(check_filter({"version": 1})) == {"d3"}  # the replaced value left the filter index
-        assert s.match(check_filter({"version": 1})) is s.match(check_filter({"version": [1]}))  # remembered
-        assert s.match(check_filter({"tags": "b", "lang": ["en", "fr"]})) == {"new"}
-        assert s.match(check_filter({"version": 0.0})) == {f"d{i}" for i in range(50)} - {"d3"}  # 0.0 == 0
-        assert s.match(check_filter({"version": False})) == set()  # booleans are not numbers
+        assert s.add(batch, unit(2, 2)).added == 1
+        assert s.get(["new"])["new"] == Document("new", "T", "body", {"lang": "en", "tags": ["a", "b"]})
+        assert s.get(["d3"])["d3"].metadata["version"] == 1
+        assert s.docs.match(check_filter({"version": 1})) == {"d3"}  # the replaced value left the filter index
+        assert s.docs.match(check_filter({"version": 1})) is s.docs.match(check_filter({"version": [1]}))  # remembered
+        assert s.docs.match(check_filter({"tags": "b", "lang": ["en", "fr"]})) == {"new"}
+        assert s.docs.match(check_filter({"version": 0.0})) == {f"d{i}" for i in range(50)} - {"d3"}  # 0.0 == 0
+        assert s.docs.match(check_filter({"version": False})) == set()  # booleans are not numbers
         s.delete(["d3", "d4", "ghost"])
-        assert s.documents(["d3", "d4"]) == {} and "d3" not in s.match(check_filter({"version": 1}))  # forgotten
+        assert s.get(["d3", "d4"]) == {} and "d3" not in s.docs.match(check_filter({"version": 1}))  # forgotten
         s.add(["vec-only"], unit(3, 1))  # the vector API: the document store gets an empty document
-        assert s.documents(["vec-only"])["vec-only"] == Document("vec-only", "", "")
+        assert s.get(["vec-only"])["vec-only"] == Document("vec-only", "", "")
     live, stored = agree(folder)
     assert live == stored and {"new", "vec-only"} <= live and not {"d3", "d4"} & live
 
@@ -107,10 +107,10 @@ def test_failed_document_write_withdraws_the_log_record(folder, monkeypatch):
 
         monkeypatch.setattr(DocStore, "write", disk_full)
         with pytest.raises(sqlite3.OperationalError):
-            s.add_batch(s.prepare([doc("late")]), unit(4, 1))
+            s.add(s.prepare([doc("late")]), unit(4, 1))
         monkeypatch.undo()
         assert s._wal.size == size and "dlate" not in s.index  # nothing happened anywhere
-        s.add_batch(s.prepare([doc("ok")]), unit(5, 1))  # and the store is still usable
+        s.add(s.prepare([doc("ok")]), unit(5, 1))  # and the store is still usable
     live, stored = agree(folder)
     assert live == stored and "dok" in live and "dlate" not in live
 
@@ -119,7 +119,7 @@ def test_failed_graph_write_refuses_further_writes_until_reopened(folder, monkey
     s = IndexStore.open(folder, writable=True)
     monkeypatch.setattr(Index, "add", lambda *a, **kw: (_ for _ in ()).throw(MemoryError()))
     with pytest.raises(MemoryError):
-        s.add_batch(s.prepare([doc("x")]), unit(6, 1))
+        s.add(s.prepare([doc("x")]), unit(6, 1))
     monkeypatch.undo()
     with pytest.raises(HCEError, match="reopen"):
         s.delete(["d1"])

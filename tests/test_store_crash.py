@@ -20,12 +20,12 @@ from store_fixtures import DIM, agree, folder  # noqa: E402, F401
 
 CRASH_BETWEEN = """
 import os, signal, sys, numpy as np
-from hce_serve.beir import Document
-from hce_serve.docstore import DocStore
-from hce_serve.index import Index
-from hce_serve.store import IndexStore
+from hce_serve.documents import Document
+from hce_serve.folder.docstore import DocStore
+from hce_serve.index.index import Index
+from hce_serve.folder.store import IndexStore
 s = IndexStore.open({folder!r}, writable=True)
-s.add_batch(s.prepare([Document("before", "B", "acknowledged")]), np.eye(1, {dim}, 0, np.float32))
+s.add(s.prepare([Document("before", "B", "acknowledged")]), np.eye(1, {dim}, 0, np.float32))
 print("acked", flush=True)
 kill = lambda *a, **kw: os.kill(os.getpid(), signal.SIGKILL)
 {patch}
@@ -34,7 +34,7 @@ print("unreachable", flush=True)
 """
 
 
-ADD_MID = "s.add_batch(s.prepare([Document('mid', 'M', 'logged')]), np.eye(1, {dim}, 1, np.float32))"
+ADD_MID = "s.add(s.prepare([Document('mid', 'M', 'logged')]), np.eye(1, {dim}, 1, np.float32))"
 
 
 @pytest.mark.parametrize("cls,method,op", [
@@ -53,7 +53,7 @@ def test_kill_between_the_two_writes_recovers_agreement(folder, cls, method, op)
     deleting = "delete" in op
     with IndexStore.open(folder) as r:  # a reader must not write: it keeps the replayed documents in memory
         live = set(r.index.ids())
-        assert set(r.documents(live)) == live and r.documents(["before"])["before"].text == "acknowledged"
+        assert set(r.get(live)) == live and r.get(["before"])["before"].text == "acknowledged"
         assert ("d1" in live) != deleting and ("mid" in live) != deleting
     live, stored = agree(folder)
     assert live == stored and "before" in live and ("mid" in live) != deleting and ("d1" in live) != deleting
@@ -61,8 +61,8 @@ def test_kill_between_the_two_writes_recovers_agreement(folder, cls, method, op)
 
 WRITER = """
 import json, random, sys, numpy as np
-from hce_serve.beir import Document
-from hce_serve.store import IndexStore
+from hce_serve.documents import Document
+from hce_serve.folder.store import IndexStore
 rng, version = random.Random({seed}), {version}
 with IndexStore.open({folder!r}, writable=True) as s, open({acks!r}, "a", buffering=1) as out:
     s.autosave_every = 7
@@ -72,7 +72,7 @@ with IndexStore.open({folder!r}, writable=True) as s, open({acks!r}, "a", buffer
             version += 1
             out.write(json.dumps({{"intent": "add", "ids": ids, "v": version}}) + "\\n")
             vecs = np.random.default_rng(version).standard_normal((len(ids), {dim})).astype(np.float32)
-            s.add_batch(s.prepare([Document(i, f"v{{version}}", "t", {{"v": version}}) for i in ids]), vecs)
+            s.add(s.prepare([Document(i, f"v{{version}}", "t", {{"v": version}}) for i in ids]), vecs)
             out.write(json.dumps({{"ack": "add", "ids": ids, "v": version}}) + "\\n")
         elif rng.random() < 0.9:
             out.write(json.dumps({{"intent": "delete", "ids": ids}}) + "\\n")
@@ -111,7 +111,7 @@ def test_random_kill9_cycles_keep_documents_and_vectors_agreeing(folder, tmp_pat
         with IndexStore.open(folder, writable=True) as s:
             live, stored = set(s.index.ids()), s.docs.ids()
             assert live == stored, f"cycle {cycle}: {sorted(live ^ stored)[:5]}"
-            got = {i: (d.metadata or {}).get("v", 0) for i, d in s.documents(live).items()}
+            got = {i: (d.metadata or {}).get("v", 0) for i, d in s.get(live).items()}
         for i in set(expect) | set(got):
             allowed = {expect.get(i)} | ({maybe[i]} if i in maybe else set())
             assert got.get(i) in allowed, f"cycle {cycle}: {i} holds {got.get(i)}, expected one of {allowed}"

@@ -14,7 +14,8 @@ import click
 
 from .. import defaults
 from ..errors import DataError
-from ..milvus.layout import INDEX_TYPES
+from ..milvus.layout import INDEX_TYPES, IVF_PARAM
+from ..options import KINDS, EngineOptions, IndexParams
 from .common import HCEGroup
 from .options import (
     BATCH,
@@ -72,17 +73,20 @@ def index() -> None:
 @click.option("--corpus", required=True, type=click.Path(path_type=Path), help="corpus.jsonl[.gz] (BEIR).")
 @IDX
 @click.option("--overwrite", is_flag=True, help="Replace an index already in IDX_DIR.")
-@click.option("--M", "m", type=click.IntRange(2, 256), default=defaults.M, show_default=True, help="HNSW graph degree.")
-@click.option("--ef-construction", type=click.IntRange(1, 100_000), default=defaults.EF_CONSTRUCTION, show_default=True)
-@click.option("--ef", type=click.IntRange(1, 100_000), default=None,
-              help=f"Default search breadth (searches may pass their own): the HNSW beam [{defaults.EF_SEARCH}], or the "
-                   f"IVF cells scanned, nprobe [{defaults.NPROBE}].")
-@click.option("--index-type", "kind", type=click.Choice(defaults.INDEX_TYPES), default=defaults.INDEX_TYPE, show_default=True,
+@click.option("--M", "m", type=click.IntRange(*EngineOptions.M), default=defaults.M, show_default=True,
+              help="HNSW graph degree.")
+@click.option("--ef-construction", type=click.IntRange(*EngineOptions.EF), default=defaults.EF_CONSTRUCTION,
+              show_default=True)
+@click.option("--ef", type=click.IntRange(*EngineOptions.EF), default=None,
+              help="Default search breadth (searches may pass their own): the HNSW beam "
+                   f"[{EngineOptions.default_ef('hnsw')}], or the IVF cells scanned, nprobe "
+                   f"[{EngineOptions.default_ef('ivf-sq8')}].")
+@click.option("--index-type", "kind", type=click.Choice(KINDS), default=defaults.INDEX_TYPE, show_default=True,
               help="Vector structure: an hnswlib graph, or faiss IVF cells of 8-bit codes re-ranked on fp32 "
                    "(faster at millions of documents; needs the 'ivf' extra).")
-@click.option("--nlist", type=click.IntRange(0, 1_000_000), default=defaults.NLIST, show_default=True,
+@click.option("--nlist", type=click.IntRange(*EngineOptions.NLIST), default=defaults.NLIST, show_default=True,
               help="ivf-sq8: cells (0: about the square root of the corpus, relearnt as it doubles).")
-@click.option("--refine", type=click.IntRange(1, 1000), default=defaults.REFINE, show_default=True,
+@click.option("--refine", type=click.IntRange(*EngineOptions.REFINE), default=defaults.REFINE, show_default=True,
               help="ivf-sq8: candidates re-scored on fp32 vectors per hit.")
 @click.option("--exact-threshold", type=click.IntRange(min=0), default=defaults.EXACT_THRESHOLD, show_default=True,
               help="Search exactly while the index holds at most this many documents.")
@@ -101,13 +105,11 @@ def index_build(export_dir, corpus, index_dir, overwrite, m, ef_construction, ef
                 batch_size, variant, threads, ray) -> None:
     """Encode CORPUS with EXPORT_DIR's model into a new index folder."""
     from ..engine import Engine
-    from ..options import IndexParams
 
     if kind == "ivf-sq8":
         from ..index.ivf import faiss_module
 
         faiss_module()  # a missing extra fails before anything is encoded
-    ef = ef if ef is not None else defaults.NPROBE if kind == "ivf-sq8" else defaults.EF_SEARCH
     params = IndexParams(M=m, ef_construction=ef_construction, ef_search=ef, exact_threshold=exact_threshold,
                          kind=kind, nlist=nlist, refine=refine)
     stats = Engine.build(export_dir, corpus, index_dir, params, overwrite=overwrite, variant=variant, threads=threads,
@@ -147,7 +149,7 @@ def index_add(index_dir, corpus, skip_empty, batch_size, variant, threads) -> No
     with open_engine(index_dir, writable=True, variant=variant, threads=threads) as eng:
         res = eng.add_corpus(corpus, batch_size=batch_size, progress=True, skip_empty=skip_empty)
         eng.save()
-        emit({"added": res.added, "replaced": res.replaced, "empty": res.empty, "live": len(eng.index)})
+        emit({"added": res.added, "replaced": res.replaced, "empty": res.empty, "live": len(eng)})
 
 
 def _read_ids_file(path: Path) -> list[str]:
@@ -172,7 +174,7 @@ def index_delete(index_dir, ids, ids_file) -> None:
         eng.save()
         if res.missing:
             log.warning("%d ids were not in the index: %s", len(res.missing), ", ".join(res.missing[:10]))
-        emit({"deleted": res.deleted, "missing": res.missing, "live": len(eng.index)})
+        emit({"deleted": res.deleted, "missing": res.missing, "live": len(eng)})
 
 
 @index.command("compact")
@@ -181,7 +183,7 @@ def index_compact(index_dir) -> None:
     """Rebuild the graph without deleted slots."""
     with open_engine(index_dir, writable=True) as eng:
         dropped = eng.compact()
-        emit({"dropped": dropped, "live": len(eng.index), "generation": eng.stats()["generation"]})
+        emit({"dropped": dropped, "live": len(eng), "generation": eng.stats()["generation"]})
 
 
 @index.command("stats")
@@ -198,13 +200,15 @@ def index_stats(index_dir) -> None:
 @click.option("--collection", required=True, help="Collection to create (letters, digits, underscores).")
 @TOKEN
 @click.option("--index-type", type=click.Choice(INDEX_TYPES), default=None,
-              help=f"Milvus vector index (metric IP) [{defaults.MILVUS_INDEX} for an hnsw folder, IVF_SQ8 for an ivf-sq8 one].")
-@click.option("--M", "m", type=click.IntRange(2, 2048), default=None, help="HNSW graph degree [the index folder's].")
-@click.option("--ef-construction", type=click.IntRange(1, 65_536), default=None, help="HNSW build beam [the folder's].")
-@click.option("--ef", type=click.IntRange(1, 65_536), default=None,
+              help=f"Milvus vector index (metric IP) [{defaults.MILVUS_INDEX} for an hnsw folder, IVF_SQ8 for an "
+                   "ivf-sq8 one].")
+@click.option("--M", "m", type=click.IntRange(*EngineOptions.M), default=None, help="HNSW graph degree [the index folder's].")
+@click.option("--ef-construction", type=click.IntRange(*EngineOptions.EF), default=None,
+              help="HNSW build beam [the folder's].")
+@click.option("--ef", type=click.IntRange(*EngineOptions.EF), default=None,
               help="HNSW search beam stored as the collection's default [an hnsw folder's].")
-@click.option("--nlist", type=click.IntRange(1, 65_536), default=None, help="IVF cells [~4 sqrt(documents)].")
-@click.option("--nprobe", type=click.IntRange(1, 65_536), default=defaults.MILVUS_NPROBE, show_default=True,
+@click.option("--nlist", type=click.IntRange(*IVF_PARAM), default=None, help="IVF cells [~4 sqrt(documents)].")
+@click.option("--nprobe", type=click.IntRange(*IVF_PARAM), default=defaults.MILVUS_NPROBE, show_default=True,
               help="IVF cells searched per query.")
 @click.option("--overwrite", is_flag=True, help="Drop an existing collection of that name first.")
 def export_milvus(index_dir, uri, collection, milvus_token, index_type, m, ef_construction, ef, nlist, nprobe,

@@ -19,23 +19,27 @@ import click
 from .. import defaults
 from ..errors import DataError
 from ..milvus.layout import MilvusTarget
+from ..options import EngineOptions
 
 IDX = click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder (IDX_DIR).")
-VARIANT = click.option("--variant", type=click.Choice(["auto", "int8", "fp32", "fp16"]), default=defaults.VARIANT,
+VARIANT = click.option("--variant", type=click.Choice(EngineOptions.VARIANTS), default=defaults.VARIANT,
                        show_default=True, help="Encoder graph (auto: int8 on CPU).")
 QUERY_ENCODER = click.option(
-    "--query-encoder", type=click.Choice(defaults.QUERY_ENCODERS), default=defaults.QUERY_ENCODER, show_default=True,
+    "--query-encoder", type=click.Choice(EngineOptions.QUERY_ENCODERS), default=defaults.QUERY_ENCODER, show_default=True,
     help="Graph that encodes queries: the export's distilled shallow one when it has one (auto), the document "
          "graph (full), or the shallow one or an error (shallow).")
-QUERY_CACHE = click.option("--query-cache", type=click.IntRange(min=0), default=defaults.QUERY_CACHE, show_default=True,
+QUERY_CACHE = click.option("--query-cache", type=click.IntRange(*EngineOptions.QUERY_CACHE), default=defaults.QUERY_CACHE,
+                           show_default=True,
                            help="Query embeddings kept in an LRU cache (0: off).")
-THREADS = click.option("--threads", type=click.IntRange(1, 1024), default=None, help="onnxruntime intra-op threads (1-1024).")
-BATCH = click.option("--batch-size", type=click.IntRange(1, defaults.MAX_BATCH_SIZE), default=defaults.BATCH_SIZE, show_default=True,
-                     help="Documents encoded and written per step.")
+THREADS = click.option("--threads", type=click.IntRange(*EngineOptions.THREADS), default=None,
+                       help=f"onnxruntime intra-op threads ({EngineOptions.THREADS.lo}-{EngineOptions.THREADS.hi}).")
+BATCH = click.option("--batch-size", type=click.IntRange(*EngineOptions.BATCH_SIZE), default=defaults.BATCH_SIZE,
+                     show_default=True, help="Documents encoded and written per step.")
 SKIP_EMPTY = click.option("--skip-empty", is_flag=True,
                           help="Leave out documents with empty title and text (default: index them, with a warning).")
-EF = click.option("--ef", type=click.IntRange(1, 100_000), default=None,
-                  help="Search breadth for these queries: the HNSW beam, or the IVF cells scanned [the index's own, set at build].")
+EF = click.option("--ef", type=click.IntRange(*EngineOptions.EF), default=None,
+                  help="Search breadth for these queries: the HNSW beam, or the IVF cells scanned [the index's own, "
+                       "set at build].")
 EXISTING = dict(exists=True, dir_okay=False, path_type=Path)
 TOKEN = click.option("--milvus-token", "milvus_token", envvar="MILVUS_TOKEN", default=None,
                      help="Milvus server credentials, user:password or an API key (default: $MILVUS_TOKEN).")
@@ -165,14 +169,15 @@ def emit(obj: Any) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False))
 
 
-def open_engine(index_dir: Any, writable: bool = False, variant: str = defaults.VARIANT,
-                threads: int | None = None, **kwargs: Any) -> Any:
-    """An Engine on IDX_DIR, or on the Milvus collection of a ``MilvusSpec`` (``--milvus …``)."""
+def open_engine(target: Path | MilvusSpec, writable: bool = False, save_every: int | None = None,
+                **options: Any) -> Any:
+    """An Engine on IDX_DIR, or on the Milvus collection of a ``MilvusSpec`` (``--milvus …``); ``options``:
+    ``EngineOptions`` fields. ``save_every`` is a folder's (a collection has no log to fold)."""
     from ..engine import Engine
 
-    if isinstance(index_dir, MilvusSpec):
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("save_every", "checksums")}  # folder-only knobs
-        t = index_dir.target
-        return Engine.open_milvus(t.uri, t.collection, index_dir.model, t.token, writable=writable, variant=variant,
-                                  threads=threads, **kwargs)
-    return Engine.open(index_dir, writable=writable, variant=variant, threads=threads, **kwargs)
+    opts = EngineOptions(**options)
+    if isinstance(target, MilvusSpec):
+        t = target.target
+        return Engine.open_milvus(t.uri, t.collection, target.model, t.token, writable=writable, options=opts)
+    folder = {"save_every": save_every} if save_every is not None else {}
+    return Engine.open(target, writable=writable, options=opts, **folder)

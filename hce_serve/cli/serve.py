@@ -18,6 +18,7 @@ import click
 
 from .. import defaults
 from ..errors import DataError, HCEError
+from ..options import EngineOptions
 from .common import HCEGroup
 from .index import index
 from .options import (
@@ -59,7 +60,7 @@ def _print_hits(hits: list[Any]) -> None:
 @main.command("search")
 @TARGET
 @click.argument("query", nargs=-1)
-@click.option("--k", type=click.IntRange(1, defaults.MAX_K), default=defaults.K, show_default=True, help="Hits per query.")
+@click.option("--k", type=click.IntRange(*EngineOptions.K), default=defaults.K, show_default=True, help="Hits per query.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query on stdout.")
 @click.option("--queries", type=click.Path(path_type=Path), help="queries.jsonl: batch mode.")
 @click.option("--run", "run_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a TREC run file.")
@@ -119,7 +120,7 @@ def get(index_dir, doc_id) -> None:
 @IDX
 @click.option("--queries", required=True, type=click.Path(path_type=Path), help="queries.jsonl")
 @click.option("--qrels", required=True, type=click.Path(path_type=Path), help="qrels TSV (query-id, corpus-id, score).")
-@click.option("--k", type=click.IntRange(100, defaults.MAX_K), default=defaults.EVAL_K, show_default=True,
+@click.option("--k", type=click.IntRange(100, EngineOptions.K.hi), default=defaults.EVAL_K, show_default=True,
               help="Depth retrieved per query.")
 @EF
 @SEARCH_MODE
@@ -138,7 +139,7 @@ def eval_cmd(index_dir, queries, qrels, k, ef, mode, fusion, alpha, depth, varia
     judged = load_qrels(qrels)
     with open_engine(index_dir, variant=variant, threads=threads, query_encoder=query_encoder,
                      query_cache=query_cache) as eng:
-        check = check_qrels(judged, qmap, eng.index.ids(), str(qrels))
+        check = check_qrels(judged, qmap, eng.ids(), str(qrels))
         if not check.kept:
             raise DataError(f"{qrels}: no judgment refers to a known query and an indexed document")
         qids = sorted(check.kept)
@@ -163,7 +164,7 @@ def _url(host: str, port: int) -> str:
 @click.option("--read-only", is_flag=True, help="Serve searches only; no writer lock is taken.")
 @click.option("--save-every", type=click.IntRange(min=1), default=defaults.SAVE_EVERY, show_default=True,
               help="Fold the mutation log into a snapshot after this many writes (and on shutdown).")
-@click.option("--max-k", type=click.IntRange(1, defaults.MAX_K), default=defaults.HTTP_MAX_K, show_default=True)
+@click.option("--max-k", type=click.IntRange(*EngineOptions.K), default=defaults.HTTP_MAX_K, show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=defaults.HTTP_MAX_BATCH, show_default=True,
               help="Most queries or documents per request.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=defaults.HTTP_MAX_BODY_BYTES / 2**20,
@@ -171,7 +172,7 @@ def _url(host: str, port: int) -> str:
 @VARIANT
 @QUERY_ENCODER
 @QUERY_CACHE
-@click.option("--threads", type=click.IntRange(1, 1024), default=defaults.HTTP_THREADS, show_default=True,
+@click.option("--threads", type=click.IntRange(*EngineOptions.THREADS), default=defaults.HTTP_THREADS, show_default=True,
               help="Threads per request: onnxruntime's intra-op threads, and an ivf-sq8 index's cell scan. Requests "
                    "run in parallel, one core each, so 1 avoids oversubscribing the cores under load; more lowers one "
                    "query's latency at low load.")
@@ -196,7 +197,7 @@ def http(index_dir, host, port, token, read_only, save_every, max_k, max_batch, 
         eng.encoder  # noqa: B018 - load the graph now: a broken export fails here, not on the first request
         limits = Limits(max_k=max_k, max_batch=max_batch, max_body_bytes=int(max_body_mb * 2**20))
         app = create_app(eng, token=token, limits=limits)
-        log.info("serving %s (%d documents%s) on %s — API docs at %s/docs", index_dir.name, len(eng.index),
+        log.info("serving %s (%d documents%s) on %s — API docs at %s/docs", index_dir.name, len(eng),
                  ", read-only" if read_only else "", _url(host, port), _url(host, port))
         log.info("queries through the %s encoder (%s); query cache: %d entries", eng.encoder.query_encoder,
                  eng.encoder.query_graph, query_cache)

@@ -52,14 +52,16 @@ def scan_corpus(path: str | os.PathLike[str]) -> CorpusScan:
     return CorpusScan(total, empty)
 
 
-def report_empty(path: str | os.PathLike[str], scan: CorpusScan, skip_empty: bool) -> None:
-    if not scan.empty:
-        return
-    if skip_empty:
+def report_left_out(path: str | os.PathLike[str], scan: CorpusScan, skip_empty: bool, dropped_metadata: int) -> None:
+    """Warn about what a corpus file gave that was not indexed as written: empty documents, nested metadata."""
+    if scan.empty and skip_empty:
         log.warning("%s: left out %d documents with empty title and text (--skip-empty)", path, scan.empty)
-    else:
+    elif scan.empty:
         log.warning("%s: %d documents have empty title and text; indexed as they are, as BEIR's evaluation does "
                     "(--skip-empty leaves them out)", path, scan.empty)
+    if dropped_metadata:
+        log.warning("%s: left out %d metadata entries that are not flat (nested values, bad keys)", path,
+                    dropped_metadata)
 
 
 def build_index(
@@ -123,8 +125,7 @@ def build_index(
                     docs.write(put=batch)
                 if lex is not None:
                     lex.add([(d.id, d.full_text) for d in batch])
-                if bar is not None:
-                    bar.update(len(batch))
+                bar.update(len(batch))
         if docs is not None:
             docs.close()
             docs = None
@@ -135,15 +136,12 @@ def build_index(
         IndexStore.create(index_dir, index, export_dir, extra=extra, overwrite=overwrite, docs_file=docs_path,
                           lexical=lex.finish() if lex is not None else None)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if docs is not None:
             docs.close()
         if docs_path is not None:
             docs_path.unlink(missing_ok=True)  # moved into the index on success
-    report_empty(corpus, scan, skip_empty)
-    if dropped[0]:
-        log.warning("%s: left out %d metadata entries that are not flat (nested values, bad keys)", corpus, dropped[0])
+    report_left_out(corpus, scan, skip_empty, dropped[0])
     log.info("built %s: %d documents in %.1f s", index_dir, len(index), time.perf_counter() - t0)
     return {**index.stats(), "stores_documents": store_documents, "lexical": lexical, "empty": scan.empty,
             "skipped_empty": scan.empty if skip_empty else 0}

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, HCEError
 from ..formats.tree import read_ids, write_ids
 from ..index.index import Index, IndexState
 from ..index.structures import structure
+from ..lexical.part import load_part
 from ..options import IndexParams
+from .manifest import MANIFEST_NAME, IndexManifest
 
 IDS_FILE, DELETED_FILE, LEAVES_FILE = "ids.txt", "deleted.npy", "leaves.npy"
 
@@ -47,6 +50,24 @@ def write_index(index: Index, folder: str | os.PathLike[str]) -> list[str]:
                 fh.flush()
                 os.fsync(fh.fileno())
     return list(data_files(index.params.kind))
+
+
+def read_generation(folder: Path, manifest: IndexManifest) -> tuple[Index, Any]:
+    """The vector index, and the lexical part when there is one, of the generation ``manifest`` names."""
+    where = folder / MANIFEST_NAME
+    data_dir = manifest.extra.get("data_dir")
+    if not isinstance(data_dir, str) or not (folder / data_dir).is_dir():
+        raise FormatError(f"{where}: extra.data_dir {data_dir!r} is not a folder of the index")
+    try:
+        params = IndexParams(**{**(manifest.extra.get("params") or {}), "M": manifest.M,
+                                "ef_construction": manifest.ef_construction, "ef_search": manifest.ef_search})
+    except (TypeError, HCEError) as e:
+        raise FormatError(f"{where}: bad index parameters ({e})") from None
+    missing = [f for f in data_files(params.kind) if f"{data_dir}/{f}" not in manifest.files]
+    if missing:
+        raise FormatError(f"{where}: does not list {', '.join(missing)}")
+    index = read_index(folder / data_dir, manifest.dim, params, manifest.counts)
+    return index, load_part(folder / data_dir, manifest.extra, manifest.files, str(where))
 
 
 def read_index(folder: str | os.PathLike[str], dim: int, params: IndexParams, counts: dict[str, int]) -> Index:

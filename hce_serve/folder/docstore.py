@@ -10,6 +10,10 @@ Durability is the index's, not SQLite's: every change is first in the index's fs
 the log is replayed into this database on the next writer's open (changes are idempotent upserts and
 deletes). So commits run with ``synchronous=NORMAL`` (durable against a killed process, not a power cut);
 ``checkpoint`` makes the file itself durable before a snapshot retires the log that covers it.
+
+A reader may not write the file, so the documents its log replay changed stay in memory (``overlay``) and
+answer ahead of the file: a ``DocStore`` is the stored documents as this process sees them. Filter matches
+are remembered until the next write (filters repeat; a write forgets them all).
 """
 
 from __future__ import annotations
@@ -55,6 +59,14 @@ class DocStore:
     def __init__(self, conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
         self.conn, self.path, self.readonly = conn, path, readonly
         self._lock = threading.Lock()
+        self._overlay: dict[str, Document | None] = {}  # a reader's replayed documents (None: deleted)
+        self._matches: dict[tuple, tuple[int, frozenset[str]]] = {}  # filter -> (writes then, matching ids)
+        self._writes = 0  # bumped after every write: older matches are stale
+
+    def overlay(self, net: Mapping[str, Document | None]) -> None:
+        """A reader's documents as its log replay left them (None: deleted), answered ahead of the file."""
+        self._overlay = dict(net)
+        self._matches.clear()
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], bulk: bool = False) -> DocStore:
@@ -113,6 +125,8 @@ class DocStore:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._writes += 1
 
     def checkpoint(self) -> None:
         """Copy the SQLite journal into the database file and fsync it."""
@@ -120,7 +134,15 @@ class DocStore:
             self.conn.execute("PRAGMA wal_checkpoint(FULL)")
 
     # ---- reads ------------------------------------------------------------------------------------
+    def get(self, ids: Iterable[str]) -> dict[str, Document]:
+        """The stored documents of ``ids`` (those that have one), the overlay first."""
+        ids = list(ids)
+        out = {i: d for i in ids if (d := self._overlay.get(i)) is not None}
+        rest = [i for i in ids if i not in self._overlay]
+        return {**out, **self.get_many(rest)} if rest else out
+
     def get_many(self, ids: Iterable[str]) -> dict[str, Document]:
+        """The documents of ``ids`` in the file (the overlay aside)."""
         ids = list(dict.fromkeys(ids))
         out: dict[str, Document] = {}
         with self._lock:
@@ -131,8 +153,20 @@ class DocStore:
                     out[i] = Document(i, title, text, json.loads(meta) if meta else None)
         return out
 
-    def match(self, flt: Mapping[str, tuple[str, ...]]) -> set[str]:
-        """Ids whose metadata passes a checked filter: every field matches one of its values."""
+    def match(self, flt: Mapping[str, tuple[str, ...]]) -> frozenset[str]:
+        """Ids whose metadata passes a checked filter (``checks.check_filter``): every field matches one of its
+        values. Remembered until the next write."""
+        key, seen = tuple(sorted(flt.items())), self._writes
+        if (hit := self._matches.get(key)) is not None and hit[0] == seen:
+            return hit[1]
+        ids = self._match_file(flt) - self._overlay.keys()  # read after `seen`: at least that current
+        found = frozenset(ids | {i for i, d in self._overlay.items() if d is not None and matches(d.metadata, flt)})
+        if len(self._matches) >= 64:
+            self._matches.clear()
+        self._matches[key] = (seen, found)
+        return found
+
+    def _match_file(self, flt: Mapping[str, tuple[str, ...]]) -> set[str]:
         parts, args = [], []
         for key, vals in flt.items():
             parts.append(f"SELECT id FROM fields WHERE key = ? AND value IN ({','.join('?' * len(vals))})")

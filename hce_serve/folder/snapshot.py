@@ -8,18 +8,17 @@ IDX_DIR/wal-000003.log       adds/deletes acknowledged since generation 3 (repla
 IDX_DIR/docs.sqlite          stored documents (SQLite, WAL journal); absent for an ids-only index
 IDX_DIR/encoder/             a copy of the EXPORT_DIR the index was built with
 IDX_DIR/hnsw.bin, ids.txt …  hard links to the current generation's files (DESIGN §6's flat names)
-IDX_DIR/.lock                flock held by the one process that may write
+IDX_DIR/.lock                flock held by the one process that may write (recovery.py)
 ```
 
 A save writes the next generation into ``.tmp-gen-N``, fsyncs, renames it to ``gen-N``, then replaces the
 manifest: until that rename of the manifest the previous generation (and its log) is what a load sees,
 after it the new one. Leftovers of a killed writer (temp folders, generations or logs the manifest does
-not name) are removed when a writer next opens the folder; readers never delete anything.
+not name) are removed when a writer next opens the folder (``recovery.py``); readers never delete anything.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -31,20 +30,18 @@ from .. import __version__
 from ..batching import chunks
 from ..defaults import BATCH_SIZE
 from ..documents import Document
-from ..errors import FormatError, HCEError
-from ..formats.atomic import TMP_PREFIX, fsync_dir, remove_stale_temps
+from ..errors import HCEError
+from ..formats.atomic import TMP_PREFIX, fsync_dir
 from ..index.index import Index
 from ..lexical.bm25 import LexicalIndex
 from ..lexical.part import with_settings
 from .datafiles import data_files, write_index
 from .docstore import DOCS_NAME, DocStore
 from .manifest import MANIFEST_NAME, IndexManifest, file_digest
-from .wal import wal_name
 
 log = logging.getLogger(__name__)
 
 ENCODER_DIR = "encoder"
-LOCK_NAME = ".lock"
 
 
 def gen_name(generation: int) -> str:
@@ -185,36 +182,3 @@ def link_top_level(folder: Path, gen_dir: str, names: tuple[str, ...]) -> None:
             log.warning("could not expose %s at the top level of %s: %s", name, folder, e)
     fsync_dir(folder)
 
-
-def clean(folder: Path, manifest: IndexManifest) -> None:
-    """Remove what a killed writer left: temp files/folders, unreferenced generations, stale logs."""
-    remove_stale_temps(folder)
-    current_gen = manifest.extra.get("data_dir")
-    current_log = wal_name(manifest.generation)
-    for p in folder.iterdir():
-        stale_dir = p.name.startswith(TMP_PREFIX) or (p.name.startswith("gen-") and p.name != current_gen)
-        if stale_dir and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.name.startswith("wal-") and p.name.endswith(".log") and p.name != current_log:
-            try:
-                p.unlink()
-            except OSError:
-                pass
-
-
-def take_lock(folder: Path) -> int:
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise HCEError(f"{folder}: another process has this index open for writing") from None
-    return fd
-
-
-def generation_changed(folder: Path) -> bool:
-    try:
-        IndexManifest.load(folder)
-        return True  # readable now: worth one more try
-    except FormatError:
-        return False

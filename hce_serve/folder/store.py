@@ -25,41 +25,37 @@ from typing import Any
 import numpy as np
 
 from .. import defaults
-from ..backend import Batch
-from ..checks import check_documents, check_ids
+from ..backend import Batch, StoredHit
+from ..checks import check_documents
 from ..documents import AddResult, DeleteResult, Document
-from ..errors import FormatError, HCEError
-from ..formats.tree import NO_LEAF
+from ..errors import DataError, FormatError, HCEError
+from ..formats.tree import NO_LEAF, Subtree
 from ..index.index import Index
+from ..lexical import modes
 from ..lexical.bm25 import LexicalIndex
-from ..lexical.part import load_part
-from ..options import IndexParams
-from .datafiles import data_files, read_index
-from .docstore import DocStore
-from .manifest import MANIFEST_NAME, IndexManifest
-from .snapshot import ENCODER_DIR, clean, create_folder, generation_changed, take_lock, write_snapshot
-from .store_reads import StoreReads
-from .wal import MutationLog, Record, read_log, wal_name
+from ..lexical.part import NO_LEXICAL, search_part
+from .recovery import OpenedFolder, clean, open_folder
+from .snapshot import ENCODER_DIR, create_folder, write_snapshot
+from .wal import MutationLog, Record, wal_name
 
 log = logging.getLogger(__name__)
 
 
-class IndexStore(StoreReads):
-    """An opened index folder. Writers (``writable=True``) hold an exclusive lock on it."""
+class IndexStore:
+    """An opened index folder: the folder ``Backend``. Writers (``writable=True``) hold an exclusive lock on it.
 
-    def __init__(self, folder: Path, manifest: IndexManifest, index: Index, writable: bool,
-                 docs: DocStore | None, save_every: int | None, lexical: LexicalIndex | None = None) -> None:
-        self.folder, self.manifest, self.index, self.writable, self.docs = folder, manifest, index, writable, docs
-        self.lexical = lexical  # the BM25 side of hybrid search (None: a dense-only folder)
-        self.pending = 0  # log records not yet folded into a snapshot
+    Reads (``search``, ``search_lexical``, ``get``) take no store lock: they run concurrently with each other and
+    with a write (the vector index has its readers-writer lock, the document store its connection lock)."""
+
+    def __init__(self, opened: OpenedFolder, writable: bool, save_every: int | None) -> None:
+        self.folder, self.manifest, self.index, self.docs = opened.folder, opened.manifest, opened.index, opened.docs
+        self.lexical = opened.lexical  # the BM25 side of hybrid search (None: a dense-only folder)
+        self.writable = writable
+        self.pending = opened.pending  # log records not yet folded into a snapshot
         self.autosave_every = save_every  # save after this many logged mutations (None: only when asked)
         self._mutex = threading.RLock()  # the writer lock: one change at a time, checked once, logged once
-        self._wal: MutationLog | None = None
-        self._lock_fd: int | None = None
-        self._overlay: dict[str, Document | None] = {}  # a reader's replayed documents (None: deleted)
+        self._wal, self._lock_fd = opened.wal, opened.lock_fd
         self._broken: str | None = None  # set when a logged change could not be applied in memory
-        self._matches: dict[tuple, tuple[int, frozenset[str]]] = {}  # filter -> (doc_writes then, matching ids)
-        self._doc_writes = 0  # bumped after every document write: older matches are stale
 
     # ---- create / open ----------------------------------------------------------------------------
     @classmethod
@@ -78,88 +74,8 @@ class IndexStore(StoreReads):
     @classmethod
     def open(cls, folder: str | os.PathLike[str], writable: bool = False, checksums: bool = True,
              save_every: int | None = defaults.SAVE_EVERY) -> IndexStore:
-        """Load the current snapshot and replay its mutation log. Writers also clean up and lock."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FormatError(f"{folder}: index folder not found")
-        lock_fd = take_lock(folder) if writable else None
-        try:
-            for attempt in range(3):
-                try:
-                    store = cls._load(folder, writable, checksums, save_every)
-                    break
-                except FormatError:
-                    # A reader can race a writer's save (the generation it read is deleted under it).
-                    if writable or attempt == 2 or not generation_changed(folder):
-                        raise
-        except BaseException:
-            if lock_fd is not None:
-                os.close(lock_fd)
-            raise
-        store._lock_fd = lock_fd
-        return store
-
-    @classmethod
-    def _load(cls, folder: Path, writable: bool, checksums: bool, save_every: int | None) -> IndexStore:
-        manifest = IndexManifest.load(folder)
-        if writable:
-            clean(folder, manifest)
-        manifest.verify_files(folder, checksums=checksums)
-        extra = manifest.extra
-        data_dir = extra.get("data_dir")
-        if not isinstance(data_dir, str) or not (folder / data_dir).is_dir():
-            raise FormatError(f"{folder / MANIFEST_NAME}: extra.data_dir {data_dir!r} is not a folder of the index")
-        try:
-            params = IndexParams(**{**(extra.get("params") or {}), "M": manifest.M,
-                                    "ef_construction": manifest.ef_construction, "ef_search": manifest.ef_search})
-        except (TypeError, HCEError) as e:
-            raise FormatError(f"{folder / MANIFEST_NAME}: bad index parameters ({e})") from None
-        missing = [f for f in data_files(params.kind) if f"{data_dir}/{f}" not in manifest.files]
-        if missing:
-            raise FormatError(f"{folder / MANIFEST_NAME}: does not list {', '.join(missing)}")
-        index = read_index(folder / data_dir, manifest.dim, params, manifest.counts)
-        lexical = load_part(folder / data_dir, extra, manifest.files, str(folder / MANIFEST_NAME))
-        docs = DocStore.open(folder / manifest.documents, readonly=not writable) if manifest.documents else None
-        store = cls(folder, manifest, index, writable, docs, save_every, lexical)
-        try:
-            store._replay(folder / wal_name(manifest.generation))
-        except BaseException:
-            store.close()
-            raise
-        return store
-
-    def _replay(self, wal_path: Path) -> None:
-        end = None
-        if wal_path.is_file():
-            contents = read_log(wal_path, self.manifest.dim, self.manifest.generation)
-            net: dict[str, Document | None] = {}  # the log's last word on each id it touches
-            for rec in contents.records:
-                if rec.op == "add":
-                    self.index.add(rec.ids, rec.vectors, rec.leaves)  # type: ignore[arg-type]
-                    docs = rec.docs or [Document(i, "", "") for i in rec.ids]
-                    net.update((d.id, d) for d in docs)
-                    if self.lexical is not None:
-                        self.lexical.add([(d.id, d.full_text) for d in docs])
-                else:
-                    self.index.delete(rec.ids)
-                    net.update(dict.fromkeys(rec.ids))
-                    if self.lexical is not None:
-                        self.lexical.delete(rec.ids)
-            self.pending, end = len(contents.records), contents.end
-            if contents.records:
-                log.info("%s: replayed %d logged mutations", wal_path, len(contents.records))
-            if self.docs is not None and not self.writable:
-                self._overlay = net
-            elif self.docs is not None and net:
-                self.docs.write(put=[d for d in net.values() if d is not None], remove=[i for i, d in net.items() if d is None])
-        if self.writable:
-            if self.docs is not None and (n := self.docs.count()) != len(self.index):
-                raise FormatError(f"{self.docs.path}: holds {n:,} documents but the index has {len(self.index):,} "
-                                  "live ids (changed by another program?)")
-            if self.lexical is not None and len(self.lexical) != len(self.index):
-                raise FormatError(f"{self.folder}: the lexical part holds {len(self.lexical):,} documents but the "
-                                  f"index has {len(self.index):,} live ids")
-            self._wal = MutationLog(wal_path, self.manifest.dim, self.manifest.generation, truncate_at=end)
+        """Load the current snapshot and replay its mutation log (``recovery.py``). Writers also clean up and lock."""
+        return cls(open_folder(Path(folder), writable, checksums), writable, save_every)
 
     # ---- changes ----------------------------------------------------------------------------------
     def _require_writable(self) -> MutationLog:
@@ -176,8 +92,12 @@ class IndexStore(StoreReads):
         checked, dropped = check_documents(docs, strict=strict)
         return Batch(checked, dropped)
 
-    def add_batch(self, batch: Batch, vectors: np.ndarray, leaves: Any = None) -> AddResult:
-        """Add or replace ``batch`` with its vectors; durable (logged and fsync'ed) when this returns."""
+    def add(self, batch: Batch | Sequence[str], vectors: np.ndarray, leaves: Any = None) -> AddResult:
+        """Add or replace ``batch`` (from ``prepare``; or bare ids: vectors without text, an index that stores
+        documents gets empty ones) with its vectors; durable (logged and fsync'ed) when this returns."""
+        if not isinstance(batch, Batch):
+            self._require_writable()
+            batch = Batch.of_ids(batch)
         ids = batch.ids
         vecs, leaf_arr = batch.rows(vectors, leaves, self.index.dim, NO_LEAF)  # (n, dim), (n,)
         if not ids:
@@ -189,7 +109,6 @@ class IndexStore(StoreReads):
             try:
                 if docs is not None:
                     self.docs.write(put=docs)  # type: ignore[union-attr]
-                    self._doc_writes += 1
             except BaseException:
                 wal.rollback(start)  # nothing changed anywhere: withdraw the record
                 raise
@@ -199,11 +118,6 @@ class IndexStore(StoreReads):
                 self._apply(lambda: lex.add([(d.id, d.full_text) for d in batch.docs]))
             self._after_mutation()
             return AddResult(res.added, res.replaced, batch.empty)
-
-    def add(self, ids: Sequence[str], vectors: np.ndarray, leaves: Any = None) -> AddResult:
-        """Add or replace vectors by id (no text; an index that stores documents gets empty ones)."""
-        self._require_writable()
-        return self.add_batch(Batch([Document(i, "", "") for i in check_ids(ids)]), vectors, leaves)
 
     def delete(self, ids: Sequence[str]) -> DeleteResult:
         """Delete documents; ids that are not live are reported in ``missing``. Durable when this returns."""
@@ -219,7 +133,6 @@ class IndexStore(StoreReads):
             res = self._apply(lambda: self.index.delete(ids))
             if self.docs is not None:
                 self._apply(lambda: self.docs.write(remove=present))  # type: ignore[union-attr]
-                self._doc_writes += 1
             self._after_mutation()
             if self.index.needs_compaction():
                 self.compact()
@@ -265,10 +178,65 @@ class IndexStore(StoreReads):
             clean(self.folder, new)
             return True
 
-    # ---- reads (searches and document lookups: store_reads.StoreReads) ------------------------------
+    # ---- reads ------------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.index.dim
+
     @property
     def encoder_dir(self) -> Path:
         return self.folder / ENCODER_DIR
+
+    @property
+    def stores_documents(self) -> bool:
+        return self.docs is not None
+
+    @property
+    def search_defaults(self) -> modes.SearchSettings:
+        return modes.stored_defaults(self.manifest.extra, self.lexical is not None)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def ids(self) -> list[str]:
+        return self.index.ids()
+
+    def search(self, queries: np.ndarray, k: int, ef: int | None = None, filter: Mapping[str, tuple[str, ...]] | None = None,
+               subtree: Subtree | None = None, fields: Sequence[str] = (), num_threads: int = 1) -> list[list[StoredHit]]:
+        """Top-``k`` per query row, best first: the filter and the subtree run inside the vector index's search."""
+        allow_ids = self._match(filter) if filter else None
+        rows = self.index.search(queries, k, ef=ef, num_threads=num_threads, allow_ids=allow_ids,
+                                 allow_leaves=subtree.leaves if subtree is not None else None)
+        return self._with_fields(rows, fields)
+
+    def search_lexical(self, texts: Sequence[str], k: int, filter: Mapping[str, tuple[str, ...]] | None = None,
+                       subtree: Subtree | None = None, fields: Sequence[str] = ()) -> list[list[StoredHit]]:
+        """BM25's top-``k`` per query text, best first, under the same filter and subtree rules as ``search``."""
+        if self.lexical is None:
+            raise DataError(NO_LEXICAL)
+        allow_ids = self._match(filter) if filter else None
+        return self._with_fields(search_part(self.lexical, self.index, texts, k, allow_ids, subtree), fields)
+
+    def _with_fields(self, rows: list[list[tuple[str, float]]], fields: Sequence[str]) -> list[list[StoredHit]]:
+        if not fields or self.docs is None:
+            return [[(d, s, None) for d, s in row] for row in rows]
+        docs = self.get({d for row in rows for d, _ in row})
+        # A hit whose document is gone was deleted after the search answered: it is not returned.
+        return [[(d, s, docs[d]) for d, s in row if d in docs] for row in rows]
+
+    def get(self, ids: Iterable[str]) -> dict[str, Document]:
+        """Stored documents of ``ids`` (those that have one); empty for an index that stores ids only."""
+        return self.docs.get(ids) if self.docs is not None else {}
+
+    def vectors(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors (n, dim) and tree leaves (n,) of live ``ids``, as they are held (KeyError for an
+        id that is not live): what an export copies."""
+        return self.index.get_vectors(ids), np.array([self.index.leaf_of(i) for i in ids], np.int32)
+
+    def _match(self, flt: Mapping[str, tuple[str, ...]]) -> frozenset[str]:
+        if self.docs is None:
+            raise DataError("this index stores no documents (built with --no-store): filters need their metadata")
+        return self.docs.match(flt)
 
     def stats(self) -> dict[str, Any]:
         """Counts and parameters (no filesystem paths: this goes to HTTP clients)."""
@@ -317,4 +285,4 @@ class IndexStore(StoreReads):
         self.close()
 
 
-__all__ = ["ENCODER_DIR", "Batch", "IndexStore"]
+__all__ = ["ENCODER_DIR", "IndexStore"]

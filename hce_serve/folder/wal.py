@@ -19,8 +19,10 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -199,3 +201,22 @@ class MutationLog:
     def close(self) -> None:
         if not self._fh.closed:
             self._fh.close()
+
+
+def replay(records: Sequence[Record], index: Any, lexical: Any = None) -> dict[str, Document | None]:
+    """Apply logged records, in order, to the vector index (and the lexical part, when there is one); returns
+    the log's last word on each document it touched (None: deleted), for the document store."""
+    net: dict[str, Document | None] = {}
+    for rec in records:
+        if rec.op == "add":
+            index.add(rec.ids, rec.vectors, rec.leaves)
+            docs = rec.docs or [Document(i, "", "") for i in rec.ids]
+            net.update((d.id, d) for d in docs)
+            if lexical is not None:
+                lexical.add([(d.id, d.full_text) for d in docs])
+        else:
+            index.delete(rec.ids)
+            net.update(dict.fromkeys(rec.ids))
+            if lexical is not None:
+                lexical.delete(rec.ids)
+    return net

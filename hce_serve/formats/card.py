@@ -49,6 +49,13 @@ class ModelCard:
                 f"model card: max lengths must be positive, found {self.max_length}/{self.query_max_length}"
             )
 
+    @property
+    def public_name(self) -> str:
+        """The base model's name for clients: a local folder becomes its last component (no filesystem path
+        leaks); a hub name (``org/model``) stays as it is."""
+        name = self.base_model
+        return Path(name).name if Path(name).is_absolute() or name.startswith((".", "~")) else name
+
     def save(self, folder: str | os.PathLike[str]) -> Path:
         path = Path(folder) / CARD_NAME
         write_versioned_json(path, CARD_FORMAT, CARD_VERSION, asdict(self))

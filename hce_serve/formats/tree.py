@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import FormatError, VersionError
+from ..errors import DataError, FormatError, VersionError
 from . import atomic
 
 TREE_NAME = "tree.npz"
@@ -109,8 +109,11 @@ class Tree:
             node = int(self.parent[node])
         return out[::-1]
 
-    def subtree(self, node: int) -> Subtree:
-        """The search scope of ``node``: itself and the leaf nodes under it (the caller checks the range)."""
+    def subtree(self, node: object) -> Subtree:
+        """The search scope of ``node`` (a node id from a request: checked): itself and the leaf nodes under it."""
+        n = self.parent.shape[0]
+        if not isinstance(node, int) or isinstance(node, bool) or not 0 <= node < n:
+            raise DataError(f"subtree must be a node id between 0 and {n - 1:,}, found {node!r}")
         return Subtree(node, self.leaves_under(node))
 
     def children(self) -> list[np.ndarray]:

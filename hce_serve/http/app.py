@@ -22,11 +22,12 @@ from typing import Any, Literal
 from .. import __version__, defaults
 from ..errors import DataError, HCEError, missing_dependency
 from ..lexical.fusion import FUSIONS
-from .limits import BodyLimit, Limits, is_loopback
+from ..options import EngineOptions
+from .limits import BodyLimit, Limits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Limits", "create_app", "is_loopback"]
+__all__ = ["create_app"]
 
 
 def create_app(engine: Any, token: str | None = None, limits: Limits | None = None, save_on_shutdown: bool = True) -> Any:
@@ -39,21 +40,26 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
     except ImportError:
         raise missing_dependency("fastapi", "serve") from None
     lim = limits or Limits()
+    EF = EngineOptions.EF
     Scalar = str | int | float | bool  # metadata and filter values
 
     class SearchBody(BaseModel):
         query: str | None = Field(None, description="One query (answer: hits).")
         queries: list[str] | None = Field(None, description="A batch of queries (answer: results).")
         k: int = Field(defaults.K, description=f"Hits per query, 1..{lim.max_k}.")
-        ef: int | None = Field(None, description="Search breadth for this request: HNSW beam or IVF cells scanned (default: the index's).")
+        ef: int | None = Field(None, description=f"Search breadth for this request, {EF.lo}..{EF.hi}: HNSW beam or "
+                               "IVF cells scanned (default: the index's).")
         filter: dict[str, Scalar | list[Scalar]] | None = Field(
             None, description='Metadata equality, a list meaning any of: {"lang": "en", "year": [2020, 2021]}.')
         subtree: int | None = Field(None, description="Only documents under this node of the corpus tree.")
-        fields: list[str] | None = Field(None, description=f"Stored fields per hit (default: {', '.join(defaults.FIELDS)}).")
+        fields: list[str] | None = Field(None,
+                                         description=f"Stored fields per hit (default: {', '.join(defaults.FIELDS)}).")
         mode: Literal[defaults.MODES] | None = Field(None, description="Search mode (default: the index's).")
         fusion: Literal[FUSIONS] | None = Field(None, description="Hybrid fusion (default: the index's).")
-        alpha: float | None = Field(None, ge=0.0, le=1.0, description="Hybrid: the dense side's weight (default: the index's).")
-        depth: int | None = Field(None, ge=1, le=defaults.MAX_FUSION_DEPTH, description="Hybrid: hits per side before fusion.")
+        alpha: float | None = Field(None, ge=0.0, le=1.0,
+                                    description="Hybrid: the dense side's weight (default: the index's).")
+        depth: int | None = Field(None, ge=1, le=defaults.MAX_FUSION_DEPTH,
+                                  description="Hybrid: hits per side before fusion.")
         explain: bool = Field(False, description="Each hit carries each side's rank and score.")
 
     class DocumentIn(BaseModel):
@@ -130,7 +136,7 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "live": len(engine.index)}
+        return {"status": "ok", "live": len(engine)}
 
     @app.get("/stats")
     def stats() -> dict[str, Any]:
@@ -166,19 +172,19 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
     def add_documents(body: DocumentsBody) -> dict[str, Any]:
         check_batch(len(body.documents), "documents")
         res = engine.add([{"_id": d.id, "title": d.title, "text": d.text, "metadata": d.metadata} for d in body.documents])
-        return {"added": res.added, "replaced": res.replaced, "empty": res.empty, "live": len(engine.index)}
+        return {"added": res.added, "replaced": res.replaced, "empty": res.empty, "live": len(engine)}
 
     @app.delete("/documents/{doc_id}", dependencies=[Depends(need_write)])
     def delete_one(doc_id: str) -> dict[str, Any]:
         res = engine.delete([doc_id])
         if res.missing:
             raise HTTPException(404, f"document {doc_id!r} is not in the index")
-        return {"deleted": res.deleted, "missing": [], "live": len(engine.index)}
+        return {"deleted": res.deleted, "missing": [], "live": len(engine)}
 
     @app.post("/documents/delete", dependencies=[Depends(need_write)])
     def delete_many(body: IdsBody) -> dict[str, Any]:
         check_batch(len(body.ids), "ids")
         res = engine.delete(body.ids)
-        return {"deleted": res.deleted, "missing": res.missing, "live": len(engine.index)}
+        return {"deleted": res.deleted, "missing": res.missing, "live": len(engine)}
 
     return app

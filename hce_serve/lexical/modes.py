@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import defaults
 from ..errors import DataError
 from .fusion import FUSIONS, fuse
+
+if TYPE_CHECKING:
+    from ..backend import Backend
 
 SEARCH_KEY = "search"  # manifest.extra key of the index's default mode, fusion, alpha and depth
 
@@ -80,14 +83,10 @@ def resolve(base: SearchSettings, mode: object = None, fusion: object = None, al
 Row = list[tuple[str, float, Any, dict[str, Any] | None]]  # (id, score, stored document or None, explain)
 
 
-def run(store: Any, vectors: Callable[[Sequence[str]], Any], texts: Sequence[str], k: int, s: SearchSettings,
+def run(store: Backend, vectors: Callable[[Sequence[str]], Any], texts: Sequence[str], k: int, s: SearchSettings,
         ef: int | None, flt: Any, scope: Any, fields: Sequence[str], num_threads: int) -> list[Row]:
     """One batch of queries in ``s.mode``: dense and lexical rows come straight from the backend; hybrid
     retrieves ``max(depth, k)`` from each side (no stored fields), fuses, then fetches the fields of the k kept."""
-    if s.mode != "dense" and getattr(store, "lexical", None) is None:
-        from ..folder.store_reads import NO_LEXICAL
-
-        raise DataError(getattr(store, "NO_LEXICAL", NO_LEXICAL))
     if s.mode == "dense":
         rows = store.search(vectors(texts), k, ef=ef, filter=flt, subtree=scope, fields=fields, num_threads=num_threads)
         return [[(d, sc, doc, _one_side("dense", r, sc) if s.explain else None) for r, (d, sc, doc) in enumerate(row)]
@@ -97,11 +96,12 @@ def run(store: Any, vectors: Callable[[Sequence[str]], Any], texts: Sequence[str
         return [[(d, sc, doc, _one_side("lexical", r, sc) if s.explain else None) for r, (d, sc, doc) in enumerate(row)]
                 for row in rows]
     depth = max(s.depth, k)
-    dense = store.search(vectors(texts), depth, ef=ef, filter=flt, subtree=scope, fields=(), num_threads=num_threads)
+    # lexical first: a backend without a lexical side refuses before the queries are encoded
     lexical = store.search_lexical(texts, depth, filter=flt, subtree=scope, fields=())
+    dense = store.search(vectors(texts), depth, ef=ef, filter=flt, subtree=scope, fields=(), num_threads=num_threads)
     fused = [fuse([(d, sc) for d, sc, _ in dr], [(d, sc) for d, sc, _ in lr], s.fusion, s.alpha, k)
              for dr, lr in zip(dense, lexical, strict=True)]
-    docs = store.documents({f.id for row in fused for f in row}) if fields and store.stores_documents else None
+    docs = store.get({f.id for row in fused for f in row}) if fields and store.stores_documents else None
     out: list[Row] = []
     for row in fused:
         if docs is None:

@@ -9,15 +9,20 @@ documents and the postings hold the same live ids.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError
 from .analyzer import Analyzer
 from .bm25 import FILES, BM25Params, LexicalIndex
 
+if TYPE_CHECKING:
+    from ..formats.tree import Subtree
+
 KEY = "lexical"
+NO_LEXICAL = ("this index has no lexical part (built before hybrid search, or with --no-lexical): "
+              "add one with 'hce-serve index build-lexical --index IDX_DIR'")
 
 
 def settings(index: LexicalIndex) -> dict[str, Any]:
@@ -56,3 +61,25 @@ def with_settings(extra: Mapping[str, Any], index: LexicalIndex | None) -> dict[
 
 
 __all__ = ["KEY", "from_settings", "load_part", "settings", "with_settings"]
+
+
+def search_part(lex: LexicalIndex, index: Any, texts: Sequence[str], k: int, allow_ids: Collection[str] | None,
+                subtree: Subtree | None) -> list[list[tuple[str, float]]]:
+    """BM25's top-``k`` (id, score) per query text among the ids live in the folder's vector ``index`` (and
+    allowed, and under ``subtree``'s leaves): the same filter and subtree rules as a dense search."""
+    leaves = frozenset(subtree.leaves.tolist()) if subtree is not None else None
+
+    def accept(ids: list[str]) -> list[bool]:
+        # Live in the vector index too: a write changes the lexical side first on delete, last on add, so
+        # this only matters for a search racing a write, and keeps the two sides' answers the same set.
+        if leaves is None:
+            return [i in index for i in ids]
+        return [_leaf(i) in leaves for i in ids]
+
+    def _leaf(i: str) -> int | None:
+        try:
+            return index.leaf_of(i)
+        except KeyError:  # deleted meanwhile
+            return None
+
+    return [lex.search(t, k, allow_ids, accept) for t in texts]

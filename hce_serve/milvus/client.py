@@ -22,6 +22,7 @@ from .layout import MANIFEST_KEY, CollectionManifest, MilvusTarget, ids_expr
 
 log = logging.getLogger(__name__)
 ID_CHUNK = 512  # ids per "id in [...]" expression
+ID_PAGE = 4096  # ids per page when listing a collection's ids
 _LITE_USERS: dict[Path, int] = {}  # milvus-lite files this process has open, with their number of users
 _LITE_LOCK = threading.Lock()
 
@@ -146,6 +147,18 @@ class MilvusCollection:
 
     def __contains__(self, doc_id: object) -> bool:
         return isinstance(doc_id, str) and bool(self.existing([doc_id]))
+
+    def ids(self) -> list[str]:
+        """Every id the collection holds (read in pages: a query returns at most Milvus's result window)."""
+        out: list[str] = []
+        with rpc(f"list the ids of {self.name}"):
+            it = self.client.query_iterator(self.name, batch_size=ID_PAGE, filter="", output_fields=["id"])
+            try:
+                while page := it.next():
+                    out.extend(r["id"] for r in page)
+            finally:
+                it.close()
+        return out
 
     def existing(self, ids: Sequence[str]) -> set[str]:
         """The ids among ``ids`` that the collection holds."""

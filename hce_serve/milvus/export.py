@@ -22,6 +22,7 @@ from ..documents import Document
 from ..errors import BackendError, DataError, FormatError
 from ..folder.store import IndexStore
 from ..formats.tree import NO_LEAF
+from ..options import EngineOptions
 from .client import MilvusCollection, connect, release, rpc
 from .layout import CollectionManifest, MilvusTarget, VectorIndex, check_document, encoder_digest, entity
 
@@ -33,11 +34,12 @@ def vector_index_for(store: IndexStore, type: str | None = None, M: int | None =
                      nprobe: int = defaults.MILVUS_NPROBE) -> VectorIndex:
     """The collection's index: by default the folder's own structure — HNSW with its graph's parameters, or
     IVF_SQ8 for an ivf-sq8 folder (whose ``ef_search`` is an nprobe, so an HNSW export of it gets the default beam)."""
-    p = store.index.params
-    hnsw_folder = p.kind == "hnsw"
+    p = store.stats()  # the folder's parameters and live count
+    hnsw_folder = p["kind"] == "hnsw"
     type = type or (defaults.MILVUS_INDEX if hnsw_folder else "IVF_SQ8")
-    ef = ef or (p.ef_search if hnsw_folder else defaults.EF_SEARCH)
-    return VectorIndex.make(type, M or p.M, ef_construction or p.ef_construction, ef, nlist, nprobe, rows=len(store.index))
+    ef = ef or (p["ef_search"] if hnsw_folder else EngineOptions.default_ef("hnsw"))
+    return VectorIndex.make(type, M or p["M"], ef_construction or p["ef_construction"], ef, nlist, nprobe,
+                            rows=p["live"])
 
 
 def export_index(engine: Any, target: MilvusTarget, vector_index: VectorIndex | None = None, overwrite: bool = False,
@@ -47,12 +49,12 @@ def export_index(engine: Any, target: MilvusTarget, vector_index: VectorIndex | 
     if not isinstance(store, IndexStore):
         raise DataError("export-milvus reads an index folder (open it with Engine.open)")
     t0 = time.perf_counter()
-    ids = store.index.ids()  # live ids, label order
+    ids = store.ids()  # live ids, label order
     tree = engine.tree
     vindex = vector_index or vector_index_for(store)
-    manifest = CollectionManifest(store.index.dim, encoder_digest(store.encoder_dir), store.stores_documents, vindex,
+    manifest = CollectionManifest(store.dim, encoder_digest(store.encoder_dir), store.stores_documents, vindex,
                                   int(tree.parent.shape[0]) if tree is not None else None,
-                                  {"live": len(ids), "generation": store.manifest.generation})
+                                  {"live": len(ids), "generation": store.stats()["generation"]})
     client = connect(target)
     created = False
     try:
@@ -62,11 +64,10 @@ def export_index(engine: Any, target: MilvusTarget, vector_index: VectorIndex | 
         bar = progress_bar(len(ids), progress, "export-milvus")
         for lo in range(0, len(ids), batch_size):
             part = ids[lo : lo + batch_size]
-            vecs = store.index.get_vectors(part)  # (n, dim)
-            docs = store.documents(part) if store.stores_documents else {}
+            vecs, leaves = store.vectors(part)  # (n, dim), (n,)
+            docs = store.get(part) if store.stores_documents else {}
             rows = []
-            for doc_id, vec in zip(part, vecs, strict=True):
-                leaf = store.index.leaf_of(doc_id)
+            for doc_id, vec, leaf in zip(part, vecs, leaves.tolist(), strict=True):
                 if leaf not in paths:
                     if tree is None:
                         raise FormatError(f"{store.folder}: documents carry tree leaves but encoder/ has no tree.npz")
@@ -77,10 +78,8 @@ def export_index(engine: Any, target: MilvusTarget, vector_index: VectorIndex | 
                 check_document(doc, store.stores_documents)
                 rows.append(entity(doc, vec, leaf, paths[leaf], store.stores_documents))
             collection.insert(rows)
-            if bar is not None:
-                bar.update(len(part))
-        if bar is not None:
-            bar.close()
+            bar.update(len(part))
+        bar.close()
         collection.flush()
         if (n := len(collection)) != len(ids):
             raise BackendError(f"Milvus holds {n:,} entities in {target.collection} after the export; {len(ids):,} were written")

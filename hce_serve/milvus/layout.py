@@ -39,6 +39,7 @@ from ..documents import Document
 from ..errors import DataError, FormatError, VersionError
 from ..formats.card import CARD_NAME
 from ..formats.tree import TREE_NAME
+from ..options import Bound, EngineOptions
 
 MANIFEST_KEY = "hce.manifest"  # collection property holding the manifest
 FORMAT, FORMAT_VERSION = "hce-milvus", 1
@@ -48,6 +49,7 @@ MAX_JSON = 65_536  # bytes: Milvus's bound on a JSON field
 MAX_TAGS = 4_096  # Milvus's bound on an ARRAY field's capacity
 MAX_TAG_BYTES = 1_024  # longer tokens are stored as a digest of themselves (still exact to match)
 MAX_LEVELS = 64  # tree depth an ARRAY<INT32> path holds
+IVF_PARAM = Bound(1, 65_536)  # Milvus's range for nlist and nprobe
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")  # Milvus's collection-name rule
 DOC_FIELDS = ("title", "text", "metadata")
 
@@ -90,19 +92,19 @@ class VectorIndex:
     def __post_init__(self) -> None:
         if self.type not in INDEX_TYPES:
             raise DataError(f"Milvus index type must be one of {', '.join(INDEX_TYPES)}, found {self.type!r}")
+        bounds = {"M": EngineOptions.M, "efConstruction": EngineOptions.EF, "ef": EngineOptions.EF}
         for name, v in {**self.params, **self.search}.items():
-            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 65_536:
-                raise DataError(f"Milvus index parameter {name} must be an integer in 1..65536, found {v!r}")
+            bounds.get(name, IVF_PARAM).check(f"Milvus index parameter {name}", v, DataError)
 
     @classmethod
-    def make(cls, type: str = defaults.MILVUS_INDEX, M: int = defaults.M, ef_construction: int = defaults.EF_CONSTRUCTION,
-             ef: int = defaults.EF_SEARCH, nlist: int | None = None, nprobe: int = defaults.MILVUS_NPROBE,
-             rows: int = 0) -> VectorIndex:
+    def make(cls, type: str = defaults.MILVUS_INDEX, M: int = defaults.M,
+             ef_construction: int = defaults.EF_CONSTRUCTION, ef: int = defaults.EF_SEARCH, nlist: int | None = None,
+             nprobe: int = defaults.MILVUS_NPROBE, rows: int = 0) -> VectorIndex:
         """HNSW with the local index's M/efConstruction/ef by default; IVF_FLAT / IVF_SQ8 with nlist ~ 4 sqrt(rows)."""
         if type == "HNSW":
             return cls(type, {"M": M, "efConstruction": ef_construction}, {"ef": ef})
         if type.startswith("IVF_"):
-            nlist = nlist or min(65_536, max(1, int(4 * rows**0.5)))
+            nlist = nlist or min(IVF_PARAM.hi, max(1, int(4 * rows**0.5)))
             return cls(type, {"nlist": nlist}, {"nprobe": min(nprobe, nlist)})
         return cls(type)
 

@@ -1,9 +1,10 @@
 """A Milvus collection as the Engine's backend: the role ``IndexStore`` plays for an index folder.
 
-``MilvusCollection`` (``milvus_client.py``) is mechanism: the pymilvus calls for one collection, every error
-turned into one line. ``MilvusStore`` is the backend ``Engine`` drives: it checks writes once (the same ``checks`` as the
-local store, plus what Milvus cannot hold), turns tree leaves into paths, and answers searches with the
-stored fields in the same RPC. The layout of the collection is ``milvus_layout.py``.
+``MilvusCollection`` (``client.py``) is mechanism: the pymilvus calls for one collection, every error turned into
+one line. ``MilvusStore`` is the ``Backend`` the Engine drives: it checks writes once (the same ``checks`` as
+the folder backend, plus what Milvus cannot hold), turns tree leaves into paths, and answers searches with the
+stored fields in the same RPC. The layout of the collection is ``layout.py``. A collection has no lexical side:
+it searches dense only.
 
 The same code reaches milvus-lite (``uri="./x.db"``: an embedded engine in this process, one process per
 file) and a Milvus server or cluster (``uri="http://host:19530"``, ``token``). Writes are upserts and
@@ -23,11 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Batch
+from ..backend import Batch, StoredHit
 from ..checks import check_documents
 from ..documents import AddResult, DeleteResult, Document
 from ..errors import DataError, FormatError, HCEError
-from ..formats.tree import NO_LEAF, Subtree
+from ..formats.tree import NO_LEAF, Subtree, load_tree
+from ..lexical import modes
 from .client import MilvusCollection, connect, release
 from .layout import MilvusTarget, as_document, check_document, encoder_digest, entity, filter_expr
 
@@ -35,11 +37,11 @@ log = logging.getLogger(__name__)
 
 
 class MilvusStore:
-    """The Engine's backend over a Milvus collection (same surface as ``IndexStore``)."""
+    """The Engine's ``Backend`` over a Milvus collection."""
 
     def __init__(self, target: MilvusTarget, client: Any, collection: MilvusCollection, encoder_dir: Path,
                  writable: bool) -> None:
-        self.target, self.client, self.index, self.writable = target, client, collection, writable
+        self.target, self.client, self.collection, self.writable = target, client, collection, writable
         self.manifest, self.encoder_dir = collection.manifest, Path(encoder_dir)
         self._mutex = threading.RLock()  # one write at a time from this process (check, then upsert)
         self._paths: dict[int, list[int]] = {}  # leaf node -> its path (leaves repeat)
@@ -64,28 +66,46 @@ class MilvusStore:
         return cls(target, client, collection, Path(encoder_dir), writable)
 
     @property
+    def dim(self) -> int:
+        return self.collection.dim
+
+    @property
     def stores_documents(self) -> bool:
         return self.manifest.stores_documents
 
+    @property
+    def search_defaults(self) -> modes.SearchSettings:
+        return modes.stored_defaults({}, False)  # no lexical side: dense
+
     # ---- reads ------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.collection)
+
+    def ids(self) -> list[str]:
+        return self.collection.ids()
+
     def search(self, queries: np.ndarray, k: int, ef: int | None = None, filter: Mapping[str, tuple[str, ...]] | None = None,
                subtree: Subtree | None = None, fields: Sequence[str] = (), num_threads: int = 1,
-               ) -> list[list[tuple[str, float, Document | None]]]:
+               ) -> list[list[StoredHit]]:
         """Top-``k`` per query row as (id, score, stored document or None); filter and subtree run inside Milvus."""
         if filter and not self.stores_documents:
             raise DataError("this collection stores no documents (exported from a --no-store index): filters need metadata")
-        wanted = [f for f in fields if f in self.index.doc_fields]
+        wanted = [f for f in fields if f in self.collection.doc_fields]
         params = self.manifest.index.search_params(k, ef)
-        rows = self.index.search(queries, k, filter_expr(filter, subtree.node if subtree else None), params, wanted)
+        rows = self.collection.search(queries, k, filter_expr(filter, subtree.node if subtree else None), params, wanted)
         return [[(i, s, as_document(i, e) if wanted else None) for i, s, e in row] for row in rows]
 
-    def documents(self, ids: Iterable[str]) -> dict[str, Document]:
+    def search_lexical(self, texts: Sequence[str], k: int, filter: Mapping[str, tuple[str, ...]] | None = None,
+                       subtree: Subtree | None = None, fields: Sequence[str] = ()) -> list[list[StoredHit]]:
+        raise DataError("a Milvus collection has no lexical side: search it in mode dense")
+
+    def get(self, ids: Iterable[str]) -> dict[str, Document]:
         if not self.stores_documents:
             return {}
-        return {i: as_document(i, e) for i, e in self.index.fetch(list(ids), self.index.doc_fields).items()}
+        return {i: as_document(i, e) for i, e in self.collection.fetch(list(ids), self.collection.doc_fields).items()}
 
     def stats(self) -> dict[str, Any]:
-        return {**self.index.stats(), "writable": self.writable, "stores_documents": self.stores_documents}
+        return {**self.collection.stats(), "writable": self.writable, "stores_documents": self.stores_documents}
 
     # ---- writes -----------------------------------------------------------------------------------
     def _require_writable(self) -> None:
@@ -100,18 +120,22 @@ class MilvusStore:
             check_document(d, self.stores_documents)
         return Batch(checked, dropped)
 
-    def add_batch(self, batch: Batch, vectors: np.ndarray, leaves: Any = None) -> AddResult:
-        """Upsert ``batch`` with its vectors and tree leaves; acknowledged by Milvus when this returns."""
+    def add(self, batch: Batch | Sequence[str], vectors: np.ndarray, leaves: Any = None) -> AddResult:
+        """Upsert ``batch`` (from ``prepare``, or bare ids) with its vectors and tree leaves; acknowledged by Milvus
+        when this returns."""
+        if not isinstance(batch, Batch):
+            self._require_writable()
+            batch = Batch.of_ids(batch)
         ids = batch.ids
-        vecs, leaf_arr = batch.rows(vectors, leaves, self.index.dim, NO_LEAF)  # (n, dim), (n,)
+        vecs, leaf_arr = batch.rows(vectors, leaves, self.collection.dim, NO_LEAF)  # (n, dim), (n,)
         if not ids:
             return AddResult(0, 0)
         rows = [entity(d, v, leaf, self._path(leaf), self.stores_documents)
                 for d, v, leaf in zip(batch.docs, vecs, leaf_arr.tolist(), strict=True)]
         with self._mutex:
             self._require_writable()
-            before = self.index.existing(ids)
-            self.index.upsert(rows)
+            before = self.collection.existing(ids)
+            self.collection.upsert(rows)
             self._dirty = True
         return AddResult(len(ids) - len(before), len(before), batch.empty)
 
@@ -120,9 +144,7 @@ class MilvusStore:
             return []
         if leaf not in self._paths:
             if self._tree is None:
-                from ..formats.tree import load_tree
-
-                self._tree = load_tree(self.encoder_dir, self.index.dim)
+                self._tree = load_tree(self.encoder_dir, self.collection.dim)
                 if self._tree is None:
                     raise FormatError(f"{self.encoder_dir}: a leaf was given but the export has no corpus tree")
             self._paths[leaf] = self._tree.ancestors(leaf)
@@ -133,9 +155,9 @@ class MilvusStore:
         wanted = list(dict.fromkeys(ids))
         with self._mutex:
             self._require_writable()
-            present = self.index.existing([i for i in wanted if isinstance(i, str)])
+            present = self.collection.existing([i for i in wanted if isinstance(i, str)])
             if present:
-                self.index.delete([i for i in wanted if i in present])
+                self.collection.delete([i for i in wanted if i in present])
                 self._dirty = True
         return DeleteResult([i for i in wanted if i in present], [i for i in wanted if i not in present])
 
@@ -143,7 +165,7 @@ class MilvusStore:
         """Flush: Milvus seals what was written into persisted, indexed segments (it is durable before)."""
         if not (self._dirty or force) or not self.writable:
             return False
-        self.index.flush()
+        self.collection.flush()
         self._dirty = False
         return True
 

@@ -122,7 +122,7 @@ def check(folder: Path, exp: Expect, tally: Tally, dim: int, vectors: bool) -> N
         idx = store.index
         ids = {f"d{i}" for i in range(UNIVERSE)} | set(exp.live) | set(idx.ids())
         # The reader's view of the documents: docs.sqlite plus the log records a writer has not folded in yet.
-        docs = store.documents(ids | store.docs.ids()) if store.docs is not None else None
+        docs = store.get(ids | store.docs.ids()) if store.docs is not None else None
         for doc_id in ids:
             has = doc_id in idx
             if doc_id in exp.maybe:
