@@ -47,7 +47,8 @@ def tagged_index(tiny_export, tiny_beir, tmp_path_factory):
     cent = rng.standard_normal((7, 32)).astype(np.float32)
     Tree(np.array([-1, 0, 0, 1, 1, 2, 2], np.int32), cent, (3 + np.arange(64) % 4).astype(np.int32),
          [d["_id"] for d in docs]).save(export)
-    Engine.build(export, corpus, root / "idx")
+    # dense by default: these tests are about the dense side (hybrid on Milvus: test_milvus_hybrid.py)
+    Engine.build(export, corpus, root / "idx", search={"mode": "dense"})
     return root
 
 

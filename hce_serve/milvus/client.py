@@ -19,6 +19,7 @@ import numpy as np
 from .. import defaults
 from ..errors import BackendError, FormatError, missing_dependency
 from .layout import MANIFEST_KEY, CollectionManifest, MilvusTarget, ids_expr
+from .lexical import SPARSE_FIELD, TEXT_FIELD
 
 log = logging.getLogger(__name__)
 ID_CHUNK = 512  # ids per "id in [...]" expression
@@ -125,7 +126,11 @@ class MilvusCollection:
             # a JSON "params" key (the older wire form, which servers still merge in). Sending both reaches both.
             p = dict(manifest.index.params)
             params.add_index(field_name="vector", index_type=manifest.index.type, metric_type="IP", params={**p, "params": p})
-            client.create_collection(name, schema=schema(pymilvus.MilvusClient, pymilvus.DataType, manifest),
+            if manifest.lexical is not None:
+                lp = manifest.lexical.index_params()
+                params.add_index(field_name=SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
+                                 params={**lp, "params": lp})
+            client.create_collection(name, schema=schema(pymilvus, manifest),
                                      index_params=params, consistency_level="Strong",
                                      properties={MANIFEST_KEY: manifest.to_json()})
         return cls(client, name, manifest)
@@ -137,6 +142,10 @@ class MilvusCollection:
                 raise FormatError(f"{where}: no collection {name} (write one with hce-serve index export-milvus)")
             desc = client.describe_collection(name)
             manifest = CollectionManifest.from_json((desc.get("properties") or {}).get(MANIFEST_KEY), f"{where} {name}")
+            fields = {f.get("name") for f in desc.get("fields") or []}
+            if manifest.lexical is not None and not {TEXT_FIELD, SPARSE_FIELD} <= fields:
+                raise FormatError(f"{where} {name}: its manifest has a lexical side but the collection lacks the "
+                                  f"{TEXT_FIELD!r} and {SPARSE_FIELD!r} fields")
             client.load_collection(name)
         return cls(client, name, manifest)
 
@@ -194,8 +203,17 @@ class MilvusCollection:
                fields: Sequence[str]) -> list[list[tuple[str, float, dict[str, Any]]]]:
         """Top-``k`` (id, inner product, {field: value}) per query row, best first."""
         with rpc(f"search {self.name}"):
+            # anns_field: a collection with a lexical side has two vector fields, and Milvus asks which one
             res = self.client.search(self.name, data=[v for v in np.asarray(vectors, np.float32)], limit=k, filter=expr,
-                                     output_fields=list(fields) or ["leaf"], search_params=params)
+                                     output_fields=list(fields) or ["leaf"], search_params=params, anns_field="vector")
+        return [[(h["id"], float(h["distance"]), h.get("entity") or {}) for h in row] for row in res]
+
+    def search_lexical(self, queries: Sequence[str], k: int, expr: str,
+                       fields: Sequence[str]) -> list[list[tuple[str, float, dict[str, Any]]]]:
+        """BM25's top-``k`` (id, Milvus's distance, {field: value}) per analysed query text, best first."""
+        with rpc(f"full-text search {self.name}"):
+            res = self.client.search(self.name, data=list(queries), limit=k, filter=expr, anns_field=SPARSE_FIELD,
+                                     output_fields=list(fields) or ["leaf"], search_params={"metric_type": "BM25"})
         return [[(h["id"], float(h["distance"]), h.get("entity") or {}) for h in row] for row in res]
 
     def flush(self) -> None:
@@ -206,7 +224,8 @@ class MilvusCollection:
         m = self.manifest
         return {"backend": "milvus", "collection": self.name, "dim": self.dim, "live": len(self),
                 "index_type": m.index.type, "index_params": m.index.params, "search_params": m.index.search,
-                "tree_nodes": m.tree_nodes, "source": m.source}
+                "tree_nodes": m.tree_nodes, "source": m.source,
+                "lexical": m.lexical.to_dict() if m.lexical is not None else None}
 
 
 def _byte_batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -214,7 +233,8 @@ def _byte_batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     part: list[dict[str, Any]] = []
     size = 0
     for row in rows:
-        n = 4 * len(row["vector"]) + sum(len(str(row.get(f, ""))) for f in ("id", "title", "text", "metadata", "tags"))
+        n = 4 * len(row["vector"]) + sum(len(str(row.get(f, ""))) for f in ("id", "title", "text", "metadata", "tags",
+                                                                            TEXT_FIELD))
         if part and (len(part) >= defaults.MILVUS_EXPORT_BATCH or size + n > defaults.MILVUS_EXPORT_BYTES):
             yield part
             part, size = [], 0

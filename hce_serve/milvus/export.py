@@ -1,9 +1,11 @@
 """``hce-serve index export-milvus``: copy an index folder's live documents into a Milvus collection.
 
 Per live document: its id, its vector exactly as hnswlib holds it, its tree leaf and the leaf's ancestors,
-and (for indexes that store documents) its title, text and metadata, laid out as ``milvus_layout.py``
-says. The collection's manifest records the encoder's identity, so ``hce-serve search --milvus`` refuses
-an export other than the one the index was built with.
+and (for indexes that store documents) its title, text and metadata, laid out as ``layout.py`` says. A
+folder with a lexical part gives the collection its BM25 side (``lexical.py``): each document's terms under
+the folder's analyzer, and the folder's k1 and b; its default search settings travel too, so the collection
+searches in the folder's mode. The collection's manifest records the encoder's identity, so ``hce-serve
+search --milvus`` refuses an export other than the one the index was built with.
 
 The collection is written under its final name and dropped again if the export fails half-way (Milvus
 has no atomic rename across all versions milvus-lite and servers share), so a failed export leaves no
@@ -22,9 +24,11 @@ from ..documents import Document
 from ..errors import BackendError, DataError, FormatError
 from ..folder.store import IndexStore
 from ..formats.tree import NO_LEAF
+from ..lexical.modes import stored_defaults
 from ..options import EngineOptions
 from .client import MilvusCollection, connect, release, rpc
 from .layout import CollectionManifest, MilvusTarget, VectorIndex, check_document, encoder_digest, entity
+from .lexical import LexicalSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +47,10 @@ def vector_index_for(store: IndexStore, type: str | None = None, M: int | None =
 
 
 def export_index(engine: Any, target: MilvusTarget, vector_index: VectorIndex | None = None, overwrite: bool = False,
-                 batch_size: int = defaults.MILVUS_EXPORT_BATCH, progress: bool = False) -> dict[str, Any]:
-    """Write the live documents of ``engine``'s index folder into ``target``; returns what was written."""
+                 batch_size: int = defaults.MILVUS_EXPORT_BATCH, progress: bool = False,
+                 lexical: bool = True) -> dict[str, Any]:
+    """Write the live documents of ``engine``'s index folder into ``target``; returns what was written.
+    ``lexical``: export the folder's lexical part when it has one (False: a dense-only collection)."""
     store = engine.store
     if not isinstance(store, IndexStore):
         raise DataError("export-milvus reads an index folder (open it with Engine.open)")
@@ -52,9 +58,12 @@ def export_index(engine: Any, target: MilvusTarget, vector_index: VectorIndex | 
     ids = store.ids()  # live ids, label order
     tree = engine.tree
     vindex = vector_index or vector_index_for(store)
+    lex = store.lexical if lexical and store.stores_documents else None
+    spec = LexicalSpec(lex.analyzer, lex.params) if lex is not None else None
+    search = store.search_defaults if spec is not None else stored_defaults({}, False)
     manifest = CollectionManifest(store.dim, encoder_digest(store.encoder_dir), store.stores_documents, vindex,
                                   int(tree.parent.shape[0]) if tree is not None else None,
-                                  {"live": len(ids), "generation": store.stats()["generation"]})
+                                  {"live": len(ids), "generation": store.stats()["generation"]}, search.to_dict(), spec)
     client = connect(target)
     created = False
     try:
@@ -75,8 +84,8 @@ def export_index(engine: Any, target: MilvusTarget, vector_index: VectorIndex | 
                 doc = docs.get(doc_id) if store.stores_documents else Document(doc_id, "", "")
                 if doc is None:
                     raise FormatError(f"{store.folder}: live id {doc_id!r} has no stored document")
-                check_document(doc, store.stores_documents)
-                rows.append(entity(doc, vec, leaf, paths[leaf], store.stores_documents))
+                check_document(doc, store.stores_documents, spec)
+                rows.append(entity(doc, vec, leaf, paths[leaf], store.stores_documents, spec))
             collection.insert(rows)
             bar.update(len(part))
         bar.close()
@@ -98,5 +107,6 @@ def export_index(engine: Any, target: MilvusTarget, vector_index: VectorIndex | 
     log.info("exported %d documents to %s (%s) in %.1f s", len(ids), target.collection, vindex.type, secs)
     return {"collection": target.collection, "exported": len(ids), "dim": manifest.dim,
             "stores_documents": manifest.stores_documents, "index_type": vindex.type, "index_params": vindex.params,
-            "search_params": vindex.search, "tree_nodes": manifest.tree_nodes, "seconds": round(secs, 2)}
+            "search_params": vindex.search, "tree_nodes": manifest.tree_nodes,
+            "lexical": spec.to_dict() if spec is not None else None, "mode": search.mode, "seconds": round(secs, 2)}
 

@@ -11,6 +11,7 @@ path      ARRAY<INT32>: the nodes from the first level below the root down to ``
 title, text  VARCHAR   (collections that store documents)
 metadata  JSON: the flat metadata object as stored locally
 tags      ARRAY<VARCHAR>: one token ``<key as JSON>=<canonical value>`` per metadata value: the filter index
+lexical, lexical_bm25   the BM25 side (exported from a folder with a lexical part): ``milvus/lexical.py``
 ```
 
 A filter ``{"lang": ["en", "de"], "year": 2021}`` becomes ``array_contains_any(tags, [...]) and ...`` over the
@@ -21,7 +22,9 @@ expressions only through ``quote`` (milvus-lite and the server parse the same es
 
 The collection's properties carry its manifest (``hce.manifest``, JSON): the format version, the dimension,
 the encoder's identity (sha256 of its ``hce_model.json`` and ``tree.npz``), the vector index and its search
-parameters.
+parameters, the folder's default search settings (``search``), and for a collection with a lexical side its
+analyzer and BM25 parameters (``lexical``; format_version 2, so an hce that predates it refuses the collection
+instead of writing rows without the lexical field). A collection of format_version 1 opens as dense-only.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +43,12 @@ from ..errors import DataError, FormatError, VersionError
 from ..formats.card import CARD_NAME
 from ..formats.tree import TREE_NAME
 from ..options import Bound, EngineOptions
+from .lexical import TEXT_FIELD as LEXICAL_TEXT
+from .lexical import LexicalSpec
 
 MANIFEST_KEY = "hce.manifest"  # collection property holding the manifest
-FORMAT, FORMAT_VERSION = "hce-milvus", 1
+FORMAT, FORMAT_VERSION = "hce-milvus", 2
+DENSE_ONLY_VERSION = 1  # a collection without the lexical side is written as version 1: older hce still opens it
 INDEX_TYPES = ("HNSW", "IVF_FLAT", "IVF_SQ8", "FLAT")  # IVF_SQ8: one byte a dimension
 MAX_VARCHAR = 65_535  # bytes: Milvus's bound on a VARCHAR field
 MAX_JSON = 65_536  # bytes: Milvus's bound on a JSON field
@@ -128,10 +134,15 @@ class CollectionManifest:
     index: VectorIndex
     tree_nodes: int | None = None  # nodes of the corpus tree paths refer to (None: no tree)
     source: dict[str, Any] = field(default_factory=dict)  # what it was exported from (live count, generation)
+    search: dict[str, Any] = field(default_factory=dict)  # the folder's default mode, fusion, alpha and depth
+    lexical: LexicalSpec | None = None  # the BM25 side (None: a dense-only collection)
 
     def to_json(self) -> str:
-        body = {k: v for k, v in asdict(self).items() if k != "index"}
-        return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **body, "index": asdict(self.index)})
+        body = {k: getattr(self, k) for k in ("dim", "encoder_sha256", "stores_documents", "tree_nodes", "source",
+                                              "search")}
+        version = DENSE_ONLY_VERSION if self.lexical is None else FORMAT_VERSION
+        lexical = {} if self.lexical is None else {"lexical": self.lexical.to_dict()}
+        return json.dumps({"format": FORMAT, "format_version": version, **body, "index": asdict(self.index), **lexical})
 
     @classmethod
     def from_json(cls, text: str | None, where: str) -> CollectionManifest:
@@ -147,10 +158,15 @@ class CollectionManifest:
             raise VersionError(f"{where}: format_version {version!r} is newer than this hce supports ({FORMAT_VERSION})")
         try:
             index = VectorIndex(**obj["index"])
-            return cls(int(obj["dim"]), str(obj["encoder_sha256"]), bool(obj["stores_documents"]), index,
-                       obj.get("tree_nodes"), dict(obj.get("source") or {}))
+            manifest = cls(int(obj["dim"]), str(obj["encoder_sha256"]), bool(obj["stores_documents"]), index,
+                           obj.get("tree_nodes"), dict(obj.get("source") or {}), dict(obj.get("search") or {}))
         except (KeyError, TypeError, ValueError, DataError) as e:
             raise FormatError(f"{where}: bad {MANIFEST_KEY} ({type(e).__name__}: {e})") from None
+        if obj.get("lexical") is None:
+            return manifest
+        if not manifest.stores_documents:
+            raise FormatError(f"{where}: bad {MANIFEST_KEY} (a lexical side needs the stored documents)")
+        return replace(manifest, lexical=LexicalSpec.from_dict(obj["lexical"], f"{where} {MANIFEST_KEY}"))
 
 
 def encoder_digest(encoder_dir: Path) -> str:
@@ -200,7 +216,7 @@ def document_tags(doc: Document) -> list[str]:
     return sorted({tag(k, canonical_value(v)) for k, v in vals})
 
 
-def check_document(doc: Document, stores_documents: bool) -> None:
+def check_document(doc: Document, stores_documents: bool, lexical: LexicalSpec | None = None) -> None:
     """Refuse, by name, a document a Milvus collection cannot hold (nothing is silently cut)."""
     if len(doc.id.encode("utf-8")) > MAX_VARCHAR:
         raise DataError(f"document id {doc.id[:40]!r}…: longer than Milvus's {MAX_VARCHAR:,}-byte VARCHAR")
@@ -213,13 +229,21 @@ def check_document(doc: Document, stores_documents: bool) -> None:
         raise DataError(f"document {doc.id!r}: metadata is {n:,} bytes of JSON; a Milvus JSON field holds {MAX_JSON:,}")
     if (n := len(document_tags(doc))) > MAX_TAGS:
         raise DataError(f"document {doc.id!r}: {n:,} metadata values; a Milvus collection filters on {MAX_TAGS:,}")
+    # The terms are never longer than the text they come from: only a title and text over one VARCHAR together
+    # are analysed here to check.
+    if (lexical is not None and len(doc.full_text.encode("utf-8")) > MAX_VARCHAR
+            and (n := len(lexical.text(doc).encode("utf-8"))) > MAX_VARCHAR):
+        raise DataError(f"document {doc.id!r}: its index terms are {n:,} bytes; a Milvus VARCHAR holds {MAX_VARCHAR:,}")
 
 
-def entity(doc: Document, vector: Any, leaf: int, path: list[int], stores_documents: bool) -> dict[str, Any]:
-    """One row for insert/upsert (``doc`` checked by ``check_document``)."""
+def entity(doc: Document, vector: Any, leaf: int, path: list[int], stores_documents: bool,
+           lexical: LexicalSpec | None = None) -> dict[str, Any]:
+    """One row for insert/upsert (``doc`` checked by ``check_document``); Milvus computes ``lexical_bm25``."""
     row: dict[str, Any] = {"id": doc.id, "vector": vector, "leaf": int(leaf), "path": path}
     if stores_documents:
         row.update(title=doc.title, text=doc.text, metadata=doc.metadata or {}, tags=document_tags(doc))
+    if lexical is not None:
+        row[LEXICAL_TEXT] = lexical.text(doc)
     return row
 
 
@@ -227,9 +251,10 @@ def as_document(doc_id: str, ent: dict[str, Any]) -> Document:
     return Document(doc_id, ent.get("title") or "", ent.get("text") or "", ent.get("metadata") or None)
 
 
-def schema(client_cls: Any, data_type: Any, manifest: CollectionManifest) -> Any:
+def schema(pymilvus: Any, manifest: CollectionManifest) -> Any:
     """The collection schema of the module docstring."""
-    s = client_cls.create_schema(auto_id=False, enable_dynamic_field=False, description="HCE index (hce-serve)")
+    data_type = pymilvus.DataType
+    s = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description="HCE index (hce-serve)")
     s.add_field("id", data_type.VARCHAR, is_primary=True, max_length=MAX_VARCHAR)
     s.add_field("vector", data_type.FLOAT_VECTOR, dim=manifest.dim)
     s.add_field("leaf", data_type.INT32)
@@ -240,4 +265,6 @@ def schema(client_cls: Any, data_type: Any, manifest: CollectionManifest) -> Any
         s.add_field("metadata", data_type.JSON)
         s.add_field("tags", data_type.ARRAY, element_type=data_type.VARCHAR, max_capacity=MAX_TAGS,
                     max_length=MAX_TAG_BYTES + 80)  # a key of 128 characters as JSON, then its digest
+    if manifest.lexical is not None:
+        manifest.lexical.add_fields(s, pymilvus, MAX_VARCHAR)
     return s

@@ -3,8 +3,9 @@
 ``MilvusCollection`` (``client.py``) is mechanism: the pymilvus calls for one collection, every error turned into
 one line. ``MilvusStore`` is the ``Backend`` the Engine drives: it checks writes once (the same ``checks`` as
 the folder backend, plus what Milvus cannot hold), turns tree leaves into paths, and answers searches with the
-stored fields in the same RPC. The layout of the collection is ``layout.py``. A collection has no lexical side:
-it searches dense only.
+stored fields in the same RPC. The layout of the collection is ``layout.py``. A collection exported from a
+folder with a lexical part has a BM25 side too (``lexical.py``: Milvus full-text search over the folder's
+analysed terms), and searches lexical and hybrid as the folder does; one exported without it is dense-only.
 
 The same code reaches milvus-lite (``uri="./x.db"``: an embedded engine in this process, one process per
 file) and a Milvus server or cluster (``uri="http://host:19530"``, ``token``). Writes are upserts and
@@ -32,12 +33,17 @@ from ..formats.tree import NO_LEAF, Subtree, load_tree
 from ..lexical import modes
 from .client import MilvusCollection, connect, release
 from .layout import MilvusTarget, as_document, check_document, encoder_digest, entity, filter_expr
+from .lexical import LexicalSpec
 
 log = logging.getLogger(__name__)
 
 
 class MilvusStore:
     """The Engine's ``Backend`` over a Milvus collection."""
+
+    NO_LEXICAL = ("this Milvus collection has no lexical side (exported before hybrid search, or from a folder "
+                  "without a lexical part): re-export it with 'hce-serve index export-milvus --overwrite' from an "
+                  "index folder that has one (add one with 'hce-serve index build-lexical --index IDX_DIR')")
 
     def __init__(self, target: MilvusTarget, client: Any, collection: MilvusCollection, encoder_dir: Path,
                  writable: bool) -> None:
@@ -74,8 +80,14 @@ class MilvusStore:
         return self.manifest.stores_documents
 
     @property
+    def lexical(self) -> LexicalSpec | None:
+        """The BM25 side's analyzer and parameters; None for a dense-only collection."""
+        return self.manifest.lexical
+
+    @property
     def search_defaults(self) -> modes.SearchSettings:
-        return modes.stored_defaults({}, False)  # no lexical side: dense
+        """The exported folder's defaults (a collection without a lexical side: dense)."""
+        return modes.stored_defaults({modes.SEARCH_KEY: self.manifest.search}, self.lexical is not None)
 
     # ---- reads ------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -97,7 +109,18 @@ class MilvusStore:
 
     def search_lexical(self, texts: Sequence[str], k: int, filter: Mapping[str, tuple[str, ...]] | None = None,
                        subtree: Subtree | None = None, fields: Sequence[str] = ()) -> list[list[StoredHit]]:
-        raise DataError("a Milvus collection has no lexical side: search it in mode dense")
+        """BM25's top-``k`` per query text, best first, under the same filter and subtree rules as ``search``;
+        scores on the folder's scale (``lexical.LexicalSpec.score``)."""
+        spec = self.lexical
+        if spec is None:
+            raise DataError(self.NO_LEXICAL)
+        wanted = [f for f in fields if f in self.collection.doc_fields]  # a lexical side implies stored documents
+        queries = [spec.query(t) for t in texts]
+        asked = [q for q in queries if q]  # a query of stop words only has no terms: no hits, and no RPC
+        rows = iter(self.collection.search_lexical(asked, k, filter_expr(filter, subtree.node if subtree else None),
+                                                   wanted) if asked else [])
+        return [[(i, spec.score(d), as_document(i, e) if wanted else None) for i, d, e in next(rows)] if q else []
+                for q in queries]
 
     def get(self, ids: Iterable[str]) -> dict[str, Document]:
         if not self.stores_documents:
@@ -117,7 +140,7 @@ class MilvusStore:
         self._require_writable()
         checked, dropped = check_documents(docs, strict=strict)
         for d in checked:
-            check_document(d, self.stores_documents)
+            check_document(d, self.stores_documents, self.lexical)
         return Batch(checked, dropped)
 
     def add(self, batch: Batch | Sequence[str], vectors: np.ndarray, leaves: Any = None) -> AddResult:
@@ -130,7 +153,7 @@ class MilvusStore:
         vecs, leaf_arr = batch.rows(vectors, leaves, self.collection.dim, NO_LEAF)  # (n, dim), (n,)
         if not ids:
             return AddResult(0, 0)
-        rows = [entity(d, v, leaf, self._path(leaf), self.stores_documents)
+        rows = [entity(d, v, leaf, self._path(leaf), self.stores_documents, self.lexical)
                 for d, v, leaf in zip(batch.docs, vecs, leaf_arr.tolist(), strict=True)]
         with self._mutex:
             self._require_writable()
