@@ -20,6 +20,7 @@ makes one segment here (up to its 100,000 rows), as it does for ``export-milvus`
 
 from __future__ import annotations
 
+import importlib.metadata as _md
 import logging
 import statistics
 import sys
@@ -158,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--datasets", default="scifact", help="comma-separated folders of ../shared/data [scifact]")
     ap.add_argument("--depth", type=int, default=100, help="hits per query and arm [100]")
     args = parse(ap, argv)
-    out: dict[str, Any] = {"depth": args.depth, "collections": {}}
+    out: dict[str, Any] = {"depth": args.depth, "milvus": {n: _md.version(n) for n in ("pymilvus", "milvus-lite")},
+                           "collections": {}}
     for name in args.datasets.split(","):
         data = load_beir(SHARED_DATA / name, "test")
         queries = {q: data.queries[q] for q in sorted(data.queries)}
