@@ -24,11 +24,15 @@ def doc(i: int | str, version: int = 0) -> Document:
     return Document(f"d{i}", f"title {i} v{version}", f"text of {i}", {"version": version})
 
 
-def make_store(folder: Path, n: int = 50, **params) -> Path:
+def make_store(folder: Path, n: int = 50, lexical: bool = False, **params) -> Path:
+    """``lexical``: with the BM25 part of hybrid search, as ``index build`` makes by default."""
+    from hce_serve.lexical.bm25 import LexicalIndex
+
     idx = Index(DIM, IndexParams(exact_threshold=0, **params), capacity=16)
     docs = [doc(i) for i in range(n)]
     idx.add([d.id for d in docs], unit(0, n))
-    IndexStore.create(folder, idx, None, documents=docs)
+    lex = LexicalIndex.build((d.id, d.full_text) for d in docs) if lexical else None
+    IndexStore.create(folder, idx, None, documents=docs, lexical=lex)
     return folder
 
 

@@ -3,12 +3,16 @@
 Three writers, each in its own process: the Python store API (random vectors, so a cycle costs milliseconds),
 the ``hce-serve index add|delete`` command line, and the ``hce-serve http`` server driven over loopback.
 A mutation counts as *acknowledged* only once the call returned (store API: a line the child writes to an
-ack file after ``add``/``delete`` returns; CLI: exit status 0; HTTP: a 200 answer). After each kill
-``ledger.check`` verifies the folder (see there); for the CLI and HTTP writers, whose index stores documents,
-that includes docs.sqlite holding exactly the index's live ids, as a reader sees it and after the next
-writer's open, and each document's stored version.
+ack file after ``add``/``delete`` returns; CLI: exit status 0; HTTP: a 200 answer). Every folder is built
+with stored documents and the lexical part (hybrid search's BM25 postings). After each kill ``ledger.check``
+verifies the folder (see there): the vectors, docs.sqlite and the lexical postings hold the same live ids
+(as a reader sees them and after the next writer's open), each document's stored text and postings carry
+its acknowledged version, and nothing of a deleted or replaced text is found by a lexical search.
 
-    python -m tests.reliability.crash --modes store,cli,http --cycles 200 [--export EXPORT_DIR]
+    python -m tests.reliability.crash --modes store,cli,http --cycles 200 [--export EXPORT_DIR] [--resume]
+
+Each finished mode is written to the results section at once; ``--resume`` keeps the modes a killed run had
+finished (same cycles and seed) and runs the rest.
 """
 
 from __future__ import annotations
@@ -33,9 +37,14 @@ from benchmarks.loopback import start_server
 
 from .ledger import UNIVERSE, Expect, Tally, check, doc_text, unit_vector
 
+TOTALS = ("cycles", "killed_mid_write", "in_flight_at_kill", "acked_mutations", "failed_loads", "lost_acked_writes",
+          "deleted_ids_returned", "docs_checks", "docs_index_mismatch", "lexical_checks", "lexical_index_mismatch",
+          "lexical_lost_acked_writes", "lexical_stale_postings", "lexical_deleted_ids_returned", "writer_errors")
+
 
 # ---- writer 1: the store API in a child process ----------------------------------------------------------
 def _store_writer(folder: str, acks: str, seed: int, dim: int, first_version: int) -> None:
+    from hce_serve.documents import Document
     from hce_serve.folder.store import IndexStore
 
     rng = random.Random(seed)
@@ -51,7 +60,8 @@ def _store_writer(folder: str, acks: str, seed: int, dim: int, first_version: in
                 version += len(ids)
                 rec = {"op": "add", "ids": ids, "versions": vers}
                 out.write(json.dumps({"intent": rec}) + "\n")
-                s.add(ids, np.stack([unit_vector(i, v, dim) for i, v in zip(ids, vers, strict=True)]))
+                batch = s.prepare([Document(i, "", doc_text(i, v)) for i, v in zip(ids, vers, strict=True)])
+                s.add(batch, np.stack([unit_vector(i, v, dim) for i, v in zip(ids, vers, strict=True)]))
             elif r < 0.8:
                 rec = {"op": "delete", "ids": ids, "versions": None}
                 out.write(json.dumps({"intent": rec}) + "\n")
@@ -186,14 +196,18 @@ def http_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim:
 
 # ---- driver ----------------------------------------------------------------------------------------------
 def _initial_store(folder: Path, dim: int) -> Expect:
+    """A folder of random vectors with their documents and the lexical part, as ``index build`` makes them."""
+    from hce_serve.documents import Document
     from hce_serve.folder.store import IndexStore
     from hce_serve.index.index import Index
+    from hce_serve.lexical.bm25 import LexicalIndex
     from hce_serve.options import IndexParams
 
     idx = Index(dim, IndexParams(M=8, ef_construction=64, exact_threshold=0, compact_min_deleted=64))
     ids = [f"d{i}" for i in range(0, UNIVERSE, 2)]
     idx.add(ids, np.stack([unit_vector(i, 0, dim) for i in ids]))
-    IndexStore.create(folder, idx, None)
+    docs = [Document(i, "", doc_text(i, 0)) for i in ids]
+    IndexStore.create(folder, idx, None, documents=docs, lexical=LexicalIndex.build((d.id, d.full_text) for d in docs))
     return Expect(live=dict.fromkeys(ids, 0))
 
 
@@ -204,7 +218,8 @@ def _initial_engine(folder: Path, export: Path) -> Expect:
     ids = [f"d{i}" for i in range(0, UNIVERSE, 2)]
     corpus = folder.parent / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": i, "title": "", "text": doc_text(i, 0)}) + "\n" for i in ids))
-    Engine.build(export, corpus, folder, IndexParams(M=8, ef_construction=64, exact_threshold=0, compact_min_deleted=64))
+    Engine.build(export, corpus, folder, IndexParams(M=8, ef_construction=64, exact_threshold=0, compact_min_deleted=64),
+                 lexical=True)
     return Expect(live=dict.fromkeys(ids, 0))
 
 
@@ -240,22 +255,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cycles", default="200", help="cycles per mode, or mode=N,mode=N")
     ap.add_argument("--export", type=Path, default=None, help="EXPORT_DIR for the cli/http writers")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true", help="keep the modes --out already holds (same cycles and seed)")
     a = cli.parse(ap, argv)
     per = dict(kv.split("=") for kv in a.cycles.split(",")) if "=" in a.cycles else {}
-    out = []
+    plan = [(mode, int(per.get(mode, a.cycles if not per else 0))) for mode in a.modes.split(",")]
+    done = _finished_modes(a.out, a.seed) if a.resume else {}
+    out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hce-crash-") as tmp:
-        for mode in a.modes.split(","):
-            res = run(mode, int(per.get(mode, a.cycles if not per else 0)), Path(tmp), a.export, a.seed)
+        for mode, cycles in plan:
+            if done.get(mode, {}).get("planned_cycles") == cycles:
+                out.append(done[mode])
+                print(f"{mode}: kept from {a.out}", file=sys.stderr, flush=True)
+                continue
+            res = {**run(mode, cycles, Path(tmp), a.export, a.seed), "planned_cycles": cycles}
             print(json.dumps(res), file=sys.stderr, flush=True)
             out.append(res)
-    total = {k: sum(r[k] for r in out) for k in ("cycles", "killed_mid_write", "in_flight_at_kill", "acked_mutations",
-                                                  "failed_loads", "lost_acked_writes", "deleted_ids_returned",
-                                                  "docs_checks", "docs_index_mismatch", "writer_errors")}
-    provenance.write_result(a.out, {"export": str(a.export) if a.export else None, "total": total, "modes": out}, __file__,
-                        section="crash")
+            _write(a, out)  # after each mode: a killed run keeps what it finished
+    total = _write(a, out)
     print(json.dumps(total))
     return 0
 
+
+def _write(a: Any, out: list[dict[str, Any]]) -> dict[str, int]:
+    total = {k: sum(r[k] for r in out) for k in TOTALS}
+    provenance.write_result(a.out, {"export": str(a.export) if a.export else None, "seed": a.seed, "total": total,
+                                    "modes": out}, __file__, section="crash")
+    return total
+
+
+def _finished_modes(out: Path, seed: int) -> dict[str, dict[str, Any]]:
+    """The modes an earlier run with this seed wrote to ``out``'s crash section (with every current column)."""
+    try:
+        section = json.loads(out.read_text()).get("crash") or {}
+    except (OSError, ValueError):
+        return {}
+    if section.get("seed") != seed:
+        return {}
+    return {m["mode"]: m for m in section.get("modes", []) if all(k in m for k in TOTALS)}
 
 if __name__ == "__main__":
     sys.exit(main())
