@@ -2,7 +2,8 @@
 
 Endpoints: ``GET /healthz``, ``GET /stats``, ``GET /search?q=&k=&ef=&fields=``, ``POST /search`` (one query
 or a batch, with ``filter``, ``ef``, ``subtree``, ``fields``), ``GET /documents/{id}``, ``POST /documents``
-(add or replace), ``DELETE /documents/{id}``, ``POST /documents/delete``; OpenAPI at ``/docs``.
+(add or replace), ``DELETE /documents/{id}``, ``POST /documents/delete``; OpenAPI at ``/docs``; the search
+page at ``/`` with ``GET /facets`` and ``GET /search/options`` (``page.py``).
 
 Errors are JSON ``{"detail": "<one line>"}``: 4xx for a bad request (the client can fix it), 5xx for a
 fault of the server (a corrupt file, an onnxruntime failure), logged with its traceback. Request bodies,
@@ -24,6 +25,7 @@ from ..errors import DataError, HCEError, missing_dependency
 from ..lexical.fusion import FUSIONS
 from ..options import EngineOptions
 from .limits import BodyLimit, Limits
+from .page import add_page
 
 log = logging.getLogger(__name__)
 
@@ -187,4 +189,5 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
         res = engine.delete(body.ids)
         return {"deleted": res.deleted, "missing": res.missing, "live": len(engine)}
 
+    add_page(app, engine, lim)  # the search page at / (page.py): read-only, its own CSP
     return app
