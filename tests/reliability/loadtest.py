@@ -1,5 +1,9 @@
 """Bounded concurrent load test of ``hce-serve http`` on loopback: searches mixed with adds and deletes.
 
+Each search picks its mode (``"mode"`` in the body: dense, lexical or hybrid, weighted by ``--search-modes``;
+a hybrid one also a fusion method, and now and then ``"explain"``), so the BM25 side's postings are read
+while adds and deletes change them. The index is built with its lexical part (``index build``'s default).
+
 ``--concurrency`` keep-alive connections (the lean client of ``benchmarks.loopback``) keep requests in
 flight until ``--requests`` were sent or ``--seconds`` passed (whichever first), against a server in its
 own process on 127.0.0.1. It reports throughput, latency percentiles per request kind, status counts (5xx
@@ -15,7 +19,8 @@ No two writes for the same id are ever in flight together, so "acknowledged dele
 Searches and gets aim at recently deleted documents (for searches, their own text as the query) so a
 leak would show.
 
-    python -m tests.reliability.loadtest --export EXPORT_DIR --corpus corpus.jsonl --queries queries.jsonl --seconds 60
+    python -m tests.reliability.loadtest --export EXPORT_DIR --corpus corpus.jsonl --queries queries.jsonl --seconds 60 \
+        [--search-modes hybrid=2,dense=1,lexical=1]
 """
 
 from __future__ import annotations
@@ -36,8 +41,11 @@ from urllib.parse import quote
 
 from benchmarks.harness import cli, provenance, timing
 from benchmarks.loopback import Connection, start_server
+from hce_serve import defaults
+from hce_serve.lexical.fusion import FUSIONS
 
 MIX = {"search": 0.7, "get": 0.1, "add": 0.1, "delete": 0.1}
+SEARCH_MODES = {"hybrid": 0.5, "dense": 0.25, "lexical": 0.25}  # mostly hybrid: the mode that reads both sides
 
 
 class Invariant:
@@ -61,15 +69,20 @@ class Invariant:
         gone = self.deleted_at.get(doc_id)
         return gone if gone is not None and gone < sent and self.add_sent_at.get(doc_id, -1.0) < gone else None
 
-    def check(self, hits: list[dict[str, Any]], sent: float) -> None:
+    def check(self, hits: list[dict[str, Any]], sent: float, mode: str = "") -> int:
+        """Check one search answer; returns how many violations it added (``mode``: named in them)."""
+        before = len(self.violations)
+        where = f"{mode} search: " if mode else ""
         for h in hits:
             d = h["id"]
             self.checked_hits += 1
             if d not in self.text:
-                self.violations.append(f"unknown id {d!r} returned")
+                self.violations.append(f"{where}unknown id {d!r} returned")
                 continue
             if (gone := self.deleted_before(d, sent)) is not None:
-                self.violations.append(f"{d!r} returned {time.monotonic() - gone:.3f} s after its delete was acknowledged")
+                self.violations.append(f"{where}{d!r} returned {time.monotonic() - gone:.3f} s after its delete "
+                                       "was acknowledged")
+        return len(self.violations) - before
 
     def check_get(self, doc_id: str, code: int, body: dict[str, Any] | None, sent: float) -> None:
         """``GET /documents/{doc_id}`` sent at ``sent`` was answered ``code`` (``body``: the 200 answer)."""
@@ -91,12 +104,15 @@ class Load:
     """The shared state of one run: the invariant, the request budget, latencies and status counts."""
 
     def __init__(self, live: dict[str, str], queries: list[str], requests: int, seconds: float,
-                 k_choices: tuple[int, ...]) -> None:
+                 k_choices: tuple[int, ...], search_modes: dict[str, float] | None = None) -> None:
         self.inv = Invariant(live)
         self.queries, self.pool, self.k_choices = queries, list(live.values()), k_choices
+        self.search_modes = dict(search_modes or SEARCH_MODES)
         self.left, self.deadline, self.fresh = requests, time.monotonic() + seconds, 0
         self.lat: dict[str, list[float]] = {k: [] for k in MIX}
         self.status: Counter = Counter()
+        self.mode_lat: dict[str, list[float]] = {m: [] for m in self.search_modes}
+        self.by_mode: dict[str, Counter] = {m: Counter() for m in self.search_modes}  # requests, status_N, hits, violations
 
     def pick(self, rng: random.Random) -> tuple[str, list[str]]:
         """The next request's kind and the id it writes (none for a search)."""
@@ -123,10 +139,23 @@ class Load:
         inv = self.inv
         if kind == "search":
             dead = inv.recent_deleted[-20:]
+            # Half the time a recently deleted document's own text: the query its leak would answer best,
+            # on the lexical side above all (its rare terms score highest in its own postings).
             q = inv.text[rng.choice(dead)] if dead and rng.random() < 0.5 else rng.choice(self.queries)
-            code, body = await conn.request("POST", "/search", {"query": q[:2000], "k": rng.choice(self.k_choices)})
+            mode = rng.choices(list(self.search_modes), weights=list(self.search_modes.values()))[0]
+            req: dict[str, Any] = {"query": q[:2000], "k": rng.choice(self.k_choices), "mode": mode}
+            if mode == "hybrid":
+                req["fusion"] = defaults.FUSION if rng.random() < 0.5 else rng.choice(FUSIONS)
+                req["explain"] = rng.random() < 0.1
+            code, body = await conn.request("POST", "/search", req)
+            tally = self.by_mode[mode]
+            tally["requests"] += 1
+            tally[f"status_{code}"] += 1
+            self.mode_lat[mode].append(time.monotonic() - sent)
             if code == 200:
-                inv.check(json.loads(body)["hits"], sent)
+                hits = json.loads(body)["hits"]
+                tally["hits_checked"] += len(hits)
+                tally["violations"] += inv.check(hits, sent, mode)
             return code
         if kind == "get":
             code, body = await conn.request("GET", f"/documents/{quote(ids[0], safe='')}")
@@ -209,6 +238,12 @@ async def _drive(port: int, load: Load, concurrency: int, seed: int) -> dict[str
         "latency_by_kind": {k: timing.percentiles(v) for k, v in lat.items() if v},
         "status": dict(status), "server_errors_5xx": sum(n for s, n in status.items() if s.startswith("5")),
         "transport_errors": sum(n for s, n in status.items() if s.startswith("transport")),
+        "errors": done - status.get("200", 0) - status.get("get:404", 0),
+        "by_mode": {m: {"requests": c["requests"], "errors": c["requests"] - c["status_200"],
+                        "status": {k[7:]: n for k, n in c.items() if k.startswith("status_")},
+                        "hits_checked": c["hits_checked"], "invariant_violations": c["violations"],
+                        "latency": timing.percentiles(load.mode_lat[m]) if load.mode_lat[m] else {}}
+                    for m, c in load.by_mode.items()},
         "invariant_violations": len(inv.violations), "violation_examples": inv.violations[:5],
         "hits_checked": inv.checked_hits, "gets_checked": inv.checked_gets,
         "gets_not_found": status.get("get:404", 0), "deleted_during_run": len(inv.deleted_at),
@@ -218,11 +253,13 @@ async def _drive(port: int, load: Load, concurrency: int, seed: int) -> dict[str
 
 def run(index_dir: Path, live: dict[str, str], queries: list[str], requests: int = 100_000, seconds: float = 60.0,
         concurrency: int = 8, seed: int = 0, k_choices: tuple[int, ...] = (10, 100),
-        server_args: Sequence[str] = ()) -> dict[str, Any]:
-    """Serve ``index_dir`` (holding exactly ``live``: id -> text) in a child process and load it; returns the figures."""
+        server_args: Sequence[str] = (), search_modes: dict[str, float] | None = None) -> dict[str, Any]:
+    """Serve ``index_dir`` (holding exactly ``live``: id -> text) in a child process and load it; returns the
+    figures. ``search_modes``: mode -> weight of the searches (``SEARCH_MODES``)."""
     load_before = os.getloadavg()  # the machine is shared: record how busy it was
+    load = Load(live, queries, requests, seconds, k_choices, search_modes)
     with start_server(index_dir, list(server_args)) as server:
-        res = asyncio.run(_drive(server.port, Load(live, queries, requests, seconds, k_choices), concurrency, seed))
+        res = asyncio.run(_drive(server.port, load, concurrency, seed))
         res["server_alive"] = server.proc.poll() is None
         res["loadavg_1min"] = {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)}
         server.stop(timeout=60)
@@ -230,6 +267,26 @@ def run(index_dir: Path, live: dict[str, str], queries: list[str], requests: int
         res["server_stderr_tail"] = server.stderr_tail()
     res["server_traceback"] = "Traceback" in res["server_stderr_tail"]
     return res
+
+
+def parse_modes(spec: str) -> dict[str, float]:
+    """``hybrid=2,dense=1`` (or ``hybrid,dense``: equal weights) -> {mode: weight}."""
+    import argparse
+
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        mode, _, weight = part.partition("=")
+        if mode not in SEARCH_MODES:
+            raise argparse.ArgumentTypeError(f"search mode {mode!r} is not one of {', '.join(SEARCH_MODES)}")
+        try:
+            out[mode] = float(weight) if weight else 1.0
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"weight {weight!r} of {mode} is not a number") from None
+        if not out[mode] > 0:
+            raise argparse.ArgumentTypeError(f"weight of {mode} must be > 0")
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one search mode")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -245,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads in the server")
+    ap.add_argument("--search-modes", type=parse_modes, default=SEARCH_MODES,
+                    help="mode=weight,... of the searches (dense, lexical, hybrid) [hybrid=0.5,dense=0.25,lexical=0.25]")
     a = cli.parse(ap, argv)
     docs = {d.id: d.full_text for d in iter_corpus(a.corpus)}
     with tempfile.TemporaryDirectory(prefix="hce-load-") as tmp:
@@ -256,9 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             Engine.build(a.export, a.corpus, idx, progress=True)
         build_s = time.perf_counter() - t
         res = run(idx, docs, list(load_queries(a.queries).values()), a.requests, a.seconds, a.concurrency,
-                  server_args=("--threads", str(a.threads)))
+                  server_args=("--threads", str(a.threads)), search_modes=a.search_modes)
     res.update({"export": str(a.export), "corpus": str(a.corpus), "documents": len(docs), "concurrency": a.concurrency,
-                "server_threads": a.threads, "mix": MIX, "build_seconds": round(build_s, 1),
+                "server_threads": a.threads, "mix": MIX, "search_modes": a.search_modes,
+                "build_seconds": round(build_s, 1),
                 "client": "benchmarks/loopback.py (asyncio keep-alive, same machine)"})
     provenance.write_result(a.out, res, __file__, section="load")
     print(json.dumps(res, indent=2))
