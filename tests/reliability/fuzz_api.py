@@ -6,12 +6,19 @@ document and calls the FastAPI app in-process (ASGI); every answer must be < 500
 subcommands and options, valid/missing/garbage files and bad numbers; every run must exit 0, 1 or 2
 without a traceback, and exit 1 must print one ``Error:`` line.
 
-``python -m tests.reliability.fuzz_api --export EXPORT_DIR [--http-cases 300 --cli-cases 600]``
+Queries: the search texts of ``fuzz_inputs.search_query`` (arbitrary unicode and lone surrogates, FTS-like
+syntax, stop words only, very long) in every mode, by POST and GET: 200 with well-formed hits of live
+documents, or a one-line 4xx, never a 5xx. User text must never reach a query language as syntax: a lexical
+search answers exactly as for the same text with every non-word character turned into a space.
+
+``python -m tests.reliability.fuzz_api --export EXPORT_DIR [--http-cases 300 --cli-cases 600 --query-cases 2000]``
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import sys
 import tempfile
@@ -26,6 +33,13 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
 from benchmarks.harness import cli, provenance
+
+from .fuzz_inputs import search_query
+
+# The sample index's vocabulary (besides "document", "about", "topic" and the numbers): queries built from it
+# find documents, so the fuzzer checks hits, not only empty answers.
+TOPIC_WORDS = ("protein", "enzyme", "climate", "carbon", "vaccine", "immune", "neuron", "tumor", "insulin", "glacier")
+MODES = ("dense", "lexical", "hybrid")
 
 
 # ---- HTTP (schemathesis over the OpenAPI document, in-process ASGI) and CLI argv --------------------------
@@ -90,6 +104,8 @@ def cli_argv(paths: dict[str, str]) -> st.SearchStrategy[list[str]]:
     idx = st.sampled_from([paths["idx-cli"], paths["idx-cli"], paths["garbage.bin"], paths["missing"], paths["export"]])
     num = st.sampled_from(["1", "3", "8", "100", "0", "-1", "10001", "99999999999999999999", "1e3", "x"])
     text = st.text(max_size=12)
+    query = search_query(TOPIC_WORDS)
+    mode = st.sampled_from([*MODES, *MODES, "fuzzy", "", "HYBRID"])
     cmds = {
         ("index", "build"): [("--model", files), ("--corpus", files), ("--index", st.just(paths["out"] + ".idx")),
                              ("--M", num), ("--ef", num), ("--batch-size", num), ("--overwrite",)],
@@ -99,6 +115,7 @@ def cli_argv(paths: dict[str, str]) -> st.SearchStrategy[list[str]]:
         ("index", "compact"): [("--index", idx)],
         ("index", "stats"): [("--index", idx)],
         ("search",): [("--index", idx), (text,), ("--k", num), ("--json",)],
+        ("search", "", ""): [("--index", idx), (query,), ("--mode", mode), ("--k", num), ("--json",), ("--explain",)],
         ("search", ""): [("--index", idx), ("--queries", files), ("--k", num), ("--run", files)],
         ("eval",): [("--index", idx), ("--queries", files), ("--qrels", files), ("--k", num)],
     }
@@ -147,12 +164,96 @@ def cli_fuzz(paths: dict[str, str], n: int, strict: bool, tally: Counter, proble
     return tally
 
 
+def query_requests() -> st.SearchStrategy[tuple[str, dict[str, Any]]]:
+    """(method, the request: a JSON body for POST, the query parameters for GET) for ``/search``."""
+    text = search_query(TOPIC_WORDS)
+    # A lone surrogate cannot travel as UTF-8 but can as a JSON escape (\ud800): the server must take it too.
+    surrogate = st.tuples(text, st.sampled_from(["\ud800", "\udfff", "\ud83d"])).map(lambda t: t[0] + t[1])
+    body = st.fixed_dictionaries(
+        {"query": st.one_of(text, text, text, surrogate), "mode": st.sampled_from(MODES)},
+        optional={"k": st.sampled_from([1, 5, 20, 100, 0, -1, 1001]),
+                  "fusion": st.sampled_from(["rrf", "minmax", "dbsf", "sum"]),
+                  "alpha": st.sampled_from([0.0, 0.3, 1.0, 1.5, -0.1]), "depth": st.sampled_from([1, 100, 0, 10_001]),
+                  "explain": st.booleans(), "fields": st.sampled_from([["title"], ["text"], []]),
+                  "filter": st.sampled_from([{"topic": "1"}, {"topic": ["0", "2"]}, {"missing": 1}])})
+    # GET: as long as an HTTP client puts in a URL (httpx refuses a query string over 64 kB once escaped)
+    get = st.fixed_dictionaries({"q": text.map(lambda q: q[:1500]), "mode": st.sampled_from(MODES)},
+                                optional={"k": st.sampled_from([1, 20]), "explain": st.booleans()})
+    return st.one_of(body.map(lambda b: ("POST", b)), get.map(lambda g: ("GET", g)))
+
+
+def _check_hits(answer: Any, k: int, live: set[str]) -> str | None:
+    """None if a 200 answer is well formed: at most k hits of live ids, each once, with finite scores."""
+    hits = answer.get("hits") if isinstance(answer, dict) else None
+    if not isinstance(hits, list) or len(hits) > k:
+        return f"malformed answer: {str(answer)[:200]}"
+    ids = [h.get("id") for h in hits]
+    if len(set(ids)) != len(ids) or not set(ids) <= live:
+        return f"hits {ids[:10]} repeat an id or name one that is not live"
+    if not all(isinstance(h.get("score"), (int, float)) and math.isfinite(h["score"]) for h in hits):
+        return f"a score is not a finite number: {hits[:3]}"
+    return None
+
+
+def query_fuzz(app: Any, live: set[str], n: int, strict: bool, tally: Counter, problems: list[str]) -> Counter:
+    """Search texts of every kind in every mode: 200 with well-formed hits or a one-line 4xx, never a 5xx; and
+    a lexical search is blind to syntax (the same answer once every non-word character is a space)."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        def post(body: dict[str, Any]) -> Any:  # ASCII JSON: lone surrogates travel as escapes
+            return client.post("/search", content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+        @settings(max_examples=n, deadline=None, database=None, derandomize=strict,
+                  suppress_health_check=list(HealthCheck), phases=[Phase.generate] if not strict else list(Phase))
+        @given(query_requests())
+        def prop(req: tuple[str, dict[str, Any]]) -> None:
+            method, spec = req
+            tally["cases"] += 1
+            resp = post(spec) if method == "POST" else client.get("/search", params=spec)
+            tally[f"status_{resp.status_code // 100}xx"] += 1
+            bad = _one_line_4xx(resp.status_code, resp.content)
+            if bad is None and resp.status_code == 200:
+                bad = _check_hits(resp.json(), spec.get("k", 10), live)
+                tally["hits"] += len(resp.json().get("hits") or [])
+                if method == "POST" and spec["mode"] == "lexical" and not bad:
+                    bad = _syntax_blind(post, spec, resp.json())
+                    tally["syntax_checks"] += 1
+            if bad:
+                tally["traceback" if resp.status_code >= 500 else "bad_answer"] += 1
+                problems.append(f"{method} /search {str(spec)[:160]!r}: {bad}")
+                assert not strict, problems[-1]
+
+        prop()
+    return tally
+
+
+def _syntax_blind(post: Any, body: dict[str, Any], answer: dict[str, Any]) -> str | None:
+    """The same lexical search with every non-word character a space must give the same hits and scores."""
+    plain = re.sub(r"\W+", " ", body["query"])
+    if plain == body["query"]:
+        return None
+    if not plain.strip():  # no words at all: the lexical side must find nothing (a blank query is a 400)
+        return f"hits for a query without words: {answer['hits'][:3]}" if answer["hits"] else None
+    again = post({**body, "query": plain})
+    if again.status_code != 200:
+        return f"the query without syntax characters ({plain[:60]!r}) answered {again.status_code}"
+    key = [(h["id"], round(h["score"], 5)) for h in answer["hits"]]
+    if [(h["id"], round(h["score"], 5)) for h in again.json()["hits"]] != key:
+        return f"syntax changed a lexical answer: {body['query'][:60]!r} vs {plain[:60]!r}"
+    return None
+
+
 def api_samples(root: Path, export: Path) -> tuple[Any, dict[str, str]]:
-    """A writable engine over a tiny index built with ``export``, and the files the CLI fuzzer picks from."""
+    """A writable engine over a tiny index built with ``export`` (with its lexical part), and the files the CLI
+    fuzzer picks from. ``root/idx`` itself is left to ``query_engine``: neither fuzzer changes it."""
     from hce_serve.engine import Engine
 
     corpus = root / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": f"document {i} about topic {i % 3}"}) + "\n"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "title": TOPIC_WORDS[i % len(TOPIC_WORDS)],
+                                          "text": f"document {i} about topic {i % 3} and "
+                                                  f"{TOPIC_WORDS[(3 * i + 1) % len(TOPIC_WORDS)]}",
+                                          "metadata": {"topic": str(i % 3)}}) + "\n"
                               for i in range(20)))
     (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "topic 1"}) + "\n")
     (root / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
@@ -167,6 +268,13 @@ def api_samples(root: Path, export: Path) -> tuple[Any, dict[str, str]]:
     return Engine.open(root / "idx-http", writable=True), paths
 
 
+def query_engine(root: Path) -> Any:
+    """A read-only engine over ``api_samples``' untouched index: every id it holds stays live."""
+    from hce_serve.engine import Engine
+
+    return Engine.open(root / "idx")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from hce_serve.http import create_app
 
@@ -174,19 +282,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--export", type=Path, required=True, help="EXPORT_DIR the sample index is built with")
     ap.add_argument("--http-cases", type=int, default=300, help="schemathesis cases per operation and mode")
     ap.add_argument("--cli-cases", type=int, default=600)
+    ap.add_argument("--query-cases", type=int, default=2000, help="search texts (every mode)")
     a = cli.parse(ap, argv)
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="hce-fuzz-api-") as tmp:
         (Path(tmp) / "api").mkdir()
         eng, paths = api_samples(Path(tmp) / "api", a.export)
-        for name, fn, arg, n in (("http", http_fuzz, create_app(eng), a.http_cases), ("cli", cli_fuzz, paths, a.cli_cases)):
+        reader = query_engine(Path(tmp) / "api")
+        runs = (("http", lambda n, *r: http_fuzz(create_app(eng), n, *r), a.http_cases),
+                ("cli", lambda n, *r: cli_fuzz(paths, n, *r), a.cli_cases),
+                ("queries", lambda n, *r: query_fuzz(create_app(reader), set(reader.ids()), n, *r), a.query_cases))
+        for name, fn, n in runs:
             tally: Counter = Counter()
             problems: list[str] = []
             t = time.perf_counter()
-            fn(arg, n, False, tally, problems)
+            fn(n, False, tally, problems)
             out[name] = {**tally, "problems": problems[:10], "seconds": round(time.perf_counter() - t, 1)}
             print(f"{name}: {dict(tally)}", file=sys.stderr, flush=True)
         eng.close()
+        reader.close()
     out["cases"] = sum(v["cases"] for v in out.values())
     out["tracebacks"] = sum(v.get("traceback", 0) for v in out.values() if isinstance(v, dict))
     provenance.write_result(a.out, {**out, "export": str(a.export)}, __file__, section="fuzz_api")

@@ -105,3 +105,39 @@ def wal_records(dim: int, gen: int) -> st.SearchStrategy[bytes]:
     body = st.integers(0, 3).map(lambda n: np.ones((n, dim), "<f4").tobytes()) | st.binary(max_size=40)
     return st.tuples(st.sampled_from([dim, dim, 4]), st.sampled_from([gen, gen, gen + 1]),
                      st.lists(st.tuples(meta | JSON_ANY, body), max_size=3)).map(pack)
+
+
+# ---- search queries for the lexical and hybrid modes ------------------------------------------------------
+# What a full-text engine's query language would read as syntax (SQLite FTS5, Lucene, Tantivy): boolean words,
+# phrases, NEAR groups, prefix stars, negation, boosts, column filters, escapes, and SQL a careless engine might
+# paste in. The lexical side must take all of it as plain text.
+QUERY_SYNTAX = (
+    "OR", "AND", "NOT", "NEAR", "or", "and", "not", '"', "'", "*", "-", "+", "^", "^2", "~", "~2", ":", "(", ")",
+    "[", "]", "{", "}", "\\", "/", "|", "&", "&&", "||", "!", "?", "%", "_", ";", "--", "/*", "*/", "NEAR(", ",",
+    "title:", "text:", "docs:", "{title text}:", "col:*", "MATCH", "bm25(docs)", "highlight(docs, 0, '<', '>')",
+    "'; DROP TABLE docs; --", '" OR 1=1 --', "\x00", "\t", "\n", "\r\n",
+)
+QUERY_STOPWORDS = ("the", "of", "and", "a", "to", "in", "is", "it", "that", "this", "with", "for", "on", "be", "as")
+
+
+def search_query(words: tuple[str, ...]) -> st.SearchStrategy[str]:
+    """Query texts for the search API: arbitrary unicode, FTS-like syntax around ``words`` (the index's own
+    vocabulary, so hits exist), stop words and punctuation only (empty once analysed), and very long ones."""
+    word = st.sampled_from(words) | st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=8)
+    syntax = st.lists(st.one_of(word, st.sampled_from(QUERY_SYNTAX)), min_size=1, max_size=12)
+    fts = st.one_of(
+        syntax.map(" ".join), syntax.map("".join),
+        st.tuples(word, word).map(lambda t: f"{t[0]} OR {t[1]}"),
+        st.tuples(word, word).map(lambda t: f'"{t[0]} {t[1]}"'),
+        st.tuples(word, word, st.integers(-3, 10)).map(lambda t: f"NEAR({t[0]} {t[1]}, {t[2]})"),
+        word.map(lambda w: f"{w}*"), word.map(lambda w: f"-{w}"), word.map(lambda w: f"{w}^3"),
+        st.tuples(st.sampled_from(("title", "text", "id", "_id")), word).map(lambda t: f"{t[0]}:{t[1]}"),
+    )
+    empty = st.lists(st.sampled_from(QUERY_STOPWORDS + tuple("!?.,;:-*\"'()") + ("x", "q", "7")),
+                     max_size=12).map(" ".join)
+    long = st.one_of(
+        st.tuples(word, st.integers(1_000, 6_000)).map(lambda t: " ".join([t[0]] * t[1])),  # one term, thousands of times
+        st.integers(500, 3_000).map(lambda n: " ".join(f"w{i}x" for i in range(n))),  # thousands of distinct terms
+        st.integers(19_990, 20_010).map(lambda n: ("protein " * n)[:n]),  # around the server's 20,000-character limit
+    )
+    return st.one_of(st.text(max_size=60), fts, fts, empty, long)
