@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import defaults
@@ -44,6 +45,22 @@ if TYPE_CHECKING:
     from .backend import Backend, Batch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One checked search (``Engine.prepare_search``): its query texts and settings, ready to run."""
+
+    texts: tuple[str, ...]
+    k: int
+    settings: modes.SearchSettings
+    ef: int | None
+    flt: Any  # the checked filter, or None
+    scope: Subtree | None
+    fields: tuple[str, ...]
+
+    def with_texts(self, texts: Sequence[str]) -> SearchRequest:
+        return replace(self, texts=tuple(texts))
 
 
 class Engine:
@@ -166,22 +183,69 @@ class Engine:
                      max_k: int | None = None, num_threads: int | None = None, progress: bool = False, *,
                      mode: str | None = None, fusion: str | None = None, alpha: float | None = None,
                      depth: int | None = None, explain: bool = False) -> list[list[Hit]]:
-        """``search`` for many queries, encoded in batches. ``num_threads``: threads the index search may use
-        (-1: all cores; default ``options.index_threads``, so a server's ``--threads`` reaches every request's
-        search: an ivf-sq8 index splits a lone query's cells between them)."""
+        """``search`` for many queries (encoded in batches; ``num_threads`` index threads, -1: all cores;
+        default ``EngineOptions.index_threads``)."""
+        req = self.prepare_search(queries, k, filter, ef, subtree, fields, max_k, mode=mode, fusion=fusion,
+                                  alpha=alpha, depth=depth, explain=explain)
+        out: list[list[Hit]] = []
+        with progress_bar(len(req.texts), progress, "search", unit="query") as bar:
+            for part in chunks(req.texts, defaults.SEARCH_CHUNK):
+                (rows,) = self.run_searches([req.with_texts(part)], num_threads, errors="raise")
+                out.extend([[Hit.of(d, s, doc, req.fields, ex) for d, s, doc, ex in row] for row in rows])
+                bar.update(len(part))
+        return out
+
+    def prepare_search(self, queries: Sequence[str], k: int = defaults.K, filter: Mapping[str, Any] | None = None,
+                       ef: int | None = None, subtree: int | None = None, fields: Iterable[str] | None = None,
+                       max_k: int | None = None, *, mode: str | None = None, fusion: str | None = None,
+                       alpha: float | None = None, depth: int | None = None, explain: bool = False) -> SearchRequest:
+        """One search, checked (``DataError`` for a bad value) and resolved against the index's defaults, not run:
+        ``run_searches`` runs many of them with one encoder call (the HTTP server's micro-batching)."""
         if isinstance(queries, str):
             raise DataError("search_batch takes a list of queries; use search() for one")
-        threads = self.options.index_threads if num_threads is None else num_threads
         k, ef, fields, flt = check_k(k, max_k), check_ef(ef), check_fields(fields), check_filter(filter)
         settings = modes.resolve(self.search_defaults, mode, fusion, alpha, depth, explain)
-        texts = [check_query(q) for q in queries]
+        texts = tuple(check_query(q) for q in queries)
         scope = self._subtree(subtree) if subtree is not None else None
-        out: list[list[Hit]] = []  # (queries, <= k)
-        with progress_bar(len(texts), progress, "search", unit="query") as bar:
-            for part in chunks(texts, defaults.SEARCH_CHUNK):
-                rows = modes.run(self.store, self.query_vectors, part, k, settings, ef, flt, scope, fields, threads)
-                out.extend([[Hit.of(d, s, doc, fields, ex) for d, s, doc, ex in row] for row in rows])
-                bar.update(len(part))
+        return SearchRequest(texts, k, settings, ef, flt, scope, fields)
+
+    def run_searches(self, requests: Sequence[SearchRequest], num_threads: int | None = None,
+                     errors: str = "return") -> list[list[modes.Row] | Exception]:
+        """Run prepared searches; the queries of every request that needs the encoder (dense and hybrid) go
+        through it in one call, and the rest of each search (k, filter, ef, subtree, mode, fields) is its own.
+
+        Per request: its rows (one per query, each ``(id, score, stored document or None, explain or None)``),
+        or with ``errors="return"`` the exception that request raised, so one bad request in a batch fails
+        alone (an encoder failure fails every request that needed it); ``errors="raise"`` raises it.
+        """
+        threads = self.options.index_threads if num_threads is None else num_threads
+        dense = [i for i, r in enumerate(requests) if r.settings.mode != "lexical"]
+        vectors: list[Any] = [None] * len(requests)  # each dense request's rows of the one encoder output
+        failure: Exception | None = None
+        if dense:
+            try:
+                matrix = self.query_vectors([t for i in dense for t in requests[i].texts])  # (all queries, dim)
+            except Exception as e:  # handed to each request that needed the encoder
+                if errors == "raise":
+                    raise
+                failure = e
+            else:
+                start = 0
+                for i in dense:
+                    vectors[i] = matrix[start : start + len(requests[i].texts)]
+                    start += len(requests[i].texts)
+        out: list[list[modes.Row] | Exception] = []
+        for r, vecs in zip(requests, vectors, strict=True):
+            if failure is not None and r.settings.mode != "lexical":
+                out.append(failure)
+                continue
+            try:
+                out.append(modes.run(self.store, lambda texts, v=vecs: v, r.texts, r.k, r.settings, r.ef, r.flt,
+                                     r.scope, r.fields, threads))
+            except Exception as e:
+                if errors == "raise":
+                    raise
+                out.append(e)
         return out
 
     @property
@@ -272,7 +336,8 @@ class Engine:
     def build_lexical(self, analyzer: Any = None) -> dict[str, Any]:
         """Add the lexical (BM25) part to a folder built without one (before hybrid search, or --no-lexical)."""
         if not isinstance(self.store, IndexStore):
-            raise DataError("this backend has no lexical part to build (a Milvus collection searches dense only)")
+            raise DataError("a Milvus collection gets its lexical part from its index folder: build-lexical the folder, then "
+                            "export-milvus it again with --overwrite")
         return self.store.build_lexical(analyzer)
 
     def save(self, force: bool = False) -> bool:
