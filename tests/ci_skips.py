@@ -8,7 +8,8 @@ variable is set (``true``, ``1`` or ``yes``, as CI services set it; .ci/run sets
 or a package it pins by name) fails the collection or the test instead, naming the distribution.
 
 Skips for anything else stay skips: a package no extra declares, a GPU, a data set that is not on disk.
-conftest.py imports the two hooks from here.
+conftest.py imports the two hooks from here. A system program that setup-env.sh installs (Chromium for the
+browser test) is required the same way through ``skip_or_fail_in_ci``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from packaging.requirements import Requirement
@@ -86,6 +88,15 @@ def required_missing(reason: str) -> str | None:
         return None
     return (f"CI installs {', '.join(dists)} (scripts/setup-env.sh), so this skip is a broken install, "
             f"not an optional package: {reason}")
+
+
+def skip_or_fail_in_ci(reason: str, installer: str) -> NoReturn:
+    """A requirement that is no Python package (a system program such as Chromium): skip outside CI, fail under
+    CI, where ``installer`` (what scripts/setup-env.sh runs for it) should have provided it."""
+    if ci_enabled():
+        pytest.fail(f"CI installs it ({installer}, scripts/setup-env.sh), so this is a broken install: {reason}",
+                    pytrace=False)
+    pytest.skip(reason)
 
 
 def _skip_reason(longrepr: object) -> str:

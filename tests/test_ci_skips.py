@@ -96,3 +96,12 @@ def test_what_ci_installs_comes_from_setup_env_and_the_extras():
 def test_ci_variable(value, on):
     assert ci_skips.ci_enabled({"CI": value}) is on
     assert ci_skips.ci_enabled({}) is False
+
+
+def test_a_system_program_setup_env_installs_is_required_under_ci(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"CI installs it \(apt-get install x, scripts/setup-env.sh\).*no x"):
+        ci_skips.skip_or_fail_in_ci("no x", "apt-get install x")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no x"):
+        ci_skips.skip_or_fail_in_ci("no x", "apt-get install x")
