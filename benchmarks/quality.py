@@ -39,7 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, SHARED_DATA, stamp, write_result
+from benchmarks.harness import cli
+from benchmarks.harness.paths import SHARED_DATA
+from benchmarks.harness.provenance import machine, stamp, write_result
 from benchmarks.quality_report import markdown, report
 
 log = logging.getLogger("quality")
@@ -138,10 +140,11 @@ def budget_of(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def machine_facts() -> dict[str, Any]:
-    """The CPU's relevant instruction sets and the load beside a run (a run under load is slower, not worse)."""
+    """The harness's machine record beside each run (runs of one study span machines, and a run under load is
+    slower, not worse), and whether the CPU computes bf16 natively (training's precision follows it)."""
     from hce_serve import cpu
 
-    return {"isa": cpu.timing_isas(), "native_bf16": bool(cpu.bf16_flags()), "loadavg_1m": round(os.getloadavg()[0], 2)}
+    return {**machine(), "native_bf16": bool(cpu.bf16_flags())}
 
 
 def anchors(data_dir: Path, qlen: int, budget: dict[str, Any], device: str, split: str = "test",
@@ -298,8 +301,15 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def default_out(args: argparse.Namespace) -> str:
+    """The results name when ``--out`` is not given; issue 10's file (quality-<profile>.json) is only continued
+    when named with --out."""
+    tail = "" if args.dev_queries == 0 else ("-final" if args.eval_split == "test" else "-dev")
+    return f"quality-{args.profile}{tail}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = cli.study_parser(__doc__, "quality-<profile>-dev; -final with --eval-split test", quick=False, whole_doc=True)
     ap.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     ap.add_argument("--data-root", type=Path, default=SHARED_DATA)
     ap.add_argument("--supervised", default="scifact", help="BEIR folder under --data-root with a train split")
@@ -334,17 +344,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/hce-quality"))
     ap.add_argument("--keep-models", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="[benchmarks/results/quality-<profile>-dev.json; -final.json with --eval-split test]")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    args = cli.parse(ap, argv, default_out=default_out)
     if args.dev_queries is not None and args.dev_queries < 0:
         ap.error("--dev-queries must be >= 0")
     if args.dev_queries == 0 and args.eval_split == "dev":
         ap.error("--eval-split dev needs --dev-queries > 0")
-    if args.out is None:  # issue 10's file (quality-<profile>.json) is only continued when named with --out
-        tail = "" if args.dev_queries == 0 else ("-final" if args.eval_split == "test" else "-dev")
-        args.out = RESULTS / f"quality-{args.profile}{tail}.json"
     unknown = [a for a in (args.arms + "," + args.unsup_arms).split(",") if a and a not in ARMS]
     if unknown:
         ap.error(f"unknown arms {unknown}")

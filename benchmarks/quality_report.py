@@ -192,7 +192,8 @@ def plot(blocks: list[tuple[str, dict[str, Any]]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.common import plot_path, save_figure
+    from benchmarks.harness.figures import save_figure
+    from benchmarks.harness.paths import plot_path
 
     blocks = [(n, b) for n, b in blocks if any(d.get("runs") for d in b.get("arms", {}).values())]
     if not blocks:

@@ -7,16 +7,17 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.harness.paths import result_path
 
 
-def study_parser(doc: str, name: str, quick: bool = True) -> argparse.ArgumentParser:
+def study_parser(doc: str, name: str, quick: bool = True, whole_doc: bool = False) -> argparse.ArgumentParser:
     """A parser with the options every study has: ``--out`` (and ``--quick``); its description is the
-    module docstring's first paragraph."""
-    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    module docstring's first paragraph, or all of it (as written) with ``whole_doc``."""
+    ap = (argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter) if whole_doc
+          else argparse.ArgumentParser(description=doc.split("\n\n")[0]))
     if quick:
         ap.add_argument("--quick", action="store_true", help="the small setting (smoke runs, minutes)")
     ap.add_argument("--out", default=None, help=f"results: a name under benchmarks/results or a .json path [{name}"
@@ -25,11 +26,15 @@ def study_parser(doc: str, name: str, quick: bool = True) -> argparse.ArgumentPa
     return ap
 
 
-def parse(ap: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse, resolve ``--out`` to a path, and set up logging (INFO to stderr) and offline model loading."""
+def parse(ap: argparse.ArgumentParser, argv: Sequence[str] | None,
+          default_out: Callable[[argparse.Namespace], str] | None = None) -> argparse.Namespace:
+    """Parse, resolve ``--out`` to a path, and set up logging (INFO to stderr) and offline model loading.
+    ``default_out(args)``: the results name when ``--out`` is not given, for a study whose file depends on its
+    options (otherwise the parser's name, ``-quick`` with ``--quick``)."""
     args = ap.parse_args(argv)
     quick = getattr(args, "quick", False)
-    args.out = result_path(args.out or (f"{args.result_name}-quick" if quick else args.result_name))
+    default = default_out(args) if default_out else (f"{args.result_name}-quick" if quick else args.result_name)
+    args.out = result_path(args.out or default)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -40,8 +40,9 @@ def _installed(name: str) -> str | None:
         return None
 
 
-def stamp(device: str = "cpu") -> dict[str, Any]:
-    """Machine, versions, commit and date: stored beside every number a benchmark writes."""
+def machine(device: str = "cpu") -> dict[str, Any]:
+    """The machine a number was measured on: CPU model, the instruction sets that decide a timing, cores, GPU
+    (when ``device`` is not the CPU), platform, Python, and the load average at that moment."""
     gpu = None
     if device != "cpu":
         try:
@@ -50,10 +51,15 @@ def stamp(device: str = "cpu") -> dict[str, Any]:
             gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         except ImportError:
             pass
+    return {"cpu": cpu.model(), "isa": cpu.timing_isas(), "cores": os.cpu_count(), "gpu": gpu,
+            "platform": platform.platform(), "python": platform.python_version(),
+            "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
+def stamp(device: str = "cpu") -> dict[str, Any]:
+    """Machine, versions, commit and date: stored beside every number a benchmark writes."""
     return {
-        "machine": {"cpu": cpu.model(), "isa": cpu.timing_isas(), "cores": os.cpu_count(), "gpu": gpu,
-                    "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_1m": round(os.getloadavg()[0], 2)},
+        "machine": machine(device),
         "device": device,
         "versions": {n: v for n in PACKAGES if (v := _installed(n)) is not None},
         "commit": git_commit(),
