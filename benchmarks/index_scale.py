@@ -34,7 +34,8 @@ from benchmarks import one_box
 from benchmarks.harness import cli, figures, paths, provenance, resources, synthetic
 from benchmarks.harness.synthetic import K
 from benchmarks.harness.timing import latency
-from hce_serve.folder.datafiles import read_index, write_index
+from hce_serve.folder.datafiles import write_index
+from hce_serve.folder.recovery import read_index
 from hce_serve.index.exact import recall_at_k, topk_inner_product
 from hce_serve.index.index import Index
 from hce_serve.options import IndexParams

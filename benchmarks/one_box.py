@@ -38,7 +38,8 @@ import numpy as np
 from benchmarks import memory_options
 from benchmarks.harness import resources, timing
 from benchmarks.harness.synthetic import K, Mixture, exact_topk
-from hce_serve.folder.datafiles import read_index, write_index
+from hce_serve.folder.datafiles import write_index
+from hce_serve.folder.recovery import read_index
 from hce_serve.index.exact import recall_at_k
 from hce_serve.index.index import Index
 from hce_serve.options import IndexParams

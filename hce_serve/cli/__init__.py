@@ -5,6 +5,9 @@
 - ``options``: the options the commands share, and ``open_engine`` for a folder or a Milvus collection.
 """
 
+from .index import index
 from .serve import main
+
+main.add_command(index)
 
 __all__ = ["main"]

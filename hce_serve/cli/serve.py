@@ -20,7 +20,6 @@ from .. import defaults
 from ..errors import DataError, HCEError
 from ..options import EngineOptions
 from .common import HCEGroup
-from .index import index
 from .options import (
     EF,
     FILTER,
@@ -42,9 +41,6 @@ log = logging.getLogger(__name__)
 @click.group(cls=HCEGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """HCE serving runtime: index folders, search, evaluation and the HTTP server."""
-
-
-main.add_command(index)
 
 
 def _print_hits(hits: list[Any]) -> None:

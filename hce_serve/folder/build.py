@@ -2,7 +2,7 @@
 
 The whole corpus file is read once first (ids, UTF-8, JSON, empty documents counted) so a bad line fails
 before minutes of encoding, then again in chunks of ``batch_size`` documents: memory is bounded for any
-corpus size. Everything is built beside IDX_DIR and renamed into place at the end (``IndexStore.create``),
+corpus size. Everything is built beside IDX_DIR and renamed into place at the end (``snapshot.create_folder``),
 so a killed build leaves no half index behind.
 """
 
@@ -28,8 +28,7 @@ from ..formats.tree import NO_LEAF, Tree, load_tree
 from ..index.index import Index
 from ..options import IndexParams
 from .docstore import DocStore
-from .snapshot import build_path, check_can_create, remove_build_leftovers
-from .store import IndexStore
+from .snapshot import build_path, check_can_create, create_folder, remove_build_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +132,8 @@ def build_index(
                                 "seconds": round(time.perf_counter() - t0, 2)},
                  "encoder_variant": encoder.variant, "tree": tree is not None}
         extra[SEARCH_KEY] = settings.to_dict()
-        IndexStore.create(index_dir, index, export_dir, extra=extra, overwrite=overwrite, docs_file=docs_path,
-                          lexical=lex.finish() if lex is not None else None)
+        create_folder(index_dir, index, export_dir, extra, overwrite, docs_file=docs_path,
+                      lexical=lex.finish() if lex is not None else None)
     finally:
         bar.close()
         if docs is not None:

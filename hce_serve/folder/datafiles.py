@@ -4,24 +4,25 @@ One generation folder holds the vector structure's files (``hnsw.bin``, hnswlib'
 ``ivf-sq8`` ``ivf.faiss`` and ``vectors.npy``), ``ids.txt`` (row i = label i, an empty line for a free slot),
 ``deleted.npy`` (bool per label) and ``leaves.npy`` (int32 tree leaf per label). Loading checks them against
 each other and the manifest's counts, and reads hnswlib's header first so a foreign or mismatched graph is
-refused by name instead of being handed to C++ code that trusts it.
+refused by name instead of being handed to C++ code that trusts it. They are read into an ``IndexState``
+(``recovery.read_index`` makes the ``Index``), so this file format knows the arrays, not the index around them.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import FormatError, HCEError
+from ..errors import FormatError
 from ..formats.tree import read_ids, write_ids
-from ..index.index import Index, IndexState
-from ..index.structures import structure
-from ..lexical.part import load_part
-from ..options import IndexParams
-from .manifest import MANIFEST_NAME, IndexManifest
+from ..index.structures import IndexState, structure
+
+if TYPE_CHECKING:
+    from ..index.index import Index
+    from ..options import IndexParams
 
 IDS_FILE, DELETED_FILE, LEAVES_FILE = "ids.txt", "deleted.npy", "leaves.npy"
 
@@ -52,25 +53,7 @@ def write_index(index: Index, folder: str | os.PathLike[str]) -> list[str]:
     return list(data_files(index.params.kind))
 
 
-def read_generation(folder: Path, manifest: IndexManifest) -> tuple[Index, Any]:
-    """The vector index, and the lexical part when there is one, of the generation ``manifest`` names."""
-    where = folder / MANIFEST_NAME
-    data_dir = manifest.extra.get("data_dir")
-    if not isinstance(data_dir, str) or not (folder / data_dir).is_dir():
-        raise FormatError(f"{where}: extra.data_dir {data_dir!r} is not a folder of the index")
-    try:
-        params = IndexParams(**{**(manifest.extra.get("params") or {}), "M": manifest.M,
-                                "ef_construction": manifest.ef_construction, "ef_search": manifest.ef_search})
-    except (TypeError, HCEError) as e:
-        raise FormatError(f"{where}: bad index parameters ({e})") from None
-    missing = [f for f in data_files(params.kind) if f"{data_dir}/{f}" not in manifest.files]
-    if missing:
-        raise FormatError(f"{where}: does not list {', '.join(missing)}")
-    index = read_index(folder / data_dir, manifest.dim, params, manifest.counts)
-    return index, load_part(folder / data_dir, manifest.extra, manifest.files, str(where))
-
-
-def read_index(folder: str | os.PathLike[str], dim: int, params: IndexParams, counts: dict[str, int]) -> Index:
+def read_state(folder: str | os.PathLike[str], dim: int, params: IndexParams, counts: dict[str, int]) -> IndexState:
     """Load the data files of one generation and check them against each other and ``counts``."""
     folder = Path(folder)
     ids = read_ids(folder / IDS_FILE)
@@ -91,7 +74,7 @@ def read_index(folder: str | os.PathLike[str], dim: int, params: IndexParams, co
     if len(live_ids) != counts.get("live"):
         raise FormatError(f"{folder / IDS_FILE}: {len(live_ids):,} live ids but the manifest says {counts.get('live'):,}")
     ann = structure(params.kind).load(folder, dim, params, n, ~deleted, counts.get("capacity", n))
-    return Index.from_state(dim, params, IndexState(ann, ids, deleted, leaves))
+    return IndexState(ann, ids, deleted, leaves)
 
 
 def load_array(path: Path, dtype: type) -> np.ndarray:

@@ -21,9 +21,11 @@ from typing import Any
 from ..errors import FormatError, HCEError
 from ..formats.atomic import TMP_PREFIX, remove_stale_temps
 from ..index.index import Index
-from .datafiles import read_generation
+from ..lexical.part import load_part
+from ..options import IndexParams
+from .datafiles import data_files, read_state
 from .docstore import DocStore
-from .manifest import IndexManifest
+from .manifest import MANIFEST_NAME, IndexManifest
 from .wal import MutationLog, read_log, replay, wal_name
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,29 @@ def _load(folder: Path, writable: bool, checksums: bool, lock_fd: int | None) ->
             docs.close()
         raise
     return OpenedFolder(folder, manifest, index, docs, lexical, pending, wal, lock_fd)
+
+
+def read_index(folder: str | os.PathLike[str], dim: int, params: IndexParams, counts: dict[str, int]) -> Index:
+    """The ``Index`` of one generation folder's data files, checked against each other and ``counts``."""
+    return Index.from_state(dim, params, read_state(folder, dim, params, counts))
+
+
+def read_generation(folder: Path, manifest: IndexManifest) -> tuple[Index, Any]:
+    """The vector index, and the lexical part when there is one, of the generation ``manifest`` names."""
+    where = folder / MANIFEST_NAME
+    data_dir = manifest.extra.get("data_dir")
+    if not isinstance(data_dir, str) or not (folder / data_dir).is_dir():
+        raise FormatError(f"{where}: extra.data_dir {data_dir!r} is not a folder of the index")
+    try:
+        params = IndexParams(**{**(manifest.extra.get("params") or {}), "M": manifest.M,
+                                "ef_construction": manifest.ef_construction, "ef_search": manifest.ef_search})
+    except (TypeError, HCEError) as e:
+        raise FormatError(f"{where}: bad index parameters ({e})") from None
+    missing = [f for f in data_files(params.kind) if f"{data_dir}/{f}" not in manifest.files]
+    if missing:
+        raise FormatError(f"{where}: does not list {', '.join(missing)}")
+    index = read_index(folder / data_dir, manifest.dim, params, manifest.counts)
+    return index, load_part(folder / data_dir, manifest.extra, manifest.files, str(where))
 
 
 def _replay(wal_path: Path, manifest: IndexManifest, index: Index, lexical: Any, docs: DocStore | None,

@@ -1,6 +1,6 @@
 """The default vector structure of an index folder: an hnswlib graph (inner product) over label-aligned vectors.
 
-One of the two ``ann`` kinds (``ann.py`` says what each must do). hnswlib holds the vectors itself, so
+One of the two kinds of vector structure (``structures.py`` says what each must do). hnswlib holds the vectors itself, so
 ``get`` reads them back from the graph. A deleted label is marked in the graph (hidden from every search)
 and re-linked when a new document is added under it.
 
@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import FormatError, missing_dependency
-from ..options import IndexParams
+
+if TYPE_CHECKING:
+    from ..options import IndexParams
 
 HNSW_FILE = "hnsw.bin"
 

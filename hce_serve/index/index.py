@@ -22,7 +22,6 @@ import logging
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,20 +33,10 @@ from ..formats.tree import NO_LEAF
 from ..options import IndexParams
 from ..rwlock import RWLock
 from .exact import as_f32_matrix, topk_inner_product
-from .structures import new_ann
+from .structures import IndexState, new_ann
 
 log = logging.getLogger(__name__)
 ScoredId = tuple[str, float]  # (document id, inner product)
-
-
-@dataclass
-class IndexState:
-    """The arrays behind an index, as ``folder.datafiles`` reads and writes them (row i = label i)."""
-
-    ann: Any  # the vector structure (index/structures.py): HnswGraph or IvfSq8
-    ids: list[str]  # "" for a free slot
-    deleted: np.ndarray  # (labels,) bool
-    leaves: np.ndarray  # (labels,) int32
 
 
 class Index:
@@ -257,7 +246,7 @@ class Index:
             except RuntimeError as e:  # e.g. too few reachable allowed nodes for hnswlib's beam: answer exactly
                 log.warning("the %s index could not return %d results (%s); using exact search", self.params.kind, k_eff, e)
                 return self._search_exact(q, k_eff, mask)
-            return [self._hits(lab, s)[:k_eff] for lab, s in zip(labels, scores, strict=True)]
+            return [self._hits(lab, s, k_eff) for lab, s in zip(labels, scores, strict=True)]
 
     def scans(self, allowed: int | None, ef: int) -> bool:
         """Whether a search is answered exactly: a small index always (its matrix is cached); a filter
@@ -280,11 +269,16 @@ class Index:
             mask &= by_id
         return mask
 
-    def _hits(self, labels: np.ndarray, scores: np.ndarray) -> list[ScoredId]:
-        out = []
+    def _hits(self, labels: np.ndarray, scores: np.ndarray, k: int | None = None) -> list[ScoredId]:
+        """The first ``k`` live labels (best first) as (id, score). The graph returns its whole beam (ef, often
+        10x k): stopping at k keeps a query's Python work proportional to the hits it returns."""
+        out: list[ScoredId] = []
+        ids, deleted, n = self._ids, self._deleted, len(self._ids)
         for lab, s in zip(labels.tolist(), scores.tolist(), strict=True):
-            if 0 <= lab < len(self._ids) and not self._deleted[lab] and self._ids[lab]:
-                out.append((self._ids[lab], float(s)))
+            if 0 <= lab < n and not deleted[lab] and ids[lab]:
+                out.append((ids[lab], float(s)))
+                if len(out) == k:
+                    break
         return out
 
     def _exact_matrix(self) -> tuple[np.ndarray, np.ndarray]:

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import FormatError, missing_dependency
-from ..options import IndexParams
+
+if TYPE_CHECKING:
+    from ..options import IndexParams
 
 IVF_FILE, VECTORS_FILE = "ivf.faiss", "vectors.npy"
 MIN_TRAIN = 256  # never learn cells from fewer vectors (exact_threshold 0 in tests)
