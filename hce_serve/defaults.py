@@ -12,10 +12,9 @@ QUERY_MAX_LENGTH = 64  # query tokens (ArguAna's argument-length queries want 25
 VARIANT = "auto"  # encoder graph: int8 on CPU, fp16 on CUDA, else fp32
 QUERY_ENCODERS = ("auto", "full", "shallow")  # the choices of --query-encoder
 QUERY_ENCODER = "auto"  # queries through the export's distilled shallow graph when it has one, else the full one
-# onnxruntime graph rewrites the CPU sessions skip: its SkipLayerNormalization CPU kernel (ORT 1.32) took 62 us
-# where LayerNormalization + Add take ~13 (21-token query), so fusing them made a MiniLM int8 query 1.24x slower;
-# fp32 outputs are unchanged. Measured on the AMX Xeon only; `python -m benchmarks.ort_fusions` re-measures it
-# on the CPU at hand (results/ort-fusions.json). CUDA sessions keep every rewrite.
+# onnxruntime graph rewrites the CPU sessions skip: its fused SkipLayerNormalization CPU kernel is slower than
+# the LayerNormalization + Add it replaces, so the fusion makes a query slower on CPU; fp32 outputs are unchanged.
+# `python -m benchmarks.ort_fusions` measures it on the CPU at hand (RESULTS.md). CUDA sessions keep every rewrite.
 ORT_CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 # ---- HNSW index (stored in the manifest; a folder keeps the values it was built with) ------------------
@@ -27,12 +26,12 @@ COMPACT_RATIO = 0.3  # the store rebuilds the graph once deleted / labels exceed
 COMPACT_MIN_DELETED = 1024  # ... and at least this many slots are dead
 
 # ---- IVF-SQ8 index (--index-type ivf-sq8: faiss cells of 8-bit codes, re-ranked on fp32) -------------------
-INDEX_TYPES = ("hnsw", "ivf-sq8")  # the vector structures an index folder can hold (ann.py)
-INDEX_TYPE = "hnsw"  # hnsw: no training, recall .99 up to ~1M; ivf-sq8: 5M x 384 under 1 ms (RESULTS §6)
+INDEX_TYPES = ("hnsw", "ivf-sq8")  # the vector structures an index folder can hold (index/structures.py)
+INDEX_TYPE = "hnsw"  # hnsw: no training, the best recall per query time up to about a million documents;
+# ivf-sq8 scans compact codes of a few cells, for millions (RESULTS.md §6)
 NLIST = 0  # cells; 0 = ~sqrt(live documents), relearnt each time the corpus doubles
-NPROBE = 32  # cells scanned per query (its --ef): recall vs time. Base MiniLM, ~sqrt(n) cells, recall@10 vs exact
-# at 8 / 32: SciFact .873 / .987, ArguAna .981 / .999, CISI .947 / 1.0 (results/recall-ivf.json); 5M clustered
-# synthetic vectors in 1,024 cells reach .9985 at 2 (index-scale-one-box-hce-ivf.json): tune it with `hce-serve eval --ef`
+NPROBE = 32  # cells scanned per query (its --ef): recall vs time. Wide enough for real corpora, whose queries
+# spread over more cells than clustered synthetic vectors (benchmarks/recall.py); tune it with `hce-serve eval --ef`
 REFINE = 4  # candidates re-scored on the fp32 vectors per hit asked for: recall of the 8-bit codes vs time
 
 # ---- writing --------------------------------------------------------------------------------------------
@@ -61,8 +60,8 @@ QUERY_CACHE = 4096  # query embeddings kept (LRU; 0 = off): ~7 MiB at 384-d, the
 SNIPPET_CHARS = 160  # text shown under a hit by the human-readable CLI output
 FIELDS = ("title", "text", "metadata")  # stored fields a hit can carry; --json/HTTP/API default to all
 FILTER_SCAN_COST = 20  # a filter is answered by an exact scan of its m matches when m * m * this <= ef * live:
-# a filtered graph walk visits ~ef * live / m nodes, a scan copies m vectors out of hnswlib at ~20 visits'
-# cost each (measured, 384-d: get_items ~12 us a vector; crossover ~170 matches at 6k documents)
+# a filtered graph walk visits ~ef * live / m nodes, while a scan copies m vectors out of hnswlib, each copy
+# costing about this many visits (benchmarks/filters.py measures the crossover)
 
 # ---- HTTP -----------------------------------------------------------------------------------------------
 HOST = "127.0.0.1"  # loopback: serving to a network is an explicit choice (and needs a token for writes)

@@ -31,8 +31,8 @@ OUTPUT_NAME = "sentence_embedding"
 TOKEN_BUDGET = 16384  # padded tokens per session.run: bounds activation memory, keeps batches efficient
 MAX_BATCH = 128
 # A text joins a batch only if padding it to the batch's longest costs at most this many tokens (or an
-# eighth of the width). Measured on MiniLM int8 (1 thread): one session.run has a fixed cost of about ten
-# tokens' work, and 32 real SciFact queries padded to their longest cost 2x their sum unbucketed.
+# eighth of the width): a session.run has a fixed cost of a few tokens' work, so splitting a batch is worth it
+# only when it saves more padding than that, and texts of mixed lengths padded together waste most of a batch.
 PAD_SLACK = 8
 CUDA = "CUDAExecutionProvider"
 

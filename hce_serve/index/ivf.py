@@ -1,10 +1,11 @@
 """The ``ivf-sq8`` vector structure: faiss IVF over 8-bit codes, re-ranked on the fp32 vectors.
 
-Why: at 5M × 384 an hnswlib graph needs ef 400 for recall@10 ≥ .99 and then takes 2.6 ms a query
-(benchmarks/RESULTS.md §6); IVF cells scanned as SQ8 codes and the best ``refine × k`` re-scored exactly on
-the fp32 vectors reached .9985 at 1.2–1.3 ms (1,024 cells) and, with 4,096 cells found through an HNSW
-graph, .992 at 0.79–0.91 ms on the same box, building in 5.5 minutes instead of 46. Costs: 1 byte a dimension of codes beside the fp32 table (~1.9 kB a 384-d vector,
-hnswlib M 32 ~1.8 kB), and a k-means training of the cells.
+Why: at millions of documents a graph needs a wide beam for high recall, and each step of that beam is a
+random memory access; scanning a few cells of compact 8-bit codes is sequential, and re-scoring the best
+``refine × k`` candidates exactly on the fp32 vectors restores the recall the codes lose. It builds much faster
+than a graph too (a k-means, then one pass of encoding). Costs: 1 byte a dimension of codes beside the fp32
+table (about what a graph's links take), and a k-means training of the cells. The measured trade-off is in
+benchmarks/RESULTS.md §6.
 
 - The fp32 table is label-aligned (row = label) and is also what ``get``, exact search and compaction read.
 - Training: the cells are learnt from the live vectors once there are more than ``exact_threshold`` of
@@ -36,8 +37,8 @@ MIN_TRAIN = 256  # never learn cells from fewer vectors (exact_threshold 0 in te
 POINTS_PER_CELL = 39  # faiss warns below this many training points a cell
 TRAIN_PER_CELL = 64  # k-means sample per cell: faiss wants >= 39; 4,096 cells learn from 262k vectors
 ADD_CHUNK = 65536  # vectors encoded per faiss call while (re)training
-HNSW_CELLS = 2048  # from this many cells a query finds its nearest cells through an HNSW graph over the centroids,
-# not a scan of all of them: 4,096 centroids scanned cost ~0.27 ms of a 1.0 ms query at 5M (RESULTS §6)
+HNSW_CELLS = 2048  # from this many cells a query finds its nearest cells through an HNSW graph over the centroids:
+# scanning thousands of centroids becomes a sizeable share of a query that scans only a few cells
 CELL_EF = 64  # that graph's beam (at least 2 x nprobe)
 CPUS = os.cpu_count() or 1  # what a search with threads <= 0 (all cores) runs on
 
@@ -89,7 +90,7 @@ class IvfSq8:
 
     @property
     def nlist(self) -> int:
-        return self._nlist  # faiss' own attribute is a SWIG call: ~1 us a read in a ~1 ms search
+        return self._nlist  # faiss' own attribute is a SWIG call, a cost paid on every search
 
     def stats(self) -> dict[str, int]:
         """The cells learnt (0: none yet, searched exactly) and the live count they were learnt from."""
@@ -167,7 +168,7 @@ class IvfSq8:
             params.sel = keep[-1]
         set_threads(faiss, threads)
         # Fewer queries than threads (one HTTP query with --threads 2): split the cells a query scans between the
-        # threads (faiss parallel_mode 1), else the queries; same hits. 5M, nprobe 5: 1.21 -> 0.91 ms (RESULTS §6).
+        # threads (faiss parallel_mode 1), else the queries; same hits, a lone query's latency lower.
         # The mode lives on the shared faiss index: a concurrent search may run in the other one (speed only).
         self.ivf.parallel_mode = 1 if q.shape[0] < (threads if threads > 0 else CPUS) else 0
         nprobe = max(1, min(ef, self._nlist))
