@@ -114,7 +114,8 @@ def as_document(obj: Document | Mapping[str, Any], strict: bool = True) -> tuple
     if isinstance(obj, Document):
         doc_id, title, text, meta = obj.id, obj.title, obj.text, obj.metadata
     elif isinstance(obj, Mapping):
-        doc_id, title, text, meta = obj.get("_id", obj.get("id")), obj.get("title"), obj.get("text"), obj.get("metadata")
+        doc_id, meta = obj.get("_id", obj.get("id")), obj.get("metadata")
+        title, text = obj.get("title"), obj.get("text")
         title, text = title if title is not None else "", text if text is not None else ""
     else:
         raise DataError(f"expected a document (Document or mapping), found {type(obj).__name__}")
@@ -192,7 +193,8 @@ def check_filter(flt: object) -> dict[str, tuple[str, ...]] | None:
             raise DataError(f"filter field {key!r} must be a non-empty string")
         vals = val if isinstance(val, list) else [val]
         if not vals or not all(_scalar_ok(v) for v in vals):
-            raise DataError(f"filter {key!r}: expected a string, number, bool or a non-empty list of them, found {val!r:.80}")
+            raise DataError(f"filter {key!r}: expected a string, number, bool or a non-empty list of them, found "
+                            f"{val!r:.80}")
         if len(vals) > MAX_FILTER_VALUES:
             raise DataError(f"filter {key!r}: {len(vals):,} values; the limit is {MAX_FILTER_VALUES:,}")
         out[key] = tuple(sorted({canonical_value(v) for v in vals}))

@@ -71,11 +71,6 @@ HTTP_MAX_K = 1000
 HTTP_MAX_BATCH = 256  # queries per search request, documents/ids per write request
 HTTP_MAX_BODY_BYTES = 8 * 2**20
 HTTP_MAX_QUERY_CHARS = 20_000  # the encoder truncates anyway; this bounds the tokenizer's work
-# Micro-batching (http/batcher.py): concurrent search requests share one encoder call. A request waits at
-# most this long for others to join it, and only while another batch is already running (a lone request
-# never waits); 0 turns batching off.
-HTTP_MAX_BATCH_WAIT_MS = 1.0
-HTTP_MAX_BATCH_QUERIES = 32  # queries per shared encoder call
 
 # ---- beyond one machine: Milvus backend, Ray encoding ---------------------------------------------------
 MILVUS_INDEX = "HNSW"  # vector index of an exported collection: HNSW (M, efConstruction, ef as above), IVF_FLAT,

@@ -132,7 +132,8 @@ class Encoder:
         self.token_budget = max(int(token_budget), 1)
         asked = list(providers) if providers else ["CPUExecutionProvider"]
         self.plan = plan(self.card, self.export_dir, variant, asked, query_encoder)  # the graph files it runs
-        self.variant, self.query_encoder, self.query_graph = (self.plan[k] for k in ("variant", "query_encoder", "query_graph"))
+        self.variant, self.query_encoder, self.query_graph = (self.plan[k]
+                                                              for k in ("variant", "query_encoder", "query_graph"))
         graph = self.export_dir / self.plan["graph"]
         if not graph.is_file():
             raise FormatError(f"{graph}: ONNX graph named in hce_model.json is missing")
@@ -242,10 +243,12 @@ class Encoder:
         except MemoryError:
             raise
         except Exception as e:  # onnxruntime's untyped errors: a graph that loads but cannot run (corrupt)
-            raise FormatError(f"{self.export_dir}: onnxruntime failed to run the graph ({' '.join(str(e).split())[:300]})") from None
+            raise FormatError(f"{self.export_dir}: onnxruntime failed to run the graph "
+                              f"({' '.join(str(e).split())[:300]})") from None
         emb = np.asarray(emb, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.dim:  # a graph with a dynamic output dim that lies
-            raise FormatError(f"{self.export_dir}: graph returned shape {emb.shape}, hce_model.json says dim {self.dim}")
+            raise FormatError(f"{self.export_dir}: graph returned shape {emb.shape}, hce_model.json says dim "
+                              f"{self.dim}")
         # Re-normalise: the graph does, but int8/fp16 rounding leaves norms a hair off 1.
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         return emb / np.maximum(norms, 1e-12)

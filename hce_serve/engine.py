@@ -336,7 +336,8 @@ class Engine:
     def build_lexical(self, analyzer: Any = None) -> dict[str, Any]:
         """Add the lexical (BM25) part to a folder built without one (before hybrid search, or --no-lexical)."""
         if not isinstance(self.store, IndexStore):
-            raise DataError("a Milvus collection gets its lexical part from its index folder: build-lexical the folder, then "
+            raise DataError("a Milvus collection gets its lexical part from its index folder: build-lexical the "
+                            "folder, then "
                             "export-milvus it again with --overwrite")
         return self.store.build_lexical(analyzer)
 

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 
 def RAY(f: Any) -> Any:
-    """``--ray``, ``--ray-address``, ``--ray-workers`` for ``index build``, passed on as ``ray`` (RayOptions or None)."""
+    """``--ray``, ``--ray-address``, ``--ray-workers`` for ``index build``, passed on as ``ray`` (``RayOptions`` or
+    None)."""
 
     @functools.wraps(f)
     def run(*args: Any, use_ray: bool, ray_address: str | None, ray_workers: int | None, **kwargs: Any) -> Any:
@@ -116,7 +117,8 @@ def index_build(export_dir, corpus, index_dir, overwrite, m, ef_construction, ef
                          batch_size=batch_size, progress=True, store_documents=not no_store, skip_empty=skip_empty,
                          ray=ray, lexical=not no_lexical, lexical_language=lexical_language,
                          lexical_stopwords=lexical_stopwords,
-                         search={k: v for k, v in (("mode", mode), ("fusion", fusion), ("alpha", alpha), ("depth", depth))
+                         search={k: v
+                                 for k, v in (("mode", mode), ("fusion", fusion), ("alpha", alpha), ("depth", depth))
                                  if v is not None})
     emit({"index": str(index_dir), **{k: stats[k] for k in ("live", "dim", "empty", "skipped_empty", "stores_documents",
                                                             "lexical")}})
@@ -202,7 +204,8 @@ def index_stats(index_dir) -> None:
 @click.option("--index-type", type=click.Choice(INDEX_TYPES), default=None,
               help=f"Milvus vector index (metric IP) [{defaults.MILVUS_INDEX} for an hnsw folder, IVF_SQ8 for an "
                    "ivf-sq8 one].")
-@click.option("--M", "m", type=click.IntRange(*EngineOptions.M), default=None, help="HNSW graph degree [the index folder's].")
+@click.option("--M", "m", type=click.IntRange(*EngineOptions.M), default=None,
+              help="HNSW graph degree [the index folder's].")
 @click.option("--ef-construction", type=click.IntRange(*EngineOptions.EF), default=None,
               help="HNSW build beam [the folder's].")
 @click.option("--ef", type=click.IntRange(*EngineOptions.EF), default=None,

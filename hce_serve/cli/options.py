@@ -21,14 +21,17 @@ from ..errors import DataError
 from ..milvus.layout import MilvusTarget
 from ..options import EngineOptions
 
-IDX = click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder (IDX_DIR).")
+IDX = click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path),
+                   help="Index folder (IDX_DIR).")
 VARIANT = click.option("--variant", type=click.Choice(EngineOptions.VARIANTS), default=defaults.VARIANT,
                        show_default=True, help="Encoder graph (auto: int8 on CPU).")
 QUERY_ENCODER = click.option(
-    "--query-encoder", type=click.Choice(EngineOptions.QUERY_ENCODERS), default=defaults.QUERY_ENCODER, show_default=True,
+    "--query-encoder", type=click.Choice(EngineOptions.QUERY_ENCODERS), default=defaults.QUERY_ENCODER,
+    show_default=True,
     help="Graph that encodes queries: the export's distilled shallow one when it has one (auto), the document "
          "graph (full), or the shallow one or an error (shallow).")
-QUERY_CACHE = click.option("--query-cache", type=click.IntRange(*EngineOptions.QUERY_CACHE), default=defaults.QUERY_CACHE,
+QUERY_CACHE = click.option("--query-cache", type=click.IntRange(*EngineOptions.QUERY_CACHE),
+                           default=defaults.QUERY_CACHE,
                            show_default=True,
                            help="Query embeddings kept in an LRU cache (0: off).")
 THREADS = click.option("--threads", type=click.IntRange(*EngineOptions.THREADS), default=None,
@@ -137,7 +140,8 @@ def _resolve(index_dir: Path | None, uri: str | None, collection: str | None, mo
     if index_dir is not None:
         raise click.UsageError("give either --index or --milvus, not both")
     if collection is None or model is None:
-        raise click.UsageError("--milvus needs --collection NAME and --model EXPORT_DIR (the export the index was built with)")
+        raise click.UsageError("--milvus needs --collection NAME and --model EXPORT_DIR (the export the index was "
+                               "built with)")
     return MilvusSpec(milvus_target(uri, collection, token), model)
 
 
@@ -145,7 +149,8 @@ def TARGET(f: Any) -> Any:
     """``--index IDX_DIR`` or ``--milvus URI --collection NAME --model EXPORT_DIR``, passed on as ``index_dir``."""
 
     @functools.wraps(f)
-    def run(*args: Any, index_dir: Path | None, milvus_uri: str | None, collection: str | None, milvus_model: Path | None,
+    def run(*args: Any, index_dir: Path | None, milvus_uri: str | None, collection: str | None,
+            milvus_model: Path | None,
             milvus_token: str | None, **kwargs: Any) -> Any:
         return f(*args, index_dir=_resolve(index_dir, milvus_uri, collection, milvus_model, milvus_token), **kwargs)
 

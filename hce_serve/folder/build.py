@@ -146,7 +146,8 @@ def build_index(
             "skipped_empty": scan.empty if skip_empty else 0}
 
 
-def _checked(corpus: str | os.PathLike[str], batch_size: int, skip_empty: bool, dropped: list[int]) -> Iterator[list[Document]]:
+def _checked(corpus: str | os.PathLike[str], batch_size: int, skip_empty: bool,
+             dropped: list[int]) -> Iterator[list[Document]]:
     """The corpus in checked chunks of ``batch_size`` documents; metadata entries left out add to ``dropped[0]``."""
     for raw in chunks(iter_corpus(corpus, empty="skip" if skip_empty else "keep"), batch_size):
         batch, n_dropped = check_documents(raw, strict=False)
@@ -154,7 +155,8 @@ def _checked(corpus: str | os.PathLike[str], batch_size: int, skip_empty: bool, 
         yield batch
 
 
-def _encoded(encoder: Any, export_dir: Path, batches: Iterator[list[Document]], ray: Any) -> Iterator[tuple[list[Document], Any]]:
+def _encoded(encoder: Any, export_dir: Path, batches: Iterator[list[Document]],
+             ray: Any) -> Iterator[tuple[list[Document], Any]]:
     """(chunk, its vectors (n, dim)): encoded here, or chunk by chunk on Ray actors with the same graph."""
     if ray is None:
         return ((batch, encoder.encode_documents([d.full_text for d in batch])) for batch in batches)

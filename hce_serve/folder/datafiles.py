@@ -72,7 +72,8 @@ def read_state(folder: str | os.PathLike[str], dim: int, params: IndexParams, co
     if len(set(live_ids)) != len(live_ids):
         raise FormatError(f"{folder / IDS_FILE}: a live document id appears twice")
     if len(live_ids) != counts.get("live"):
-        raise FormatError(f"{folder / IDS_FILE}: {len(live_ids):,} live ids but the manifest says {counts.get('live'):,}")
+        raise FormatError(f"{folder / IDS_FILE}: {len(live_ids):,} live ids but the manifest says "
+                          f"{counts.get('live'):,}")
     ann = structure(params.kind).load(folder, dim, params, n, ~deleted, counts.get("capacity", n))
     return IndexState(ann, ids, deleted, leaves)
 

@@ -91,7 +91,8 @@ class DocStore:
         uri = f"file:{urllib.parse.quote(str(path))}" + ("?mode=ro" if readonly else "")
         try:
             conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-            app, version = conn.execute("PRAGMA application_id").fetchone()[0], conn.execute("PRAGMA user_version").fetchone()[0]
+            app = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as e:
             raise FormatError(f"{path}: not a readable SQLite database ({e})") from None
         if app != APP_ID:
@@ -118,7 +119,8 @@ class DocStore:
                 self.conn.execute("BEGIN IMMEDIATE")
                 self.conn.executemany("DELETE FROM fields WHERE id = ?", gone)
                 self.conn.executemany("DELETE FROM docs WHERE id = ?", [(i,) for i in remove])
-                self.conn.executemany("INSERT OR REPLACE INTO docs (id, title, text, metadata) VALUES (?, ?, ?, ?)", rows)
+                self.conn.executemany("INSERT OR REPLACE INTO docs (id, title, text, metadata) VALUES (?, ?, ?, ?)",
+                                      rows)
                 self.conn.executemany("INSERT INTO fields (key, value, id) VALUES (?, ?, ?)", fields)
                 self.conn.execute("COMMIT")
             except BaseException:

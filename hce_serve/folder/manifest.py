@@ -57,13 +57,15 @@ class IndexManifest:
             raise FormatError(f"manifest: space must be one of {SPACES}, found {self.space!r}")
         for key in ("labels", "live", "deleted"):
             if not isinstance(self.counts.get(key), int) or self.counts[key] < 0:
-                raise FormatError(f"manifest: counts.{key} must be a non-negative integer, found {self.counts.get(key)!r}")
+                raise FormatError(f"manifest: counts.{key} must be a non-negative integer, found "
+                                  f"{self.counts.get(key)!r}")
         cap = self.counts.get("capacity", 0)
         if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
             raise FormatError(f"manifest: counts.capacity must be a non-negative integer, found {cap!r}")
         if self.documents is not None and (not isinstance(self.documents, str) or not self.documents
                                            or "/" in self.documents or self.documents.startswith(".")):
-            raise FormatError(f"manifest: documents must be a file name inside the index folder, found {self.documents!r}")
+            raise FormatError("manifest: documents must be a file name inside the index folder, found "
+                              f"{self.documents!r}")
         if not isinstance(self.extra, dict):
             raise FormatError(f"manifest: extra must be an object, found {type(self.extra).__name__}")
         for rel, meta in self.files.items():
@@ -72,7 +74,8 @@ class IndexManifest:
                 raise FormatError(f"manifest: file name {rel!r} is not a relative path inside the index folder")
             if (not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int) or isinstance(meta["bytes"], bool)
                     or not isinstance(meta.get("sha256"), str)):
-                raise FormatError(f"manifest: files[{rel!r}] must be {{\"bytes\": int, \"sha256\": str}}, found {meta!r:.100}")
+                raise FormatError(f"manifest: files[{rel!r}] must be {{\"bytes\": int, \"sha256\": str}}, found "
+                                  f"{meta!r:.100}")
         if self.counts["live"] + self.counts["deleted"] != self.counts["labels"]:
             raise FormatError(
                 f"manifest: live ({self.counts['live']:,}) + deleted ({self.counts['deleted']:,}) "
@@ -91,7 +94,8 @@ class IndexManifest:
     def load(cls, folder: str | os.PathLike[str]) -> IndexManifest:
         path = Path(folder) / MANIFEST_NAME
         if not path.is_file():
-            raise FormatError(f"{folder}: no {MANIFEST_NAME}; not an HCE index folder (or its first save never finished)")
+            raise FormatError(f"{folder}: no {MANIFEST_NAME}; not an HCE index folder (or its first save never "
+                              "finished)")
         obj = read_versioned_json(path, MANIFEST_FORMAT, MANIFEST_VERSION)
         w = str(path)
         try:
@@ -118,6 +122,7 @@ class IndexManifest:
                 raise FormatError(f"{p}: listed in the manifest but missing")
             size = p.stat().st_size
             if size != meta.get("bytes"):
-                raise FormatError(f"{p}: manifest says {meta.get('bytes'):,} bytes, found {size:,} (truncated or replaced)")
+                raise FormatError(f"{p}: manifest says {meta.get('bytes'):,} bytes, found {size:,} (truncated or "
+                                  "replaced)")
             if checksums and file_digest(p)["sha256"] != meta.get("sha256"):
                 raise FormatError(f"{p}: sha256 differs from the manifest (corrupted)")

@@ -47,7 +47,8 @@ class RayOptions:
 
     def __post_init__(self) -> None:
         if (self.workers is not None and self.workers < 1) or self.threads < 1 or self.window < 1:
-            raise ConfigError(f"Ray workers, threads and window must be >= 1, found {self.workers}/{self.threads}/{self.window}")
+            raise ConfigError("Ray workers, threads and window must be >= 1, found "
+                              f"{self.workers}/{self.threads}/{self.window}")
 
 
 def ray_module() -> Any:
@@ -103,12 +104,14 @@ def encode_stream(export_dir: str | os.PathLike[str], variant: str, batches: Ite
         files = [ray.put(export_files(Path(export_dir), variant))]
         cpus = int(ray.cluster_resources().get("CPU", 1))
         workers = options.workers or max(1, cpus // options.threads)
-        log.info("encoding on Ray: %d encoder actors x %d onnxruntime threads (%d CPUs)", workers, options.threads, cpus)
+        log.info("encoding on Ray: %d encoder actors x %d onnxruntime threads (%d CPUs)", workers, options.threads,
+                 cpus)
         it = iter(batches)
         while window := [b for b in itertools.islice(it, options.window) if b]:
             tables = [pa.table({"id": [d.id for d in b], "text": [d.full_text for d in b]}) for b in window]
             out = ray.data.from_arrow(tables).map_batches(
-                _EncodeActor, batch_size=None, batch_format="numpy", fn_constructor_args=(files, variant, options.threads),
+                _EncodeActor, batch_size=None, batch_format="numpy",
+                fn_constructor_args=(files, variant, options.threads),
                 compute=ray.data.ActorPoolStrategy(size=min(workers, len(window))), num_cpus=options.threads)
             results = _with_errors(out.iter_batches(batch_size=None, batch_format="numpy"))
             for sent, got in zip(window, results, strict=True):
@@ -143,4 +146,5 @@ def _with_errors(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str,
         yield from batches
     except ray.exceptions.RayError as e:
         cause = getattr(e, "cause", None) or e
-        raise BackendError(f"Ray encoding failed: {type(cause).__name__}: {' '.join(str(cause).split())[:300]}") from None
+        detail = " ".join(str(cause).split())[:300]
+        raise BackendError(f"Ray encoding failed: {type(cause).__name__}: {detail}") from None

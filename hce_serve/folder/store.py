@@ -201,8 +201,10 @@ class IndexStore:
     def ids(self) -> list[str]:
         return self.index.ids()
 
-    def search(self, queries: np.ndarray, k: int, ef: int | None = None, filter: Mapping[str, tuple[str, ...]] | None = None,
-               subtree: Subtree | None = None, fields: Sequence[str] = (), num_threads: int = 1) -> list[list[StoredHit]]:
+    def search(self, queries: np.ndarray, k: int, ef: int | None = None,
+               filter: Mapping[str, tuple[str, ...]] | None = None,
+               subtree: Subtree | None = None, fields: Sequence[str] = (),
+               num_threads: int = 1) -> list[list[StoredHit]]:
         """Top-``k`` per query row, best first: the filter and the subtree run inside the vector index's search."""
         allow_ids = self._match(filter) if filter else None
         rows = self.index.search(queries, k, ef=ef, num_threads=num_threads, allow_ids=allow_ids,
@@ -245,14 +247,16 @@ class IndexStore:
                 "stores_documents": self.docs is not None,
                 "lexical": self.lexical.stats() if self.lexical is not None else None}
 
-    def build_lexical(self, analyzer: Any = None, params: Any = None, batch: int = defaults.BATCH_SIZE) -> dict[str, Any]:
+    def build_lexical(self, analyzer: Any = None, params: Any = None,
+                      batch: int = defaults.BATCH_SIZE) -> dict[str, Any]:
         """Give a dense-only folder its lexical part, from its stored documents, as a new generation."""
         from ..lexical.bm25 import LexicalBuilder
 
         with self._mutex:
             self._require_writable()
             if self.docs is None:
-                raise HCEError(f"{self.folder.name}: stores no documents (built with --no-store): BM25 needs their text")
+                raise HCEError(f"{self.folder.name}: stores no documents (built with --no-store): BM25 needs their "
+                               "text")
             builder = LexicalBuilder(analyzer, params)
             for part in self.docs.iter_documents(batch):
                 builder.add([(d.id, d.full_text) for d in part])

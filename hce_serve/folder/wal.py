@@ -120,7 +120,8 @@ def read_log(path: str | os.PathLike[str], dim: int, generation: int) -> LogCont
     if magic != MAGIC:
         raise FormatError(f"{path}: not an HCE mutation log (bad magic)")
     if fdim != dim or fgen != generation:
-        raise FormatError(f"{path}: log is for dim {fdim} generation {fgen}, index has dim {dim} generation {generation}")
+        raise FormatError(f"{path}: log is for dim {fdim} generation {fgen}, index has dim {dim} generation "
+                          f"{generation}")
     pos, records = HEADER.size, []
     while pos + FRAME.size <= len(data):
         length, crc = FRAME.unpack_from(data, pos)
@@ -140,7 +141,8 @@ def read_log(path: str | os.PathLike[str], dim: int, generation: int) -> LogCont
         try:
             records.append(_decode_payload(payload, dim))
         except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as e:
-            raise FormatError(f"{path}: record at byte {pos} has a valid checksum but cannot be decoded ({e})") from None
+            raise FormatError(f"{path}: record at byte {pos} has a valid checksum but cannot be decoded "
+                              f"({e})") from None
         pos = start + length
     if pos < len(data):
         log.warning("%s: ignoring %d bytes of a torn or corrupt last record", path, len(data) - pos)

@@ -162,7 +162,8 @@ def load_qrels(path: str | os.PathLike[str]) -> Qrels:
             if parts[0].strip().lower() in ("query-id", "query_id", "qid"):
                 continue
         if len(parts) < 3:
-            raise DataError(f"{p}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), found {len(parts)}")
+            raise DataError(f"{p}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), found "
+                            f"{len(parts)}")
         qid, did, score = parts[0].strip(), parts[1].strip(), parts[-1].strip()
         try:
             grade = int(float(score))

@@ -22,7 +22,8 @@ def format_run(results: Mapping[str, Sequence[tuple[str, float]]], tag: str = "h
     return "".join(lines)
 
 
-def write_run(path: str | os.PathLike[str], results: Mapping[str, Sequence[tuple[str, float]]], tag: str = "hce") -> None:
+def write_run(path: str | os.PathLike[str], results: Mapping[str, Sequence[tuple[str, float]]],
+              tag: str = "hce") -> None:
     """Write ranked hits per query (already sorted, best first) atomically."""
     atomic.write_text(path, format_run(results, tag))
 

@@ -1,6 +1,7 @@
 """The default vector structure of an index folder: an hnswlib graph (inner product) over label-aligned vectors.
 
-One of the two kinds of vector structure (``structures.py`` says what each must do). hnswlib holds the vectors itself, so
+One of the two kinds of vector structure (``structures.py`` says what each must do). hnswlib holds the vectors itself,
+so
 ``get`` reads them back from the graph. A deleted label is marked in the graph (hidden from every search)
 and re-linked when a new document is added under it.
 

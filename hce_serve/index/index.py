@@ -1,9 +1,9 @@
-"""The vector index: a vector structure (``ann.py``), the label <-> id table, tree leaves and a readers-writer lock.
+"""The vector index: a vector structure (``structures.py``), the label <-> id table, tree leaves and a lock.
 
-Mechanism only. Input checks, the writer lock, the compaction policy and all file IO belong to
-``IndexStore`` (``store.py``, ``index_io.py``); this class trusts its caller and guards only its own
-invariant (one label per live id). Mutations must not run concurrently with each other (the store
-serialises them); searches run concurrently with everything.
+Mechanism only. Input checks, the writer lock, the compaction policy and all file IO belong to the folder
+backend (``folder/store.py``, ``folder/datafiles.py``); this class trusts its caller and guards only its own
+invariant (one label per live id). Mutations must not run concurrently with each other (the store serialises
+them); searches run concurrently with everything.
 
 Label ``i`` is row ``i`` of the id table. A deleted document keeps its label as a *free slot*: the
 structure hides it from every search and the next new document reuses it, so the label count does not grow
@@ -47,7 +47,8 @@ class Index:
             raise ConfigError(f"dim must be positive, found {dim}")
         self.dim = int(dim)
         self.params = params or IndexParams()
-        self._set_state(IndexState(new_ann(self.dim, self.params, capacity), [], np.zeros(0, bool), np.zeros(0, np.int32)))
+        empty = IndexState(new_ann(self.dim, self.params, capacity), [], np.zeros(0, bool), np.zeros(0, np.int32))
+        self._set_state(empty)
         self._lock = RWLock()
         self._exact: tuple[np.ndarray, np.ndarray] | None = None  # (labels (n,), vectors (n, dim))
         self._exact_lock = threading.Lock()
@@ -104,7 +105,8 @@ class Index:
                 "tombstone_ratio": round(self.num_deleted / n, 4) if n else 0.0}
 
     # ---- changes ----------------------------------------------------------------------------------
-    def add(self, ids: Sequence[str], vectors: np.ndarray, leaves: Sequence[int] | np.ndarray | None = None) -> AddResult:
+    def add(self, ids: Sequence[str], vectors: np.ndarray,
+            leaves: Sequence[int] | np.ndarray | None = None) -> AddResult:
         """Add documents; an id that is already live is replaced (upsert). The batch must be checked
         (``checks.check_ids``, finite vectors): ``IndexStore.add`` does that."""
         ids = list(ids)
@@ -212,16 +214,9 @@ class Index:
             labels = [self._label[i] for i in ids]
             return self._ann.get(labels)
 
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        ef: int | None = None,
-        num_threads: int = 1,
-        exact: bool | None = None,
-        allow_ids: Collection[str] | None = None,
-        allow_leaves: Collection[int] | None = None,
-    ) -> list[list[ScoredId]]:
+    def search(self, queries: np.ndarray, k: int, ef: int | None = None, num_threads: int = 1,
+               exact: bool | None = None, allow_ids: Collection[str] | None = None,
+               allow_leaves: Collection[int] | None = None) -> list[list[ScoredId]]:
         """Top-``k`` live documents per query as [(id, score)], best first; ``k`` clamped to what can match.
 
         ``ef``: beam width (default ``params.ef_search``). ``allow_ids`` / ``allow_leaves``: only documents
@@ -239,12 +234,14 @@ class Index:
                 return [[] for _ in range(q.shape[0])]
             breadth = ef or self.params.ef_search
             beam = min(max(k_eff, breadth), n_ok)
-            if (self.scans(n_ok if mask is not None else None, beam) if exact is None else exact) or not self._ann.ready:
+            scan = self.scans(n_ok if mask is not None else None, beam) if exact is None else exact
+            if scan or not self._ann.ready:
                 return self._search_exact(q, k_eff, mask)  # an IVF without cells yet is scanned even if exact=False
             try:
                 labels, scores = self._ann.search(q, k_eff, breadth, n_ok, num_threads, mask)  # (nq, >= k) each
             except RuntimeError as e:  # e.g. too few reachable allowed nodes for hnswlib's beam: answer exactly
-                log.warning("the %s index could not return %d results (%s); using exact search", self.params.kind, k_eff, e)
+                log.warning("the %s index could not return %d results (%s); using exact search", self.params.kind,
+                            k_eff, e)
                 return self._search_exact(q, k_eff, mask)
             return [self._hits(lab, s, k_eff) for lab, s in zip(labels, scores, strict=True)]
 

@@ -115,7 +115,8 @@ class IvfSq8:
     def settle(self, n_live: int, deleted: np.ndarray) -> bool:
         """(Re)learn the cells if the ``n_live`` live vectors passed the exact threshold or doubled since the
         last training (never inside a bulk load); returns whether it did (every live vector is then encoded)."""
-        if self.deferred or n_live <= max(self.params.exact_threshold, MIN_TRAIN - 1) or n_live < 2 * max(self.trained_on, 1):
+        if self.deferred or n_live <= max(self.params.exact_threshold,
+                                          MIN_TRAIN - 1) or n_live < 2 * max(self.trained_on, 1):
             return False
         self.train(np.flatnonzero(~deleted))
         return True

@@ -65,8 +65,10 @@ def stored_defaults(extra: Mapping[str, Any], has_lexical: bool) -> SearchSettin
     if not isinstance(s, Mapping):
         return base
     try:
-        return SearchSettings(mode=check_mode(s.get("mode", base.mode)), fusion=check_fusion(s.get("fusion", base.fusion)),
-                              alpha=check_alpha(s.get("alpha", base.alpha)), depth=check_depth(s.get("depth", base.depth)))
+        return SearchSettings(mode=check_mode(s.get("mode", base.mode)),
+                              fusion=check_fusion(s.get("fusion", base.fusion)),
+                              alpha=check_alpha(s.get("alpha", base.alpha)),
+                              depth=check_depth(s.get("depth", base.depth)))
     except DataError:  # a hand-edited manifest: the index still opens, with the built-in defaults
         return base
 

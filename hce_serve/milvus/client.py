@@ -125,7 +125,8 @@ class MilvusCollection:
             # pymilvus 3 sends index parameters as flat keys, which Milvus servers read; milvus-lite 3.2 reads only
             # a JSON "params" key (the older wire form, which servers still merge in). Sending both reaches both.
             p = dict(manifest.index.params)
-            params.add_index(field_name="vector", index_type=manifest.index.type, metric_type="IP", params={**p, "params": p})
+            params.add_index(field_name="vector", index_type=manifest.index.type, metric_type="IP",
+                             params={**p, "params": p})
             if manifest.lexical is not None:
                 lp = manifest.lexical.index_params()
                 params.add_index(field_name=SPARSE_FIELD, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
@@ -180,7 +181,8 @@ class MilvusCollection:
         for lo in range(0, len(ids), ID_CHUNK):
             part = ids[lo : lo + ID_CHUNK]
             with rpc(f"query {self.name}"):
-                rows = self.client.query(self.name, filter=ids_expr(part), output_fields=["id", *fields], limit=len(part))
+                rows = self.client.query(self.name, filter=ids_expr(part), output_fields=["id", *fields],
+                                         limit=len(part))
             out.update((r["id"], r) for r in rows)
         return out
 

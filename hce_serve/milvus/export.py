@@ -91,7 +91,8 @@ def export_index(engine: Any, target: MilvusTarget, vector_index: VectorIndex | 
         bar.close()
         collection.flush()
         if (n := len(collection)) != len(ids):
-            raise BackendError(f"Milvus holds {n:,} entities in {target.collection} after the export; {len(ids):,} were written")
+            raise BackendError(f"Milvus holds {n:,} entities in {target.collection} after the export; {len(ids):,} "
+                               "were written")
     except BaseException:
         if created:
             try:

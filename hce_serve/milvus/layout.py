@@ -72,7 +72,8 @@ class MilvusTarget:
         if not isinstance(self.collection, str) or not NAME_RE.fullmatch(self.collection):
             raise DataError(f"collection name {self.collection!r} must start with a letter or underscore and hold "
                             "only letters, digits and underscores (at most 255)")
-        if not isinstance(self.uri, str) or not (self.is_lite or self.uri.startswith(("http://", "https://", "tcp://"))):
+        server = isinstance(self.uri, str) and self.uri.startswith(("http://", "https://", "tcp://"))
+        if not isinstance(self.uri, str) or not (self.is_lite or server):
             raise DataError(f"Milvus URI {self.uri!r} must be a milvus-lite file ending in .db or a server address "
                             "(http://host:19530, https://…)")
         if self.is_lite and not Path(self.uri).expanduser().resolve().parent.is_dir():
@@ -155,7 +156,8 @@ class CollectionManifest:
                               "write one with hce-serve index export-milvus")
         version = obj.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise VersionError(f"{where}: format_version {version!r} is newer than this hce supports ({FORMAT_VERSION})")
+            raise VersionError(f"{where}: format_version {version!r} is newer than this hce supports "
+                               f"({FORMAT_VERSION})")
         try:
             index = VectorIndex(**obj["index"])
             manifest = cls(int(obj["dim"]), str(obj["encoder_sha256"]), bool(obj["stores_documents"]), index,
@@ -187,7 +189,8 @@ def encoder_digest(encoder_dir: Path) -> str:
 # ---- expressions --------------------------------------------------------------------------------------
 def quote(s: str) -> str:
     """A string literal both Milvus parsers read back as ``s``."""
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
+    escaped = s.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
 
 
 def tag(key: str, canonical: str) -> str:
@@ -204,7 +207,8 @@ def ids_expr(ids: list[str]) -> str:
 
 def filter_expr(flt: dict[str, tuple[str, ...]] | None, subtree_node: int | None) -> str:
     """The expression of a checked filter (``checks.check_filter``) and a subtree's node, "" for neither."""
-    parts = [f"array_contains_any(tags, [{', '.join(quote(tag(k, v)) for v in vals)}])" for k, vals in (flt or {}).items()]
+    parts = [f"array_contains_any(tags, [{', '.join(quote(tag(k, v)) for v in vals)}])"
+             for k, vals in (flt or {}).items()]
     if subtree_node is not None:  # node 0 (the root) holds every document that has a leaf
         parts.append("leaf >= 0" if subtree_node == 0 else f"array_contains(path, {int(subtree_node)})")
     return " and ".join(parts)
@@ -254,7 +258,8 @@ def as_document(doc_id: str, ent: dict[str, Any]) -> Document:
 def schema(pymilvus: Any, manifest: CollectionManifest) -> Any:
     """The collection schema of the module docstring."""
     data_type = pymilvus.DataType
-    s = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description="HCE index (hce-serve)")
+    s = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                            description="HCE index (hce-serve)")
     s.add_field("id", data_type.VARCHAR, is_primary=True, max_length=MAX_VARCHAR)
     s.add_field("vector", data_type.FLOAT_VECTOR, dim=manifest.dim)
     s.add_field("leaf", data_type.INT32)

@@ -96,15 +96,18 @@ class MilvusStore:
     def ids(self) -> list[str]:
         return self.collection.ids()
 
-    def search(self, queries: np.ndarray, k: int, ef: int | None = None, filter: Mapping[str, tuple[str, ...]] | None = None,
+    def search(self, queries: np.ndarray, k: int, ef: int | None = None,
+               filter: Mapping[str, tuple[str, ...]] | None = None,
                subtree: Subtree | None = None, fields: Sequence[str] = (), num_threads: int = 1,
                ) -> list[list[StoredHit]]:
         """Top-``k`` per query row as (id, score, stored document or None); filter and subtree run inside Milvus."""
         if filter and not self.stores_documents:
-            raise DataError("this collection stores no documents (exported from a --no-store index): filters need metadata")
+            raise DataError("this collection stores no documents (exported from a --no-store index): filters need "
+                            "metadata")
         wanted = [f for f in fields if f in self.collection.doc_fields]
         params = self.manifest.index.search_params(k, ef)
-        rows = self.collection.search(queries, k, filter_expr(filter, subtree.node if subtree else None), params, wanted)
+        rows = self.collection.search(queries, k, filter_expr(filter, subtree.node if subtree else None), params,
+                                      wanted)
         return [[(i, s, as_document(i, e) if wanted else None) for i, s, e in row] for row in rows]
 
     def search_lexical(self, texts: Sequence[str], k: int, filter: Mapping[str, tuple[str, ...]] | None = None,
@@ -133,7 +136,8 @@ class MilvusStore:
     # ---- writes -----------------------------------------------------------------------------------
     def _require_writable(self) -> None:
         if not self.writable:
-            raise HCEError(f"Milvus collection {self.target.collection} was opened read-only (open it writable to change it)")
+            raise HCEError(f"Milvus collection {self.target.collection} was opened read-only (open it writable to "
+                           "change it)")
 
     def prepare(self, docs: Iterable[Document | Mapping[str, Any]], strict: bool = True) -> Batch:
         """Check a batch before it is encoded: the local store's checks plus Milvus's field bounds."""
