@@ -49,7 +49,7 @@ SEARCH_CHUNK = 256  # queries encoded per step of a batch search (one progress-b
 MODES = ("dense", "lexical", "hybrid")
 MODE_DENSE_ONLY = "dense"  # a folder without a lexical part (built before hybrid search, or --no-lexical)
 MODE_WITH_LEXICAL = "hybrid"  # a new folder with its lexical part, unless `index build --mode` says otherwise
-FUSION = "minmax"  # lexical.fusion.FUSIONS: rrf | minmax | dbsf
+FUSION = "dbsf"  # lexical.fusion.FUSIONS: rrf | minmax | dbsf; best mean dev gain of the robust settings
 ALPHA = 0.5  # the dense side's weight in the fused score
 FUSION_DEPTH = 100  # hits each side retrieves before fusion (at least k)
 MAX_FUSION_DEPTH = 10_000
@@ -71,6 +71,11 @@ HTTP_MAX_K = 1000
 HTTP_MAX_BATCH = 256  # queries per search request, documents/ids per write request
 HTTP_MAX_BODY_BYTES = 8 * 2**20
 HTTP_MAX_QUERY_CHARS = 20_000  # the encoder truncates anyway; this bounds the tokenizer's work
+# Micro-batching (http/batcher.py): concurrent search requests share one encoder call. A request waits at
+# most this long for others to join it, and only while another batch is already running (a lone request
+# never waits); 0 turns batching off.
+HTTP_MAX_BATCH_WAIT_MS = 1.0
+HTTP_MAX_BATCH_QUERIES = 32  # queries per shared encoder call
 
 # ---- beyond one machine: Milvus backend, Ray encoding ---------------------------------------------------
 MILVUS_INDEX = "HNSW"  # vector index of an exported collection: HNSW (M, efConstruction, ef as above), IVF_FLAT,
