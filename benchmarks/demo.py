@@ -39,7 +39,8 @@ def table(base: dict[str, Any], hce: dict[str, Any], tree: dict[str, Any], valid
     if validation:
         lines.append("export validation: " + ", ".join(f"{k}={v}" for k, v in validation.items()
                                                        if not isinstance(v, (dict, list))))
-    lines.append("(a short CPU fine-tune: see scripts/demo.sh for its budget; benchmarks/quality.py runs the full study)")
+    lines.append("(a short CPU fine-tune: see scripts/demo.sh for its budget; benchmarks/quality.py runs the full "
+                 "study)")
     return "\n".join(lines)
 
 
@@ -91,7 +92,8 @@ def record(run: Path, dest: Path) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {run}: cannot read a demo result ({e}); run `bash scripts/demo.sh` first", file=sys.stderr)
         return 1
-    missing = [k for k in (*provenance.STAMP_KEYS, "zero_shot", "hce_demo") if not isinstance(rec, dict) or k not in rec]
+    missing = [k for k in (*provenance.STAMP_KEYS, "zero_shot", "hce_demo") if not isinstance(rec, dict)
+               or k not in rec]
     if missing or rec.get("script") != SCRIPT:
         print(f"error: {run}: not a result of {SCRIPT} (missing {missing or ['script']})", file=sys.stderr)
         return 1

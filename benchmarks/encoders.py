@@ -121,7 +121,8 @@ def is_cached(enc: Any, cache_key: str) -> bool:
     return _cache_file(enc, cache_key).is_file()
 
 
-def encode(enc: Any, queries: list[str], docs: list[str], cache_key: str | None) -> tuple[np.ndarray, np.ndarray, float | None]:
+def encode(enc: Any, queries: list[str], docs: list[str],
+           cache_key: str | None) -> tuple[np.ndarray, np.ndarray, float | None]:
     """(query rows, document rows, seconds or None when cached); ``cache_key`` names the data selection."""
     path = _cache_file(enc, cache_key) if cache_key else None
     if path is not None and path.is_file():

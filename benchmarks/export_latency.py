@@ -80,7 +80,8 @@ def speed(model_dir: Path, export_dir: Path, data_dir: Path, quick: bool, doc_to
         fns = systems(model_dir, export_dir, threads, docs, doc_tokens)
         timings = timing.timed({k: q for k, (q, _) in fns.items()}, n, repeats, warmup)
         res["query_latency"][f"{threads}t"] = {k: t.stats() for k, t in timings.items()}
-        res["docs_per_s"][f"{threads}t"] = {k: timing.rate(d, len(docs), 2 if quick else 3) for k, (_, d) in fns.items()}
+        res["docs_per_s"][f"{threads}t"] = {k: timing.rate(d, len(docs), 2 if quick else 3)
+                                            for k, (_, d) in fns.items()}
         log.info("%dt: query p50 %s, docs/s %s", threads, {k: t.stats()["p50_ms"] for k, t in timings.items()},
                  res["docs_per_s"][f"{threads}t"])
     return res

@@ -108,7 +108,8 @@ def plot(results: list[dict], out: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for r in results:
         sel = [s["selectivity"] for s in r["selectivity"]]
-        a.plot(sel, [s["search"]["p50_ms"] + s["match"]["p50_ms"] for s in r["selectivity"]], "-o", label=f"{r['n']:,} filtered")
+        a.plot(sel, [s["search"]["p50_ms"] + s["match"]["p50_ms"] for s in r["selectivity"]], "-o",
+               label=f"{r['n']:,} filtered")
         a.plot(sel, [s["unfiltered"]["p50_ms"] for s in r["selectivity"]], ":", label=f"{r['n']:,} unfiltered")
         b.plot(sel, [s["search"]["recall@10"] for s in r["selectivity"]], "-o", label=f"{r['n']:,} in-index filter")
         b.plot(sel, [s["post_filter"]["recall@10"] for s in r["selectivity"]], "--x", label=f"{r['n']:,} post-filter")

@@ -185,7 +185,8 @@ def compare_engines(n: int, n_queries: int, work: Path) -> dict[str, Any]:
             "latency": {k: v.stats() for k, v in res.items()}}
         if label == "scifact":
             for name, eng in (("numpy", numpy_idx), ("fts5", fts)):
-                run = {q: {d: float(100 - r) for r, (d, _) in enumerate(eng.search(data.queries[q], 100))} for q in qids}
+                run = {q: {d: float(100 - r) for r, (d, _) in enumerate(eng.search(data.queries[q], 100))}
+                       for q in qids}
                 row.setdefault("ndcg@10", {})[name] = round(100 * float(np.mean(list(
                     per_query(data.qrels, run)["ndcg@10"].values()))), 2)
         out[label] = row

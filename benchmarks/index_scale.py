@@ -235,11 +235,13 @@ def one_box_main(args: argparse.Namespace) -> int:
     args.latency_queries = args.latency_queries or (300 if args.quick else 1000)
     args.recall_queries = min(args.recall_queries, args.queries)
     defaults = {paths.result_path(n).name for n in ("index-scale", "index-scale-quick")}  # --out not given
-    out = paths.result_path(f"index-scale-one-box{'-quick' if args.quick else ''}") if args.out.name in defaults else args.out
+    default_out = paths.result_path(f"index-scale-one-box{'-quick' if args.quick else ''}")
+    out = default_out if args.out.name in defaults else args.out
     payload = {"benchmark": "index_scale", "mode": "one-box", "data": f"synthetic: {args.clusters}-centre Gaussian "
-               f"mixture, unit vectors, seed {args.seed}", "params": {"M": args.M, "ef_construction": args.ef_construction,
-               "k": K, "build_threads": "all", "search_threads": list(args.search_threads), "tree": {"branching": args.branching,
-               "leaf_size": args.leaf_size}, "ivf_nlist": args.ivf_nlist,
+               f"mixture, unit vectors, seed {args.seed}",
+               "params": {"M": args.M, "ef_construction": args.ef_construction, "k": K, "build_threads": "all",
+               "search_threads": list(args.search_threads),
+               "tree": {"branching": args.branching, "leaf_size": args.leaf_size}, "ivf_nlist": args.ivf_nlist,
                "ivf_codes": args.ivf_codes, "refine_k_factor": args.refine_k_factor, "ivf_only": args.ivf_only,
                "index_type": args.index_type, "no_tree": args.no_tree},
                "queries": args.queries,

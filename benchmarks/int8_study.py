@@ -111,7 +111,8 @@ def study(data_dir: Path, folders: dict[str, Path], quick: bool) -> dict:
         if name != "fp32":
             base = runs["fp32"]
             cos = np.einsum("ij,ij->i", r.d, base.d)  # (nd,) unit rows
-            overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(r.rows[:, :10], base.rows[:, :10], strict=True)])
+            overlap = np.mean([len(set(a) & set(b)) / 10
+                               for a, b in zip(r.rows[:, :10], base.rows[:, :10], strict=True)])
             row.update(ndcg10_loss_points=round(100 * (base.metrics["ndcg@10"] - r.metrics["ndcg@10"]), 3),
                        doc_cos_mean=round(float(cos.mean()), 5), doc_cos_min=round(float(cos.min()), 5),
                        top10_overlap=round(float(overlap), 4))

@@ -11,8 +11,8 @@ queries a call). The systems are timed interleaved (``timing.timed``) after a wa
 reported statistic is the median over repeats. ``hce_engine`` runs with the query cache off and the full
 query encoder, so it pays the whole encoder on every query; where ``--export`` holds a distilled query graph
 (``hce-train distill-query`` then ``hce-export onnx``), ``hce_engine_shallow`` is the same path through it and
-``shallow_over_full_p50`` the ratio; ``hce_engine_cache_hit`` is the same path with every query cached (its encode column
-is the cost of a hit). Peers encode only (they have no index): they join the encode column, with their p50
+``shallow_over_full_p50`` the ratio; ``hce_engine_cache_hit`` is the same path with every query cached (its
+encode column is the cost of a hit). Peers encode only (they have no index): they join the encode column, with their p50
 as a ratio to hce's. The int8 encoders' cosine to their own fp32 on documents is measured too (``fidelity``).
 """
 
@@ -208,7 +208,8 @@ def fidelity(args: argparse.Namespace, docs: list[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = cli.study_parser(__doc__, "latency")
     ap.add_argument("--data", type=Path, default=paths.SHARED_DATA / "scifact", help="BEIR folder [SciFact]")
-    ap.add_argument("--export", type=Path, default=None, help="EXPORT_DIR (default: all-MiniLM-L6-v2 exported and cached)")
+    ap.add_argument("--export", type=Path, default=None,
+                    help="EXPORT_DIR (default: all-MiniLM-L6-v2 exported and cached)")
     ap.add_argument("--torch-model", type=Path, default=None, help="the export's source model [all-MiniLM-L6-v2]")
     ap.add_argument("--variant", default="int8")
     ap.add_argument("--million", action="store_true", help="also the 1M synthetic setting (default in full mode)")

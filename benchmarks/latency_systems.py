@@ -90,7 +90,8 @@ def systems(floor: Floor, eng: Any, cached: Any, tq: TorchExact, queries: list[s
     fv = floor.encode(queries[:1])  # (1, dim): a fixed vector for the search-only loops
     ev = eng.encoder.encode_queries(queries[:1])
     docs = {} if not eng.stores_documents else {
-        "hce_engine_docs": (lambda i: eng.search_batch(q1[i % len(q1)], K), lambda i: eng.encoder.encode_queries(q1[i % len(q1)]),
+        "hce_engine_docs": (lambda i: eng.search_batch(q1[i % len(q1)], K),
+                            lambda i: eng.encoder.encode_queries(q1[i % len(q1)]),
                             lambda i: eng.store.get([d for d, _ in eng.store.index.search(ev, K)[0]]),
                             lambda b: eng.search_batch(b, K, num_threads=t))}
     return {
@@ -98,12 +99,14 @@ def systems(floor: Floor, eng: Any, cached: Any, tq: TorchExact, queries: list[s
                   lambda i: floor.search(fv), lambda b: floor.search(floor.encode(b), t)),
         "hce_engine": (lambda i: eng.search_batch(q1[i % len(q1)], K, fields=()),
                        lambda i: eng.encoder.encode_queries(q1[i % len(q1)]),
-                       lambda i: eng.store.index.search(ev, K), lambda b: eng.search_batch(b, K, fields=(), num_threads=t)),
+                       lambda i: eng.store.index.search(ev, K),
+                       lambda b: eng.search_batch(b, K, fields=(), num_threads=t)),
         **docs,
         **({} if shallow is None else {"hce_engine_shallow": (
             lambda i: shallow.search_batch(q1[i % len(q1)], K, fields=()),
             lambda i: shallow.encoder.encode_queries(q1[i % len(q1)]),
-            lambda i: shallow.store.index.search(ev, K), lambda b: shallow.search_batch(b, K, fields=(), num_threads=t))}),
+            lambda i: shallow.store.index.search(ev, K),
+            lambda b: shallow.search_batch(b, K, fields=(), num_threads=t))}),
         "hce_engine_cache_hit": (lambda i: cached.search_batch(q1[i % len(q1)], K, fields=()),
                                  lambda i: cached.query_vectors(q1[i % len(q1)]),
                                  lambda i: cached.store.index.search(ev, K),

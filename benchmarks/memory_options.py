@@ -190,7 +190,8 @@ def run(mix: Mixture, m: int, n_target: int, q: np.ndarray, args: argparse.Names
             try:
                 build, search, close = make()
             except (ImportError, MissingDependencyError) as e:
-                out[name] = {"skipped": str(e) if isinstance(e, MissingDependencyError) else f"{e.name} is not installed"}
+                out[name] = {"skipped": str(e) if isinstance(e, MissingDependencyError)
+                             else f"{e.name} is not installed"}
                 continue
             try:
                 out[name] = measure(name, build, search, m, n_target, q, truth, args.latency_queries)

@@ -4,8 +4,8 @@ saved, loaded and searched through ``hce_serve``'s ``Index`` (issue 13). Run thr
     nice python -m benchmarks.index_scale --one-box 5000000 --options-size 500000   # the 5M study (hours)
     python -m benchmarks.index_scale --quick --one-box 50000 --options-size 20000   # minutes
 
-Vectors come in fixed blocks drawn from (seed, stream, block) around ``--clusters`` centres (``harness.synthetic.Mixture``), so a
-pass over the corpus (index build, exact ground truth) regenerates them instead of keeping a second copy:
+Vectors come in fixed blocks drawn from (seed, stream, block) around ``--clusters`` centres
+(``harness.synthetic.Mixture``), so a pass over the corpus (index build, exact ground truth) regenerates them instead of keeping a second copy:
 the data matrix lives only while the tree is built, then the index alone holds the vectors. Queries are held
 out from the same mixture (stream 1), searched one at a time through ``Index.search`` (the serving path: labels ->
 string ids, the read lock), never through raw hnswlib, with each of ``--search-threads`` (default 1), interleaved.
@@ -107,9 +107,11 @@ def index_study(mix: Mixture, n: int, q: np.ndarray, truth: np.ndarray, args: ar
     index = Index(384, params, capacity=n)
     with index.bulk_load():  # as Engine.build: an ivf-sq8 index learns its cells once, at the end
         for start, blk in mix.blocks(n):  # chunk by chunk, with each document's leaf, as Engine.build feeds it
-            index.add(ids[start : start + blk.shape[0]], blk, None if leaves is None else leaves[start : start + blk.shape[0]])
+            index.add(ids[start : start + blk.shape[0]], blk,
+                      None if leaves is None else leaves[start : start + blk.shape[0]])
     phase("index_build", t0, rss0, ph)
-    res["build_minutes_tree_plus_index"] = round(sum(ph[p]["seconds"] for p in ("tree_build", "index_build") if p in ph) / 60, 1)
+    res["build_minutes_tree_plus_index"] = round(sum(ph[p]["seconds"] for p in ("tree_build", "index_build")
+                                                     if p in ph) / 60, 1)
     with tempfile.TemporaryDirectory(prefix="hce-one-box-", dir=args.tmp) as tmp:
         rss0, t0 = resources.reset_peak(), time.perf_counter()
         files = write_index(index, tmp)
@@ -159,6 +161,7 @@ def run(n: int, args: argparse.Namespace) -> dict[str, Any]:
     res["wall_seconds"] = round(time.perf_counter() - t_all, 1)
     if args.options_size:
         m = min(args.options_size, n)
-        res["memory_options"] = memory_options.run(mix, m, n, q, args, (res.get("chosen_ef") if res.get("index_type") == "hnsw" else None)
+        res["memory_options"] = memory_options.run(mix, m, n, q, args,
+                                                   (res.get("chosen_ef") if res.get("index_type") == "hnsw" else None)
                                                   or max(args.efs))
     return res

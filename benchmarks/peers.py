@@ -63,13 +63,16 @@ def prepare(model_dir: Path, config: str, root: Path | None = None) -> Path:
 
     out = (root or paths.CACHE / "peers") / f"{model_dir.name}-{config}"
     stamp = json.dumps({"source": str(model_dir.resolve()), "config": config, "st": _version("sentence-transformers")})
-    if (out / ".source").is_file() and (out / ".source").read_text().strip() == stamp and (out / int8_file(config)).is_file():
+    source = out / ".source"
+    if source.is_file() and source.read_text().strip() == stamp and (out / int8_file(config)).is_file():
         return out
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("onnx", "*.onnx", "checkpoint", "query_encoder", "tree*", "train_*"))
+    shutil.copytree(model_dir, out,
+                    ignore=shutil.ignore_patterns("onnx", "*.onnx", "checkpoint", "query_encoder", "tree*", "train_*"))
     log.info("sentence-transformers: exporting %s to ONNX fp32 and int8 (%s) in %s", model_dir, config, out)
-    model = SentenceTransformer(str(out), backend="onnx", device="cpu", model_kwargs={"provider": "CPUExecutionProvider"})
+    model = SentenceTransformer(str(out), backend="onnx", device="cpu",
+                                model_kwargs={"provider": "CPUExecutionProvider"})
     model.save_pretrained(str(out))  # writes onnx/model.onnx (and modules.json for a plain HF folder)
     export_dynamic_quantized_onnx_model(model, config, str(out))
     (out / ".source").write_text(stamp + "\n")

@@ -166,11 +166,14 @@ def markdown(res: dict[str, Any]) -> str:
                 held = st.get("heldout") or {}
                 lo, hi = st["ci95_points"]
                 words = "–".join(map(str, r.get("pseudo_words", CROPS_BEFORE_OPTION)))
-                lines.append(f"| {name} | {r['teacher']} | {words} | {r['full']['ndcg@10']:.4f} | {_depth(key, st)} | {st['ndcg@10']:.4f} "
+                lines.append(f"| {name} | {r['teacher']} | {words} | {r['full']['ndcg@10']:.4f} | {_depth(key, st)} | "
+                             f"{st['ndcg@10']:.4f} "
                              f"| **{st['loss_points']:.2f}** | [{lo:+.2f}, {hi:+.2f}] | {st['p']:.2f} "
-                             f"| {held.get('cosine_mean', float('nan')):.2f} / {held.get('top10_overlap', float('nan')):.2f} "
+                             f"| {held.get('cosine_mean', float('nan')):.2f} / "
+                             f"{held.get('top10_overlap', float('nan')):.2f} "
                              f"| {_test_cos(st)} "
-                             f"| {st['distill_seconds']:,.0f} s, {st['steps']} steps | {'yes' if st['loss_points'] <= 1.0 else 'no'} |")
+                             f"| {st['distill_seconds']:,.0f} s, {st['steps']} steps | "
+                             f"{'yes' if st['loss_points'] <= 1.0 else 'no'} |")
     return "\n".join(lines)
 
 
@@ -204,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=None, help="distillation peak learning rate [DistillConfig's]")
     ap.add_argument("--pseudo-per-doc", type=int, default=None,
-                    help="pseudo-queries per document and epoch [DistillConfig's: 0, enough to fill max_pseudo, 8 to 16]")
+                    help="pseudo-queries per document and epoch [DistillConfig's: 0, enough to fill max_pseudo, 8 to "
+                         "16]")
     ap.add_argument("--train-query-repeats", type=int, default=None,
                     help="each train-split query this many times per epoch [DistillConfig's]")
     ap.add_argument("--pseudo-words", default=None, metavar="MIN,MAX",

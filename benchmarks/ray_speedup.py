@@ -110,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--docs", type=int, default=None, help="first N documents [600 with --quick, else all]")
     ap.add_argument("--rounds", type=int, default=None, help="timed builds per system [1 with --quick, else 3]")
     ap.add_argument("--workers", type=int, default=2, help="Ray encoder actors, one onnxruntime thread each")
-    ap.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help="documents per chunk (one Ray block each)")
+    ap.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE,
+                    help="documents per chunk (one Ray block each)")
     args = cli.parse(ap, argv)
     export = args.export or encoders.ensure_export("minilm", encoders.base_model_path())
     with tempfile.TemporaryDirectory(prefix="hce-ray-corpus-") as tmp:

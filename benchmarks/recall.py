@@ -114,9 +114,11 @@ def plot(dataset: str, rows: list[dict[str, Any]], out: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = study_parser(__doc__, "recall")
     ap.add_argument("--data", action="append", help="BEIR folder or name under ../shared/data (repeat)")
-    ap.add_argument("--model", action="append", default=[], metavar="NAME=DIR", help="fine-tuned MODEL_DIR or EXPORT_DIR")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                    help="fine-tuned MODEL_DIR or EXPORT_DIR")
     ap.add_argument("--base", default=None, help="base encoder folder (default: all-MiniLM-L6-v2)")
-    ap.add_argument("--variants", default=None, help="ONNX graphs to evaluate (default: int8 in --quick, int8,fp32 in full)")
+    ap.add_argument("--variants", default=None,
+                    help="ONNX graphs to evaluate (default: int8 in --quick, int8,fp32 in full)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-uncached", action="store_true",
                     help="only evaluate encoders whose embeddings an earlier run cached (listed as skipped)")

@@ -126,7 +126,8 @@ def export(
     if max_length is not None or query_max_length is not None:
         card = card.replace(max_length=max_length or card.max_length,
                             query_max_length=query_max_length or card.query_max_length)
-    settings = _settings(isa, exclude, keep_ffn_out, fp32_layers) if quantize else None  # bad --isa fails before any work
+    # bad --isa fails before any work
+    settings = _settings(isa, exclude, keep_ffn_out, fp32_layers) if quantize else None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-export-{out.name}-", dir=out.parent))
     umask = os.umask(0)

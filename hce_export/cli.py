@@ -45,7 +45,8 @@ def main() -> None:
 @click.option("--isa", type=click.Choice(ISAS), default=None,
               help="int8 instruction set (default: detected from this machine's CPU).")
 @click.option("--exclude-node", "exclude", multiple=True,
-              help="Keep int8-sensitive nodes whose name contains this text in fp32 (repeatable; replaces the default).")
+              help="Keep int8-sensitive nodes whose name contains this text in fp32 (repeatable; replaces the "
+                   "default).")
 @click.option("--quantize-ffn-out/--keep-ffn-out", "quantize_ffn_out", default=None,
               help="Quantise the FFN output projections (faster, lower cosine to fp32) or keep them fp32. Default "
                    "per instruction set: quantised on AVX-512 VNNI (1.44x faster, no worse nDCG@10), kept on AVX2 "
@@ -97,7 +98,8 @@ def onnx_cmd(model_dir: Path, out_dir: Path, quantize: bool, fp16: bool, isa: st
 
     result = export(
         model_dir, out_dir, quantize=quantize, fp16=fp16, overwrite=overwrite, validate_data=validate_data,
-        allow_degraded=allow_degraded, isa=isa, exclude=tuple(exclude) or None, keep_ffn_out=None if quantize_ffn_out is None else not quantize_ffn_out,
+        allow_degraded=allow_degraded, isa=isa, exclude=tuple(exclude) or None,
+        keep_ffn_out=None if quantize_ffn_out is None else not quantize_ffn_out,
         fp32_layers=fp32_layers, opset=opset,
         max_length=max_length, query_max_length=query_max_length,
         tolerances=Tolerances(max_fp32_diff, min_int8_mean_cos, min_int8_cos, max_ndcg_loss),

@@ -40,7 +40,8 @@ def load_torch_model(model_dir: Path) -> Any:
     try:
         model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager")
     except (ValueError, KeyError, OSError) as e:
-        raise FormatError(f"{model_dir}: transformers cannot load this model ({' '.join(str(e).split())[:200]})") from None
+        detail = " ".join(str(e).split())[:200]
+        raise FormatError(f"{model_dir}: transformers cannot load this model ({detail})") from None
     return model.eval()
 
 

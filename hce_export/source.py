@@ -107,7 +107,8 @@ def load_source(model_dir: str | os.PathLike[str]) -> Source:
             f"{folder}: no config.json; expected an hce-train MODEL_DIR or a Hugging Face model folder"
         )
     config = _read_json(cfg_path)
-    if not any((folder / n).is_file() for n in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")):
+    if not any((folder / n).is_file()
+               for n in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")):
         raise FormatError(f"{folder}: no model weights (model.safetensors)")
     if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
         raise FormatError(f"{folder}: no tokenizer (tokenizer.json) next to the weights")
@@ -122,5 +123,6 @@ def load_source(model_dir: str | os.PathLike[str]) -> Source:
     present = [(folder / n).is_file() for n in TREE_FILES]
     if any(present) and not all(present):
         raise FormatError(f"{folder}: has only one of {TREE_FILES}; both or neither")
-    log.info("source %s: dim %d, pooling %s, card %s", folder, card.dim, card.pooling, "read" if has_card else "derived")
+    log.info("source %s: dim %d, pooling %s, card %s", folder, card.dim, card.pooling,
+             "read" if has_card else "derived")
     return Source(folder, card, has_card, all(present), config)

@@ -37,7 +37,8 @@ QUERIES = [
 _DOCS = [
     "Vaccines train the immune system to recognise a pathogen without causing the disease.",
     "Ocean acidification is driven by the uptake of atmospheric carbon dioxide by seawater, lowering its pH.",
-    "Moderate coffee consumption was not associated with higher cardiovascular mortality in a cohort of 400,000 adults.",
+    "Moderate coffee consumption was not associated with higher cardiovascular mortality in a cohort of "
+    "400,000 adults.",
     "Magnitude pruning removes the weights with the smallest absolute value and fine-tunes the remaining network.",
     "France beat Brazil 3-0 in the 1998 FIFA World Cup final in Saint-Denis.",
     "Obesity in adolescence strongly predicts insulin resistance, a precursor of type 2 diabetes.",

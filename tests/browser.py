@@ -77,14 +77,16 @@ class Server:
 
     def __enter__(self) -> Server:
         script = Path(sys.executable).with_name("hce-serve")  # the console script a user runs, when installed
-        cmd = [str(script)] if script.exists() else [sys.executable, "-c", "import sys; from hce_serve.cli import main; "
+        cmd = [str(script)] if script.exists() else [sys.executable, "-c",
+                                                     "import sys; from hce_serve.cli import main; "
                                                                            "sys.exit(main())"]
         for _ in range(3):  # another process may take the port between free_port() and the bind
             port = free_port()
             self.url = f"http://127.0.0.1:{port}"
             with open(self.log, "ab") as out:
                 self.proc = subprocess.Popen([*cmd, "http", *self.args, "--host", "127.0.0.1", "--port", str(port)],
-                                             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(self.env or {})})
+                                             stdout=out, stderr=subprocess.STDOUT,
+                                             env={**os.environ, **(self.env or {})})
             if self._wait_ready():
                 return self
             if "address already in use" not in self.log.read_text(errors="replace").lower():

@@ -20,7 +20,8 @@ TOPICS = {
     "market": "market price trade stock inflation bank interest currency",
     "soil": "soil crop plant nitrogen farm yield root water",
 }
-FILLER = ["the", "a", "of", "and", "in", "to", "with", "for", "on", "is", "are", "was", "study", "results", "we", "show"]
+FILLER = ["the", "a", "of", "and", "in", "to", "with", "for", "on", "is", "are", "was", "study", "results", "we",
+          "show"]
 
 
 def vocab_words() -> list[str]:

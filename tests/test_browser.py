@@ -129,7 +129,8 @@ def test_search_open_filter_and_markup_stays_text(browser, folder_server, tmp_pa
     marks = {m.text.lower() for m in d.find_elements(By.CSS_SELECTOR, "#hits mark")}
     assert marks and all(m.startswith(("protein", "enzyme")) for m in marks), marks
     shot = tmp_path / "results.png"
-    assert d.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    assert d.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
 
     # 2. open a document from the keyboard (ArrowDown to a hit, Enter); Escape closes it, focus returns
     rank = next(i for i, h in enumerate(hit_ids(d), 1) if "/" not in h)  # one GET /documents/{id} can carry
@@ -214,7 +215,8 @@ def test_the_page_on_a_milvus_collection(browser, page_index, tiny_export, tmp_p
         d = browser
         open_page(d, srv)
         served = srv.get("/search/options")["modes"]
-        assert [m.get_attribute("value") for m in d.find_elements(By.CSS_SELECTOR, "#modes input") if m.is_enabled()] == served
+        assert [m.get_attribute("value") for m in d.find_elements(By.CSS_SELECTOR, "#modes input")
+                if m.is_enabled()] == served
         assert "Milvus" in d.find_element(By.ID, "summary").text
         assert [lab.text for lab in d.find_elements(By.CSS_SELECTOR, "#filters label")] == ["lang", "topic", "year"]
         search(d, "vaccine immune antibody", mode="dense")

@@ -100,7 +100,8 @@ def test_ci_variable(value, on):
 
 def test_a_system_program_setup_env_installs_is_required_under_ci(monkeypatch):
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match=r"CI installs it \(apt-get install x, scripts/setup-env.sh\).*no x"):
+    with pytest.raises(pytest.fail.Exception,
+                       match=r"CI installs it \(apt-get install x, scripts/setup-env.sh\).*no x"):
         ci_skips.skip_or_fail_in_ci("no x", "apt-get install x")
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="no x"):

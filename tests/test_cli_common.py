@@ -83,7 +83,8 @@ def test_train_and_export_take_version_and_max_lengths_from_serving():
     cfg = TrainConfig()
     assert (cfg.query_max_length, cfg.doc_max_length) == (defaults.QUERY_MAX_LENGTH, defaults.DOC_MAX_LENGTH)
     fit_help = CliRunner().invoke(train_main, ["fit", "--help"]).output
-    assert f"Query tokens [{defaults.QUERY_MAX_LENGTH}]" in fit_help and f"Document tokens [{defaults.DOC_MAX_LENGTH}]" in fit_help
+    assert f"Query tokens [{defaults.QUERY_MAX_LENGTH}]" in fit_help
+    assert f"Document tokens [{defaults.DOC_MAX_LENGTH}]" in fit_help
     literal = re.compile(r"__version__\s*=\s*['\"]|max_length\s*(:\s*int)?\s*=\s*\d|qlen, dlen = \d")
     root = Path(__file__).resolve().parents[1]
     for pkg in ("hce_train", "hce_export"):

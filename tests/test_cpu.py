@@ -8,7 +8,8 @@ import pytest
 
 from hce_serve import cpu
 
-XEON = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_int8 amx_bf16 avx512_bf16\n"
+XEON = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+        "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_int8 amx_bf16 avx512_bf16\n")
 EPYC = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx2 fma\n"
 
 

@@ -129,7 +129,8 @@ def test_pseudo_per_doc_crops_each_document_that_many_times_up_to_max_pseudo(tin
         assert len(got) == train + want
     auto = training_queries(tiny_beir, texts, DistillConfig(), 0)  # 0: fill max_pseudo, 8 to 16 a document
     assert len(auto) == train + 16 * len(texts)
-    assert len(training_queries(tiny_beir, texts, DistillConfig(max_pseudo=len(texts) * 10), 0)) == train + 10 * len(texts)
+    queries = training_queries(tiny_beir, texts, DistillConfig(max_pseudo=len(texts) * 10), 0)
+    assert len(queries) == train + 10 * len(texts)
     assert [DistillConfig().crops_per_doc(n) for n in (64, 1460, 5183, 10**6)] == [16, 14, 8, 8]
     assert DistillConfig(pseudo_per_doc=3).crops_per_doc(64) == 3
     with pytest.raises(ConfigError, match="pseudo_per_doc"):
@@ -157,7 +158,8 @@ def test_pseudo_words_sets_the_crop_length(tiny_beir):
     from hce_train.distill import training_queries
 
     long_docs = [" ".join(f"w{i}_{j}" for j in range(300)) for i in range(50)]
-    lengths = {n: [len(q.split()) for q in training_queries(tiny_beir.parent, long_docs, DistillConfig(pseudo_words=n), 0)]
+    lengths = {n: [len(q.split())
+                   for q in training_queries(tiny_beir.parent, long_docs, DistillConfig(pseudo_words=n), 0)]
                for n in ((8, 24), (120, 190))}
     assert len(lengths[(8, 24)]) == len(lengths[(120, 190)]) == 16 * len(long_docs)  # no train split; 16 a document
     assert max(lengths[(8, 24)]) <= 24 and max(lengths[(120, 190)]) <= 190
@@ -234,7 +236,8 @@ def test_length_grouped_is_recorded_and_can_be_switched_off(pair, tmp_path):
 
 def test_loss_settings_reach_the_config_and_bad_ones_are_usage_errors(pair, tmp_path):
     model, _, summary = pair
-    assert (summary["config"]["tau"], summary["config"]["cos_weight"], summary["config"]["kl_weight"]) == (0.05, 1.0, 1.0)
+    config = summary["config"]
+    assert (config["tau"], config["cos_weight"], config["kl_weight"]) == (0.05, 1.0, 1.0)
     args = ["distill-query", "--model", str(model), "--layers", "1", "--out", str(tmp_path / "q"), "--epochs", "1",
             "--batch-size", "16", "--no-progress", "-q"]
     res = CliRunner().invoke(train_cli, [*args, "--tau", "0.02", "--cos-weight", "2", "--kl-weight", "0.5"])

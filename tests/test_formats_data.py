@@ -73,7 +73,8 @@ def test_corpus_empty_missing_non_utf8_truncated_gz(tmp_path):
 
 
 def test_queries_and_qrels(tmp_path):
-    q = write_lines(tmp_path / "queries.jsonl", [json.dumps({"_id": 1, "text": "hello"}), json.dumps({"_id": "2", "text": "x"})])
+    q = write_lines(tmp_path / "queries.jsonl",
+                    [json.dumps({"_id": 1, "text": "hello"}), json.dumps({"_id": "2", "text": "x"})])
     assert load_queries(q) == {"1": "hello", "2": "x"}
     write_lines(q, [json.dumps({"_id": "1", "text": " "})])
     with pytest.raises(DataError, match="empty text"):

@@ -96,7 +96,8 @@ def slow_encoder(eng: Engine, seconds: float, sizes: list[int]) -> None:
 
 def expected(eng: Engine, body: dict) -> dict:
     """The unbatched answer: Engine.search_batch on this request alone, in the JSON shape."""
-    knobs = {k: body[k] for k in ("k", "filter", "ef", "fields", "mode", "fusion", "alpha", "depth", "explain") if k in body}
+    knobs = {k: body[k] for k in ("k", "filter", "ef", "fields", "mode", "fusion", "alpha", "depth", "explain")
+             if k in body}
     texts = body.get("queries") or [body["query"]]
     rows = [[h.to_dict() for h in row] for row in eng.search_batch(texts, **knobs)]
     return {"hits": rows[0]} if "query" in body else {"results": [{"hits": r} for r in rows]}

@@ -45,7 +45,8 @@ def test_the_page_and_its_files_carry_a_strict_policy(served):
         if name == "index.html":
             continue
         a = served.get(f"/static/{name}")
-        assert a.status_code == 200 and a.headers["content-type"] == media and a.headers["content-security-policy"] == CSP
+        assert a.status_code == 200 and a.headers["content-type"] == media
+        assert a.headers["content-security-policy"] == CSP
         again = served.get(f"/static/{name}", headers={"If-None-Match": a.headers["etag"]})
         assert again.status_code == 304 and not again.content
     for bad in ("/static/nope.js", "/static/index.html", "/static/..%2Fapp.py", "/static/%2E%2E/page.py"):
@@ -81,11 +82,13 @@ def test_facets_list_typed_values_that_work_as_filters(served, tiny_beir):
     assert got["more"] is False and got["sampled"] is False and got["count_cap"] == facets.COUNT_CAP
     assert [f["key"] for f in got["fields"]] == ["lang", "topic", "year"]
     by_key = {f["key"]: f for f in got["fields"]}
-    assert by_key["year"]["values"] == [{"value": y, "count": want["year"][y], "exact": True} for y in (2019, 2020, 2021)]
+    assert by_key["year"]["values"] == [{"value": y, "count": want["year"][y], "exact": True}
+                                        for y in (2019, 2020, 2021)]
     assert {v["value"]: v["count"] for v in by_key["topic"]["values"]} == dict(want["topic"])
     assert not any(f["more"] for f in got["fields"])
     # a value from the answer, sent back as it came (2021, a number), filters the search
-    hits = served.post("/search", json={"query": "protein", "k": 100, "filter": {"year": 2021, "lang": "en"}}).json()["hits"]
+    hits = served.post("/search",
+                       json={"query": "protein", "k": 100, "filter": {"year": 2021, "lang": "en"}}).json()["hits"]
     assert len(hits) == sum(1 for d in docs if d["metadata"]["year"] == 2021 and d["metadata"]["lang"] == "en")
     assert XSS_ID in {h["id"] for h in hits}
 

@@ -170,7 +170,8 @@ def test_python_build_of_an_ivf_index_scans_the_ivf_default_cells(tiny_export, t
     not HNSW's beam of 100 (which would scan a hundred cells a query)."""
     from hce_serve.engine import Engine
 
-    assert IndexParams(kind="ivf-sq8").ef_search == EngineOptions.default_ef("ivf-sq8") != EngineOptions.default_ef("hnsw")
+    ivf, hnsw = EngineOptions.default_ef("ivf-sq8"), EngineOptions.default_ef("hnsw")
+    assert IndexParams(kind="ivf-sq8").ef_search == ivf != hnsw
     assert IndexParams().ef_search == EngineOptions.default_ef("hnsw") and IndexParams(ef_search=7).ef_search == 7
     stats = Engine.build(tiny_export, tiny_beir / "corpus.jsonl", tmp_path / "ivf", IndexParams(kind="ivf-sq8"))
     assert (stats["kind"], stats["ef_search"]) == ("ivf-sq8", EngineOptions.default_ef("ivf-sq8"))

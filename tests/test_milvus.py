@@ -55,7 +55,8 @@ def tagged_index(tiny_export, tiny_beir, tmp_path_factory):
 def test_round_trip_export_search_delete_search(tagged_index, tmp_path):
     idx, export, db = tagged_index / "idx", tagged_index / "export", tmp_path / "x.db"
     out = json.loads(run("index", "export-milvus", "--index", idx, "--uri", db, "--collection", "docs"))
-    assert out["exported"] == 64 and out["index_type"] == "HNSW" and out["index_params"] == {"M": 16, "efConstruction": 200}
+    assert out["exported"] == 64 and out["index_type"] == "HNSW"
+    assert out["index_params"] == {"M": 16, "efConstruction": 200}
     assert out["tree_nodes"] == 7 and out["stores_documents"] is True
     queries = ["protein enzyme binding", "ocean warming ice", "stock market inflation"]
     filters = [None, {"topic": "climate"}, {"year": [2021.0, 2022], "tags": "odd"}]
@@ -79,23 +80,28 @@ def test_round_trip_export_search_delete_search(tagged_index, tmp_path):
         assert top[0] not in after and 'quote"and\\slash' not in after and len(after) == 62
         assert remote.get(top[0]) is None and len(remote) == 62
         added = remote.add([{"_id": "fresh", "title": "brain cortex", "text": "neuron synapse memory",
-                             "metadata": {"topic": "brain"}}, {"_id": top[1], "title": "replaced", "text": "soil crop"}])
+                             "metadata": {"topic": "brain"}}, {"_id": top[1], "title": "replaced",
+                                                               "text": "soil crop"}])
         assert (added.added, added.replaced) == (1, 1)
         hits = remote.search("neuron synapse memory", k=1, filter={"topic": "brain"})
         assert hits[0].id == "fresh" and hits[0].title == "brain cortex"
         leaf = int(remote.tree.assign(remote.encoder.encode_documents(["brain cortex neuron synapse memory"]))[0])
-        assert remote.store.collection.fetch(["fresh"], ["leaf", "path"])["fresh"]["path"] == remote.tree.ancestors(leaf)
+        stored = remote.store.collection.fetch(["fresh"], ["leaf", "path"])["fresh"]
+        assert stored["path"] == remote.tree.ancestors(leaf)
         assert remote.get(top[1]).title == "replaced"
     # the command line reads what the API wrote, in the local index's JSON shape
-    got = json.loads(run("search", "--milvus", db, "--collection", "docs", "--model", export, "--json", "neuron synapse memory"))
+    got = json.loads(run("search", "--milvus", db, "--collection", "docs", "--model", export, "--json",
+                         "neuron synapse memory"))
     want = json.loads(run("search", "--index", idx, "--json", "neuron synapse memory"))
     assert got["hits"][0]["id"] == "fresh" and got.keys() == want.keys()
     assert [h.keys() for h in got["hits"]] == [h.keys() for h in want["hits"]]
     more = tmp_path / "more.jsonl"
-    more.write_text(json.dumps({"_id": "cli-1", "title": "glacier", "text": "ice melt", "metadata": {"topic": "ice"}}) + "\n")
+    more.write_text(json.dumps({"_id": "cli-1", "title": "glacier", "text": "ice melt",
+                                "metadata": {"topic": "ice"}}) + "\n")
     added = json.loads(run("index", "add", "--milvus", db, "--collection", "docs", "--model", export, "--corpus", more))
     assert added == {"added": 1, "replaced": 0, "empty": 0, "live": 64}
-    stats = json.loads(run("index", "delete", "--milvus", db, "--collection", "docs", "--model", export, "--id", "fresh"))
+    stats = json.loads(run("index", "delete", "--milvus", db, "--collection", "docs", "--model", export, "--id",
+                           "fresh"))
     assert stats == {"deleted": ["fresh"], "missing": [], "live": 63}
     got = json.loads(run("search", "--milvus", db, "--collection", "docs", "--model", export, "--json", "--filter",
                          '{"topic": "ice"}', "glacier"))

@@ -91,12 +91,15 @@ def test_lexical_and_hybrid_answer_as_the_folder_does(exported, remote):
                 for subtree in (None, 2):
                     for mode in ("lexical", "hybrid"):
                         for fusion in (("minmax", "rrf", "dbsf") if mode == "hybrid" else ("minmax",)):
-                            a = local.search(q, k=8, mode=mode, fusion=fusion, filter=flt, subtree=subtree, explain=True)
-                            b = remote.search(q, k=8, mode=mode, fusion=fusion, filter=flt, subtree=subtree, explain=True)
+                            a = local.search(q, k=8, mode=mode, fusion=fusion, filter=flt, subtree=subtree,
+                                             explain=True)
+                            b = remote.search(q, k=8, mode=mode, fusion=fusion, filter=flt, subtree=subtree,
+                                              explain=True)
                             where = (q, flt, subtree, mode, fusion)
                             assert ids(a) == ids(b), where
                             assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-4), where
-                            assert [(h.title, h.text, h.metadata) for h in a] == [(h.title, h.text, h.metadata) for h in b]
+                            assert [(h.title, h.text, h.metadata) for h in a] == [(h.title, h.text, h.metadata)
+                                                                                  for h in b]
                             assert [h.to_dict().keys() for h in a] == [h.to_dict().keys() for h in b]
                             for x, y in zip(a, b, strict=True):
                                 ex, ey = x.explain.get("lexical"), y.explain.get("lexical")
@@ -129,7 +132,8 @@ def test_a_deleted_document_is_gone_from_both_sides_and_an_added_one_is_found(re
     for mode in ("dense", "lexical", "hybrid"):
         assert "rare" not in ids(remote.search(RARE, k=50, mode=mode))
     assert ids(remote.search(RARE, k=5, mode="lexical")) == ["rare2"]
-    added = remote.add([{"_id": "fresh", "title": "glacier", "text": f"melting {RARE} glaciers", "metadata": {"group": "a"}}])
+    added = remote.add([{"_id": "fresh", "title": "glacier", "text": f"melting {RARE} glaciers",
+                         "metadata": {"group": "a"}}])
     assert added.added == 1
     assert set(ids(remote.search(f"{RARE} glacier", k=5, mode="lexical"))) == {"rare2", "fresh"}
     assert ids(remote.search("glaciers melted", k=1, mode="lexical")) == ["fresh"]  # stemmed both ways

@@ -101,7 +101,8 @@ def test_resume_keeps_rows_and_adds_only_the_missing_teacher(tiny_bert, tiny_bei
     old = json.loads((tmp_path / "qd.json").read_text())
     assert (old["tau"], old["cos_weight"], old["kl_weight"], old["train_query_repeats"]) == (0.05, 1.0, 1.0, 8)
     with pytest.raises(SystemExit, match="other tau"):
-        run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped", "--tau", "0.02")
+        run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped", "--tau",
+            "0.02")
     with pytest.raises(SystemExit, match="other train_query_repeats"):
         run(tiny_bert, tiny_beir, tmp_path, "--resume", "--init-layers", "bottom", "--no-length-grouped",
             "--train-query-repeats", "4")
@@ -152,4 +153,5 @@ def test_query_cosine_on_known_vectors():
     full = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], np.float32)
     shallow = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 1.0]], np.float32)  # same, same (scaled), orthogonal
     got = query_cosine(full, shallow)
-    assert got["mean"] == pytest.approx(2 / 3, abs=1e-4) and got["p5"] == pytest.approx(0.1, abs=1e-4)  # linear between 0 and 1
+    # linear between 0 and 1
+    assert got["mean"] == pytest.approx(2 / 3, abs=1e-4) and got["p5"] == pytest.approx(0.1, abs=1e-4)

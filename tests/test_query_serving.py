@@ -67,7 +67,8 @@ def test_cli_query_encoder_flag_and_stats(paired):
     stats = json.loads(cli("index", "stats", "--index", with_q))
     assert stats["encoder"]["query_encoder"] == "shallow" and stats["query_cache"]["capacity"] > 0
     shallow = json.loads(cli("search", "--index", with_q, "protein enzyme", "--k", "5", "--json"))
-    full = json.loads(cli("search", "--index", with_q, "protein enzyme", "--k", "5", "--json", "--query-encoder", "full"))
+    full = json.loads(cli("search", "--index", with_q, "protein enzyme", "--k", "5", "--json", "--query-encoder",
+                          "full"))
     assert [h["score"] for h in shallow["hits"]] != [h["score"] for h in full["hits"]]
     forced = json.loads(cli("search", "--index", with_q, "protein enzyme", "--k", "5", "--json",
                             "--query-encoder", "shallow", "--query-cache", "0"))
@@ -150,7 +151,8 @@ def test_query_keys_follow_the_tokenizer(tiny_export):
     assert enc._tok_q.encode("[MASK] protein").ids != enc._tok_q.encode("[mask] protein").ids
     cased = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
     cased.normalizer, cased.pre_tokenizer = normalizers.NFC(), pre_tokenizers.WhitespaceSplit()
-    assert query_key_function(cased)("US  news") == query_key_function(cased)("US news") != query_key_function(cased)("us news")
+    key = query_key_function(cased)
+    assert key("US  news") == key("US news") != key("us news")
     spaced = Tokenizer(models.BPE())
     spaced.pre_tokenizer = pre_tokenizers.ByteLevel()  # spaces are tokens: the text is kept as it is
     assert query_key_function(spaced)("a  b") != query_key_function(spaced)("a b")

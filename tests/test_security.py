@@ -93,7 +93,8 @@ def test_real_server_listens_on_loopback_only(idx):
     from benchmarks.loopback import free_port
 
     port = free_port()  # no --host: the default is what is tested
-    proc = subprocess.Popen([*tool_argv("hce-serve"), "-q", "http", "--index", str(idx), "--port", str(port), "--read-only"],
+    proc = subprocess.Popen([*tool_argv("hce-serve"), "-q", "http", "--index", str(idx), "--port", str(port),
+                             "--read-only"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         import httpx
@@ -164,7 +165,8 @@ def test_body_size_is_bounded_even_without_content_length(engine):
         # Refused while streaming, before any handler parses it.
         one_line_4xx(c.post("/documents", content=chunks(), headers={"content-type": "application/json"}), 413)
         assert "big" not in engine.ids()
-        one_line_4xx(c.post("/search", content=b"{}", headers={"content-length": "-5", "content-type": "application/json"}))
+        one_line_4xx(c.post("/search", content=b"{}",
+                            headers={"content-length": "-5", "content-type": "application/json"}))
 
         def small():  # chunked but within the limit: replayed to the handler intact
             yield b'{"query": "protein '

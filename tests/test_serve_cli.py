@@ -96,7 +96,8 @@ def test_add_upsert_delete_compact(idx, tmp_path):
     assert out == {"deleted": ["soil-0"], "missing": ["ghost"], "live": 64}  # the same shape as HTTP's answer
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("new-1\nclimate-0\n")
-    assert json.loads(run("index", "delete", "--index", idx, "--ids-file", ids_file))["deleted"] == ["new-1", "climate-0"]
+    deleted = json.loads(run("index", "delete", "--index", idx, "--ids-file", ids_file))["deleted"]
+    assert deleted == ["new-1", "climate-0"]
     assert "is not in the index" in run("get", "--index", idx, "--id", "soil-0", code=1)
     hits = json.loads(run("search", "--index", idx, "market price stock bank", "--k", "100", "--json"))["hits"]
     assert not {"soil-0", "new-1", "climate-0"} & {h["id"] for h in hits} and len(hits) == 62
@@ -281,6 +282,7 @@ def test_document_store_failure_is_one_line(built, monkeypatch):
 
     from hce_serve.folder.docstore import DocStore
 
-    monkeypatch.setattr(DocStore, "get_many", lambda *a: (_ for _ in ()).throw(sqlite3.OperationalError("disk I/O error")))
+    monkeypatch.setattr(DocStore, "get_many",
+                        lambda *a: (_ for _ in ()).throw(sqlite3.OperationalError("disk I/O error")))
     out = run("get", "--index", built, "--id", "soil-1", code=1)
     assert out.strip() == "Error: document store: disk I/O error"

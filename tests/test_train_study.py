@@ -179,7 +179,8 @@ def test_quality_study_runs_every_arm_and_resumes(tiny_beir, tiny_bert, tmp_path
         assert run["curve"][-1]["ndcg@10"] == run["metrics"]["ndcg@10"]
         if name in ISSUE_10_ARMS:
             assert run["config"]["sibling_guard"] == (0 if name.endswith("-unguarded") else 10)  # = mined's ranks
-    for name, want in (("hce-percpos-0.95", "percpos:0.95"), ("hce-topic", "none"), ("mined-percpos-0.9", "percpos:0.9")):
+    for name, want in (("hce-percpos-0.95", "percpos:0.95"), ("hce-topic", "none"),
+                       ("mined-percpos-0.9", "percpos:0.9")):
         assert sup["arms"][name]["runs"][0]["config"]["negative_filter"] == want
     assert sup["arms"]["hce-topic"]["runs"][0]["config"]["batching"] == "tree-topic"
     assert sup["arms"]["hce-long"]["runs"][0]["config"]["epochs"] == 6

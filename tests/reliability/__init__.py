@@ -9,5 +9,6 @@ long runs behind the published figures are the same code from the command line, 
     python -m tests.reliability.fuzz --cases 10000 --export EXPORT_DIR
     python -m tests.reliability.fuzz_api --export EXPORT_DIR
 
-Each writes its own section of benchmarks/results/reliability.json through ``benchmarks.harness.provenance.write_result``.
+Each writes its own section of benchmarks/results/reliability.json through
+``benchmarks.harness.provenance.write_result``.
 """

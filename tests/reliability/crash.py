@@ -142,7 +142,8 @@ def cli_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim: 
                                       for i, v in zip(ids, vers, strict=True)))  # type: ignore[arg-type]
             argv = [*cli.tool_argv(), "-q", "index", "add", "--index", str(folder), "--corpus", str(corpus)]
         else:
-            argv = [*cli.tool_argv(), "-q", "index", "delete", "--index", str(folder), *sum((["--id", i] for i in ids), [])]
+            argv = [*cli.tool_argv(), "-q", "index", "delete", "--index", str(folder),
+                    *sum((["--id", i] for i in ids), [])]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             proc.wait(timeout=max(0.0, kill_at - time.monotonic()))
@@ -154,7 +155,8 @@ def cli_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim: 
             return
         _, err = proc.communicate()
         if proc.returncode != 0:
-            tally.writer_errors.append(f"cycle {tally.cycles}: {' '.join(argv[-4:])} exit {proc.returncode}: {err.decode()[-300:]}")
+            tally.writer_errors.append(f"cycle {tally.cycles}: {' '.join(argv[-4:])} exit {proc.returncode}: "
+                                       f"{err.decode()[-300:]}")
             return
         exp.apply(op, ids, vers)
         tally.acked_mutations += 1
@@ -173,7 +175,8 @@ def http_cycle(folder: Path, exp: Expect, tally: Tally, rng: random.Random, dim:
                 op, ids, vers = _random_write(rng, state)
                 try:
                     if op == "add":
-                        docs = [{"_id": i, "text": doc_text(i, v)} for i, v in zip(ids, vers, strict=True)]  # type: ignore[arg-type]
+                        docs = [{"_id": i, "text": doc_text(i, v)}  # type: ignore[arg-type]
+                                for i, v in zip(ids, vers, strict=True)]
                         r = client.post("/documents", json={"documents": docs})
                     elif len(ids) == 1 and rng.random() < 0.5:
                         r = client.delete(f"/documents/{ids[0]}")
@@ -218,12 +221,14 @@ def _initial_engine(folder: Path, export: Path) -> Expect:
     ids = [f"d{i}" for i in range(0, UNIVERSE, 2)]
     corpus = folder.parent / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": i, "title": "", "text": doc_text(i, 0)}) + "\n" for i in ids))
-    Engine.build(export, corpus, folder, IndexParams(M=8, ef_construction=64, exact_threshold=0, compact_min_deleted=64),
+    Engine.build(export, corpus, folder,
+                 IndexParams(M=8, ef_construction=64, exact_threshold=0, compact_min_deleted=64),
                  lexical=True)
     return Expect(live=dict.fromkeys(ids, 0))
 
 
-def run(mode: str, cycles: int, workdir: Path, export: Path | None = None, seed: int = 0, dim: int = 16) -> dict[str, Any]:
+def run(mode: str, cycles: int, workdir: Path, export: Path | None = None, seed: int = 0,
+        dim: int = 16) -> dict[str, Any]:
     """Run ``cycles`` kill cycles of one writer ``mode`` (store | cli | http) in ``workdir``; returns the tally."""
     folder = workdir / f"idx-{mode}"
     if mode == "store":

@@ -62,14 +62,16 @@ class Fuzzer:
         self.corpus = "".join(json.dumps(x) + "\n" for x in docs).encode()
         self.queries = "".join(json.dumps({"_id": f"q{i}", "text": f"query {i}"}) + "\n" for i in range(4)).encode()
         self.qrels = b"query-id\tcorpus-id\tscore\n" + b"".join(f"q{i}\td{i}\t1\n".encode() for i in range(4))
-        self.run_file = b"".join(f"q{i} Q0 d{j} {j + 1} {1 - j / 10:.6f} hce\n".encode() for i in range(3) for j in range(3))
+        self.run_file = b"".join(f"q{i} Q0 d{j} {j + 1} {1 - j / 10:.6f} hce\n".encode() for i in range(3)
+                                 for j in range(3))
         ModelCard(dim=DIM, base_model="tiny", tree={"levels": 1}, onnx={"files": {"int8": "model_int8.onnx"}}).save(d)
         self.card = json.loads((d / "hce_model.json").read_text())
         rng = np.random.default_rng(0)
         vecs = rng.standard_normal((12, DIM)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
         parent = np.array([-1, 0, 0], np.int32)
-        tree = Tree(parent, rng.standard_normal((3, DIM)).astype(np.float32), np.array([1, 1, 2, 2], np.int32), ["a", "b", "c", "d"])
+        tree = Tree(parent, rng.standard_normal((3, DIM)).astype(np.float32), np.array([1, 1, 2, 2], np.int32),
+                    ["a", "b", "c", "d"])
         tree.save(d / "tree")
         self.tree_dir = d / "tree"
         idx = Index(DIM, IndexParams(M=4, ef_construction=16, exact_threshold=0), capacity=16)
@@ -102,9 +104,11 @@ class Fuzzer:
             return beir.load_corpus(p.with_suffix(""))
 
         t: dict[str, tuple[st.SearchStrategy, Callable[[Any], Any]]] = {
-            "corpus_jsonl": (bytes_of(self.corpus) | jsonl(("_id", "title", "text")), file_target("c.jsonl", beir.load_corpus)),
+            "corpus_jsonl": (bytes_of(self.corpus) | jsonl(("_id", "title", "text")),
+                             file_target("c.jsonl", beir.load_corpus)),
             "corpus_gzip": (mutated(gzip.compress(self.corpus)) | jsonl(("_id", "text")).map(gzip.compress), gz),
-            "queries_jsonl": (bytes_of(self.queries) | jsonl(("_id", "text")), file_target("q.jsonl", beir.load_queries)),
+            "queries_jsonl": (bytes_of(self.queries) | jsonl(("_id", "text")),
+                              file_target("q.jsonl", beir.load_queries)),
             "qrels_tsv": (bytes_of(self.qrels), file_target("qrels.tsv", beir.load_qrels)),
             "trec_run": (bytes_of(self.run_file), file_target("run.trec", trec.read_run)),
             "model_card": (bytes_of(json.dumps(self.card).encode()) | replace_field(self.card),

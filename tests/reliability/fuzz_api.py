@@ -202,7 +202,8 @@ def query_fuzz(app: Any, live: set[str], n: int, strict: bool, tally: Counter, p
 
     with TestClient(app, raise_server_exceptions=False) as client:
         def post(body: dict[str, Any]) -> Any:  # ASCII JSON: lone surrogates travel as escapes
-            return client.post("/search", content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+            return client.post("/search", content=json.dumps(body).encode(),
+                               headers={"content-type": "application/json"})
 
         @settings(max_examples=n, deadline=None, database=None, derandomize=strict,
                   suppress_health_check=list(HealthCheck), phases=[Phase.generate] if not strict else list(Phase))

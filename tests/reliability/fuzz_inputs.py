@@ -14,7 +14,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 JSON_LEAF = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20)
-JSON_ANY = st.recursive(JSON_LEAF, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+JSON_ANY = st.recursive(JSON_LEAF,
+                        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
                         max_leaves=12)
 
 
@@ -136,7 +137,8 @@ def search_query(words: tuple[str, ...]) -> st.SearchStrategy[str]:
     empty = st.lists(st.sampled_from(QUERY_STOPWORDS + tuple("!?.,;:-*\"'()") + ("x", "q", "7")),
                      max_size=12).map(" ".join)
     long = st.one_of(
-        st.tuples(word, st.integers(1_000, 6_000)).map(lambda t: " ".join([t[0]] * t[1])),  # one term, thousands of times
+        # one term, thousands of times
+        st.tuples(word, st.integers(1_000, 6_000)).map(lambda t: " ".join([t[0]] * t[1])),
         st.integers(500, 3_000).map(lambda n: " ".join(f"w{i}x" for i in range(n))),  # thousands of distinct terms
         st.integers(19_990, 20_010).map(lambda n: ("protein " * n)[:n]),  # around the server's 20,000-character limit
     )

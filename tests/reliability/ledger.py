@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 UNIVERSE = 240  # document ids d0..d239: small enough that adds, upserts and deletes collide often
-WORDS = ["protein", "enzyme", "climate", "carbon", "vaccine", "immune", "brain", "neuron", "cancer", "tumor", "diet", "insulin", "market", "price", "soil", "crop", "ocean", "glacier", "kinase", "synapse", "antibody", "trial", "growth", "gene"]
+WORDS = ["protein", "enzyme", "climate", "carbon", "vaccine", "immune", "brain", "neuron", "cancer", "tumor", "diet",
+         "insulin", "market", "price", "soil", "crop", "ocean", "glacier", "kinase", "synapse", "antibody", "trial",
+         "growth", "gene"]
 
 
 def unit_vector(doc_id: str, version: int, dim: int) -> np.ndarray:
@@ -90,7 +92,8 @@ class Tally:
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        return {"cycles": self.cycles, "killed_mid_write": self.killed_mid_write, "in_flight_at_kill": self.in_flight_at_kill,
+        return {"cycles": self.cycles, "killed_mid_write": self.killed_mid_write,
+                "in_flight_at_kill": self.in_flight_at_kill,
                 "acked_mutations": self.acked_mutations,
                 "failed_loads": len(self.load_failures), "lost_acked_writes": len(self.lost),
                 "deleted_ids_returned": self.deleted_returned, "docs_checks": self.docs_checks,
@@ -198,7 +201,8 @@ def check(folder: Path, exp: Expect, tally: Tally, dim: int, vectors: bool) -> N
                 got = "?"
                 if vectors:
                     vec = idx.get_vectors([doc_id])[0]
-                    got = next((v for v in ok if v is not None and np.allclose(vec, unit_vector(doc_id, v, dim), atol=1e-5)), "wrong")
+                    got = next((v for v in ok if v is not None
+                                and np.allclose(vec, unit_vector(doc_id, v, dim), atol=1e-5)), "wrong")
                     stored = _stored_version(docs[doc_id]) if docs is not None and doc_id in docs else None
                     if docs is not None and stored != got:
                         tally.lost.append(f"cycle {tally.cycles}: {doc_id}'s vector is version {got}, its stored "

@@ -19,8 +19,8 @@ No two writes for the same id are ever in flight together, so "acknowledged dele
 Searches and gets aim at recently deleted documents (for searches, their own text as the query) so a
 leak would show.
 
-    python -m tests.reliability.loadtest --export EXPORT_DIR --corpus corpus.jsonl --queries queries.jsonl --seconds 60 \
-        [--search-modes hybrid=2,dense=1,lexical=1]
+    python -m tests.reliability.loadtest --export EXPORT_DIR --corpus corpus.jsonl --queries queries.jsonl \
+        --seconds 60 [--search-modes hybrid=2,dense=1,lexical=1]
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ class Load:
         self.lat: dict[str, list[float]] = {k: [] for k in MIX}
         self.status: Counter = Counter()
         self.mode_lat: dict[str, list[float]] = {m: [] for m in self.search_modes}
-        self.by_mode: dict[str, Counter] = {m: Counter() for m in self.search_modes}  # requests, status_N, hits, violations
+        # requests, status_N, hits, violations
+        self.by_mode: dict[str, Counter] = {m: Counter() for m in self.search_modes}
 
     def pick(self, rng: random.Random) -> tuple[str, list[str]]:
         """The next request's kind and the id it writes (none for a search)."""
@@ -166,7 +167,8 @@ class Load:
         try:
             if kind == "add":
                 inv.add_sent_at[ids[0]] = sent
-                code, _ = await conn.request("POST", "/documents", {"documents": [{"_id": ids[0], "text": inv.text[ids[0]]}]})
+                code, _ = await conn.request("POST", "/documents",
+                                             {"documents": [{"_id": ids[0], "text": inv.text[ids[0]]}]})
                 if code == 200:
                     inv.live.update(ids)
                     inv.add_acked_at[ids[0]] = time.monotonic()
@@ -303,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads in the server")
     ap.add_argument("--search-modes", type=parse_modes, default=SEARCH_MODES,
-                    help="mode=weight,... of the searches (dense, lexical, hybrid) [hybrid=0.5,dense=0.25,lexical=0.25]")
+                    help="mode=weight,... of the searches (dense, lexical, hybrid) "
+                         "[hybrid=0.5,dense=0.25,lexical=0.25]")
     a = cli.parse(ap, argv)
     docs = {d.id: d.full_text for d in iter_corpus(a.corpus)}
     with tempfile.TemporaryDirectory(prefix="hce-load-") as tmp:
