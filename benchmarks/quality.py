@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.gr import GR_ARMS
 from benchmarks.harness import cli
 from benchmarks.harness.paths import SHARED_DATA
 from benchmarks.harness.provenance import machine, stamp, write_result
@@ -109,6 +110,8 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     # positive). Issue 10's unsupervised guard, so they compare with its hce and flat.
     "hce-em": ("hce", {**GUARDED, "epochs": 3, "rebuild_every": -2, "pseudo_positive": "crop"}),
     "flat-em": ("flat", {**GUARDED, "epochs": 3, "pseudo_positive": "crop"}),
+    # Issue 33: generative retrieval over the same tree (DSI/NCI-style decoder), its recipe pinned in benchmarks.gr.
+    **GR_ARMS,
 }
 # Budgets. cpu: sized so one seed of flat, mined, mined-refresh and hce fits 90 minutes on 2 cores.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -206,6 +209,10 @@ def train_and_eval(arm: str, seed: int, data_dir: Path, mode: str, budget: dict[
 
     proto = proto or Protocol((), "test", None, False)
     negatives, overrides = ARMS[arm]
+    if negatives == "gr":  # a generative retriever: its own trainer and beam-search evaluation, the same record
+        from benchmarks.gr import quality_run
+
+        return quality_run(arm, seed, data_dir, mode, budget, args, qlen, proto)
     out = args.work / f"{data_dir.name}-{mode}-{arm}-s{seed}"
     epochs = budget["epochs"] if mode == "supervised" else budget["unsup_epochs"]
     shared = {k: budget[k] for k in ("batch_size", "negatives_per_query", "doc_max_length", "precision",
