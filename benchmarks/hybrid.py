@@ -226,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             r["engine_agrees"] = all([h.id for h in row] == [d for d, _ in want[q]]
                                      for q, row in zip(sample, got, strict=True))
             r["top10_overlap_with_sweep"] = round(statistics.fmean(
-                len({h.id for h in row} & {d for d, _ in hyb[q][:10]}) / 10 for q, row in zip(sample, got, strict=True)), 4)
+                len({h.id for h in row} & {d for d, _ in hyb[q][:10]}) / 10
+                for q, row in zip(sample, got, strict=True)), 4)
             if name == "scifact" and args.latency_queries:
                 texts = [test_data.queries[q] for q in test_q]
                 r["latency"] = latency(engine, texts, args.latency_queries, settings)

@@ -5,10 +5,11 @@ saved, loaded and searched through ``hce_serve``'s ``Index`` (issue 13). Run thr
     python -m benchmarks.index_scale --quick --one-box 50000 --options-size 20000   # minutes
 
 Vectors come in fixed blocks drawn from (seed, stream, block) around ``--clusters`` centres
-(``harness.synthetic.Mixture``), so a pass over the corpus (index build, exact ground truth) regenerates them instead of keeping a second copy:
-the data matrix lives only while the tree is built, then the index alone holds the vectors. Queries are held
-out from the same mixture (stream 1), searched one at a time through ``Index.search`` (the serving path: labels ->
-string ids, the read lock), never through raw hnswlib, with each of ``--search-threads`` (default 1), interleaved.
+(``harness.synthetic.Mixture``), so a pass over the corpus (index build, exact ground truth) regenerates them instead of
+keeping a second copy: the data matrix lives only while the tree is built, then the index alone holds the vectors.
+Queries are held out from the same mixture (stream 1), searched one at a time through ``Index.search`` (the serving
+path: labels -> string ids, the read lock), never through raw hnswlib, with each of ``--search-threads`` (default 1),
+interleaved.
 
 Per phase: wall seconds and the process's peak RSS (VmHWM) and RSS after it. Recall@10 against exact search
 over ``--recall-queries`` queries, single-query p50/p99 across ``--efs``, and ``chosen_ef``: the smallest with

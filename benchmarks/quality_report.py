@@ -136,7 +136,8 @@ def verdict(res: dict[str, Any]) -> dict[str, Any]:
                         "target_plus_1pt_p_lt_0.05": test["diff_points"] >= 1.0 and test["p"] < 0.05,
                         "seeds": test["seeds"]}
     fam = sup.get("family")
-    if fam and fam.get("tests"):  # issue 30: the best hce variant against the best baseline, Holm-corrected over the family
+    # issue 30: the best hce variant against the best baseline, Holm-corrected over the family
+    if fam and fam.get("tests"):
         arms_ = {t["variant"] for t in fam["tests"].values()}
         top = max(arms_, key=lambda a: arms[a]["summary"]["mean"]["ndcg@10"])
         t_n = fam["tests"].get(f"{top}-vs-{fam['best_baseline']}:ndcg@10")
@@ -230,7 +231,8 @@ def plot(blocks: list[tuple[str, dict[str, Any]]], out: Path) -> None:
 
 
 def markdown(res: dict[str, Any]) -> str:
-    """The study's tables for RESULTS.md, rendered from the file (``python -m benchmarks.quality --report --markdown``)."""
+    """The study's tables for RESULTS.md, rendered from the file
+    (``python -m benchmarks.quality --report --markdown``)."""
     lines = []
     for name, block in [(res["supervised"]["dataset"], res["supervised"]), *res["unsupervised"].items()]:
         arms = {a: d for a, d in block.get("arms", {}).items() if d.get("runs")}
@@ -244,24 +246,29 @@ def markdown(res: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|"]
         for anchor in ("bm25", "zero_shot"):
             m = block[anchor]["metrics"]
-            lines.append(f"| {anchor.replace('_', '-')} | – | {m['ndcg@10']:.4f} | {m['recall@100']:.3f} | – | – |")
+            lines.append(f"| {anchor.replace('_', '-')} | – | {m['ndcg@10']:.4f} | {m['recall@100']:.3f} "
+                         "| – | – |")
         for a, d in arms.items():
             s = d["summary"]
             curve = " → ".join(f"{p['ndcg@10']:.3f}" for p in s["curve_mean"])
             lines.append(f"| {a} | {','.join(map(str, s['seeds']))} | {s['mean']['ndcg@10']:.4f} ± "
-                         f"{s['std']['ndcg@10']:.4f} | {s['mean']['recall@100']:.3f} | {curve} | {s['minutes_per_run']} |")
+                         f"{s['std']['ndcg@10']:.4f} | {s['mean']['recall@100']:.3f} | {curve} | "
+                         f"{s['minutes_per_run']} |")
         if block.get("tests"):
             lines += ["", "| comparison | Δ nDCG@10 (points) | 95 % CI | p | seeds |", "|---|---|---|---|---|"]
             for key, t in block["tests"].items():
-                lines.append(f"| {key} | {t['diff_points']:+.2f} | [{t['ci95_points'][0]:+.2f}, {t['ci95_points'][1]:+.2f}]"
+                lines.append(f"| {key} | {t['diff_points']:+.2f} | [{t['ci95_points'][0]:+.2f}, "
+                             f"{t['ci95_points'][1]:+.2f}]"
                              f" | {t['p']:.4f} | {t['seeds'][0]} vs {t['seeds'][1] or '–'} |")
         fam = block.get("family")
         if fam and fam.get("tests"):
             lines += ["", f"Every hce variant against the best baseline ({fam['best_baseline']}), Holm-corrected "
                       f"over the family of {fam['size']} tests:", "",
-                      "| variant | metric | Δ (points) | 95 % CI | p | p (Holm) | seeds |", "|---|---|---|---|---|---|---|"]
+                      "| variant | metric | Δ (points) | 95 % CI | p | p (Holm) | seeds |",
+                      "|---|---|---|---|---|---|---|"]
             for t in sorted(fam["tests"].values(), key=lambda t: (t["metric"], -t["diff_points"])):
-                lines.append(f"| {t['variant']} | {t['metric']} | {t['diff_points']:+.2f} | [{t['ci95_points'][0]:+.2f}, "
+                lines.append(f"| {t['variant']} | {t['metric']} | {t['diff_points']:+.2f} | "
+                             f"[{t['ci95_points'][0]:+.2f}, "
                              f"{t['ci95_points'][1]:+.2f}] | {t['p']:.4f} | {t['p_holm']:.4f} | "
                              f"{t['seeds'][0]} vs {t['seeds'][1]} |")
         lines.append("")

@@ -22,11 +22,11 @@ fp32) and 0.26 / 0.11 (all int8), with all-int8 1.44x faster: there all-int8 is 
 mean loss, much faster), so the default is per instruction set (``FFN_OUT_FP32``): kept fp32 on AVX2 and
 ARM64 (not measured there, so the conservative recipe), quantised on AVX-512 VNNI. ``--keep-ffn-out`` /
 ``--quantize-ffn-out`` override it. The sensitivity sits in the early layers: keeping only layers 0-2 fp32
-recovers most of the cosine, so ``fp32_layers`` (``hce-export onnx --fp32-ffn-layers 0,1,2``) keeps the GELU-fed projections fp32 in those
-encoder layers only and quantises the rest (None, the default, keeps them fp32 in every layer). A node's
-layer is read from the graph's names (``/encoder/layer.3/output/dense/MatMul``: ``layer.N``, ``layer_N``,
-``layers.N`` in the node name, else in its output or activation input names); one whose layer cannot be
-told stays fp32, with a warning.
+recovers most of the cosine, so ``fp32_layers`` (``hce-export onnx --fp32-ffn-layers 0,1,2``) keeps the
+GELU-fed projections fp32 in those encoder layers only and quantises the rest (None, the default, keeps them fp32 in
+every layer). A node's layer is read from the graph's names (``/encoder/layer.3/output/dense/MatMul``:
+``layer.N``, ``layer_N``, ``layers.N`` in the node name, else in its output or activation input names); one whose
+layer cannot be told stays fp32, with a warning.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 ``model/`` (save_pretrained + tokenizer), ``state.pt`` (step, optimizer state dict, torch RNG state, the
 config it was written under: tensors and plain values only, loaded with ``weights_only=True``), the tree in
-use (``tree.npz`` + ids), the mined-negative pools (``mined.npy``), the siblings' guard (``guard.npy``) and further named arrays
-(``array-NAME.npy``: query-aware sibling pools, the epoch's topic batches). The folder is written beside the old
-one and swapped in by renames, so a crash mid-write leaves the previous checkpoint intact.
+use (``tree.npz`` + ids), the mined-negative pools (``mined.npy``), the siblings' guard (``guard.npy``) and
+further named arrays (``array-NAME.npy``: query-aware sibling pools, the epoch's topic batches). The folder is
+written beside the old one and swapped in by renames, so a crash mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations

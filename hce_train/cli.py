@@ -82,7 +82,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="BEIR folder.")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="BEIR folder.")
 @click.option("--split", default=None, help="qrels split to train on (supervised) [train].")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="MODEL_DIR to write.")
 @click.option("--base-model", default=None, help="HF name or path [all-MiniLM-L6-v2].")
@@ -135,7 +136,8 @@ def main() -> None:
               help="Unsupervised queries: verbatim spans or crops with dropped words [span].")
 @click.option("--rebuild-every", callback=_rebuild, default=None,
               help="'epoch' [default], 'half-epoch', N steps, or 0 (never).")
-@click.option("--query-max-length", type=click.IntRange(min=1), default=None, help=f"Query tokens [{QUERY_MAX_LENGTH}].")
+@click.option("--query-max-length", type=click.IntRange(min=1), default=None,
+              help=f"Query tokens [{QUERY_MAX_LENGTH}].")
 @click.option("--doc-max-length", type=click.IntRange(min=1), default=None, help=f"Document tokens [{DOC_MAX_LENGTH}].")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=None, help="Also checkpoint every N steps.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
@@ -223,8 +225,10 @@ def distill_query(model: Path, layers: int, out: Path, data: Path | None, epochs
 
 
 @main.command("eval")
-@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="MODEL_DIR.")
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="BEIR folder.")
+@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="MODEL_DIR.")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="BEIR folder.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)

@@ -158,7 +158,8 @@ class TrainConfig:
         if self.negative_filter is not None:
             kind, value = parse_negative_filter(self.negative_filter)
             if kind == "rank" and not value < self.mined_rank_hi:
-                bad(f"negative_filter rank:G needs G < mined_rank_hi={self.mined_rank_hi}, found {self.negative_filter}")
+                bad(f"negative_filter rank:G needs G < mined_rank_hi={self.mined_rank_hi}, "
+                    f"found {self.negative_filter}")
             want = int(value) if kind == "rank" else 0
             if self.sibling_guard is not None and self.sibling_guard != want:
                 bad(f"negative_filter {self.negative_filter} contradicts sibling_guard {self.sibling_guard}")
@@ -294,7 +295,8 @@ class DistillConfig:
     pseudo_per_doc: int = 0
     max_pseudo: int = 20_000  # pseudo-queries per epoch at most (sampled): binds from 2,500 documents at 8 crops
     train_query_repeats: int = 8  # each train-split query this many times per epoch (its weight against the crops):
-    # SciFact, L 2 / 3, loss at 1 -> 8: HCE teacher 1.39 / 1.38 -> 0.61 / 0.28, base teacher -0.02 / -0.37 -> -0.02 / 0.17
+    # SciFact, L 2 / 3, loss at 1 -> 8: HCE teacher 1.39 / 1.38 -> 0.61 / 0.28, base teacher -0.02 / -0.37 -> -0.02 /
+    # 0.17
     # (noise), ~20 % more steps (RESULTS §5); no effect without a train split
     pseudo_words: tuple[int, int] = (8, 24)  # words per pseudo-query crop (min, max): query-sized for short queries
     heldout: float = 0.05  # share of queries kept out of training to measure fidelity

@@ -202,7 +202,8 @@ def distill(model_dir: str | os.PathLike[str], out: str | os.PathLike[str], cfg:
     summary = {"layers": cfg.layers, "teacher_layers": int(teacher.model.config.num_hidden_layers),
                "init_from": kept, "steps": step,
                "seconds": round(time.perf_counter() - t_start, 1), "final": stats, "heldout": fidelity,
-               "data": str(data_dir.resolve()), "config": asdict(cfg), "crops_per_doc": cfg.crops_per_doc(len(corpus.texts)),
+               "data": str(data_dir.resolve()), "config": asdict(cfg),
+               "crops_per_doc": cfg.crops_per_doc(len(corpus.texts)),
                "skipped_empty": len(corpus.empty_ids)}
     _write(student, teacher, card, home, qdir, out_dir, summary, overwrite, copy_teacher=plain)
     return {**summary, "out": str(out_dir), "model_dir": str(home), "query_dir": str(qdir)}

@@ -37,7 +37,10 @@ def exact_topk(q: np.ndarray, d: np.ndarray, k: int, chunk: int = 1024) -> tuple
     rows = np.zeros((q.shape[0], k), np.int64)
     for lo in range(0, q.shape[0], chunk):
         s = q[lo : lo + chunk] @ d.T  # (c, docs)
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < d.shape[0] else np.tile(np.arange(d.shape[0]), (s.shape[0], 1))
+        if k < d.shape[0]:
+            part = np.argpartition(-s, k - 1, axis=1)[:, :k]  # (c, k)
+        else:
+            part = np.tile(np.arange(d.shape[0]), (s.shape[0], 1))  # (c, docs)
         ps = np.take_along_axis(s, part, 1)
         order = np.argsort(-ps, axis=1, kind="stable")
         rows[lo : lo + chunk] = np.take_along_axis(part, order, 1)
@@ -119,12 +122,14 @@ def evaluate_encoder(
     q_emb = encoder.encode([data.queries[q] for q in qids], query_max_length, batch_size, progress, "encode queries")
     # One extra hit per query: BEIR drops a hit whose id equals the query id (ArguAna) before cutting.
     scores, rows = exact_topk(q_emb, d_emb, k + 1)
-    run = {qid: {data.corpus[int(r)].id: float(s) for r, s in zip(rows[i], scores[i], strict=True)} for i, qid in enumerate(qids)}
+    run = {qid: {data.corpus[int(r)].id: float(s) for r, s in zip(rows[i], scores[i], strict=True)}
+           for i, qid in enumerate(qids)}
     per = per_query(data.qrels, run)
     metrics: dict[str, Any] = {name: round(sum(per[name].values()) / len(data.qrels), 5) for name in NAMES.values()}
     if with_per_query:
         metrics["per_query"] = {m: {q: round(v, 5) for q, v in per[m].items()} for m in PER_QUERY}
-    metrics.update(queries=len(qids), docs=len(data.corpus), empty=len(empty), split=split, seconds=round(time.perf_counter() - t0, 2))
+    metrics.update(queries=len(qids), docs=len(data.corpus), empty=len(empty), split=split,
+                   seconds=round(time.perf_counter() - t0, 2))
     return metrics
 
 

@@ -94,7 +94,8 @@ def hce_loss(
         cand = lvl.cand.float()
         if normalize_centroids:
             cand = F.normalize(cand, dim=-1)
-        logits = torch.einsum("bd,bkd->bk", q, cand).masked_fill(~lvl.mask, NEG_INF) / taus[min(i, len(taus) - 1)]  # (b, K)
+        tau = taus[min(i, len(taus) - 1)]
+        logits = torch.einsum("bd,bkd->bk", q, cand).masked_fill(~lvl.mask, NEG_INF) / tau  # (b, K)
         ce = F.cross_entropy(logits, lvl.target)
         weight = level_weights[i] if i < len(level_weights) else (level_weights[-1] if level_weights else 0.0)
         total = total + weight * ce
@@ -112,10 +113,12 @@ def hce_loss(
     target = rows + offset
     qd = q @ all_docs.T / tau  # (b, N)
     if qd_exclude is not None:
-        qd = qd.masked_fill(qd_exclude & (torch.arange(qd.shape[1], device=q.device)[None, :] != target[:, None]), NEG_INF)
+        qd = qd.masked_fill(qd_exclude & (torch.arange(qd.shape[1], device=q.device)[None, :] != target[:, None]),
+                            NEG_INF)
     dq = d_pos @ all_q.T / tau  # (b, B)
     if dq_exclude is not None:
-        dq = dq.masked_fill(dq_exclude & (torch.arange(dq.shape[1], device=q.device)[None, :] != target[:, None]), NEG_INF)
+        dq = dq.masked_fill(dq_exclude & (torch.arange(dq.shape[1], device=q.device)[None, :] != target[:, None]),
+                            NEG_INF)
     inbatch = (F.cross_entropy(qd, target) + F.cross_entropy(dq, target)) / 2
     total = total + inbatch_weight * inbatch
     stats["loss_inbatch"] = float(inbatch.detach())

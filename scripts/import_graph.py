@@ -9,9 +9,9 @@ python scripts/import_graph.py hce_serve --edges   # every arrow, one per line
 An arrow is one module importing another module of the same package tree, counted once per pair, whether the
 import sits at the top or inside a function (a lazy import still ties the two together); imports under
 ``if TYPE_CHECKING:`` are left out, since they never run. ``from .pkg import name`` points at ``pkg/name.py``
-when that module exists, else at ``pkg/__init__.py``. Levels: the longest chain of arrows, counted in modules (a module importing nothing of
-the package is level 1); a circle counts as one node. Circles: every strongly connected group of two or
-more modules, or a module importing itself.
+when that module exists, else at ``pkg/__init__.py``. Levels: the longest chain of arrows, counted in modules
+(a module importing nothing of the package is level 1); a circle counts as one node. Circles: every strongly connected
+group of two or more modules, or a module importing itself.
 """
 
 from __future__ import annotations
