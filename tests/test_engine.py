@@ -95,9 +95,14 @@ def test_search_returns_hits_with_stored_fields(tagged, tiny_beir):
     ({"nope": "x"}, lambda m: False),
 ])
 def test_filters_match_brute_force(tagged, flt, keep):
+    # brute force is the dense top-k (inner products), so the vector index's path is asked for explicitly;
+    # the folder's default (hybrid) must keep the same filter: only matching documents, as many as k allows
     with Engine.open(tagged) as eng:
+        n_keep = sum(keep(eng.get(i).metadata) for i in eng.ids())
         for query in ("protein enzyme", "ocean ice climate", "market price"):
-            assert [h.id for h in eng.search(query, k=6, filter=flt)] == brute_force(eng, query, keep, 6)
+            assert [h.id for h in eng.search(query, k=6, filter=flt, mode="dense")] == brute_force(eng, query, keep, 6)
+            hybrid = eng.search(query, k=6, filter=flt)
+            assert len(hybrid) == min(6, n_keep) and all(keep(eng.get(h.id).metadata) for h in hybrid)
 
 
 def test_add_get_delete_and_filters_follow_writes(writable):
@@ -163,8 +168,10 @@ def test_subtree_search_and_leaves_of_new_documents(tiny_export, tiny_beir, tmp_
     with Engine.open(tmp_path / "idx", writable=True) as eng:
         assert eng.store.index.leaf_of(ids[5]) == 3 + 5 % 4  # documents the tree knows keep their leaf
         under = {i for i in ids if 3 + ids.index(i) % 4 in (3, 4)}  # node 1's subtree
-        hits = eng.search("protein enzyme", k=10, subtree=1)
+        # the vector index's subtree search against the exact inner products: dense explicitly
+        hits = eng.search("protein enzyme", k=10, subtree=1, mode="dense")
         assert len(hits) == 10 and {h.id for h in hits} <= under
+        assert {h.id for h in eng.search("protein enzyme", k=10, subtree=1)} <= under  # the default keeps the scope
         query = eng.encoder.encode_queries(["protein enzyme"])[0]
         scores = {i: float(eng.store.index.get_vectors([i])[0] @ query) for i in under}
         assert [h.id for h in hits] == sorted(scores, key=lambda i: -scores[i])[:10]
