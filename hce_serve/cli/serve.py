@@ -172,15 +172,34 @@ def _url(host: str, port: int) -> str:
 @QUERY_CACHE
 @click.option("--threads", type=click.IntRange(*EngineOptions.THREADS), default=defaults.HTTP_THREADS,
               show_default=True,
-              help="Threads per request: onnxruntime's intra-op threads, and an ivf-sq8 index's cell scan. Requests "
-                   "run in parallel, one core each, so 1 avoids oversubscribing the cores under load; more lowers one "
-                   "query's latency at low load.")
+              help="Threads per encoder call: onnxruntime's intra-op threads, and an ivf-sq8 index's cell scan. "
+                   "Batches run in parallel, the cores divided by this many threads each, so 1 keeps every core busy "
+                   "under load; more lowers one query's latency at low load.")
+@click.option("--max-batch-wait", type=click.FloatRange(0, 1000), default=defaults.HTTP_MAX_BATCH_WAIT_MS,
+              show_default=True, help="Micro-batching: milliseconds a search may wait for concurrent ones to share "
+                                      "its encoder call, only while another batch runs (a lone query never waits); "
+                                      "0 turns batching off.")
+@click.option("--max-batch-queries", type=click.IntRange(1, 4096), default=defaults.HTTP_MAX_BATCH_QUERIES,
+              show_default=True, help="Micro-batching: most queries in one shared encoder call.")
+@click.option("--batch-threads", type=click.IntRange(1, 1024), default=None,
+              help="Micro-batching: batches run at once, each on its own thread [the cores divided by --threads, "
+                   "shared among --workers].")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Server processes on one socket, each with its own copy of the index, read-only: with more than "
+                   "1, write requests are refused (one writer per index; use --workers 1 to serve writes).")
 def http(index_dir, host, port, token, read_only, save_every, max_k, max_batch, max_body_mb, variant, query_encoder,
-         query_cache, threads) -> None:
+         query_cache, threads, max_batch_wait, max_batch_queries, batch_threads, workers) -> None:
     """Serve IDX_DIR (or a Milvus collection: --milvus) over HTTP (FastAPI + uvicorn). OpenAPI docs at /docs."""
-    from ..http import Limits, create_app, is_loopback
+    from ..http import Batching, Limits, create_app, is_loopback
 
     token = token or os.environ.get("HCE_TOKEN") or None
+    limits = Limits(max_k=max_k, max_batch=max_batch, max_body_bytes=int(max_body_mb * 2**20))
+    if workers > 1:
+        _serve_workers(index_dir, host, port, workers, limits, max_batch_wait, max_batch_queries, batch_threads,
+                       {"variant": variant, "threads": threads, "query_encoder": query_encoder,
+                        "query_cache": query_cache})
+        return
+    batching = Batching(max_wait_ms=max_batch_wait, max_queries=max_batch_queries, workers=batch_threads)
     if not read_only and not token and not is_loopback(host):
         raise HCEError(f"refusing to serve writes on non-loopback address {host} without a token; "
                        "set HCE_TOKEN or --token (or pass --read-only)")
@@ -194,8 +213,7 @@ def http(index_dir, host, port, token, read_only, save_every, max_k, max_batch, 
                       query_encoder=query_encoder, query_cache=query_cache)
     try:
         eng.encoder  # noqa: B018 - load the graph now: a broken export fails here, not on the first request
-        limits = Limits(max_k=max_k, max_batch=max_batch, max_body_bytes=int(max_body_mb * 2**20))
-        app = create_app(eng, token=token, limits=limits)
+        app = create_app(eng, token=token, limits=limits, batching=batching)
         log.info("serving %s (%d documents%s) on %s — API docs at %s/docs", index_dir.name, len(eng),
                  ", read-only" if read_only else "", _url(host, port), _url(host, port))
         log.info("queries through the %s encoder (%s); query cache: %d entries", eng.encoder.query_encoder,
@@ -203,6 +221,25 @@ def http(index_dir, host, port, token, read_only, save_every, max_k, max_batch, 
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         eng.close(save=not read_only)
+
+
+def _serve_workers(target: Any, host: str, port: int, workers: int, limits: Any, max_batch_wait: float,
+                   max_batch_queries: int, batch_threads: int | None, options: dict[str, Any]) -> None:
+    """``--workers N``: N read-only processes (``http/workers.py``). The index and its encoder are opened here
+    first, so a broken folder or export fails once with its message, not in every worker process."""
+    from ..http import Batching
+    from ..http import workers as multi
+    from ..http.batcher import available_cores
+
+    with open_engine(target, writable=False, **options) as eng:
+        eng.encoder  # noqa: B018
+        live = len(eng)
+    # the cores are shared by the processes: each runs its batches on its share
+    per_process = batch_threads or max(1, available_cores() // (workers * (options["threads"] or 1)))
+    batching = Batching(max_wait_ms=max_batch_wait, max_queries=max_batch_queries, workers=per_process)
+    log.info("serving %s (%d documents, read-only) with %d worker processes on %s — API docs at %s/docs",
+             target.name, live, workers, _url(host, port), _url(host, port))
+    multi.serve(target, host, port, workers, options, limits, batching)
 
 
 if __name__ == "__main__":  # pragma: no cover

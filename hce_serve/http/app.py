@@ -8,9 +8,12 @@ page at ``/`` with ``GET /facets`` and ``GET /search/options`` (``page.py``).
 Errors are JSON ``{"detail": "<one line>"}``: 4xx for a bad request (the client can fix it), 5xx for a
 fault of the server (a corrupt file, an onnxruntime failure), logged with its traceback. Request bodies,
 batch sizes and ``k`` are bounded; writes need ``Authorization: Bearer <token>`` when a token is configured,
-and a write is answered only after its mutation-log record is on disk. Handlers are plain ``def`` so
-FastAPI runs them in its thread pool: searches run in parallel (hnswlib releases the GIL), writes one at
-a time.
+and a write is answered only after its mutation-log record is on disk.
+
+Searches are checked on the event loop and run by the micro-batcher (``batcher.py``): concurrent requests
+share one encoder call, each keeping its own settings, and a lone request runs at once; answers are rendered
+to bytes by orjson on the batch's thread (``wire.py``). Other handlers are plain ``def``, run by FastAPI's
+thread pool; writes go one at a time. With ``read_only_reason`` (several worker processes) writes are refused.
 """
 
 # No "from __future__ import annotations": FastAPI must see the request models (local classes) as real types.
@@ -24,6 +27,9 @@ from .. import __version__, defaults
 from ..errors import DataError, HCEError, missing_dependency
 from ..lexical.fusion import FUSIONS
 from ..options import EngineOptions
+from . import wire
+from .batcher import Batching, SearchBatcher
+from .fastlane import NotMine, SearchLane
 from .limits import BodyLimit, Limits
 from .page import add_page
 
@@ -32,17 +38,25 @@ log = logging.getLogger(__name__)
 __all__ = ["create_app"]
 
 
-def create_app(engine: Any, token: str | None = None, limits: Limits | None = None,
-               save_on_shutdown: bool = True) -> Any:
-    """A FastAPI app serving ``engine`` (an ``hce_serve.engine.Engine``)."""
+def create_app(engine: Any, token: str | None = None, limits: Limits | None = None, save_on_shutdown: bool = True,
+               batching: Batching | None = None, read_only_reason: str | None = None) -> Any:
+    """A FastAPI app serving ``engine`` (an ``hce_serve.engine.Engine``). ``batching``: how searches are
+    micro-batched (default ``Batching()``; ``max_wait_ms=0`` turns it off). ``read_only_reason``: refuse
+    writes with this message even on a writable engine."""
     try:
         from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
         from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import JSONResponse
-        from pydantic import BaseModel, Field
+        from fastapi.responses import JSONResponse, Response
+        from pydantic import BaseModel, Field, ValidationError
     except ImportError:
         raise missing_dependency("fastapi", "serve") from None
+    if wire.orjson is None:
+        raise missing_dependency("orjson", "serve")
     lim = limits or Limits()
+    bat = batching or Batching()
+    batcher = SearchBatcher(engine.run_searches, lambda rows, meta: wire.search_answer(rows, *meta),
+                            max_wait=bat.max_wait_ms / 1000, max_queries=bat.max_queries,
+                            workers=bat.worker_count(engine.options.threads))
     EF = EngineOptions.EF
     Scalar = str | int | float | bool  # metadata and filter values
 
@@ -79,17 +93,36 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
 
     @asynccontextmanager
     async def lifespan(app: Any):  # noqa: ANN202 - FastAPI's own protocol
-        yield
-        if save_on_shutdown and engine.writable:
+        try:
+            yield
+        finally:
+            batcher.close()
+        if save_on_shutdown and engine.writable and read_only_reason is None:
             engine.save()
 
     app = FastAPI(title="HCE search", version=__version__, lifespan=lifespan,
                   description="Dense retrieval over an HCE index folder.")
+
+    async def lane(obj: Any) -> tuple[int, bytes]:
+        """``POST /search`` without FastAPI's routing (``fastlane.py``); the same answers as the route."""
+        try:
+            body = SearchBody.model_validate(obj)
+        except ValidationError:
+            raise NotMine from None  # the route answers it: its 422, word for word
+        try:
+            return 200, await search_answer(body)
+        except DataError as e:
+            return 400, wire.dumps({"detail": _one_line(e)})
+        except Exception as e:
+            log.error("POST /search failed", exc_info=e)
+            return 500, wire.dumps(_fault_detail(e))
+
+    app.add_middleware(SearchLane, handle=lane)  # added first: innermost, so BodyLimit runs before it
     app.add_middleware(BodyLimit, max_bytes=lim.max_body_bytes)
 
     @app.exception_handler(DataError)
     async def _bad_request(request: Request, exc: DataError) -> Any:
-        return JSONResponse({"detail": " ".join(str(exc).split())}, status_code=400)
+        return JSONResponse({"detail": _one_line(exc)}, status_code=400)
 
     @app.exception_handler(HCEError)
     async def _server_fault(request: Request, exc: HCEError) -> Any:
@@ -102,8 +135,7 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
         return _fault(exc)  # Starlette re-raises it after answering, so the server logs the traceback
 
     def _fault(exc: Exception) -> Any:
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__}): {' '.join(str(exc).split())[:300]}"},
-                            status_code=500)
+        return JSONResponse(_fault_detail(exc), status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Any:
@@ -113,6 +145,8 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
         return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
 
     def need_write(authorization: str | None = Header(None, include_in_schema=False)) -> None:
+        if read_only_reason is not None:
+            raise HTTPException(403, read_only_reason)
         if not engine.writable:
             raise HTTPException(403, "this server is read-only")
         if token is None:
@@ -128,14 +162,25 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
         if n > lim.max_batch:
             raise DataError(f"{n:,} {what} in one request; the limit is {lim.max_batch:,}")
 
-    def run_search(texts: list[str], body: SearchBody) -> list[list[dict[str, Any]]]:
+    async def search_answer(body: SearchBody, q: str | None = None) -> bytes:
+        """A search's JSON answer (``q``: GET's one query). Checked on the loop, so a bad request never reaches
+        a batch; then run by the micro-batcher."""
+        if q is not None:
+            texts, single = [q], True
+        elif (body.query is None) == (body.queries is None):
+            raise DataError("give exactly one of 'query' or 'queries'")
+        elif body.query is not None:
+            texts, single = [body.query], True
+        else:
+            check_batch(len(body.queries), "queries")
+            texts, single = body.queries, False
         for t in texts:
             if isinstance(t, str) and len(t) > lim.max_query_chars:
                 raise DataError(f"query of {len(t):,} characters; the limit is {lim.max_query_chars:,}")
-        hits = engine.search_batch(texts, k=body.k, filter=body.filter, ef=body.ef, subtree=body.subtree,
-                                   fields=body.fields, max_k=lim.max_k, mode=body.mode, fusion=body.fusion,
-                                   alpha=body.alpha, depth=body.depth, explain=body.explain)
-        return [[h.to_dict() for h in row] for row in hits]
+        req = engine.prepare_search(texts, k=body.k, filter=body.filter, ef=body.ef, subtree=body.subtree,
+                                    fields=body.fields, max_k=lim.max_k, mode=body.mode, fusion=body.fusion,
+                                    alpha=body.alpha, depth=body.depth, explain=body.explain)
+        return await batcher.submit(req, (req.fields, single))
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -143,26 +188,26 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
 
     @app.get("/stats")
     def stats() -> dict[str, Any]:
-        return engine.stats()
+        return {**engine.stats(), "batching": {"max_wait_ms": bat.max_wait_ms, "max_queries": bat.max_queries,
+                                               "workers": batcher.workers, **batcher.stats.to_dict()}}
 
-    @app.get("/search")
-    def search_get(q: str = Query(..., description="Query text"), k: int = defaults.K, ef: int | None = None,
-                   fields: str | None = Query(None, description="Comma-separated stored fields"),
-                   mode: Literal[defaults.MODES] | None = None,
-                   alpha: float | None = Query(None, ge=0.0, le=1.0),
-                   fusion: Literal[FUSIONS] | None = None, explain: bool = False) -> dict[str, Any]:
+    hits_doc = {200: {"description": '{"hits": [{"id", "score", stored fields, "explain"}]}; a batch: '
+                                     '{"results": [{"hits": [...]}, ...]}', "content": {"application/json": {}}}}
+
+    @app.get("/search", response_class=Response, responses=hits_doc)
+    async def search_get(q: str = Query(..., description="Query text"), k: int = defaults.K, ef: int | None = None,
+                         fields: str | None = Query(None, description="Comma-separated stored fields"),
+                         mode: Literal[defaults.MODES] | None = None,
+                         alpha: float | None = Query(None, ge=0.0, le=1.0),
+                         fusion: Literal[FUSIONS] | None = None, explain: bool = False) -> Any:
         body = SearchBody(k=k, ef=ef, fields=fields.split(",") if fields is not None else None, mode=mode,
                           alpha=alpha, fusion=fusion, explain=explain)
-        return {"hits": run_search([q], body)[0]}
+        return Response(await search_answer(body, q), media_type="application/json")
 
-    @app.post("/search")
-    def search_post(body: SearchBody) -> dict[str, Any]:
-        if (body.query is None) == (body.queries is None):
-            raise DataError("give exactly one of 'query' or 'queries'")
-        if body.query is not None:
-            return {"hits": run_search([body.query], body)[0]}
-        check_batch(len(body.queries), "queries")
-        return {"results": [{"hits": h} for h in run_search(body.queries, body)]}
+    @app.post("/search", response_class=Response, responses=hits_doc)
+    async def search_post(body: SearchBody) -> Any:
+        # Most requests are answered by the fast lane before routing; this route answers the rest (and /docs).
+        return Response(await search_answer(body), media_type="application/json")
 
     @app.get("/documents/{doc_id}")
     def get_document(doc_id: str) -> dict[str, Any]:
@@ -193,3 +238,11 @@ def create_app(engine: Any, token: str | None = None, limits: Limits | None = No
 
     add_page(app, engine, lim)  # the search page at / (page.py): read-only, its own CSP
     return app
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _fault_detail(exc: BaseException) -> dict[str, str]:
+    return {"detail": f"internal error ({type(exc).__name__}): {_one_line(exc)[:300]}"}
