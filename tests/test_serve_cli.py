@@ -90,8 +90,12 @@ def test_add_upsert_delete_compact(idx, tmp_path):
                                                                                  "live": 65}
     with IndexStore.open(idx) as s:
         assert s.pending == 0 and s.manifest.generation == 2  # the command leaves a clean snapshot
-    hits = json.loads(run("search", "--index", idx, "replaced market price stock bank", "--k", "1", "--json"))["hits"]
+    # the replaced text's own vector: cosine 1 is a dense score (hybrid's is a fused one)
+    hits = json.loads(run("search", "--index", idx, "replaced market price stock bank", "--k", "1", "--json",
+                          "--mode", "dense"))["hits"]
     assert hits[0]["id"] == "soil-0" and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    hits = json.loads(run("search", "--index", idx, "replaced market price stock bank", "--k", "1", "--json"))["hits"]
+    assert hits[0]["id"] == "soil-0"  # the default (hybrid) finds the new text too
     out = json.loads(run("index", "delete", "--index", idx, "--id", "soil-0", "--id", "ghost"))
     assert out == {"deleted": ["soil-0"], "missing": ["ghost"], "live": 64}  # the same shape as HTTP's answer
     ids_file = tmp_path / "ids.txt"
@@ -211,7 +215,8 @@ def test_empty_documents_are_indexed_with_a_warning_or_skipped(tiny_export, tmp_
     corpus = write_corpus(tmp_path / "corpus.jsonl", docs)
     stdout, stderr = run_both("index", "build", "--model", tiny_export, "--corpus", corpus, "--index", tmp_path / "a")
     assert json.loads(stdout) | {"index": None} == {"index": None, "live": 10, "dim": 32, "empty": 2,
-                                                    "skipped_empty": 0, "stores_documents": True}
+                                                    "skipped_empty": 0, "stores_documents": True,
+                                                    "lexical": True}
     assert "2 documents have empty title and text" in stderr and "--skip-empty" in stderr
     assert json.loads(run("get", "--index", tmp_path / "a", "--id", "d3"))["text"] == ""
     assert len(json.loads(run("search", "--index", tmp_path / "a", "protein", "--k", "10", "--json"))["hits"]) == 10
