@@ -280,7 +280,7 @@ def latency(args: argparse.Namespace) -> None:
     idx = Path(args.work) / "dense-index"  # the zero-shot MiniLM: a trained HCE encoder costs the same per query
     if not idx.is_dir():
         idx.parent.mkdir(parents=True, exist_ok=True)
-        export = ensure_export("minilm", base_model_path())
+        export = args.dense_export or ensure_export("minilm", base_model_path())
         sh("hce-serve", "index", "build", "--model", str(export), "--corpus", str(Path(args.data) / "corpus.jsonl"),
            "--index", str(idx), "--overwrite")
     eng = Engine.open(idx, threads=1, query_cache=0)
@@ -368,6 +368,26 @@ def table(args: argparse.Namespace) -> None:
     out["method"] = ("paired randomization (sign flip, 100k) on per-query scores averaged over seeds; "
                      "Holm-Bonferroni within each block")
     print(provenance.write_result(args.out, out, __file__))
+    if args.markdown:
+        print(markdown_table(out, args.arm))
+
+
+def markdown_table(out: dict[str, Any], arm: str) -> str:
+    """Per block: each system's seed-mean nDCG@10 and R@100, and gr's paired difference to it (points, Holm p)."""
+    lines: list[str] = []
+    for name, row in out["blocks"].items():
+        lines += ["", f"{row['dataset']} ({row['split']} split, {name})", "",
+                  "| system | seeds | nDCG@10 | R@100 | gr − system nDCG@10 (p Holm) | gr − system R@100 (p Holm) |",
+                  "|---|---|---|---|---|---|"]
+        for system, agg in row["arms"].items():
+            cells = []
+            for metric in ("ndcg@10", "recall@100"):
+                t = row["tests"].get(f"{arm}-vs-{system}:{metric}")
+                cells.append(f"{t['diff_points']:+.2f} ({t['p_holm']:.3g})" if t else "")
+            seeds = len(agg.get("seeds", [])) or "-"
+            lines.append(f"| {system} | {seeds} | {agg['mean']['ndcg@10']:.4f} | {agg['mean']['recall@100']:.4f} | "
+                         f"{cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
 
 
 class StudyError(Exception):
@@ -400,6 +420,8 @@ def main(argv: list[str] | None = None) -> None:
     lat.add_argument("--n", type=int, default=300, help="timed calls per system and repeat")
     lat.add_argument("--repeats", type=int, default=3)
     lat.add_argument("--beams", type=lambda s: [int(b) for b in s.split(",")], default=[8, 32, 128])
+    lat.add_argument("--dense-export", type=Path, default=None,
+                     help="EXPORT_DIR the dense index is built with [the zero-shot MiniLM's export]")
     lat.add_argument("--work", default="runs/bench/gr-latency")
     lat.add_argument("--out", default="gr-latency")
     tab = sub.add_parser("table", help="gr vs hce, mined, flat and the anchors: paired tests")
@@ -407,6 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     tab.add_argument("--arm", default="gr")
     tab.add_argument("--against", type=lambda s: s.split(","), default=["hce", "mined", "flat"])
     tab.add_argument("--out", default="gr-table")
+    tab.add_argument("--markdown", action="store_true", help="also print the tables for the results page")
     args = ap.parse_args(argv)
     args.out = result_path(args.out)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")

@@ -182,3 +182,46 @@ def test_gr_arm_runs_through_the_quality_study(tiny_beir, tiny_bert, tmp_path):
 
     again = evaluate_gr(model, tiny_beir, "train", dev)
     assert again["ndcg@10"] == pytest.approx(run["metrics"]["ndcg@10"], abs=1e-5)
+
+
+def test_gr_study_commands_run_on_tiny_inputs(tiny_beir, tiny_bert, tiny_export, tmp_path):
+    """benchmarks.gr's three commands end to end on the tiny fixture: added documents (gr and hce, 2 steps),
+    latency on the model that run saved, and the paired table over a quality file."""
+    import json
+
+    from benchmarks import gr
+
+    inc = tmp_path / "inc.json"
+    gr.main(["incremental", "--data", str(tiny_beir), "--base-model", str(tiny_bert), "--max-steps", "2",
+             "--work", str(tmp_path / "inc"), "--out", str(inc)])
+    res = json.loads(inc.read_text())
+    assert set(res["systems"]) == {"zero-shot", "gr-80-then-add", "hce-80-then-add"} and res["new_docs"] == 13
+    g = res["systems"]["gr-80-then-add"]
+    assert g["before_add"]["new"]["ndcg@10"] == 0 and g["add"]["added"] == 13  # unreachable until added
+    assert g["metrics"]["new"]["recall@100"] > 0 and set(g["beams"]) == {"8", "32", "128"}
+    assert res["systems"]["hce-80-then-add"]["add"]["added"] == 13
+    assert set(res["new_document_queries"]) == set(res["systems"])
+    gr.main(["incremental", "--data", str(tiny_beir), "--base-model", str(tiny_bert), "--max-steps", "2",
+             "--work", str(tmp_path / "inc"), "--out", str(inc), "--resume"])  # everything done: nothing reruns
+    assert json.loads(inc.read_text())["systems"]["gr-80-then-add"]["seconds"] == g["seconds"]
+
+    lat = tmp_path / "lat.json"
+    gr.main(["latency", "--model", g["model"], "--data", str(tiny_beir), "--dense-export", str(tiny_export),
+             "--n", "10", "--repeats", "1", "--beams", "4,16", "--work", str(tmp_path / "lat"), "--out", str(lat)])
+    cols = json.loads(lat.read_text())["columns"]
+    assert set(cols["end_to_end"]) == {"dense_engine", "gr_beam4", "gr_beam16"} and set(cols["encode_only"]) == {
+        "dense_engine", "gr"}
+    assert all(s["p50_ms"] > 0 and s["n"] == 10 for c in cols.values() for s in c.values())
+
+    q = tmp_path / "q.json"
+    r = _study(tmp_path, tiny_beir.parent, tiny_bert, q, "--arms", "gr,flat", "--unsupervised", "none",
+               "--seeds", "0", "--dev-queries", "6")
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = tmp_path / "table.json"
+    gr.main(["table", "--from", str(q), "--out", str(table)])
+    block = json.loads(table.read_text())["blocks"]["q:supervised"]
+    assert set(block["arms"]) == {"gr", "flat", "zero_shot", "bm25"}
+    assert {"gr-vs-flat:ndcg@10", "gr-vs-flat:recall@100", "gr-vs-zero_shot:recall@100"} <= set(block["tests"])
+    assert all(t["p_holm"] >= t["p"] for t in block["tests"].values())
+    with pytest.raises(SystemExit):
+        gr.main(["table", "--from", str(tmp_path / "missing.json"), "--out", str(table)])

@@ -259,7 +259,7 @@ def _phase_a(model: GenerativeRetriever, corpus: Corpus, progress: bool) -> dict
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        stats = {"loss": round(float(loss), 4), "step_nll": [round(float(v), 4) for v in -lp.mean(0)]}
+        stats = {"loss": round(loss.item(), 4), "step_nll": [round(float(v), 4) for v in -lp.detach().mean(0)]}
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.3f}")
     bar.close()
@@ -311,7 +311,7 @@ def _phase_b(model: GenerativeRetriever, corpus: Corpus, sup: Examples | None, p
         ret, idx = -lp[: len(rows)].sum(1).mean(), (-lp[len(rows) :].sum(1).mean() if n_idx else lp.new_zeros(()))
         loss = ret + idx
         if not torch.isfinite(loss):
-            raise ConfigError(f"gr: the loss became {float(loss)} at joint step {step + 1}; try a lower lr")
+            raise ConfigError(f"gr: the loss became {loss.item()} at joint step {step + 1}; try a lower lr")
         scale = lr_at(step, total, 1.0, cfg.warmup_ratio)
         for g, spec in zip(opt.param_groups, groups, strict=True):
             g["lr"] = spec["peak"] * scale
@@ -320,8 +320,8 @@ def _phase_b(model: GenerativeRetriever, corpus: Corpus, sup: Examples | None, p
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        stats = {"loss": round(float(loss), 4), "retrieval_loss": round(float(ret), 4),
-                 "indexing_loss": round(float(idx), 4)}
+        stats = {"loss": round(loss.item(), 4), "retrieval_loss": round(ret.item(), 4),
+                 "indexing_loss": round(idx.item(), 4)}
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.3f}")
         if on_epoch is not None and pos == per_epoch - 1 and step + 1 < total:
