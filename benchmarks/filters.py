@@ -69,7 +69,7 @@ def measure(store: IndexStore, x: np.ndarray, buckets: np.ndarray, q: np.ndarray
     allowed = buckets < m  # (n,)
     rows = np.flatnonzero(allowed)
     truth = rows[topk_inner_product(x[rows], q, K)[1]]  # (nq, K) exact filtered top-k
-    ids = store.match(flt)
+    ids = store.docs.match(flt)  # the stored metadata's filter index, as IndexStore.search uses it
     index = store.index
     res: dict[str, Any] = {"selectivity": sel, "matching": int(allowed.sum()),
                            "exact_scan": index.scans(len(ids), max(K, args.ef))}
@@ -80,7 +80,7 @@ def measure(store: IndexStore, x: np.ndarray, buckets: np.ndarray, q: np.ndarray
     res["post_filter"] = {"recall@10": round(recall_at_k(labels_of(post), truth), 4),
                           "mean_hits": round(float(np.mean([len(r) for r in post])), 2)}
     timings = timing.timed({
-        "match": lambda i: store.match(flt),
+        "match": lambda i: store.docs.match(flt),
         "search": lambda i: index.search(q[i % len(q)][None], K, ef=args.ef, allow_ids=ids),
         "graph": lambda i: index.search(q[i % len(q)][None], K, ef=args.ef, allow_ids=ids, exact=False),
         "unfiltered": lambda i: index.search(q[i % len(q)][None], K, ef=args.ef, exact=False),
