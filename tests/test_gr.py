@@ -225,3 +225,17 @@ def test_gr_study_commands_run_on_tiny_inputs(tiny_beir, tiny_bert, tiny_export,
     assert all(t["p_holm"] >= t["p"] for t in block["tests"].values())
     with pytest.raises(SystemExit):
         gr.main(["table", "--from", str(tmp_path / "missing.json"), "--out", str(table)])
+
+
+def test_starting_encoder_embeddings_are_cached_per_texts_and_length(tiny_bert, tmp_path):
+    from hce_train.gr.train import encode_cached
+    from hce_train.model import HCEEncoder
+
+    enc = HCEEncoder.build(str(tiny_bert))
+    texts = ["alpha beta", "gamma delta epsilon"]
+    first, secs, hit = encode_cached(enc, texts, 16, 8, False, "t", tmp_path)
+    again, secs2, hit2 = encode_cached(enc, texts, 16, 8, False, "t", tmp_path)
+    assert not hit and hit2 and secs2 == secs and np.array_equal(first, again)  # the first encode's seconds kept
+    assert not encode_cached(enc, texts, 8, 8, False, "t", tmp_path)[2]  # another length: another entry
+    assert not encode_cached(enc, texts[::-1], 16, 8, False, "t", tmp_path)[2]  # other texts (order included)
+    assert len(list(tmp_path.glob("*.npz"))) == 3
