@@ -24,10 +24,9 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from . import defaults
+from . import defaults, searches
 from .batching import chunks, progress_bar
 from .checks import check_ef, check_fields, check_filter, check_k, check_query
 from .documents import AddResult, DeleteResult, Document, Hit
@@ -40,27 +39,12 @@ from .formats.tree import Subtree, load_tree
 from .lexical import modes
 from .options import EngineOptions
 from .qcache import QueryCache
+from .searches import SearchRequest
 
 if TYPE_CHECKING:
     from .backend import Backend, Batch
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SearchRequest:
-    """One checked search (``Engine.prepare_search``): its query texts and settings, ready to run."""
-
-    texts: tuple[str, ...]
-    k: int
-    settings: modes.SearchSettings
-    ef: int | None
-    flt: Any  # the checked filter, or None
-    scope: Subtree | None
-    fields: tuple[str, ...]
-
-    def with_texts(self, texts: Sequence[str]) -> SearchRequest:
-        return replace(self, texts=tuple(texts))
 
 
 class Engine:
@@ -219,34 +203,7 @@ class Engine:
         alone (an encoder failure fails every request that needed it); ``errors="raise"`` raises it.
         """
         threads = self.options.index_threads if num_threads is None else num_threads
-        dense = [i for i, r in enumerate(requests) if r.settings.mode != "lexical"]
-        vectors: list[Any] = [None] * len(requests)  # each dense request's rows of the one encoder output
-        failure: Exception | None = None
-        if dense:
-            try:
-                matrix = self.query_vectors([t for i in dense for t in requests[i].texts])  # (all queries, dim)
-            except Exception as e:  # handed to each request that needed the encoder
-                if errors == "raise":
-                    raise
-                failure = e
-            else:
-                start = 0
-                for i in dense:
-                    vectors[i] = matrix[start : start + len(requests[i].texts)]
-                    start += len(requests[i].texts)
-        out: list[list[modes.Row] | Exception] = []
-        for r, vecs in zip(requests, vectors, strict=True):
-            if failure is not None and r.settings.mode != "lexical":
-                out.append(failure)
-                continue
-            try:
-                out.append(modes.run(self.store, lambda texts, v=vecs: v, r.texts, r.k, r.settings, r.ef, r.flt,
-                                     r.scope, r.fields, threads))
-            except Exception as e:
-                if errors == "raise":
-                    raise
-                out.append(e)
-        return out
+        return searches.run(self.store, self.query_vectors, requests, threads, errors)
 
     @property
     def search_defaults(self) -> modes.SearchSettings:

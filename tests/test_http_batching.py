@@ -32,7 +32,7 @@ LABELLED = [{"_id": f"m-{i}", "title": f"protein {w}", "text": f"enzyme {w} clim
              "metadata": {"lang": "en" if i % 2 else "fr", "year": 2020 + i % 3}}
             for i, w in enumerate(["kinase", "glacier", "market", "soil", "bank", "cell", "ocean", "gene"])]
 # Every knob a request can set, mixed: k, filter, mode (dense, lexical, hybrid with each fusion), ef, fields,
-# explain, and a batch request (several queries in one body).
+# explain, a batch request (several queries in one body), and requests that share all their settings.
 REQUESTS = [
     {"query": "protein enzyme", "k": 3},
     {"query": "climate ice", "k": 7, "fields": ["title"]},
@@ -46,6 +46,10 @@ REQUESTS = [
     {"query": "kinase", "k": 1, "mode": "hybrid", "fusion": "dbsf", "filter": {"lang": "fr"}, "explain": True},
     {"query": "ocean warming soil", "k": 8},
     {"query": "protein enzyme kinase cell", "k": 2, "fields": ["metadata", "text"]},
+    # the same settings as earlier ones: answered by one backend search together with them (searches.py)
+    {"query": "ice ocean", "k": 3},
+    {"query": "bank soil", "k": 4},
+    {"query": "glacier", "k": 4, "mode": "dense", "fields": []},
 ]
 
 
@@ -271,3 +275,21 @@ def test_workers_serve_reads_and_refuse_writes(idx, tmp_path):
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+def test_requests_with_the_same_settings_share_one_backend_search(fp32_engine, monkeypatch):
+    """searches.run answers same-settings, unfiltered requests with one index call; each still gets its own
+    hits, and a filtered one is searched alone."""
+    bodies = [{"query": q, "k": 3, "mode": "dense"} for q in ("protein", "ice", "bank market", "soil")]
+    bodies.append({"query": "protein", "k": 3, "mode": "dense", "filter": {"lang": "en"}})
+    want = [expected(fp32_engine, b) for b in bodies]
+    reqs = [fp32_engine.prepare_search([b["query"]], k=3, mode="dense", filter=b.get("filter")) for b in bodies]
+    calls = []
+    search = fp32_engine.store.search
+    monkeypatch.setattr(fp32_engine.store, "search", lambda q, *a, **kw: calls.append(len(q)) or search(q, *a, **kw))
+    got = fp32_engine.run_searches(reqs)
+    assert sorted(calls) == [1, 4]  # the four alike in one call, the filtered one alone
+    for rows, w, r in zip(got, want, reqs, strict=True):
+        assert [d for d, *_ in rows[0]] == [h["id"] for h in w["hits"]]
+        assert [s for _, s, *_ in rows[0]] == pytest.approx([h["score"] for h in w["hits"]], abs=1e-6)
+        assert r.fields == ("title", "text", "metadata") and all(doc is not None for _, _, doc, _ in rows[0])
