@@ -124,7 +124,11 @@ class SearchBatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        while self._pending and self._busy < self.workers:
+        while True:
+            while self._pending and self._pending[0].future.done():  # its client went away before it ran
+                self._pending.popleft()
+            if not self._pending or self._busy >= self.workers:
+                return
             if self.enabled and self._busy and not self._full():
                 wait = self._pending[0].queued + self.max_wait - loop.time()
                 if wait > 0:
@@ -146,8 +150,10 @@ class SearchBatcher:
             return batch
         n = batch[0].size
         while self._pending and n + self._pending[0].size <= self.max_queries:
-            n += self._pending[0].size
-            batch.append(self._pending.popleft())
+            item = self._pending.popleft()
+            if not item.future.done():  # a cancelled request is dropped, not run
+                n += item.size
+                batch.append(item)
         return batch
 
     def _start(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
