@@ -1,13 +1,17 @@
 """Micro-batching for the HTTP server: concurrent search requests share one encoder call.
 
-A query's encoder call has a fixed cost (an onnxruntime run, Python around it) that a batch pays once, so the
-server answers more queries per second when the queries of requests that arrive together are encoded
-together. Only the encoding is shared: each request keeps its own k, filter, ef, subtree, mode, fusion and
-fields (``Engine.run_searches``), and gets the same hits as it would alone.
+Queries encoded together cost less each than one at a time (an onnxruntime run's fixed cost and the Python
+around it are paid once, and the matrix products run on more rows), so the server answers more queries per
+second when the queries of requests that arrive together are encoded together. Only the encoding is shared:
+each request keeps its own k, filter, ef, subtree, mode, fusion and fields (``Engine.run_searches``). With a
+row-independent graph (fp32, fp16) it gets the hits it would get alone; int8's dynamic quantization scales a
+whole call's activations together, so there a query's embedding moves slightly with its batch-mates
+(``benchmarks.http`` measures what that does to the hits).
 
 The event loop checks a request (``Engine.prepare_search``), queues it and awaits its answer. ``workers``
 threads run batches; each runs ``Engine.run_searches`` on what it took and renders every answer to JSON bytes
-(``render``) before the one hand-back to the loop. When a worker is free, the queue is dispatched:
+(``render``) before the one hand-back to the loop (``call_soon_threadsafe``). When a worker is free, the queue
+is dispatched:
 
 - at once when no batch is running: nothing else is being served, so a lone request never waits;
 - at once when the queue holds ``max_queries`` queries (one batch takes at most that many, and a request
@@ -23,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,7 +102,8 @@ class SearchBatcher:
         self._pending: deque[_Item] = deque()
         self._busy = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # batches for the worker threads; None stops one
+        self._threads: list[threading.Thread] = []
         self.stats = BatchStats()
 
     @property
@@ -115,9 +121,11 @@ class SearchBatcher:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join()
+        self._threads.clear()
 
     # ---- on the event loop ---------------------------------------------------------------------------------
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -157,20 +165,21 @@ class SearchBatcher:
         return batch
 
     def _start(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="hce-search")
+        if not self._threads:
+            self._threads = [threading.Thread(target=self._serve, name=f"hce-search-{i}", daemon=True)
+                             for i in range(self.workers)]
+            for t in self._threads:
+                t.start()
         self._busy += 1
         s = self.stats
         s.batches, s.requests = s.batches + 1, s.requests + len(batch)
         s.queries += sum(i.size for i in batch)
         s.largest = max(s.largest, len(batch))
-        done = loop.run_in_executor(self._executor, self._work, batch)
-        done.add_done_callback(lambda f: self._finish(loop, batch, f))
+        self._queue.put((loop, batch))
 
-    def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[_Item], done: asyncio.Future) -> None:
+    def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[_Item], answers: list[Any]) -> None:
         self._busy -= 1
-        exc = done.exception()
-        for item, answer in zip(batch, [exc] * len(batch) if exc is not None else done.result(), strict=True):
+        for item, answer in zip(batch, answers, strict=True):
             if item.future.done():  # the client went away and its handler was cancelled
                 continue
             if isinstance(answer, BaseException):
@@ -180,6 +189,19 @@ class SearchBatcher:
         self._dispatch(loop)
 
     # ---- on a worker thread --------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        """A worker: run the batches handed to it; each answer goes back to the loop in one call."""
+        while (job := self._queue.get()) is not None:
+            loop, batch = job
+            try:
+                answers = self._work(batch)
+            except BaseException as e:  # noqa: BLE001 - every request of the batch gets it
+                answers = [e] * len(batch)
+            try:
+                loop.call_soon_threadsafe(self._finish, loop, batch, answers)
+            except RuntimeError:  # the loop closed (shutdown): nobody waits for these answers
+                pass
+
     def _work(self, batch: list[_Item]) -> list[bytes | BaseException]:
         results = self._run([item.request for item in batch])
         out: list[bytes | BaseException] = []
