@@ -155,6 +155,22 @@ def test_stored_search_defaults_are_used(tiny_export, tmp_path):
         assert set(ids(eng.search(RARE, k=5))) == {"rare", "rare2"}
 
 
+def test_a_new_index_searches_like_an_explicit_hybrid_dbsf_at_alpha_half(built):
+    """The built-in default (hce_serve.defaults, chosen by benchmarks.hybrid) spelled out literally: a change of
+    default must be a deliberate change of this test too."""
+    with Engine.open(built) as eng:
+        d = eng.search_defaults
+        assert (d.mode, d.fusion, d.alpha) == ("hybrid", "dbsf", 0.5)
+        for q, flt in ((RARE, None), ("cells and proteins number 3", None), (f"topic 4 {RARE}", {"group": "a"})):
+            default = eng.search(q, k=8, filter=flt, explain=True)
+            explicit = eng.search(q, k=8, filter=flt, mode="hybrid", fusion="dbsf", alpha=0.5, explain=True)
+            assert len(default) == 8 and default == explicit  # ids, fused scores, stored fields and explain
+            assert all(h.explain["fused"] == h.score for h in default)  # fused scores, not one side's
+            # the explicit settings do act, so the equality above is not that of two ignored arguments
+            other = eng.search(q, k=8, filter=flt, mode="hybrid", fusion="rrf", alpha=0.5)
+            assert [h.score for h in other] != [h.score for h in default]
+
+
 # ---- HTTP and CLI -------------------------------------------------------------------------------------
 def test_http_takes_mode_alpha_and_explain_and_refuses_bad_values_with_422(engine):
     pytest.importorskip("fastapi")
