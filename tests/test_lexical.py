@@ -173,3 +173,25 @@ def test_alpha_one_and_zero_give_one_side_order():
     assert [f.id for f in fuse(DENSE, LEX, "minmax", 1.0, k=3)] == ["a", "b", "c"]
     assert [f.id for f in fuse(DENSE, LEX, "minmax", 0.0, k=3)] == ["c", "d", "a"]
     assert [f.id for f in fuse(DENSE, [], "rrf", 0.5, k=2)] == ["a", "b"]
+
+
+def test_pruned_top_k_equals_the_exhaustive_ranking():
+    """MaxScore pruning (topk.py) must not change the top k: a Zipf corpus with a delta, deletes and filters."""
+    rng = np.random.default_rng(3)
+    vocab = np.array([f"t{j}" for j in range(400)])
+    p = 1.0 / np.arange(1, 401)
+    p /= p.sum()
+    docs = [(f"d{i}", " ".join(rng.choice(vocab, size=rng.integers(5, 60), p=p))) for i in range(3000)]
+    idx = LexicalIndex.build(docs[:2500])
+    idx.add(docs[2500:])  # the delta
+    idx.delete([f"d{i}" for i in range(0, 3000, 7)])
+    live = {i for i, _ in docs} - {f"d{i}" for i in range(0, 3000, 7)}
+    allowed = {f"d{i}" for i in range(1, 3000, 3)}
+    for j in range(40):
+        query = " ".join(rng.choice(vocab, size=rng.integers(1, 8), p=p))
+        full = idx.scores(query)
+        for k, within in ((10, live), (3, live), (10, allowed & live)):
+            ref = sorted((float(full[idx.row_of[i]]) for i in within if full[idx.row_of[i]] > 0), reverse=True)[:k]
+            got = idx.search(query, k, allow_ids=allowed if within is not live else None)
+            assert [s for _, s in got] == pytest.approx(ref, rel=1e-5), (query, k)
+            assert all(s == pytest.approx(float(full[idx.row_of[i]]), rel=1e-5) and i in within for i, s in got)

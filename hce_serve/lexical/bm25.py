@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import ConfigError, FormatError
 from ..rwlock import RWLock
 from .analyzer import Analyzer
+from .topk import Term, evaluate
 
 TERMS_FILE, IDS_FILE, ARRAYS_FILE = "lexical-terms.txt", "lexical-ids.txt", "lexical.npz"
 FILES = (TERMS_FILE, IDS_FILE, ARRAYS_FILE)
@@ -77,6 +78,10 @@ class LexicalIndex:
         self.total_len = float(self.lengths[: self.n_rows].sum())
         self.avgdl = self.total_len / self.n_rows if self.n_rows else 1.0
         self.tfn = self._tf_part(tf, self.lengths[rows]) if len(rows) else np.zeros(0, np.float32)
+        self.max_tfn = np.zeros(len(vocab), np.float32)  # per term: its bound for MaxScore pruning (topk.py)
+        nonempty = np.diff(offsets) > 0
+        if nonempty.any():
+            self.max_tfn[nonempty] = np.maximum.reduceat(self.tfn, offsets[:-1][nonempty])
         self.delta: dict[str, tuple[list[int], list[int]]] = {}  # term -> (rows, tf) of rows added since
         self.delta_df: Counter[str] = Counter()
 
@@ -187,17 +192,37 @@ class LexicalIndex:
         """
         q = Counter(self.analyzer.terms(query))
         with self._lock.read():
-            if not q or not self.n_rows or k <= 0:
+            n = self.n_rows
+            terms = self._terms(q) if n and k > 0 else []
+            if not terms:
                 return []
-            scores = self._scores(q)
+            excluded = self.dead[:n]
             if allow_ids is not None:
-                rows = (r for i in allow_ids if (r := self.row_of.get(i)) is not None)
-                cand = np.fromiter(rows, np.int64)
-                cand = cand[scores[cand] > 0]
-            else:
-                cand = np.flatnonzero(scores)
-                cand = cand[~self.dead[cand]]
-            return self._top(cand, scores, k, accept)
+                excluded = np.ones(n, bool)
+                excluded[np.fromiter((r for i in allow_ids if (r := self.row_of.get(i)) is not None), np.int64)] = False
+                excluded |= self.dead[:n]
+            # a predicate (a subtree) may reject any candidate: no pruning, every matching row is a candidate
+            cand, scores = evaluate(n, excluded, terms, k if accept is None else n + 1)
+            return self._top(cand[scores[cand] > 0], scores, k, accept)
+
+    def _terms(self, q: Mapping[str, int]) -> list[Term]:
+        """The query's terms with their postings (sealed, then delta: rows ascend across both) and bounds."""
+        out = []
+        for term, qtf in q.items():
+            w = self.idf(term) * qtf
+            segments, most = [], 0.0
+            if (j := self.vocab.get(term)) is not None:
+                lo, hi = self.offsets[j], self.offsets[j + 1]
+                segments.append((self.rows[lo:hi], self.tfn[lo:hi]))
+                most = float(self.max_tfn[j])
+            if (d := self.delta.get(term)) is not None:
+                rows = np.asarray(d[0], np.int64)
+                tfn = self._tf_part(np.asarray(d[1]), self.lengths[rows])
+                segments.append((rows, tfn))
+                most = max(most, float(tfn.max()))
+            if segments:  # the bound errs high by float32's rounding of w * tfn, so pruning stays exact
+                out.append(Term(tuple(segments), w, w * most * (1 + 1e-5) + 1e-7))
+        return out
 
     def _top(self, cand: np.ndarray, scores: np.ndarray, k: int, accept: Accept | None) -> list[LexHit]:
         """The best ``k`` of ``cand`` by score (ties: the earlier row), passed through ``accept`` when given."""
