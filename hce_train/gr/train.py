@@ -1,8 +1,9 @@
 """Training the generative retriever as DSI does, on a CPU budget; evaluating it; adding documents to it.
 
 Data (DSI, Tay et al. 2022; DSI-QG, Zhuang et al. 2022):
-- indexing pairs: ``index_pairs`` inputs per document -> its identifier. The first is the document's beginning
-  (DSI's FirstP indexing), the others random crops of it (the pseudo-query recipe of the other arms).
+- indexing pairs: ``index_pairs`` inputs per document -> its identifier. The first is the document itself (its
+  first ``doc_max_length`` tokens, DSI's FirstP indexing), the others random crops of it (the pseudo-query
+  recipe of the other arms).
 - retrieval pairs (supervised mode only): a training query -> the path of its positive.
 - unsupervised mode: the indexing pairs plus pseudo-queries (crops, redrawn every epoch), as DSI-QG trains on
   pseudo-queries in place of labelled ones.
@@ -57,7 +58,7 @@ class GRConfig:
     tree settings) come from the ``TrainConfig`` every arm of the quality study shares."""
 
     dim: int = 384  # decoder width
-    index_pairs: int = 8  # indexing inputs per document: its beginning + (index_pairs - 1) crops
+    index_pairs: int = 8  # indexing inputs per document: the document itself + (index_pairs - 1) crops
     index_epochs: int = 30  # phase A epochs over the cached indexing pairs
     index_batch: int = 512  # phase A batch (decoder only: large batches are cheap)
     index_max_length: int = 64  # tokens of an indexing input
@@ -165,10 +166,11 @@ class GenerativeRetriever:
         leaves = self.codes.tree.assign(assigner.encode(list(texts), self.cfg.doc_max_length, progress=False))
         rows = self.codes.add(leaves.astype(np.int64))
         self.ct = CodeTensors.of(self.codes, self.encoder.device)
-        inputs, owner = indexing_inputs(list(texts), self.gcfg.index_pairs, self.cfg, salt=len(self.doc_ids))
-        u = torch.from_numpy(self.encoder.encode(inputs, self.gcfg.index_max_length, progress=False))
+        crops, owner = indexing_inputs(list(texts), self.gcfg.index_pairs, self.cfg, salt=len(self.doc_ids))
+        u = torch.from_numpy(np.concatenate([self.encoder.encode(list(texts), self.cfg.doc_max_length, progress=False),
+                                             self.encoder.encode(crops, self.gcfg.index_max_length, progress=False)]))
         dev = self.encoder.device
-        owner_t = torch.from_numpy(owner).to(dev)
+        owner_t = torch.from_numpy(np.concatenate([np.arange(len(texts)), owner])).to(dev)
         self.decoder.eval()
         self.decoder.imprint(u.to(dev), torch.from_numpy(leaves.astype(np.int64)).to(dev)[owner_t], owner_t,
                              len(texts), self.ct)
@@ -179,15 +181,16 @@ class GenerativeRetriever:
 
 
 def indexing_inputs(texts: list[str], pairs: int, cfg: TrainConfig, salt: int = 0) -> tuple[list[str], np.ndarray]:
-    """(inputs, owner row of each) for ``texts``: each document's beginning, then ``pairs - 1`` crops (the
-    shared crop recipe: span_min..span_max words, word deletion with ``pseudo_queries`` crop), seeded."""
+    """(crops, owner row of each): ``pairs - 1`` crops of each of ``texts`` (the shared crop recipe:
+    span_min..span_max words, word deletion with ``pseudo_queries`` crop), seeded. The document itself is
+    each document's first indexing input; these are the others."""
     corpus = Corpus([str(i) for i in range(len(texts))], texts)
     drop = cfg.crop_drop if cfg.pseudo_queries == "crop" else 0.0
-    out = list(texts)
+    out: list[str] = []
     for j in range(1, pairs):
         rng = np.random.default_rng([cfg.seed, 33, salt, j])
         out += pseudo_query_examples(corpus, rng, cfg.span_min_words, cfg.span_max_words, drop).queries
-    return out, np.tile(np.arange(len(texts), dtype=np.int64), pairs)
+    return out, np.tile(np.arange(len(texts), dtype=np.int64), pairs - 1)
 
 
 def encode_cached(encoder: HCEEncoder, texts: list[str], max_length: int, batch_size: int, progress: bool,
@@ -257,7 +260,7 @@ def fit_gr(cfg: TrainConfig, gcfg: GRConfig, device: str = "cpu", progress: bool
     model = GenerativeRetriever(encoder, decoder, codes, corpus.ids, cfg, gcfg)
     summary: dict[str, Any] = {"tree": tree.summary(), "tree_seconds": round(tree_s, 1), "tree_encode_cached": cached,
                                "wall_seconds_before_indexing": round(time.perf_counter() - t0, 1)}
-    summary["phase_a"] = _phase_a(model, corpus, progress, cache_dir)
+    summary["phase_a"] = _phase_a(model, corpus, emb, progress, cache_dir)
     if on_epoch is not None:
         on_epoch(0, model)
     summary["phase_b"] = _phase_b(model, corpus, sup, progress, on_epoch)
@@ -268,15 +271,19 @@ def fit_gr(cfg: TrainConfig, gcfg: GRConfig, device: str = "cpu", progress: bool
     return model, summary
 
 
-def _phase_a(model: GenerativeRetriever, corpus: Corpus, progress: bool, cache_dir: Path | None) -> dict[str, Any]:
+def _phase_a(model: GenerativeRetriever, corpus: Corpus, doc_emb: np.ndarray, progress: bool,
+             cache_dir: Path | None) -> dict[str, Any]:
+    """Phase A: the decoder alone on the starting encoder's embeddings of the indexing pairs: ``doc_emb`` (the
+    documents themselves, the tree's encode) and the crops, encoded here."""
     cfg, gcfg, dec, ct = model.cfg, model.gcfg, model.decoder, model.ct
-    inputs, owner = indexing_inputs(corpus.texts, gcfg.index_pairs, cfg)
-    emb, encode_s, cached = encode_cached(model.encoder, inputs, gcfg.index_max_length, cfg.encode_batch_size,
-                                          progress, "encode indexing pairs", cache_dir)
+    crops, crop_owner = indexing_inputs(corpus.texts, gcfg.index_pairs, cfg)
+    emb, encode_s, cached = encode_cached(model.encoder, crops, gcfg.index_max_length, cfg.encode_batch_size,
+                                          progress, "encode indexing crops", cache_dir)
     t0 = time.perf_counter()
-    u = torch.from_numpy(emb).to(model.encoder.device)  # (pairs, D)
-    docs = torch.from_numpy(owner).to(u.device)
-    per_epoch = math.ceil(len(inputs) / gcfg.index_batch)
+    u = torch.from_numpy(np.concatenate([doc_emb, emb])).to(model.encoder.device)  # (pairs, D)
+    docs = torch.from_numpy(np.concatenate([np.arange(len(corpus)), crop_owner])).to(u.device)  # (pairs,)
+    n_pairs = int(u.shape[0])
+    per_epoch = math.ceil(n_pairs / gcfg.index_batch)
     total = per_epoch * gcfg.index_epochs
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
@@ -284,10 +291,12 @@ def _phase_a(model: GenerativeRetriever, corpus: Corpus, progress: bool, cache_d
     dec.train()
     bar = step_bar(total, "gr indexing", progress)
     stats: dict[str, float] = {}
+    perm = torch.zeros(0, dtype=torch.int64)
     for step in range(total):
         epoch, pos = divmod(step, per_epoch)
-        perm = torch.from_numpy(np.random.default_rng([cfg.seed, epoch, 34]).permutation(len(inputs)))
-        rows = perm[pos * gcfg.index_batch : (pos + 1) * gcfg.index_batch].to(u.device)
+        if pos == 0:  # each epoch its own seeded order of the pairs
+            perm = torch.from_numpy(np.random.default_rng([cfg.seed, epoch, 34]).permutation(n_pairs)).to(u.device)
+        rows = perm[pos * gcfg.index_batch : (pos + 1) * gcfg.index_batch]
         lp = dec.path_log_probs(u[rows], docs[rows], ct)  # (b, L + 1)
         loss = -lp.sum(1).mean()
         for g in opt.param_groups:
@@ -299,7 +308,7 @@ def _phase_a(model: GenerativeRetriever, corpus: Corpus, progress: bool, cache_d
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.3f}")
     bar.close()
-    return {"pairs": len(inputs), "pairs_per_doc": gcfg.index_pairs, "epochs": round(total / per_epoch, 3),
+    return {"pairs": n_pairs, "pairs_per_doc": gcfg.index_pairs, "epochs": round(total / per_epoch, 3),
             "steps": total, "batch": gcfg.index_batch, "encode_seconds": round(encode_s, 1), "encode_cached": cached,
             "seconds": round(time.perf_counter() - t0 + encode_s, 1), "final": stats}
 
