@@ -90,8 +90,9 @@ def build_index(
     """
     from ..encoder import Encoder
     from ..lexical import Analyzer
-    from ..lexical.bm25 import LexicalBuilder
+    from ..lexical.bm25 import LexicalIndex
     from ..lexical.modes import SEARCH_KEY, resolve, stored_defaults
+    from ..lexical.segment import SegmentBuilder
 
     export_dir, index_dir = Path(export_dir), Path(index_dir)
     check_can_create(index_dir, overwrite)  # before minutes of encoding, not after
@@ -112,7 +113,7 @@ def build_index(
     remove_build_leftovers(index_dir)
     docs_path = build_path(index_dir, "docs") if store_documents else None
     docs = DocStore.create(docs_path, bulk=True) if docs_path is not None else None
-    lex = LexicalBuilder(analyzer) if analyzer is not None else None
+    lex = SegmentBuilder(analyzer) if analyzer is not None else None
     t0, dropped = time.perf_counter(), [0]
     bar = progress_bar(scan.kept(skip_empty), progress, "index build")
     try:
@@ -133,7 +134,7 @@ def build_index(
                  "encoder_variant": encoder.variant, "tree": tree is not None}
         extra[SEARCH_KEY] = settings.to_dict()
         create_folder(index_dir, index, export_dir, extra, overwrite, docs_file=docs_path,
-                      lexical=lex.finish() if lex is not None else None)
+                      lexical=LexicalIndex.from_segment(lex.finish(), analyzer) if lex is not None else None)
     finally:
         bar.close()
         if docs is not None:

@@ -250,17 +250,17 @@ class IndexStore:
     def build_lexical(self, analyzer: Any = None, params: Any = None,
                       batch: int = defaults.BATCH_SIZE) -> dict[str, Any]:
         """Give a dense-only folder its lexical part, from its stored documents, as a new generation."""
-        from ..lexical.bm25 import LexicalBuilder
+        from ..lexical.segment import SegmentBuilder
 
         with self._mutex:
             self._require_writable()
             if self.docs is None:
                 raise HCEError(f"{self.folder.name}: stores no documents (built with --no-store): BM25 needs their "
                                "text")
-            builder = LexicalBuilder(analyzer, params)
+            builder = SegmentBuilder(analyzer)
             for part in self.docs.iter_documents(batch):
                 builder.add([(d.id, d.full_text) for d in part])
-            lexical = builder.finish()
+            lexical = LexicalIndex.from_segment(builder.finish(), analyzer, params)
             if len(lexical) != len(self.index):
                 raise FormatError(f"{self.docs.path}: holds {len(lexical):,} documents but the index has "
                                   f"{len(self.index):,} live ids")

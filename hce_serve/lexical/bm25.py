@@ -28,13 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, FormatError
+from ..errors import ConfigError
 from ..rwlock import RWLock
 from .analyzer import Analyzer
+from .segment import FILES, Segment, SegmentBuilder, read_segment, write_segment
 from .topk import Term, evaluate
 
-TERMS_FILE, IDS_FILE, ARRAYS_FILE = "lexical-terms.txt", "lexical-ids.txt", "lexical.npz"
-FILES = (TERMS_FILE, IDS_FILE, ARRAYS_FILE)
 K1, B = 1.5, 0.75  # bm25s' defaults: the BM25 reference the hybrid study (benchmarks/hybrid.py) compares with
 
 LexHit = tuple[str, float]
@@ -94,7 +93,8 @@ class LexicalIndex:
     def build(cls, docs: Iterable[tuple[str, str]], analyzer: Analyzer | None = None,
               params: BM25Params | None = None, batch: int = 4096) -> LexicalIndex:
         """A sealed index of (id, text) pairs in one pass (a later pair with the same id replaces the earlier)."""
-        builder = LexicalBuilder(analyzer, params)
+        analyzer = analyzer or Analyzer()
+        builder = SegmentBuilder(analyzer)
         part: list[tuple[str, str]] = []
         for pair in docs:
             part.append(pair)
@@ -102,7 +102,7 @@ class LexicalIndex:
                 builder.add(part)
                 part = []
         builder.add(part)
-        return builder.finish()
+        return cls.from_segment(builder.finish(), analyzer, params)
 
     # ---- changes ----------------------------------------------------------------------------------
     def add(self, docs: Sequence[tuple[str, str]]) -> None:
@@ -285,107 +285,25 @@ class LexicalIndex:
     def save(self, folder: str | os.PathLike[str]) -> tuple[str, ...]:
         """Merge, then write the files into ``folder`` (a fresh generation folder) and fsync them."""
         self.merge()
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         with self._lock.read():
-            _write_lines(folder / TERMS_FILE, self.vocab)
-            _write_lines(folder / IDS_FILE, self.ids)
-            with open(folder / ARRAYS_FILE, "wb") as fh:
-                np.savez(fh, offsets=self.offsets, rows=self.rows, tf=self.tf,
-                         lengths=self.lengths[: self.n_rows].astype(np.int32))
-                fh.flush()
-                os.fsync(fh.fileno())
-        return FILES
+            return write_segment(Path(folder), Segment(self.ids, list(self.vocab), self.offsets, self.rows, self.tf,
+                                                       self.lengths[: self.n_rows]))
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], analyzer: Analyzer, params: BM25Params) -> LexicalIndex:
-        """Read the files ``save`` wrote and check them against each other."""
-        folder = Path(folder)
-        terms, ids = _read_lines(folder / TERMS_FILE), _read_lines(folder / IDS_FILE)
-        try:
-            with np.load(folder / ARRAYS_FILE, allow_pickle=False) as z:
-                offsets, rows, tf, lengths = z["offsets"], z["rows"], z["tf"], z["lengths"]
-        except (OSError, ValueError, KeyError, EOFError) as e:
-            raise FormatError(f"{folder / ARRAYS_FILE}: not a readable lexical index ({e})") from None
-        where = folder / ARRAYS_FILE
-        if offsets.shape != (len(terms) + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
-            raise FormatError(f"{where}: term offsets disagree with the {len(terms):,} terms of {TERMS_FILE}")
-        if rows.shape != tf.shape or rows.shape != (int(offsets[-1]),) or lengths.shape != (len(ids),):
-            raise FormatError(f"{where}: postings or lengths do not match the offsets and {IDS_FILE}")
-        if len(rows) and (rows.min() < 0 or rows.max() >= len(ids) or tf.min() < 1):
-            raise FormatError(f"{where}: a posting points outside the {len(ids):,} rows or has no frequency")
-        live = [i for i in ids if i]
-        if len(set(live)) != len(live) or len(set(terms)) != len(terms):
-            raise FormatError(f"{folder / IDS_FILE}: an id or a term appears twice")
+        """Read the files ``save`` wrote (checked against each other)."""
+        return cls.from_segment(read_segment(Path(folder)), analyzer, params)
+
+    @classmethod
+    def from_segment(cls, seg: Segment, analyzer: Analyzer | None = None,
+                     params: BM25Params | None = None) -> LexicalIndex:
+        """A live index whose sealed segment is ``seg`` (a repeated id's earlier rows are dead: merged away)."""
         index = cls(analyzer, params)
-        index._seal(ids, {t: j for j, t in enumerate(terms)}, offsets.astype(np.int64), rows.astype(np.int32),
-                    tf.astype(np.int32), lengths.astype(np.float32))
+        index._seal(seg.ids, {t: j for j, t in enumerate(seg.terms)}, seg.offsets.astype(np.int64),
+                    seg.rows.astype(np.int32), seg.tf.astype(np.int32), seg.lengths.astype(np.float32))
+        if len(index.row_of) < len(seg.ids):
+            index.merge()
         return index
 
 
-class LexicalBuilder:
-    """Streams (id, text) batches into a sealed ``LexicalIndex``, holding postings as arrays, not Python objects."""
-
-    def __init__(self, analyzer: Analyzer | None = None, params: BM25Params | None = None) -> None:
-        self.analyzer, self.params = analyzer or Analyzer(), params or BM25Params()
-        self.vocab: dict[str, int] = {}  # in order of first sight; sorted at the end
-        self.ids: list[str] = []
-        self.row_of: dict[str, int] = {}
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (term ids, rows, tf) per batch
-        self.lengths: list[int] = []
-
-    def add(self, docs: Sequence[tuple[str, str]]) -> None:
-        if not docs:
-            return
-        terms: list[int] = []
-        rows: list[int] = []
-        tfs: list[int] = []
-        vocab = self.vocab
-        for (doc_id, _), c in zip(docs, self.analyzer.counts_many([t for _, t in docs]), strict=True):
-            row = len(self.ids)
-            if (old := self.row_of.get(doc_id)) is not None:
-                self.ids[old] = ""
-            self.ids.append(doc_id)
-            self.row_of[doc_id] = row
-            terms.extend(vocab.setdefault(t, len(vocab)) for t in c)
-            tfs.extend(c.values())
-            rows.extend([row] * len(c))
-            self.lengths.append(sum(c.values()))
-        self.parts.append((np.array(terms, np.int32), np.array(rows, np.int32), np.array(tfs, np.int32)))
-
-    def finish(self) -> LexicalIndex:
-        index = LexicalIndex(self.analyzer, self.params)
-        terms = sorted(self.vocab)
-        rank = np.empty(len(terms), np.int32)
-        rank[[self.vocab[t] for t in terms]] = np.arange(len(terms), dtype=np.int32)
-        empty = np.zeros(0, np.int32)
-        term_of = rank[np.concatenate([p[0] for p in self.parts])] if self.parts else empty
-        rows = np.concatenate([p[1] for p in self.parts]) if self.parts else empty
-        tf = np.concatenate([p[2] for p in self.parts]) if self.parts else empty
-        order = np.argsort(term_of, kind="stable")  # rows ascend within a term: they were added in order
-        offsets = np.zeros(len(terms) + 1, np.int64)
-        np.cumsum(np.bincount(term_of, minlength=len(terms)), out=offsets[1:])
-        index._seal(self.ids, {t: j for j, t in enumerate(terms)}, offsets, rows[order], tf[order],
-                    np.array(self.lengths, np.float32))
-        if len(self.row_of) < len(self.ids):
-            index.merge()  # a repeated id left a dead row
-        return index
-
-
-def _write_lines(path: Path, lines: Iterable[str]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        for line in lines:
-            fh.write(line + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _read_lines(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise FormatError(f"{path}: cannot read ({e})") from None
-    return text.split("\n")[:-1] if text else []
-
-
-__all__ = ["FILES", "BM25Params", "LexHit", "LexicalBuilder", "LexicalIndex"]
+__all__ = ["FILES", "BM25Params", "LexHit", "LexicalIndex"]
