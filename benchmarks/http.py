@@ -405,7 +405,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     queries = [data.queries[i] for i in qids]
     bodies = [{"query": t, "k": K} for t in queries]
 
-    export = shallow_export(args.data, build=not (q or args.no_distill)) or ensure_export("minilm", base_model_path())
+    try:
+        shallow = shallow_export(args.data, build=not (q or args.no_distill))
+    except subprocess.CalledProcessError as e:  # the full graph is still worth measuring; the file says why
+        log.error("the shallow query graph could not be made (%s): measuring the full graph only", e)
+        shallow = None
+    export = shallow or ensure_export("minilm", base_model_path())
     wanted = [g for g in args.graphs.split(",") if g]
     graphs = [g for g in wanted if g == "full"
               or Encoder(export, variant="int8", query_encoder="auto").query_encoder == g]
