@@ -293,3 +293,15 @@ def test_requests_with_the_same_settings_share_one_backend_search(fp32_engine, m
         assert [d for d, *_ in rows[0]] == [h["id"] for h in w["hits"]]
         assert [s for _, s, *_ in rows[0]] == pytest.approx([h["score"] for h in w["hits"]], abs=1e-6)
         assert r.fields == ("title", "text", "metadata") and all(doc is not None for _, _, doc, _ in rows[0])
+
+
+def test_worker_config_names_the_target(tmp_path):
+    """What reaches each --workers process: a folder by its absolute path, a Milvus collection by its parts."""
+    from hce_serve.cli.options import MilvusSpec
+    from hce_serve.http.workers import _target_json
+    from hce_serve.milvus.layout import MilvusTarget
+
+    assert _target_json(tmp_path / "idx") == {"kind": "folder", "path": str((tmp_path / "idx").resolve())}
+    spec = MilvusSpec(MilvusTarget("http://127.0.0.1:19530", "docs", "user:pw"), tmp_path / "export")
+    assert _target_json(spec) == {"kind": "milvus", "uri": "http://127.0.0.1:19530", "collection": "docs",
+                                  "token": "user:pw", "model": str((tmp_path / "export").resolve())}
