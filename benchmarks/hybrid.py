@@ -23,6 +23,7 @@ without the lexical part.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import random
@@ -196,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--scale", type=int, default=1_000_000,
                     help="synthetic documents for the latency at scale (0: skip)")
     ap.add_argument("--latency-queries", type=int, default=1000)
-    ap.add_argument("--build-both", action="store_true", default=True)
+    ap.add_argument("--build-both", action=argparse.BooleanOptionalAction, default=True,
+                    help="also build SciFact without the lexical part (build time and size with and without)")
     args = parse(ap, argv)
     datasets = ["scifact"] if args.quick else [d.strip() for d in args.datasets.split(",") if d.strip()]
     if args.quick:
