@@ -24,6 +24,7 @@ without the lexical part.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import random
@@ -57,11 +58,14 @@ WORST_ALLOWED = -1.0  # points: a default may never lose more than this to the b
 TARGET_GAIN = {"scifact": 2.0, "cisi": 2.0, "npl": 2.0}
 
 
-def split_queries(name: str, data_dir: Path) -> tuple[Any, list[str], Any, list[str]]:
-    """(dev data, dev qids, test data, test qids): SciFact's train/test; elsewhere a seeded half of test."""
+def split_queries(name: str, data_dir: Path, scifact_dev: list[str] | None = None
+                  ) -> tuple[Any, list[str], Any, list[str]]:
+    """(dev data, dev qids, test data, test qids): SciFact's train/test (``scifact_dev``: only those train queries,
+    e.g. the ones a fine-tuned model never saw); elsewhere a seeded half of test."""
     if name == "scifact":
         dev, test = load_beir(data_dir, "train"), load_beir(data_dir, "test")
-        return dev, sorted(dev.queries), test, sorted(test.queries)
+        dev_q = sorted(dev.queries) if scifact_dev is None else sorted(set(scifact_dev) & dev.queries.keys())
+        return dev, dev_q, test, sorted(test.queries)
     test = load_beir(data_dir, "test")
     qids = sorted(test.queries)
     random.Random(f"hybrid-{name}").shuffle(qids)
@@ -143,13 +147,11 @@ def build(export: Path, data_dir: Path, folder: Path, lexical: bool) -> dict[str
     """Build (or reuse: a rerun measures the searches, not the encoder again) an index folder of the corpus."""
     marker = folder.parent / f".{folder.name}-build.json"
     if marker.is_file() and (folder / "manifest.json").is_file():
-        import json
-
         return {**json.loads(marker.read_text()), "reused": True}
     t = time.perf_counter()
     Engine.build(export, data_dir / "corpus.jsonl", folder, overwrite=True, lexical=lexical)
     out = {"seconds": round(time.perf_counter() - t, 2), "disk_mib": folder_mib(folder)}
-    marker.write_text(__import__("json").dumps(out))
+    marker.write_text(json.dumps(out))
     return out
 
 
@@ -166,7 +168,7 @@ def latency(engine: Engine, texts: list[str], n: int, settings: dict[str, Any]) 
 
 def run_collection(name: str, export: Path, work: Path, args: Any) -> dict[str, Any]:
     data_dir = SHARED_DATA / name
-    dev_data, dev_q, test_data, test_q = split_queries(name, data_dir)
+    dev_data, dev_q, test_data, test_q = split_queries(name, data_dir, args.scifact_dev)
     folder = work / name
     res: dict[str, Any] = {"documents": len(test_data.corpus), "dev_queries": len(dev_q), "test_queries": len(test_q)}
     res["build"] = {"lexical": build(export, data_dir, folder, True)}
@@ -199,7 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--latency-queries", type=int, default=1000)
     ap.add_argument("--build-both", action=argparse.BooleanOptionalAction, default=True,
                     help="also build SciFact without the lexical part (build time and size with and without)")
+    ap.add_argument("--scifact-dev-from", type=Path, default=None,
+                    help="a quality-study results file: SciFact's dev queries are its held-out ones (a model trained "
+                         "on the rest of train is tuned only on queries it never saw)")
     args = parse(ap, argv)
+    args.scifact_dev = None
+    if args.scifact_dev_from is not None:
+        args.scifact_dev = json.loads(args.scifact_dev_from.read_text())["supervised"]["dev"]["queries"]
     datasets = ["scifact"] if args.quick else [d.strip() for d in args.datasets.split(",") if d.strip()]
     if args.quick:
         args.scale, args.latency_queries = 0, 200
@@ -214,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, r in per.items():
         d_test, l_test = r.pop("_test_lists")
         hyb = fused_lists(d_test, l_test, default["method"], default["alpha"], args.depth)
-        _, _, test_data, test_q = split_queries(name, SHARED_DATA / name)
+        _, _, test_data, test_q = split_queries(name, SHARED_DATA / name, args.scifact_dev)
         r["test"] = held_out(test_data.qrels, d_test, l_test, hyb)
         with Engine.open(work / name, query_cache=0, threads=1) as engine:
             # the product path gives the sweep's ranking: hybrid mode through the Engine on a sample of queries
