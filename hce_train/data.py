@@ -128,7 +128,8 @@ def holdout_queries(data_dir: str | os.PathLike[str], split: str, n: int, seed: 
     d = Path(data_dir)
     queries = beir.load_queries(d / "queries.jsonl")
     qpath = beir.qrels_path(d, split)
-    doc_ids = [doc.id for doc in beir.load_corpus(d / "corpus.jsonl")]
+    # The documents training sees (load_corpus leaves the empty ones out, and supervised_examples their judgments)
+    doc_ids = [doc.id for doc in beir.iter_corpus(d / "corpus.jsonl", empty="skip")]
     judged = beir.check_qrels(beir.load_qrels(qpath), queries, doc_ids, str(qpath)).kept
     eligible = sorted(q for q, docs in judged.items() if any(g > 0 for g in docs.values()))
     banned: set[str] = set()

@@ -62,6 +62,14 @@ def test_fit_unsupervised_leaves_them_out_too(holey, tiny_bert, tmp_path):
     assert json.loads(res.stdout)["skipped_empty"] == 2 and "left out 2 documents" in res.stderr
 
 
+def test_a_dev_split_is_drawn_from_queries_that_judge_text(holey, tiny_beir):
+    from hce_train.data import holdout_queries
+
+    dev = holdout_queries(holey, "train", 5, 0)  # used to stop at the first empty document
+    assert len(dev) == 5 and dev == holdout_queries(holey, "train", 5, 0)
+    assert dev == holdout_queries(tiny_beir, "train", 5, 0)  # q-protein-0 still judges a document with text
+
+
 def test_eval_searches_empty_documents_as_the_index_does(fitted, holey):
     model, _, _ = fitted
     res = CliRunner().invoke(train_cli, ["eval", "--model", str(model), "--data", str(holey), "--no-progress"])
