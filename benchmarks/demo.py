@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks import demo_sample
 from benchmarks.harness import paths, provenance
 from hce_serve.formats import atomic
 
@@ -28,8 +29,13 @@ METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 BUDGET = ("max_steps", "batch_size", "negatives", "negatives_per_query", "doc_max_length", "lr", "tau", "seed")
 
 
-def table(base: dict[str, Any], hce: dict[str, Any], tree: dict[str, Any], validation: dict[str, Any]) -> str:
-    lines = ["", "SciFact test (300 claims), int8 ONNX encoder + HNSW index, this CPU",
+def table(base: dict[str, Any], hce: dict[str, Any], tree: dict[str, Any], validation: dict[str, Any],
+          sample: dict[str, Any] | None = None) -> str:
+    # the queries an eval counted (300 on the bundled SciFact); fewer on a sample (HCE_DEMO_DOCS)
+    n = base.get("queries")
+    claims = "claims" if n is None else f"{n} claim" if n == 1 else f"{n} claims"
+    on = f" of a {sample['documents']:,}-document sample" if sample else ""
+    lines = ["", f"SciFact test ({claims}{on}), int8 ONNX encoder + HNSW index, this CPU",
              f"{'metric':<12}{'zero-shot':>12}{'HCE (demo)':>12}{'delta':>9}"]
     lines += [f"{m:<12}{base[m]:>12.4f}{hce[m]:>12.4f}{(hce[m] - base[m]) * 100:>+8.1f}p"
               for m in METRICS if m in base and m in hce]
@@ -74,10 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     tree = json.loads((args.model / "hce_model.json").read_text()).get("tree") or {}
     config = json.loads((args.model / "train_config.json").read_text())
     validation = (json.loads((args.export / "hce_model.json").read_text()).get("onnx") or {}).get("validation") or {}
-    print(table(base, hce, tree, validation))
+    # a run on a sample of the data (HCE_DEMO_DOCS) trained on the folder benchmarks.demo_sample wrote
+    sample_file = Path(config["data"]) / demo_sample.SAMPLE_FILE
+    sample = json.loads(sample_file.read_text()) if sample_file.is_file() else None
+    print(table(base, hce, tree, validation, sample))
     payload = {"what": "scripts/demo.sh: zero-shot all-MiniLM-L6-v2 vs a short HCE fine-tune, both int8 ONNX + HNSW",
                "data": config["data"], "wall_seconds": round(args.seconds), "zero_shot": base, "hce_demo": hce,
                "train_budget": {k: config.get(k) for k in BUDGET}, "tree": tree}
+    if sample:
+        payload["sample"] = sample
     out = Path(args.out) if args.out else args.model.resolve().parent / "demo.json"
     written = provenance.write_result(out if out.suffix == ".json" else out / "demo.json", payload, paths.ROOT / SCRIPT)
     print(f"wrote {written}; `python -m benchmarks.demo --record {written}` records it in benchmarks/results",
@@ -97,6 +108,9 @@ def record(run: Path, dest: Path) -> int:
     if missing or rec.get("script") != SCRIPT:
         print(f"error: {run}: not a result of {SCRIPT} (missing {missing or ['script']})", file=sys.stderr)
         return 1
+    if rec.get("sample"):
+        print(f"warning: {run} is a run on a sample of the data ({rec['sample'].get('documents')} documents), "
+              "not the demo's full corpus", file=sys.stderr)
     if str(rec["commit"]).endswith("-dirty"):
         print(f"warning: {run} was measured on uncommitted changes (commit {rec['commit']})", file=sys.stderr)
     dest.parent.mkdir(parents=True, exist_ok=True)
