@@ -187,7 +187,7 @@ def test_pruned_top_k_equals_the_exhaustive_ranking():
     idx.delete([f"d{i}" for i in range(0, 3000, 7)])
     live = {i for i, _ in docs} - {f"d{i}" for i in range(0, 3000, 7)}
     allowed = {f"d{i}" for i in range(1, 3000, 3)}
-    for j in range(40):
+    for _ in range(40):
         query = " ".join(rng.choice(vocab, size=rng.integers(1, 8), p=p))
         full = idx.scores(query)
         for k, within in ((10, live), (3, live), (10, allowed & live)):
