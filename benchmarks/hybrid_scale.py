@@ -196,11 +196,24 @@ def compare_engines(n: int, n_queries: int, work: Path) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = study_parser(__doc__, "hybrid-engines")
+    ap.add_argument("--study", choices=("engines", "latency"), default="engines",
+                    help="engines: FTS5 vs numpy BM25; latency: the three modes through the Engine at --scale")
     ap.add_argument("--scale", type=int, default=1_000_000)
-    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--queries", type=int, default=300, help="timed queries per system (per mode for latency)")
     args = parse(ap, argv)
     if args.quick:
         args.scale, args.queries = 20_000, 100
+    if args.study == "latency":
+        from benchmarks.encoders import base_model_path, ensure_export
+        from hce_serve import defaults
+
+        export = ensure_export("minilm", str(base_model_path()), quantize=True)
+        settings = {"fusion": defaults.FUSION, "alpha": defaults.ALPHA, "depth": defaults.FUSION_DEPTH}
+        res = {"scale": scale_latency(export, args.scale, CACHE / "hybrid" / "minilm" / "scale", args.queries,
+                                      settings), "settings": settings, **stamp()}
+        write_result(args.out, res, __file__, " ".join(sys.argv[1:]) or "(defaults)")
+        print(json.dumps(res["scale"]["latency"], indent=1))
+        return 0
     work = CACHE / "hybrid-engines"
     work.mkdir(parents=True, exist_ok=True)
     res = {"engines": compare_engines(args.scale, args.queries, work), **stamp()}
