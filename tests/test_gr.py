@@ -170,6 +170,8 @@ def test_gr_arm_runs_through_the_quality_study(tiny_beir, tiny_bert, tmp_path):
     assert run["indexing"]["pairs_per_doc"] == 8 and run["config"]["gr"]["beam"] == 32
     assert sorted(run["per_query"]["ndcg@10"]) == dev and sorted(run["per_query"]["recall@100"]) == dev
     assert set(run["beams"]) == {"8", "32", "128"} and run["beams"]["32"]["ndcg@10"] == run["metrics"]["ndcg@10"]
+    assert set(run["temperatures"]) == {"1", "2", "4"} and run["temperatures"]["1"] == run["beams"]["32"]
+    assert run["config"]["gr"]["joint_decoder_lr"] == 1e-4 and run["indexing"]["pairs"] == 64 * 8
     assert [c["epoch"] for c in run["curve"]][0] == 0 and run["curve"][-1]["ndcg@10"] == run["metrics"]["ndcg@10"]
     assert run["tree"]["docs"] == 64 and run["config"]["branching"] == 32  # the tree every arm builds
     assert "hce-vs-gr" in sup["tests"]  # the report pairs it like any other arm
@@ -239,3 +241,18 @@ def test_starting_encoder_embeddings_are_cached_per_texts_and_length(tiny_bert, 
     assert not encode_cached(enc, texts, 8, 8, False, "t", tmp_path)[2]  # another length: another entry
     assert not encode_cached(enc, texts[::-1], 16, 8, False, "t", tmp_path)[2]  # other texts (order included)
     assert len(list(tmp_path.glob("*.npz"))) == 3
+
+
+def test_label_smoothing_mixes_the_target_with_the_mean_of_the_valid_options():
+    codes, dec, ct = _tiny()
+    u, docs = torch.randn(5, 8), torch.arange(5) * 7
+    tab = dec.tables(ct)
+    plain = dec.path_log_probs(u, docs, ct, tab)
+    full = dec.path_log_probs(u, docs, ct, tab, smoothing=1.0)  # the mean log-probability of each step's options
+    x = dec.query_state(u)
+    logits, cand = dec.child_logits(x, torch.zeros(5, dtype=torch.int64), tab, ct)  # the first step, by hand
+    lp = logits.log_softmax(-1)
+    want = torch.stack([lp[i][cand[i] >= 0].mean() for i in range(5)])  # padding (-inf) left out
+    assert torch.allclose(full[:, 0], want, atol=1e-5)
+    half = dec.path_log_probs(u, docs, ct, tab, smoothing=0.5)
+    assert torch.allclose(half, 0.5 * plain + 0.5 * full, atol=1e-5)

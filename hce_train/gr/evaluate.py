@@ -20,8 +20,9 @@ from .train import GenerativeRetriever
 
 def evaluate_gr(model: GenerativeRetriever, data_dir: str | os.PathLike[str], split: str = "test",
                 query_ids: Collection[str] | None = None, k: int = 100, beams: Sequence[int] = (),
-                with_per_query: bool = False) -> dict[str, Any]:
-    """Metrics at the model's beam width (``model.gcfg.beam``) and, under ``beams``, at each other width."""
+                with_per_query: bool = False, temperatures: Sequence[float] = ()) -> dict[str, Any]:
+    """Metrics at the model's beam width and temperature, under ``beams`` at each of those widths and under
+    ``temperatures`` at each of those temperatures (at the model's width)."""
     t0 = time.perf_counter()
     data, _ = load_beir_keeping_empty(data_dir, split)
     if query_ids is not None:
@@ -35,9 +36,9 @@ def evaluate_gr(model: GenerativeRetriever, data_dir: str | os.PathLike[str], sp
     qids = list(data.queries)
     x = model.query_states([data.queries[q] for q in qids])  # encoded once for every beam width
 
-    def scored(beam: int) -> dict[str, dict[str, float]]:
+    def scored(beam: int, temperature: float | None = None) -> dict[str, dict[str, float]]:
         # One extra hit per query: BEIR drops a hit whose id equals the query id before cutting (ArguAna).
-        scores, rows = model.search_states(x, k + 1, beam)
+        scores, rows = model.search_states(x, k + 1, beam, temperature=temperature)
         run = {q: {model.doc_ids[int(r)]: float(s) for r, s in zip(rows[i], scores[i], strict=True) if r >= 0}
                for i, q in enumerate(qids)}
         return per_query(data.qrels, run)
@@ -52,6 +53,13 @@ def evaluate_gr(model: GenerativeRetriever, data_dir: str | os.PathLike[str], sp
         widths[str(beam)] = {name: round(sum(p[name].values()) / len(data.qrels), 5) for name in NAMES.values()}
     if widths:
         out["beams"] = widths
+    temps = {}
+    for t in temperatures:
+        p = per if t == model.gcfg.temperature else scored(model.gcfg.beam, t)
+        temps[f"{t:g}"] = {name: round(sum(p[name].values()) / len(data.qrels), 5) for name in NAMES.values()}
+    if temps:
+        out["temperatures"] = temps
     out.update(queries=len(qids), docs=len(model.doc_ids), split=split, beam=model.gcfg.beam,
+               temperature=model.gcfg.temperature,
                seconds=round(time.perf_counter() - t0, 2))
     return out

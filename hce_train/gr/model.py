@@ -146,22 +146,33 @@ class GRDecoder(nn.Module):
         logits = tab.scale * torch.matmul(weights, z[..., None])[..., 0]  # (..., D)
         return logits.masked_fill(cand < 0, float("-inf")), cand
 
-    def path_log_probs(self, u: torch.Tensor, docs: torch.Tensor, ct: CodeTensors, tab: Tables | None = None
-                       ) -> torch.Tensor:
+    def path_log_probs(self, u: torch.Tensor, docs: torch.Tensor, ct: CodeTensors, tab: Tables | None = None,
+                       smoothing: float = 0.0) -> torch.Tensor:
         """(n, L + 1) teacher-forced log-probabilities of each step of document ``docs[i]``'s path for query
         ``u[i]``: one column per tree level, then the document within its leaf. Their sum is the score the
-        beam search ranks by."""
+        beam search ranks by. ``smoothing`` > 0 gives the label-smoothed training objective instead: each step's
+        (1 - smoothing) x its target's log-probability + smoothing x the mean over that step's valid options."""
         tab = tab or self.tables(ct)
         x = self.query_state(u)  # (n, d)
         path = ct.paths[docs]  # (n, L)
         prefix = torch.zeros_like(docs)  # the root
         cols = []
+
+        def pick(logits: torch.Tensor, cand: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            lp = logits.log_softmax(-1)  # (n, K)
+            own = lp.gather(1, target[:, None])[:, 0]  # (n,)
+            if smoothing <= 0:
+                return own
+            valid = cand >= 0  # (n, K)
+            spread = lp.masked_fill(~valid, 0.0).sum(1) / valid.sum(1)  # (n,) mean log-probability of the options
+            return (1 - smoothing) * own + smoothing * spread
+
         for t in range(path.shape[1]):
-            logits, _ = self.child_logits(x, prefix, tab, ct)  # (n, K)
-            cols.append(logits.log_softmax(-1).gather(1, ct.child_pos[path[:, t]][:, None])[:, 0])
+            logits, cand = self.child_logits(x, prefix, tab, ct)  # (n, K)
+            cols.append(pick(logits, cand, ct.child_pos[path[:, t]]))
             prefix = path[:, t]
-        logits, _ = self.doc_logits(x, prefix, tab, ct)  # (n, D)
-        cols.append(logits.log_softmax(-1).gather(1, ct.doc_pos[docs][:, None])[:, 0])
+        logits, cand = self.doc_logits(x, prefix, tab, ct)  # (n, D)
+        cols.append(pick(logits, cand, ct.doc_pos[docs]))
         return torch.stack(cols, 1)  # (n, L + 1)
 
     # ---- documents added after training -----------------------------------------------------
@@ -171,11 +182,19 @@ class GRDecoder(nn.Module):
         """Append ``n_new`` document embeddings, each the normalised mean of the leaf states its crops reach:
         crop i (embedding ``u[i]``) belongs to new document ``owner[i]`` in [0, n_new), which hangs under leaf
         node ``leaf[i]``. No parameter of the trained model changes."""
-        tab = self.tables(ct)
-        z = self.state(self.query_state(u), leaf, tab)  # (m, d) unit rows
-        sums = torch.zeros(n_new, z.shape[1], device=z.device).index_add_(0, owner, z)  # (n_new, d)
-        self.doc_emb = nn.Parameter(torch.cat([self.doc_emb.data, F.normalize(sums, dim=-1)]))
+        self.doc_emb = nn.Parameter(torch.cat([self.doc_emb.data, self.imprinted(u, leaf, owner, n_new, ct)]))
         self.shape["n_docs"] = int(self.doc_emb.shape[0])
+
+    @torch.no_grad()
+    def imprinted(self, u: torch.Tensor, leaf: torch.Tensor, owner: torch.Tensor, n: int, ct: CodeTensors
+                  ) -> torch.Tensor:
+        """(n, d) unit rows: for each of n documents, the normalised mean of the leaf states its inputs reach
+        (input i, embedding ``u[i]``, belongs to document ``owner[i]`` under leaf node ``leaf[i]``)."""
+        tab = self.tables(ct)
+        z = torch.cat([self.state(self.query_state(u[lo : lo + 4096]), leaf[lo : lo + 4096], tab)
+                       for lo in range(0, u.shape[0], 4096)])  # (m, d) unit rows
+        sums = torch.zeros(n, z.shape[1], device=z.device).index_add_(0, owner, z)  # (n, d)
+        return F.normalize(sums, dim=-1)
 
     # ---- persistence ------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike[str]) -> None:

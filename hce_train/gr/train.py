@@ -22,6 +22,7 @@ Schedule (two phases, because many indexing epochs through MiniLM do not fit a C
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -62,19 +63,44 @@ class GRConfig:
     index_epochs: int = 30  # phase A epochs over the cached indexing pairs
     index_batch: int = 512  # phase A batch (decoder only: large batches are cheap)
     index_max_length: int = 64  # tokens of an indexing input
-    decoder_lr: float = 2e-3  # peak lr of the decoder in both phases (the encoder's is ``encoder_lr``)
+    decoder_lr: float = 2e-3  # peak lr of the decoder in phase A
+    # Peak lr of the decoder in phase B. A fresh Adam at phase A's peak moves every shared weight of the decoder
+    # by about that much a step, whatever its gradient, and undoes what indexing memorised.
+    joint_decoder_lr: float = 1e-4
+    # Label smoothing of every decoding step in training: a decoder trained to certainty puts whole leaves
+    # ahead of each other (a path's score is a sum of log-probabilities), smoothing keeps scores comparable.
+    label_smoothing: float = 0.0
+    # Document embeddings at the start of indexing: ``random`` (DSI's atomic identifiers) or ``imprint`` (each
+    # the normalised mean state its indexing inputs reach under the initial decoder, the rule that adds new
+    # documents; then trained like the random ones).
+    doc_init: str = "random"
+    # Words per indexing crop (min, max); None: the shared pseudo-query span of every arm (span_min..span_max).
+    index_words: tuple[int, int] | None = None
     encoder_lr: float | None = None  # None: the shared budget's lr; 0: the encoder stays frozen in phase B
     joint_index: float = 1.0  # phase B: indexing crops per retrieval example in each step
     scale: float = 20.0  # starting logit scale of the cosine classifiers (learned)
     beam: int = 32  # the beam width of the reported numbers
     eval_beams: tuple[int, ...] = (8, 32, 128)  # widths also measured on the final model (same queries)
+    # Search temperature: every step's logits divided by it (calibration, Guo et al. 2017: a path's score sums
+    # log-probabilities across levels, so an over-confident level decides the order of whole leaves).
+    temperature: float = 1.0
+    eval_temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)  # also measured at ``beam`` (same model and queries)
 
     def __post_init__(self) -> None:
         for name in ("dim", "index_pairs", "index_epochs", "index_batch", "index_max_length", "beam"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"gr: {name} must be >= 1, found {getattr(self, name)}")
-        if not 0 < self.decoder_lr < 1 or (self.encoder_lr is not None and not 0 <= self.encoder_lr < 1):
-            raise ConfigError("gr: decoder_lr must be in (0, 1) and encoder_lr in [0, 1)")
+        if not 0 < self.decoder_lr < 1 or not 0 < self.joint_decoder_lr < 1 or (
+                self.encoder_lr is not None and not 0 <= self.encoder_lr < 1):
+            raise ConfigError("gr: decoder_lr and joint_decoder_lr must be in (0, 1), encoder_lr in [0, 1)")
+        if self.index_words is not None and not 1 <= self.index_words[0] <= self.index_words[1]:
+            raise ConfigError(f"gr: index_words must be (min, max) with 1 <= min <= max, found {self.index_words}")
+        if self.doc_init not in ("random", "imprint"):
+            raise ConfigError(f"gr: doc_init must be random or imprint, found {self.doc_init!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"gr: label_smoothing must be in [0, 1), found {self.label_smoothing}")
+        if self.temperature <= 0 or any(t <= 0 for t in self.eval_temperatures):
+            raise ConfigError("gr: search temperatures must be > 0")
         if self.joint_index < 0 or self.scale <= 0 or any(b < 1 for b in self.eval_beams):
             raise ConfigError("gr: joint_index must be >= 0, scale > 0 and every eval beam >= 1")
 
@@ -119,7 +145,8 @@ class GenerativeRetriever:
             raise FormatError(f"{d}: not a generative-retrieval model folder (no {GR_CONFIG})")
         cfg = TrainConfig(**load_config_file(d / "train_config.json"))
         raw = json.loads((d / GR_CONFIG).read_text(encoding="utf-8"))
-        gcfg = GRConfig(**{**raw, "eval_beams": tuple(raw.get("eval_beams", ()))})
+        gcfg = GRConfig(**{**raw, **{k: tuple(raw[k]) for k in ("eval_beams", "eval_temperatures", "index_words")
+                                     if raw.get(k) is not None}})
         encoder = HCEEncoder._from_pretrained(str(d / "encoder"), resolve_base_model(cfg.base_model)[0], device)
         tree = Tree.load(d)
         return cls(encoder, GRDecoder.load(d, device), TreeCodes(tree), tree.doc_ids, cfg, gcfg)
@@ -138,10 +165,14 @@ class GenerativeRetriever:
         return self.decoder.query_state(u.to(self.encoder.device))
 
     @torch.no_grad()
-    def search_states(self, x: torch.Tensor, k: int, beam: int | None = None, chunk: int = 32
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores (n, k), document rows (n, k), -1 padded) for query states ``x`` (n, d)."""
+    def search_states(self, x: torch.Tensor, k: int, beam: int | None = None, chunk: int = 32,
+                      temperature: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (n, k), document rows (n, k), -1 padded) for query states ``x`` (n, d); ``beam`` and
+        ``temperature`` default to the model's."""
         tab, beam = self.tables(), beam or self.gcfg.beam
+        temp = self.gcfg.temperature if temperature is None else temperature
+        if temp != 1.0:
+            tab = dataclasses.replace(tab, scale=tab.scale / temp)
         parts = [beam_search(self.decoder, x[lo : lo + chunk], tab, self.ct, beam, k) for lo in range(0, len(x), chunk)]
         return (torch.cat([p[0] for p in parts]).cpu().numpy(), torch.cat([p[1] for p in parts]).cpu().numpy())
 
@@ -166,7 +197,8 @@ class GenerativeRetriever:
         leaves = self.codes.tree.assign(assigner.encode(list(texts), self.cfg.doc_max_length, progress=False))
         rows = self.codes.add(leaves.astype(np.int64))
         self.ct = CodeTensors.of(self.codes, self.encoder.device)
-        crops, owner = indexing_inputs(list(texts), self.gcfg.index_pairs, self.cfg, salt=len(self.doc_ids))
+        crops, owner = indexing_inputs(list(texts), self.gcfg.index_pairs, self.cfg, salt=len(self.doc_ids),
+                                       words=self.gcfg.index_words)
         u = torch.from_numpy(np.concatenate([self.encoder.encode(list(texts), self.cfg.doc_max_length, progress=False),
                                              self.encoder.encode(crops, self.gcfg.index_max_length, progress=False)]))
         dev = self.encoder.device
@@ -180,16 +212,18 @@ class GenerativeRetriever:
                 "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def indexing_inputs(texts: list[str], pairs: int, cfg: TrainConfig, salt: int = 0) -> tuple[list[str], np.ndarray]:
-    """(crops, owner row of each): ``pairs - 1`` crops of each of ``texts`` (the shared crop recipe:
-    span_min..span_max words, word deletion with ``pseudo_queries`` crop), seeded. The document itself is
-    each document's first indexing input; these are the others."""
+def indexing_inputs(texts: list[str], pairs: int, cfg: TrainConfig, salt: int = 0,
+                    words: tuple[int, int] | None = None) -> tuple[list[str], np.ndarray]:
+    """(crops, owner row of each): ``pairs - 1`` crops of each of ``texts`` (``words`` (min, max) words each,
+    default the shared span_min..span_max; word deletion with ``pseudo_queries`` crop), seeded. The document
+    itself is each document's first indexing input; these are the others."""
     corpus = Corpus([str(i) for i in range(len(texts))], texts)
     drop = cfg.crop_drop if cfg.pseudo_queries == "crop" else 0.0
+    lo, hi = words or (cfg.span_min_words, cfg.span_max_words)
     out: list[str] = []
     for j in range(1, pairs):
         rng = np.random.default_rng([cfg.seed, 33, salt, j])
-        out += pseudo_query_examples(corpus, rng, cfg.span_min_words, cfg.span_max_words, drop).queries
+        out += pseudo_query_examples(corpus, rng, lo, hi, drop).queries
     return out, np.tile(np.arange(len(texts), dtype=np.int64), pairs - 1)
 
 
@@ -276,12 +310,15 @@ def _phase_a(model: GenerativeRetriever, corpus: Corpus, doc_emb: np.ndarray, pr
     """Phase A: the decoder alone on the starting encoder's embeddings of the indexing pairs: ``doc_emb`` (the
     documents themselves, the tree's encode) and the crops, encoded here."""
     cfg, gcfg, dec, ct = model.cfg, model.gcfg, model.decoder, model.ct
-    crops, crop_owner = indexing_inputs(corpus.texts, gcfg.index_pairs, cfg)
+    crops, crop_owner = indexing_inputs(corpus.texts, gcfg.index_pairs, cfg, words=gcfg.index_words)
     emb, encode_s, cached = encode_cached(model.encoder, crops, gcfg.index_max_length, cfg.encode_batch_size,
                                           progress, "encode indexing crops", cache_dir)
     t0 = time.perf_counter()
     u = torch.from_numpy(np.concatenate([doc_emb, emb])).to(model.encoder.device)  # (pairs, D)
     docs = torch.from_numpy(np.concatenate([np.arange(len(corpus)), crop_owner])).to(u.device)  # (pairs,)
+    if gcfg.doc_init == "imprint":
+        dec.eval()
+        dec.doc_emb.data.copy_(dec.imprinted(u, ct.paths[docs, -1], docs, len(corpus), ct))
     n_pairs = int(u.shape[0])
     per_epoch = math.ceil(n_pairs / gcfg.index_batch)
     total = per_epoch * gcfg.index_epochs
@@ -297,7 +334,7 @@ def _phase_a(model: GenerativeRetriever, corpus: Corpus, doc_emb: np.ndarray, pr
         if pos == 0:  # each epoch its own seeded order of the pairs
             perm = torch.from_numpy(np.random.default_rng([cfg.seed, epoch, 34]).permutation(n_pairs)).to(u.device)
         rows = perm[pos * gcfg.index_batch : (pos + 1) * gcfg.index_batch]
-        lp = dec.path_log_probs(u[rows], docs[rows], ct)  # (b, L + 1)
+        lp = dec.path_log_probs(u[rows], docs[rows], ct, smoothing=gcfg.label_smoothing)  # (b, L + 1)
         loss = -lp.sum(1).mean()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, gcfg.decoder_lr, cfg.warmup_ratio)
@@ -327,7 +364,7 @@ def _phase_b(model: GenerativeRetriever, corpus: Corpus, sup: Examples | None, p
         total = min(total, cfg.max_steps)
     enc_lr = float(cfg.lr or 5e-5) if gcfg.encoder_lr is None else gcfg.encoder_lr
     train_enc = enc_lr > 0
-    groups = [{"params": list(dec.parameters()), "peak": gcfg.decoder_lr}]
+    groups = [{"params": list(dec.parameters()), "peak": gcfg.joint_decoder_lr}]
     if train_enc:
         groups.append({"params": list(enc.model.parameters()), "peak": enc_lr})
     opt = torch.optim.AdamW([{"params": g["params"]} for g in groups], lr=gcfg.decoder_lr,
@@ -346,13 +383,14 @@ def _phase_b(model: GenerativeRetriever, corpus: Corpus, sup: Examples | None, p
         idx_docs = rng.integers(0, len(corpus), size=n_idx)
         drop = cfg.crop_drop if cfg.pseudo_queries == "crop" else 0.0
         crops = pseudo_query_examples(Corpus([""] * n_idx, [corpus.texts[i] for i in idx_docs]), rng,
-                                      cfg.span_min_words, cfg.span_max_words, drop).queries if n_idx else []
+                                      *(gcfg.index_words or (cfg.span_min_words, cfg.span_max_words)), drop
+                                      ).queries if n_idx else []
         torch.manual_seed(cfg.seed * 100_003 + step)  # dropout draws
         with torch.set_grad_enabled(train_enc):
             q = enc.embed([exs.queries[i] for i in rows], cfg.query_max_length)  # (b, D)
             c = enc.embed(crops, gcfg.index_max_length) if n_idx else q[:0]  # (n_idx, D)
         targets = torch.from_numpy(np.concatenate([exs.doc_rows[rows], idx_docs]).astype(np.int64)).to(q.device)
-        lp = dec.path_log_probs(torch.cat([q, c]), targets, ct)  # (b + n_idx, L + 1)
+        lp = dec.path_log_probs(torch.cat([q, c]), targets, ct, smoothing=gcfg.label_smoothing)  # (b + n_idx, L + 1)
         ret, idx = -lp[: len(rows)].sum(1).mean(), (-lp[len(rows) :].sum(1).mean() if n_idx else lp.new_zeros(()))
         loss = ret + idx
         if not torch.isfinite(loss):
