@@ -59,24 +59,39 @@ def fuse(dense: Sequence[tuple[str, float]], lexical: Sequence[tuple[str, float]
     """The ``k`` best of the union of both lists (each best first), fused by ``method`` (``FUSIONS``)."""
     if method not in FUSIONS:
         raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, found {method!r}")
-    sides: dict[str, list[SideHit | None]] = {}
-    for s, hits in enumerate((dense, lexical)):
-        for r, (doc, score) in enumerate(hits):
-            sides.setdefault(doc, [None, None])[s] = SideHit(r + 1, float(score))
-    weights = (alpha, 1.0 - alpha)
-    fused: dict[str, float] = dict.fromkeys(sides, 0.0)
-    for s, hits in enumerate((dense, lexical)):
-        if not hits or weights[s] == 0:
+    ids: list[str] = []
+    slot: dict[str, int] = {}  # id -> its position in ids (the union, dense first)
+    where = []
+    for hits in (dense, lexical):
+        pos = np.empty(len(hits), np.int64)
+        for r, (doc, _) in enumerate(hits):
+            at = slot.get(doc)
+            if at is None:
+                at = slot[doc] = len(ids)
+                ids.append(doc)
+            pos[r] = at
+        where.append(pos)
+    n = len(ids)
+    fused = np.zeros(n, np.float64)
+    rank = np.zeros((2, n), np.int64)  # 1-based rank on each side, 0: not retrieved there
+    score = np.zeros((2, n), np.float64)
+    for s, (hits, weight) in enumerate(zip((dense, lexical), (alpha, 1.0 - alpha), strict=True)):
+        if not hits:
+            continue
+        scores = np.fromiter((h[1] for h in hits), np.float64, len(hits))
+        rank[s, where[s]] = np.arange(1, len(hits) + 1)
+        score[s, where[s]] = scores
+        if weight == 0:
             continue
         if method == "rrf":
-            part = weights[s] / (rrf_c + np.arange(1, len(hits) + 1, dtype=np.float64))
+            fused[where[s]] += weight / (rrf_c + np.arange(1, len(hits) + 1, dtype=np.float64))
         else:
-            part = weights[s] * normalise(np.array([h[1] for h in hits], np.float64), method)
-        for (doc, _), p in zip(hits, part.tolist(), strict=True):
-            fused[doc] += p
-    best_rank = {d: min(h.rank for h in v if h is not None) for d, v in sides.items()}
-    order = sorted(fused, key=lambda d: (-fused[d], best_rank[d], d))[:k]
-    return [Fused(d, fused[d], sides[d][0], sides[d][1]) for d in order]
+            fused[where[s]] += weight * normalise(scores, method)
+    best = np.where(rank == 0, np.iinfo(np.int64).max, rank).min(axis=0)
+    top = np.lexsort((best, -fused))[: k + 8]  # a few spare: ties on score and rank fall back to the id
+    order = sorted(top.tolist(), key=lambda j: (-fused[j], best[j], ids[j]))[:k]
+    side = lambda s, j: SideHit(int(rank[s, j]), float(score[s, j])) if rank[s, j] else None  # noqa: E731
+    return [Fused(ids[j], float(fused[j]), side(0, j), side(1, j)) for j in order]
 
 
 __all__ = ["FUSIONS", "RRF_C", "Fused", "SideHit", "fuse", "normalise"]

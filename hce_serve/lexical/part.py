@@ -67,13 +67,13 @@ def search_part(lex: LexicalIndex, index: Any, texts: Sequence[str], k: int, all
                 subtree: Subtree | None) -> list[list[tuple[str, float]]]:
     """BM25's top-``k`` (id, score) per query text among the ids live in the folder's vector ``index`` (and
     allowed, and under ``subtree``'s leaves): the same filter and subtree rules as a dense search."""
-    leaves = frozenset(subtree.leaves.tolist()) if subtree is not None else None
+    if subtree is None:
+        # Live in the vector index too: a write changes the lexical side first on delete and last on add, so
+        # only a search racing a write can meet an id the index has dropped; checking the k kept is enough.
+        return [[(i, s) for i, s in lex.search(t, k, allow_ids) if i in index] for t in texts]
+    leaves = frozenset(subtree.leaves.tolist())
 
     def accept(ids: list[str]) -> list[bool]:
-        # Live in the vector index too: a write changes the lexical side first on delete, last on add, so
-        # this only matters for a search racing a write, and keeps the two sides' answers the same set.
-        if leaves is None:
-            return [i in index for i in ids]
         return [_leaf(i) in leaves for i in ids]
 
     def _leaf(i: str) -> int | None:
