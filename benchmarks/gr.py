@@ -7,6 +7,7 @@ quality.py cannot:
     python -m benchmarks.gr incremental [--resume]   # documents added after training: gr vs hce (index add)
     python -m benchmarks.gr latency --model DIR       # beam search vs the dense index, 1 thread, interleaved
     python -m benchmarks.gr table --from quality-cpu-final   # gr vs hce, mined, flat, zero-shot: paired tests
+    python -m benchmarks.gr quality --dev gr-dev -- --arms gr-dev-choice ...  # quality.py with the dev's choice
 
 Results: benchmarks/results/gr-incremental.json, gr-latency.json, gr-table.json (each rewritten after every
 finished unit; ``--resume`` keeps the finished ones).
@@ -62,6 +63,47 @@ def train_config(data_dir: Path, mode: str, seed: int, budget: dict[str, Any], q
                           **shared, **RECIPE, **held}).resolved()
 
 
+DEV_CHOICE = "gr-dev-choice"  # the arm the dev split chose, registered at run time by ``register_dev_choice``
+
+
+def dev_choice(dev_file: Path) -> dict[str, Any]:
+    """The gr recipe and search temperature with the best seed-mean nDCG@10 (R@100 breaks ties) among the gr
+    arms of a dev-split quality file, with every candidate's numbers and the zero-shot anchor beside it: the
+    choice issue 33's final runs use, made on the dev split only."""
+    if not dev_file.is_file():
+        raise StudyError(f"{dev_file}: no such results file (run the gr arms on the dev split first)")
+    sup = json.loads(dev_file.read_text())["supervised"]
+    if not sup.get("dev") or sup.get("eval_split", "dev") != "dev":
+        raise StudyError(f"{dev_file}: not a dev-split quality file")
+    cands: dict[str, dict[str, Any]] = {}
+    for arm, block in sup.get("arms", {}).items():
+        runs = block.get("runs", [])
+        if arm not in GR_ARMS or arm == DEV_CHOICE or not runs:
+            continue
+        for t in sorted(set.intersection(*(set(r.get("temperatures") or {}) for r in runs)), key=float):
+            cands[f"{arm}@T{t}"] = {"arm": arm, "temperature": float(t), "seeds": len(runs), **{
+                m: round(sum(r["temperatures"][t][m] for r in runs) / len(runs), 5) for m in ("ndcg@10", "recall@100")}}
+    if not cands:
+        raise StudyError(f"{dev_file}: no gr arm has dev-split runs yet")
+    best = max(cands.values(), key=lambda c: (c["ndcg@10"], c["recall@100"]))
+    zero = sup["zero_shot"]["metrics"]["ndcg@10"]
+    return {"source": dev_file.name, "arm": best["arm"], "temperature": best["temperature"],
+            "dev": {k: best[k] for k in ("ndcg@10", "recall@100", "seeds")}, "zero_shot_dev_ndcg@10": zero,
+            "at_least_zero_shot": best["ndcg@10"] >= zero, "candidates": cands,
+            "recipe": {**GR_ARMS[best["arm"]][1]["gr"], "temperature": best["temperature"]}}
+
+
+def register_dev_choice(dev_file: Path) -> dict[str, Any]:
+    """Make ``gr-dev-choice`` an arm (here and in benchmarks.quality) with the dev split's choice."""
+    import benchmarks.quality as quality
+
+    choice = dev_choice(dev_file)
+    GR_ARMS[DEV_CHOICE] = quality.ARMS[DEV_CHOICE] = ("gr", {"gr": choice["recipe"], "dev_choice": choice})
+    log.info("%s: %s at temperature %g (dev nDCG@10 %.4f; zero-shot %.4f)", DEV_CHOICE, choice["arm"],
+             choice["temperature"], choice["dev"]["ndcg@10"], choice["zero_shot_dev_ndcg@10"])
+    return choice
+
+
 def gr_config(arm: str) -> Any:
     from hce_train.gr.train import GRConfig
 
@@ -112,7 +154,8 @@ def quality_run(arm: str, seed: int, data_dir: Path, mode: str, budget: dict[str
     curve.append({"epoch": summary["phase_b"]["epochs"], "ndcg@10": m["ndcg@10"]})
     if args.keep_models:
         model.save(Path(cfg.out))
-    config = {**cfg.to_json(), "negatives": "gr", "gr": gcfg.to_json(), "gr_uses": list(GR_USES)}
+    config = {**cfg.to_json(), "negatives": "gr", "gr": gcfg.to_json(), "gr_uses": list(GR_USES),
+              **({"dev_choice": GR_ARMS[arm][1]["dev_choice"]} if "dev_choice" in GR_ARMS[arm][1] else {})}
     return {"seed": seed, "metrics": {k: m[k] for k in METRICS}, "per_query": m["per_query"], "beams": m.get("beams"),
             "temperatures": m.get("temperatures"),
             "curve": curve, "steps": summary["phase_b"]["steps"], "indexing": summary["phase_a"],
@@ -176,7 +219,8 @@ def incremental(args: argparse.Namespace) -> None:
     setting = {"data": str(src), "withhold": args.withhold, "seed": args.seed, "docs": len(seen) + len(new),
                "seen_docs": len(seen), "new_docs": len(new), "test_queries": {g: len(v) for g, v in groups.items()},
                "profile": args.profile, "budget": budget, "gr_arm": args.arm, "max_steps": args.max_steps}
-    res: dict[str, Any] = {"benchmark": "gr-incremental", **setting, "systems": {}}
+    res: dict[str, Any] = {"benchmark": "gr-incremental", **setting, "systems": {},
+                           **({"gr_dev_choice": args.dev_choice} if getattr(args, "dev_choice", None) else {})}
     if args.out.exists() and args.resume:
         old = json.loads(args.out.read_text())
         if {k: old.get(k) for k in setting} != setting:
@@ -416,7 +460,8 @@ def main(argv: list[str] | None = None) -> None:
     inc.add_argument("--withhold", type=float, default=0.2)
     inc.add_argument("--seed", type=int, default=0)
     inc.add_argument("--profile", default="cpu", choices=("cpu", "gpu"))
-    inc.add_argument("--arm", default="gr", choices=sorted(GR_ARMS), help="the gr recipe [gr]")
+    inc.add_argument("--arm", default="gr", choices=sorted([*GR_ARMS, DEV_CHOICE]), help="the gr recipe [gr]")
+    inc.add_argument("--dev", default="gr-dev", help=f"with --arm {DEV_CHOICE}: the dev-split file that chooses")
     inc.add_argument("--systems", default="zero-shot,gr-80-then-add,hce-80-then-add",
                      help="of zero-shot, gr-80-then-add, hce-80-then-add, gr-all-docs, hce-all-docs")
     inc.add_argument("--base-model", default=None)
@@ -436,6 +481,9 @@ def main(argv: list[str] | None = None) -> None:
                      help="EXPORT_DIR the dense index is built with [the zero-shot MiniLM's export]")
     lat.add_argument("--work", default="runs/bench/gr-latency")
     lat.add_argument("--out", default="gr-latency")
+    qual = sub.add_parser("quality", help=f"benchmarks.quality with the arm {DEV_CHOICE} (the dev split's choice)")
+    qual.add_argument("--dev", default="gr-dev", help="the dev-split quality file that chooses [gr-dev]")
+    qual.add_argument("quality_args", nargs=argparse.REMAINDER, help="-- then benchmarks.quality's arguments")
     tab = sub.add_parser("table", help="gr vs hce, mined, flat and the anchors: paired tests")
     tab.add_argument("--from", dest="sources", action="append", required=True, help="a quality results file")
     tab.add_argument("--arm", default="gr")
@@ -443,7 +491,8 @@ def main(argv: list[str] | None = None) -> None:
     tab.add_argument("--out", default="gr-table")
     tab.add_argument("--markdown", action="store_true", help="also print the tables for the results page")
     args = ap.parse_args(argv)
-    args.out = result_path(args.out)
+    if hasattr(args, "out"):  # the quality command passes --out on to benchmarks.quality
+        args.out = result_path(args.out)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # as harness.cli.parse sets up every study
     if args.cmd == "incremental" and not 0 < args.withhold < 1:
@@ -451,6 +500,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.cmd == "latency" and not args.model.is_dir():
         ap.error(f"--model {args.model}: no such folder")
     try:
+        if args.cmd == "quality":
+            choice = register_dev_choice(result_path(args.dev))
+            rest = args.quality_args[1:] if args.quality_args[:1] == ["--"] else args.quality_args
+            note = (f"{DEV_CHOICE} = {choice['arm']} at search temperature {choice['temperature']:g}, chosen on "
+                    f"{choice['source']} (dev nDCG@10 {choice['dev']['ndcg@10']}, zero-shot "
+                    f"{choice['zero_shot_dev_ndcg@10']})")
+            from benchmarks import quality
+
+            quality.main([*rest, "--note", note])
+            return
+        if args.cmd == "incremental" and args.arm == DEV_CHOICE:
+            args.dev_choice = register_dev_choice(result_path(args.dev))
         {"incremental": incremental, "latency": latency, "table": table}[args.cmd](args)
     except StudyError as e:
         print(f"gr: {e}", file=sys.stderr)

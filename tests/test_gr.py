@@ -228,6 +228,24 @@ def test_gr_study_commands_run_on_tiny_inputs(tiny_beir, tiny_bert, tiny_export,
     with pytest.raises(SystemExit):
         gr.main(["table", "--from", str(tmp_path / "missing.json"), "--out", str(table)])
 
+    # The final runs take the dev split's choice: the gr arm and search temperature with the best dev nDCG@10.
+    choice = gr.dev_choice(q)
+    runs = json.loads(q.read_text())["supervised"]["arms"]["gr"]["runs"]
+    best = max(t["ndcg@10"] for t in runs[0]["temperatures"].values())
+    assert choice["arm"] == "gr" and choice["dev"]["ndcg@10"] == best
+    assert set(choice["candidates"]) == {"gr@T1", "gr@T2", "gr@T4"}
+    final = tmp_path / "final.json"
+    gr.main(["quality", "--dev", str(q), "--", "--data-root", str(tiny_beir.parent), "--supervised", "tiny",
+             "--base-model", str(tiny_bert), "--max-steps", "2", "--batch-size", "8", "--arms", gr.DEV_CHOICE,
+             "--unsupervised", "none", "--seeds", "0", "--dev-queries", "6", "--eval-split", "test", "--out",
+             str(final), "--work", str(tmp_path / "work"), "--no-progress"])
+    res = json.loads(final.read_text())
+    (run,) = res["supervised"]["arms"][gr.DEV_CHOICE]["runs"]
+    assert run["config"]["gr"]["temperature"] == choice["temperature"] and run["config"]["dev_choice"]["arm"] == "gr"
+    assert "dev" in run and gr.DEV_CHOICE in res["notes"][0]["note"]
+    with pytest.raises(SystemExit):  # a file that is no dev-split file cannot choose
+        gr.main(["quality", "--dev", str(final), "--", "--arms", gr.DEV_CHOICE])
+
 
 def test_starting_encoder_embeddings_are_cached_per_texts_and_length(tiny_bert, tmp_path):
     from hce_train.gr.train import encode_cached
