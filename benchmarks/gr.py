@@ -519,4 +519,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as the imported module, not as __main__: benchmarks.quality imports benchmarks.gr, and the arm that
+    # ``quality --dev`` registers must be in the one GR_ARMS that quality_run reads.
+    from benchmarks.gr import main as _main
+
+    _main()

@@ -235,10 +235,18 @@ def test_gr_study_commands_run_on_tiny_inputs(tiny_beir, tiny_bert, tiny_export,
     assert choice["arm"] == "gr" and choice["dev"]["ndcg@10"] == best
     assert set(choice["candidates"]) == {"gr@T1", "gr@T2", "gr@T4"}
     final = tmp_path / "final.json"
-    gr.main(["quality", "--dev", str(q), "--", "--data-root", str(tiny_beir.parent), "--supervised", "tiny",
-             "--base-model", str(tiny_bert), "--max-steps", "2", "--batch-size", "8", "--arms", gr.DEV_CHOICE,
-             "--unsupervised", "none", "--seeds", "0", "--dev-queries", "6", "--eval-split", "test", "--out",
-             str(final), "--work", str(tmp_path / "work"), "--no-progress"])
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # As the queue runs it (python -m: the arm must reach the benchmarks.gr that benchmarks.quality imports).
+    r = subprocess.run([sys.executable, "-m", "benchmarks.gr", "quality", "--dev", str(q), "--", "--data-root",
+                        str(tiny_beir.parent), "--supervised", "tiny", "--base-model", str(tiny_bert), "--max-steps",
+                        "2", "--batch-size", "8", "--arms", gr.DEV_CHOICE, "--unsupervised", "none", "--seeds", "0",
+                        "--dev-queries", "6", "--eval-split", "test", "--out", str(final), "--work",
+                        str(tmp_path / "work"), "--no-progress"], cwd=Path(__file__).resolve().parents[1],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(final.read_text())
     (run,) = res["supervised"]["arms"][gr.DEV_CHOICE]["runs"]
     assert run["config"]["gr"]["temperature"] == choice["temperature"] and run["config"]["dev_choice"]["arm"] == "gr"
