@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 log = logging.getLogger("gr")
 
 # The generative retriever's knobs, pinned per arm (GRConfig's fields); every TrainConfig knob it shares with
-# the other arms (tree settings, crops, warmup, weight decay, clipping) comes from quality.RECIPE and the budget.
+# the other arms (tree settings, crops, warmup, weight decay, clipping) comes from quality_spec.RECIPE and the budget.
 GR_RECIPE: dict[str, Any] = {"dim": 384, "index_pairs": 8, "index_epochs": 30, "index_batch": 512,
                              "index_max_length": 64, "decoder_lr": 2e-3, "joint_decoder_lr": 1e-4,
                              "encoder_lr": None, "joint_index": 1.0, "label_smoothing": 0.0, "doc_init": "random",
@@ -50,7 +51,7 @@ GR_USES = ("data", "split", "mode", "seed", "epochs", "max_steps", "batch_size",
 def train_config(data_dir: Path, mode: str, seed: int, budget: dict[str, Any], qlen: int, device: str,
                  max_steps: int | None, holdout: tuple[str, ...] = (), out: str = "") -> Any:
     """The shared TrainConfig of a gr run: the quality study's pinned recipe and budget, as every arm gets."""
-    from benchmarks.quality import RECIPE
+    from benchmarks.quality_spec import RECIPE
     from hce_train.config import TrainConfig
 
     epochs = budget["epochs"] if mode == "supervised" else budget["unsup_epochs"]
@@ -93,12 +94,16 @@ def dev_choice(dev_file: Path) -> dict[str, Any]:
             "recipe": {**GR_ARMS[best["arm"]][1]["gr"], "temperature": best["temperature"]}}
 
 
-def register_dev_choice(dev_file: Path) -> dict[str, Any]:
-    """Make ``gr-dev-choice`` an arm (here and in benchmarks.quality) with the dev split's choice."""
-    import benchmarks.quality as quality
+def dev_choice_note(choice: dict[str, Any]) -> str:
+    """The line a study's results file keeps about the registered dev-split choice."""
+    return (f"{DEV_CHOICE} = {choice['arm']} at search temperature {choice['temperature']:g}, chosen on "
+            f"{choice['source']} (dev nDCG@10 {choice['dev']['ndcg@10']}, zero-shot {choice['zero_shot_dev_ndcg@10']})")
 
+
+def register_dev_choice(dev_file: Path) -> dict[str, Any]:
+    """Make ``gr-dev-choice`` an arm with the dev split's choice (benchmarks.quality's ARMS sees GR_ARMS)."""
     choice = dev_choice(dev_file)
-    GR_ARMS[DEV_CHOICE] = quality.ARMS[DEV_CHOICE] = ("gr", {"gr": choice["recipe"], "dev_choice": choice})
+    GR_ARMS[DEV_CHOICE] = ("gr", {"gr": choice["recipe"], "dev_choice": choice})
     log.info("%s: %s at temperature %g (dev nDCG@10 %.4f; zero-shot %.4f)", DEV_CHOICE, choice["arm"],
              choice["temperature"], choice["dev"]["ndcg@10"], choice["zero_shot_dev_ndcg@10"])
     return choice
@@ -118,7 +123,7 @@ def quality_run(arm: str, seed: int, data_dir: Path, mode: str, budget: dict[str
                 qlen: int, proto: Any) -> dict[str, Any]:
     """One (arm, seed) run of a gr arm for benchmarks.quality: the same record as its other arms (metrics,
     per-query scores, learning curve, steps, seconds, config), plus the beam widths and both phases."""
-    from benchmarks.quality import METRICS, machine_facts
+    from benchmarks.quality_spec import METRICS, machine_facts
     from hce_train.gr.evaluate import evaluate_gr
     from hce_train.gr.train import fit_gr
 
@@ -169,7 +174,7 @@ def quality_run(arm: str, seed: int, data_dir: Path, mode: str, budget: dict[str
 # ---- documents added after training ----------------------------------------------------------------------
 def hce_config(data_dir: Path, seed: int, budget: dict[str, Any], device: str, max_steps: int | None, out: Path) -> Any:
     """The quality study's ``hce`` arm (its pinned recipe and the profile's budget) on ``data_dir``."""
-    from benchmarks.quality import ARMS
+    from benchmarks.quality_spec import ARMS
     from hce_train.config import TrainConfig
 
     negatives, overrides = ARMS["hce"]
@@ -194,7 +199,7 @@ def incremental(args: argparse.Namespace) -> None:
         split_corpus,
         write_folder,
     )
-    from benchmarks.quality import PROFILES, machine_facts
+    from benchmarks.quality_spec import PROFILES, machine_facts
     from hce_serve.formats.beir import load_corpus, load_qrels, load_queries
     from hce_train.loop import pick_device
 
@@ -501,14 +506,13 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--model {args.model}: no such folder")
     try:
         if args.cmd == "quality":
-            choice = register_dev_choice(result_path(args.dev))
+            dev_choice(result_path(args.dev))  # a missing or empty dev file fails here, before the study starts
             rest = args.quality_args[1:] if args.quality_args[:1] == ["--"] else args.quality_args
-            note = (f"{DEV_CHOICE} = {choice['arm']} at search temperature {choice['temperature']:g}, chosen on "
-                    f"{choice['source']} (dev nDCG@10 {choice['dev']['ndcg@10']}, zero-shot "
-                    f"{choice['zero_shot_dev_ndcg@10']})")
-            from benchmarks import quality
-
-            quality.main([*rest, "--note", note])
+            # the study runs as its own process (benchmarks.quality imports this module, not the reverse); it
+            # registers the arm itself from --gr-dev
+            rc = subprocess.call([sys.executable, "-m", "benchmarks.quality", *rest, "--gr-dev", str(args.dev)])
+            if rc:
+                sys.exit(rc)
             return
         if args.cmd == "incremental" and args.arm == DEV_CHOICE:
             args.dev_choice = register_dev_choice(result_path(args.dev))
