@@ -24,8 +24,10 @@ Per query graph (full; shallow, the distilled L=2 graph, when the export has one
 encoder alone on both cores with nothing else running (two threads with a 1-thread session each, and one
 2-thread session; batches of 8 and 32; the best is the ceiling); then each level (1, 8, 32 requests in
 flight) runs every system in rounds, in an order rotated each round, and reports the median round's QPS, p50
-and p99. Ratios and the targets are read at 8 in flight; the 1-in-flight target compares p50 with the
-previous path's.
+and p99, with each round's server and client CPU per request (and, for a one-process hce server, the requests
+per encoder batch, from its ``/stats``). Two seconds separate two systems' turns, so that the previous one's
+threads have settled; the peer gets a quarter of the requests under load, where it is 10-50x slower. Ratios and
+the targets are read at 8 in flight; the 1-in-flight target compares p50 with the previous path's.
 
 Where the time goes (``profile``): py-spy samples the ``hce`` server under 8 requests in flight after the timed
 levels, and the samples are sorted into stages by the deepest frame that names one (``STAGES``).
@@ -74,6 +76,12 @@ HCE_FLAGS = {"hce": [], "hce_workers2": ["--workers", "2"], "hce_nobatch": ["--m
              "hce_batch1": ["--batch-threads", "1"]}
 DISTILL = ["--layers", "2", "--epochs", "1"]  # the graph's cost depends on L, not on the training length
 WORK = paths.CACHE / "http"
+def _line_of(module: str, text: str) -> int:
+    """The line of hce_serve/http/``module`` holding ``text`` (py-spy's frames carry line numbers)."""
+    src = (paths.ROOT / "hce_serve" / "http" / module).read_text().splitlines()
+    return next((i for i, line in enumerate(src, 1) if text in line), 0)
+
+
 # Stages of a request for the profile: a sample goes to the first stage, from the innermost frame outwards,
 # whose pattern is in a frame ("function (file:line)" as py-spy writes it).
 STAGES = (
@@ -84,14 +92,18 @@ STAGES = (
     ("engine and search modes", ("hce_serve/engine.py", "hce_serve/lexical/", "hce_serve/folder/store.py",
                                  "hce_serve/checks.py")),
     ("answer rendering (orjson)", ("hce_serve/http/wire.py",)),
+    # the innermost frame of a thread waiting for work: a batch thread on its queue, a thread-pool thread idle
+    ("threads waiting for work", (f"hce_serve/http/batcher.py:{_line_of('batcher.py', 'self._queue.get()')})",
+                                  "_worker (", "Condition.wait", "Queue.get", "Event.wait")),
     ("batcher and thread hand-offs", ("hce_serve/http/batcher.py", "_chain_future", "Future.set_result",
                                       "ThreadPoolExecutor.submit", "run_in_executor")),
-    # the innermost frame of a thread waiting for work: an executor worker or thread-pool thread with nothing to do
-    ("threads waiting for work", ("_worker (", "Condition.wait", "Queue.get", "Event.wait")),
     ("HTTP: fast lane, FastAPI, uvicorn", ("hce_serve/http/", "fastapi/", "starlette/", "uvicorn/protocols",
                                            "uvicorn/middleware", "pydantic")),
-    ("event loop (uvloop: I/O, scheduling)", ("runners.py", "uvicorn/")),
+    # uvloop's loop is C under one Python frame: socket I/O and HTTP parsing, but also its epoll waits and the
+    # time the loop thread waits for the GIL, which py-spy cannot tell apart
+    ("event loop (uvloop: I/O, parsing, its waits)", ("runners.py", "uvicorn/")),
 )
+COOL_DOWN = 2.0  # seconds between two systems' turns
 TARGETS = {"qps_over_previous": 2.0, "qps_over_ceiling": 0.70, "p99_ms": 25.0, "qps_over_peer": 1.5,
            "p50_over_previous_at_1": 1.05}
 
@@ -242,7 +254,41 @@ def ceiling(export: Path, graph: str, queries: list[str], seconds: float) -> dic
             "seconds_each": seconds, "query_graph": one[0].query_graph}
 
 
-def load(server: Server, bodies: list[dict], level: int, n: int) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and of its descendants (a --workers server's processes), from /proc."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # gone, or no /proc (not Linux): the column is left out
+            continue
+    return total
+
+
+def batch_stats(server: Server) -> dict[str, Any] | None:
+    """The batcher's counters from ``/stats`` (hce's servers; None for the others)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", "/stats")
+        r = conn.getresponse()
+        return json.loads(r.read()).get("batching") if r.status == 200 else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        conn.close()
+
+
+def load(server: Server, bodies: list[dict], level: int, n: int, batches: bool = False) -> dict[str, Any]:
+    """One round: QPS, latency percentiles, errors, the CPU per request of the server and of this client, and
+    with ``batches`` (a one-process hce server) the requests per encoder batch."""
+    before = batch_stats(server) if batches else None
+    cpu0, me0 = cpu_seconds(server.proc.pid), time.process_time()
     if level == 1:
         lat = asyncio.run(sequential(server.port, bodies, n))
         qps, errors = n / sum(lat), 0
@@ -250,7 +296,13 @@ def load(server: Server, bodies: list[dict], level: int, n: int) -> dict[str, An
         r = asyncio.run(run_load(server.port, bodies, level, n))
         lat, qps = r["latencies"], r["qps"]
         errors = sum(v for code, v in r["status"].items() if code != 200) + r["bad_bodies"]
-    return {"qps": round(qps, 1), "errors": errors, **timing.percentiles(lat)}
+    cpu = {"server_cpu_ms_per_request": round((cpu_seconds(server.proc.pid) - cpu0) / n * 1e3, 3),
+           "client_cpu_ms_per_request": round((time.process_time() - me0) / n * 1e3, 3)}
+    after = batch_stats(server) if batches else None
+    if before and after and after["batches"] > before["batches"]:
+        batches = after["batches"] - before["batches"]
+        cpu["requests_per_batch"] = round((after["requests"] - before["requests"]) / batches, 2)
+    return {"qps": round(qps, 1), "errors": errors, **timing.percentiles(lat), **cpu}
 
 
 def run_level(graph: str, level: int, systems: list[str], s: Setup, bodies: list[dict], n: int,
@@ -261,8 +313,11 @@ def run_level(graph: str, level: int, systems: list[str], s: Setup, bodies: list
         order = systems[r % len(systems):] + systems[: r % len(systems)]
         for name in order:
             server = s.servers[name]
+            time.sleep(COOL_DOWN)  # the previous system's threads settle (the peer's onnxruntime threads spin)
             asyncio.run(sequential(server.port, bodies, 30))  # warm-up: this system's caches and threads
-            per[name].append(load(server, bodies, level, n))
+            # the peer answers 10-50x slower under load: a quarter of the requests still gives hundreds of samples
+            per[name].append(load(server, bodies, level, n if name != "peer" or level == 1 else n // 4,
+                                  batches=name in HCE_FLAGS and name != "hce_workers2"))
             log.info("%s c=%d %s round %d: %s", graph, level, name, r, per[name][-1])
     out = {}
     for name, runs in per.items():

@@ -31,16 +31,17 @@ def test_ratios_and_targets():
 
 def test_profile_stages_take_the_innermost_frame(tmp_path, monkeypatch):
     """A sample belongs to the stage of its innermost frame that names one: onnxruntime under the batcher is the
-    encoder's, an executor thread with nothing to run is waiting."""
+    encoder's; an executor thread with nothing to run, or a batch thread on its queue, is waiting."""
     raw = tmp_path / "raw.txt"
     ort = "Session.run (onnxruntime/capi/onnxruntime_inference_collection.py:266)"
     batch = "SearchBatcher._work (hce_serve/http/batcher.py:180)"
     worker = "_worker (concurrent/futures/thread.py:81)"
+    waiting = f"SearchBatcher._serve (hce_serve/http/batcher.py:{http._line_of('batcher.py', 'self._queue.get()')})"
     raw.write_text(f"{worker};{batch};Engine.run_searches (hce_serve/engine.py:230);{ort} 6\n"
                    f"{worker};{batch};hits (hce_serve/http/wire.py:40) 1\n"
-                   f"{worker} 2\n"
+                   f"{worker} 1\n{waiting} 1\n"
                    "<module> (hce-serve:8);Runner.run (asyncio/runners.py:118) 1\n")
     shares = http.summarize_profile(raw)
     assert shares["encoder: onnxruntime"] == 0.6 and shares["answer rendering (orjson)"] == 0.1
-    assert shares["threads waiting for work"] == 0.2 and shares["event loop (uvloop: I/O, scheduling)"] == 0.1
+    assert shares["threads waiting for work"] == 0.2 and shares["event loop (uvloop: I/O, parsing, its waits)"] == 0.1
     assert sum(shares.values()) == pytest.approx(1.0)
