@@ -75,7 +75,6 @@ SYSTEMS = ("hce", "hce_workers2", "hce_nobatch", "hce_batch1", "previous", "peer
 HCE_FLAGS = {"hce": [], "hce_workers2": ["--workers", "2"], "hce_nobatch": ["--max-batch-wait", "0"],
              "hce_batch1": ["--batch-threads", "1"]}
 DISTILL = ["--layers", "2", "--epochs", "1"]  # the graph's cost depends on L, not on the training length
-WORK = paths.CACHE / "http"
 def _line_of(module: str, text: str) -> int:
     """The line of hce_serve/http/``module`` holding ``text`` (py-spy's frames carry line numbers)."""
     src = (paths.ROOT / "hce_serve" / "http" / module).read_text().splitlines()
@@ -109,17 +108,23 @@ TARGETS = {"qps_over_previous": 2.0, "qps_over_ceiling": 0.70, "p99_ms": 25.0, "
 
 
 # ---- what is served ---------------------------------------------------------------------------------------
-def shallow_export(data_dir: Path, build: bool) -> Path | None:
-    """The base model with a distilled L=2 query graph, exported (cached); None when absent and not ``build``."""
-    model, export = WORK / "minilm-q2", paths.CACHE / "exports" / "minilm-q2"
+def work_dir() -> Path:
+    """This study's cache: the distilled pair, the previous commit's tree, the temporary index, the profiles."""
+    return paths.CACHE / "http"
+
+
+def shallow_export(data_dir: Path, base: Path, name: str, build: bool) -> Path | None:
+    """The base model with a distilled L=2 query graph, exported as ``name`` (cached); None when absent and not
+    ``build``."""
+    model, export = work_dir() / name, paths.CACHE / "exports" / name
     stamp = export / ".http-bench"
-    recipe = json.dumps({"distill": DISTILL, "data": str(data_dir.resolve()), "source": str(base_model_path())})
+    recipe = json.dumps({"distill": DISTILL, "data": str(data_dir.resolve()), "source": str(base.resolve())})
     if stamp.is_file() and stamp.read_text().strip() == recipe:
         return export
     if not build:
         return None
     log.info("distilling the shallow query encoder (%s) and exporting it to %s", " ".join(DISTILL), export)
-    subprocess.run([*cli.tool_argv("hce-train"), "distill-query", "--model", str(base_model_path()), *DISTILL,
+    subprocess.run([*cli.tool_argv("hce-train"), "distill-query", "--model", str(base), *DISTILL,
                     "--data", str(data_dir), "--out", str(model), "--overwrite", "--no-progress"], check=True)
     subprocess.run([*cli.tool_argv("hce-export"), "onnx", "--model", str(model), "--out", str(export),
                     "--quantize", "--overwrite"], check=True)
@@ -129,7 +134,7 @@ def shallow_export(data_dir: Path, build: bool) -> Path | None:
 
 def previous_tree(commit: str) -> Path:
     """``hce_serve`` as it was at ``commit`` (git archive), for the previous serving path's server."""
-    out = WORK / f"previous-{commit}"
+    out = work_dir() / f"previous-{commit}"
     if not (out / "hce_serve" / "__init__.py").is_file():
         out.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(["git", "-C", str(paths.ROOT), "archive", commit, "hce_serve"], check=True,
@@ -155,11 +160,12 @@ IndexStore.create(folder, index, export, overwrite=True, documents=[docs[i] for 
 """
 
 
-def build_index(previous: Path, npz: Path, corpus: Path, export: Path, folder: Path) -> None:
+def build_index(previous: Path | None, npz: Path, corpus: Path, export: Path, folder: Path) -> None:
     """The index folder, written by the previous commit's code: both servers read it (the new code reads
-    older folders; the old code need not read newer ones). Dense only, HNSW ef 100."""
+    older folders; the old code need not read newer ones); by this checkout's without one. Dense only, ef 100."""
+    code = previous or paths.ROOT
     subprocess.run([sys.executable, "-c", BUILD_INDEX, str(npz), str(corpus), str(export), str(folder)],
-                   cwd=previous, env={**os.environ, "PYTHONPATH": str(previous)}, check=True)
+                   cwd=code, env={**os.environ, "PYTHONPATH": str(code)}, check=True)
 
 
 # ---- servers ----------------------------------------------------------------------------------------------
@@ -222,7 +228,8 @@ def ceiling(export: Path, graph: str, queries: list[str], seconds: float) -> dic
     from hce_serve.encoder import Encoder
 
     def rate(encoders: list[Any], batch: int) -> float:
-        batches = [queries[i : i + batch] for i in range(0, len(queries) - batch + 1, batch)]
+        n = max(len(queries), batch)  # the queries in turn (again from the start when there are fewer than a batch)
+        batches = [[queries[(i + j) % len(queries)] for j in range(batch)] for i in range(0, n - batch + 1, batch)]
         for e in encoders:
             e.encode_queries(batches[0])  # warm-up
         done = [0] * len(encoders)
@@ -437,6 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ceiling-seconds", type=float, default=None, help="per arrangement [8; 2 with --quick]")
     ap.add_argument("--previous", default=PREVIOUS, help=f"commit of the previous serving path [{PREVIOUS}]")
     ap.add_argument("--no-distill", action="store_true", help="never distil a shallow graph (full only if absent)")
+    ap.add_argument("--export", type=Path, default=None,
+                    help="EXPORT_DIR to serve, as it is: both graphs if it has a shallow one [the base model with "
+                         "a distilled L=2 query graph]")
+    ap.add_argument("--base-model", type=Path, default=None,
+                    help="the model the peer serves and the distillation starts from [all-MiniLM-L6-v2]")
     ap.add_argument("--profile-seconds", type=float, default=None, help="py-spy on the hce server [20; 5 quick; 0 off]")
     ap.add_argument("--resume", action="store_true", help="keep the levels the results file holds")
     args = cli.parse(ap, argv)
@@ -460,12 +472,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     queries = [data.queries[i] for i in qids]
     bodies = [{"query": t, "k": K} for t in queries]
 
+    base = args.base_model or base_model_path()
     try:
-        shallow = shallow_export(args.data, build=not (q or args.no_distill))
+        name = "minilm-q2" if args.base_model is None else f"{base.name}-q2"
+        shallow = None if args.export else shallow_export(args.data, base, name, build=not (q or args.no_distill))
     except subprocess.CalledProcessError as e:  # the full graph is still worth measuring; the file says why
         log.error("the shallow query graph could not be made (%s): measuring the full graph only", e)
         shallow = None
-    export = shallow or ensure_export("minilm", base_model_path())
+    export = args.export or shallow or ensure_export("minilm", base)
     wanted = [g for g in args.graphs.split(",") if g]
     graphs = [g for g in wanted if g == "full"
               or Encoder(export, variant="int8", query_encoder="auto").query_encoder == g]
@@ -485,27 +499,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "isa_note": _isa_note()})
     result.setdefault("graphs", {})
 
-    WORK.mkdir(parents=True, exist_ok=True)
+    work_dir().mkdir(parents=True, exist_ok=True)
     enc = Encoder(export, variant="int8", threads=2, query_encoder="full")
     _, dvec, _ = encode(enc, queries, [d.full_text for d in corpus], cache_key=f"{args.data.name}-http-{len(corpus)}")
     del enc
-    with tempfile.TemporaryDirectory(prefix="hce-http-", dir=WORK) as tmp:
+    with tempfile.TemporaryDirectory(prefix="hce-http-", dir=work_dir()) as tmp:
         work = Path(tmp)
         npz = work / "docs.npz"
         np.savez(npz, ids=np.array([d.id for d in corpus]), d=dvec)
-        previous = previous_tree(args.previous)
+        previous = None
+        if "previous" in systems:
+            try:
+                previous = previous_tree(args.previous)
+            except subprocess.CalledProcessError as e:  # a clone without that commit: the others still run
+                log.warning("previous left out: git cannot archive %s (%s)", args.previous,
+                            " ".join((e.stderr or b"").decode(errors="replace").split())[:200])
+                systems = [x for x in systems if x != "previous"]
         build_index(previous, npz, args.data / "corpus.jsonl", export, work / "index")
-        peer_model, peer_file = _peer(systems)
+        peer_model, peer_file = _peer(systems, base)
         s = Setup(work / "index", previous, peer_model, peer_file, npz, args.data / "corpus.jsonl", graphs)
         if peer_model is None:
             systems = [x for x in systems if x != "peer"]
+        result["systems"] = systems  # those that run here (a peer or a previous commit that is not there is left out)
         for graph in graphs:
             g = result["graphs"].setdefault(graph, {"levels": {}})
             todo = [lv for lv in levels if str(lv) not in g["levels"]]
             if not todo and "fidelity" in g and "profile" in g:
                 continue
             if "ceiling" not in g:
-                g["ceiling"] = ceiling(export, graph, queries, args.ceiling_seconds or (2.0 if q else 8.0))
+                secs = args.ceiling_seconds if args.ceiling_seconds is not None else (2.0 if q else 8.0)
+                g["ceiling"] = ceiling(export, graph, queries, secs)
                 _write(out, result)
             if "fidelity" not in g:
                 g["fidelity"] = fidelity(s.index, graph, data, qids if not q else qids[:80], 1 if q else 3)
@@ -520,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     _write(out, result)
                 secs = args.profile_seconds if args.profile_seconds is not None else (5.0 if q else 20.0)
                 if "hce" in s.servers and secs > 0 and "profile" not in g:
-                    g["profile"] = profile(s.servers["hce"], bodies, secs, WORK / f"profile-{graph}.txt")
+                    g["profile"] = profile(s.servers["hce"], bodies, secs, work_dir() / f"profile-{graph}.txt")
                     log.info("profile %s: %s", graph, g["profile"])
                     _write(out, result)
             finally:
@@ -532,14 +555,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _peer(systems: list[str]) -> tuple[Path | None, str]:
+def _peer(systems: list[str], base: Path) -> tuple[Path | None, str]:
     if "peer" not in systems:
         return None, ""
     if peers.versions()["sentence-transformers"] is None:
         log.warning("peer left out: sentence-transformers is not installed")
         return None, ""
     config = peers.int8_config()
-    return peers.prepare(base_model_path(), config), peers.int8_file(config)
+    return peers.prepare(base, config), peers.int8_file(config)
 
 
 def _isa_note() -> str:

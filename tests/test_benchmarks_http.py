@@ -45,3 +45,39 @@ def test_profile_stages_take_the_innermost_frame(tmp_path, monkeypatch):
     assert shares["encoder: onnxruntime"] == 0.6 and shares["answer rendering (orjson)"] == 0.1
     assert shares["threads waiting for work"] == 0.2 and shares["event loop (uvloop: I/O, parsing, its waits)"] == 0.1
     assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_http_quick(tiny_beir, tiny_export, tiny_bert, tmp_path, monkeypatch):
+    """The study end to end on tiny inputs: hce, the previous commit and the peer served both query graphs without an
+    error, with the ceiling, the ratios, the CPU columns and the int8 fidelity beside them (one level and three
+    systems keep it short: the other systems are the same server with other flags)."""
+    import importlib.util
+
+    from benchmarks.harness import paths
+
+    from helpers import read_result, with_stand_in_query_graph
+
+    monkeypatch.setattr(paths, "CACHE", tmp_path / "cache")  # exports, embeddings and the study's work dir
+    export = with_stand_in_query_graph(tiny_export, tmp_path / "export")
+    out = tmp_path / "http.json"
+    assert http.main(["--quick", "--data", str(tiny_beir), "--export", str(export), "--base-model", str(tiny_bert),
+                      "--systems", "hce,previous,peer", "--levels", "8", "--requests", "6,24,24",
+                      "--ceiling-seconds", "0.2", "--profile-seconds", "0", "--out", str(out)]) == 0
+    result = read_result(out, "benchmarks/http.py")
+    expected = {"hce", "previous"}
+    if importlib.util.find_spec("sentence_transformers"):
+        expected.add("peer")
+    assert expected - {"previous"} <= set(result["systems"]) <= expected  # previous: where git has the commit
+    assert set(result["graphs"]) == {"full", "shallow"}
+    for g in result["graphs"].values():
+        assert g["ceiling"]["best"] > 0 and set(g["levels"]) == {"8"}
+        for level in g["levels"].values():
+            assert set(level) == set(result["systems"])
+            for row in level.values():
+                assert row["errors_total"] == 0 and row["qps"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
+                assert row["server_cpu_ms_per_request"] >= 0 and row["client_cpu_ms_per_request"] > 0
+        assert g["levels"]["8"]["hce"]["requests_per_batch"] >= 1  # read from the server's /stats
+        assert "qps_over_ceiling" in g["ratios"]["hce"] and set(g["ratios"]["hce"]["targets_met"])
+        f = g["fidelity"]
+        assert 0 <= f["alone"]["ndcg@10"] <= 1 and 0 <= f["batched_seed0"]["top10_overlap"] <= 1
+    assert list((tmp_path / "cache" / "http").glob("hce-http-*")) == []  # the temporary index is gone
