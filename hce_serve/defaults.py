@@ -53,6 +53,9 @@ FUSION = "dbsf"  # lexical.fusion.FUSIONS: rrf | minmax | dbsf; best mean dev ga
 ALPHA = 0.5  # the dense side's weight in the fused score
 FUSION_DEPTH = 100  # hits each side retrieves before fusion (at least k)
 MAX_FUSION_DEPTH = 10_000
+COMPILED_TOPK_MIN_POSTINGS = 50_000  # a query's postings from which BM25 top-k runs compiled (numba, when
+# installed): below it numpy's MaxScore answers as fast, and a short-lived process never loads the kernel
+LEXICAL_THREADS = 4  # threads a process gives hybrid's lexical side, which runs beside the dense side
 LEXICAL_LANGUAGE = "english"  # a Snowball stemmer name, or "none"
 LEXICAL_STOPWORDS = "english"  # english | none | a file of words
 QUERY_CACHE = 4096  # query embeddings kept (LRU; 0 = off): ~7 MiB at 384-d, the head of a query log; a hit

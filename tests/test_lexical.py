@@ -195,3 +195,67 @@ def test_pruned_top_k_equals_the_exhaustive_ranking():
             got = idx.search(query, k, allow_ids=allowed if within is not live else None)
             assert [s for _, s in got] == pytest.approx(ref, rel=1e-5), (query, k)
             assert all(s == pytest.approx(float(full[idx.row_of[i]]), rel=1e-5) and i in within for i, s in got)
+
+
+def _both_paths(idx, query, k, allow_ids=None):
+    """The compiled kernel's answer and numpy's, for the same query."""
+    from hce_serve.lexical import topk
+
+    got = idx.search(query, k, allow_ids=allow_ids)
+    saved = topk._kernel
+    topk._kernel = None  # as without numba
+    try:
+        ref = idx.search(query, k, allow_ids=allow_ids)
+    finally:
+        topk._kernel = saved
+    return got, ref
+
+
+def test_the_compiled_kernel_gives_numpys_top_k_bit_for_bit(monkeypatch):
+    """Same ids, same float32 scores, same tie order (the earlier row first) across windows, blocks, a delta,
+    deleted rows and a filter: a small vocabulary and short documents make many ties and long postings."""
+    pytest.importorskip("numba")
+    from hce_serve import defaults
+    from hce_serve.lexical import topk
+
+    assert topk.compiled()
+    monkeypatch.setattr(defaults, "COMPILED_TOPK_MIN_POSTINGS", 0)  # every query through the kernel
+    calls = []
+    from hce_serve.lexical._maxscore import maxscore
+
+    monkeypatch.setattr(topk, "_kernel", lambda *a: calls.append(1) or maxscore(*a))
+    rng = np.random.default_rng(11)
+    vocab = np.array([f"w{j}" for j in range(60)])
+    p = 1.0 / np.arange(1, 61) ** 0.8
+    p /= p.sum()
+    docs = [(f"d{i}", " ".join(rng.choice(vocab, size=rng.integers(1, 6), p=p))) for i in range(14_000)]
+    idx = LexicalIndex.build(docs[:12_000])  # three windows of rows, postings lists of many blocks
+    idx.add(docs[12_000:])
+    idx.delete([f"d{i}" for i in range(0, 14_000, 5)])
+    allowed = {f"d{i}" for i in range(2, 14_000, 3)}
+    ties = 0
+    for _ in range(60):
+        query = " ".join(rng.choice(vocab, size=rng.integers(1, 7), p=p))
+        for k, allow in ((1, None), (10, None), (100, None), (10, allowed), (20_000, None)):
+            got, ref = _both_paths(idx, query, k, allow)
+            assert got == ref, (query, k)
+            ties += sum(a[1] == b[1] for a, b in zip(got, got[1:], strict=False))
+    assert ties > 100 and len(calls) == 60 * 5  # the tie rule was exercised; every query ran the kernel
+
+
+def test_without_numba_the_numpy_path_answers(monkeypatch):
+    from hce_serve.lexical import topk
+
+    monkeypatch.setattr(topk, "_kernel", None)
+    idx = LexicalIndex.build(DOCS)
+    assert {i for i, _ in idx.search("banana", 5)} == {"d1", "d2"}
+    with pytest.raises(RuntimeError, match="numba"):
+        topk.top_k(3, np.zeros(3, bool), idx.postings, [], 1)
+
+
+def test_warming_the_kernel_compiles_it_once():
+    pytest.importorskip("numba")
+    from hce_serve.lexical import topk
+
+    assert topk.compiled(warm=True) and topk.compiled(warm=True)
+    assert topk._kernel.signatures  # compiled (or loaded from numba's cache), not only imported

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,11 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import defaults
 from ..errors import ConfigError
 from ..rwlock import RWLock
+from . import topk
 from .analyzer import Analyzer
 from .segment import FILES, Segment, SegmentBuilder, read_segment, write_segment
-from .topk import Term, evaluate
+from .topk import Postings, Term
 
 K1, B = 1.5, 0.75  # bm25s' defaults: the BM25 reference the hybrid study (benchmarks/hybrid.py) compares with
 
@@ -76,11 +79,8 @@ class LexicalIndex:
         self.dead = np.array([not i for i in ids], bool)
         self.total_len = float(self.lengths[: self.n_rows].sum())
         self.avgdl = self.total_len / self.n_rows if self.n_rows else 1.0
-        self.tfn = self._tf_part(tf, self.lengths[rows]) if len(rows) else np.zeros(0, np.float32)
-        self.max_tfn = np.zeros(len(vocab), np.float32)  # per term: its bound for MaxScore pruning (topk.py)
-        nonempty = np.diff(offsets) > 0
-        if nonempty.any():
-            self.max_tfn[nonempty] = np.maximum.reduceat(self.tfn, offsets[:-1][nonempty])
+        tfn = self._tf_part(tf, self.lengths[rows]) if len(rows) else np.zeros(0, np.float32)
+        self.postings = Postings.of(offsets, rows, tfn)  # with the bounds top-k pruning reads
         self.delta: dict[str, tuple[list[int], list[int]]] = {}  # term -> (rows, tf) of rows added since
         self.delta_df: Counter[str] = Counter()
 
@@ -178,7 +178,7 @@ class LexicalIndex:
             j = self.vocab.get(term)
             if j is not None:
                 lo, hi = self.offsets[j], self.offsets[j + 1]
-                scores[self.rows[lo:hi]] += w * self.tfn[lo:hi]
+                scores[self.rows[lo:hi]] += w * self.postings.tfn[lo:hi]
             if (d := self.delta.get(term)) is not None:
                 rows = np.asarray(d[0], np.int64)
                 scores[rows] += w * self._tf_part(np.asarray(d[1]), self.lengths[rows])
@@ -201,8 +201,12 @@ class LexicalIndex:
                 excluded = np.ones(n, bool)
                 excluded[np.fromiter((r for i in allow_ids if (r := self.row_of.get(i)) is not None), np.int64)] = False
                 excluded |= self.dead[:n]
+            postings = self.postings
+            if accept is None and _postings(terms) >= defaults.COMPILED_TOPK_MIN_POSTINGS and topk.compiled():
+                rows, top = topk.top_k(n, excluded, postings, terms, k)
+                return [(self.ids[r], float(s)) for r, s in zip(rows.tolist(), top.tolist(), strict=True)]
             # a predicate (a subtree) may reject any candidate: no pruning, every matching row is a candidate
-            cand, scores = evaluate(n, excluded, terms, k if accept is None else n + 1)
+            cand, scores = topk.evaluate(n, excluded, postings, terms, k if accept is None else n + 1)
             return self._top(cand[scores[cand] > 0], scores, k, accept)
 
     def _terms(self, q: Mapping[str, int]) -> list[Term]:
@@ -210,18 +214,16 @@ class LexicalIndex:
         out = []
         for term, qtf in q.items():
             w = self.idf(term) * qtf
-            segments, most = [], 0.0
-            if (j := self.vocab.get(term)) is not None:
-                lo, hi = self.offsets[j], self.offsets[j + 1]
-                segments.append((self.rows[lo:hi], self.tfn[lo:hi]))
-                most = float(self.max_tfn[j])
+            j, span, delta, most = self.vocab.get(term, -1), (0, 0), None, 0.0
+            if j >= 0:
+                span = (int(self.offsets[j]), int(self.offsets[j + 1]))
+                most = float(self.postings.most[j])
             if (d := self.delta.get(term)) is not None:
                 rows = np.asarray(d[0], np.int64)
-                tfn = self._tf_part(np.asarray(d[1]), self.lengths[rows])
-                segments.append((rows, tfn))
-                most = max(most, float(tfn.max()))
-            if segments:  # the bound errs high by float32's rounding of w * tfn, so pruning stays exact
-                out.append(Term(tuple(segments), w, w * most * (1 + 1e-5) + 1e-7))
+                delta = (rows, self._tf_part(np.asarray(d[1]), self.lengths[rows]))
+                most = max(most, float(delta[1].max()))
+            if span[1] > span[0] or delta is not None:  # the bound errs high by float32's rounding of w * tfn
+                out.append(Term(j, span, delta, w, topk.bound(w, most)))
         return out
 
     def _top(self, cand: np.ndarray, scores: np.ndarray, k: int, accept: Accept | None) -> list[LexHit]:
@@ -229,9 +231,12 @@ class LexicalIndex:
         out: list[LexHit] = []
         take = k if accept is None else 4 * k
         while len(cand) and len(out) < k:
-            if len(cand) > take:
-                part = np.argpartition(-scores[cand], take - 1)
-                head, cand = cand[part[:take]], cand[part[take:]]
+            if len(cand) > take:  # the take best, ties at the cut going to the earlier rows (cand ascends)
+                s = scores[cand]
+                cut = np.partition(s, len(s) - take)[len(s) - take]
+                pick = s > cut
+                pick[np.flatnonzero(s == cut)[: take - int(pick.sum())]] = True
+                head, cand = cand[pick], cand[~pick]
             else:
                 head, cand = cand, cand[:0]
             head = head[np.lexsort((head, -scores[head]))]
@@ -291,8 +296,13 @@ class LexicalIndex:
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], analyzer: Analyzer, params: BM25Params) -> LexicalIndex:
-        """Read the files ``save`` wrote (checked against each other)."""
-        return cls.from_segment(read_segment(Path(folder)), analyzer, params)
+        """Read the files ``save`` wrote (checked against each other). For an index whose queries will run the
+        compiled top-k, the kernel is loaded (or compiled, once per install) on a background thread now, so the
+        first query does not wait for it."""
+        index = cls.from_segment(read_segment(Path(folder)), analyzer, params)
+        if len(index.rows) >= defaults.COMPILED_TOPK_MIN_POSTINGS:
+            threading.Thread(target=topk.compiled, args=(True,), name="hce-bm25-warm-up", daemon=True).start()
+        return index
 
     @classmethod
     def from_segment(cls, seg: Segment, analyzer: Analyzer | None = None,
@@ -304,6 +314,10 @@ class LexicalIndex:
         if len(index.row_of) < len(seg.ids):
             index.merge()
         return index
+
+
+def _postings(terms: list[Term]) -> int:
+    return sum(t.span[1] - t.span[0] + (len(t.delta[0]) if t.delta is not None else 0) for t in terms)
 
 
 __all__ = ["FILES", "BM25Params", "LexHit", "LexicalIndex"]

@@ -8,7 +8,10 @@ by ``index build``) and then from ``defaults``, and checks every value once, for
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -98,9 +101,16 @@ def run(store: Backend, vectors: Callable[[Sequence[str]], Any], texts: Sequence
         return [[(d, sc, doc, _one_side("lexical", r, sc) if s.explain else None) for r, (d, sc, doc) in enumerate(row)]
                 for row in rows]
     depth = max(s.depth, k)
-    # lexical first: a backend without a lexical side refuses before the queries are encoded
-    lexical = store.search_lexical(texts, depth, filter=flt, subtree=scope, fields=())
-    dense = store.search(vectors(texts), depth, ef=ef, filter=flt, subtree=scope, fields=(), num_threads=num_threads)
+    # The lexical side runs on another thread while the queries are encoded and the vectors searched (the BM25
+    # kernel and onnxruntime release the GIL): with a second core, hybrid takes the slower side's time, not the sum.
+    pending = _pool().submit(store.search_lexical, texts, depth, filter=flt, subtree=scope, fields=())
+    try:
+        dense = store.search(vectors(texts), depth, ef=ef, filter=flt, subtree=scope, fields=(),
+                             num_threads=num_threads)
+    except BaseException:
+        wait([pending])  # never leave a search running on a store the caller may close next
+        raise
+    lexical = pending.result()  # a backend without a lexical side raises its DataError here
     fused = [fuse([(d, sc) for d, sc, _ in dr], [(d, sc) for d, sc, _ in lr], s.fusion, s.alpha, k)
              for dr, lr in zip(dense, lexical, strict=True)]
     docs = store.get({f.id for row in fused for f in row}) if fields and store.stores_documents else None
@@ -111,6 +121,28 @@ def run(store: Backend, vectors: Callable[[Sequence[str]], Any], texts: Sequence
         else:  # a hit whose document is gone was deleted after the search answered: it is not returned
             out.append([(f.id, f.score, docs[f.id], f.explain() if s.explain else None) for f in row if f.id in docs])
     return out
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool() -> None:  # a forked child has none of its parent's threads
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's threads for hybrid's lexical side (made on first use, so a forked worker makes its own)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(defaults.LEXICAL_THREADS, thread_name_prefix="hce-lexical")
+        return _POOL
 
 
 def _one_side(side: str, rank: int, score: float) -> dict[str, Any]:
