@@ -111,6 +111,9 @@ class Backend(Protocol):
     def stats(self) -> dict[str, Any]:
         """Counts and parameters, without filesystem paths (HTTP clients see them)."""
 
+    def field_values(self, keys: int, values: int) -> dict[str, Any]:
+        """The metadata keys and values a filter can use, with counts, bounded (``hce_serve/facets.py``)."""
+
     def save(self, force: bool = False) -> bool:
         """Make what was written durable in the backend's own form; False when there was nothing to do."""
 

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import defaults, searches
+from . import defaults, facets, searches
 from .batching import chunks, progress_bar
 from .checks import check_ef, check_fields, check_filter, check_k, check_query
 from .documents import AddResult, DeleteResult, Document, Hit
@@ -246,6 +246,13 @@ class Engine:
     def ids(self) -> list[str]:
         """Every live document id."""
         return self.store.ids()
+
+    def field_values(self, keys: int = facets.KEYS, values: int = facets.VALUES) -> dict[str, Any]:
+        """The metadata keys a filter can use with some of their values and counts, bounded (``facets.py``)."""
+        for name, v, hi in (("keys", keys, facets.MAX_KEYS), ("values", values, facets.MAX_VALUES)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+                raise DataError(f"{name} must be an integer between 1 and {hi}, found {v!r}")
+        return self.store.field_values(keys, values)
 
     def stats(self) -> dict[str, Any]:
         """Counts, parameters and the encoder in use; no filesystem paths (HTTP clients see this)."""

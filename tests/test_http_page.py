@@ -21,8 +21,9 @@ pytest.importorskip("hnswlib")
 from fastapi.testclient import TestClient  # noqa: E402
 from page_fixtures import XSS_ID, page_corpus, page_documents, page_index  # noqa: E402,F401 - shared fixtures
 
+from hce_serve import facets  # noqa: E402
 from hce_serve.engine import Engine  # noqa: E402
-from hce_serve.http import create_app, facets  # noqa: E402
+from hce_serve.http import create_app  # noqa: E402
 from hce_serve.http.page import CSP, TYPES, load_assets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,3 +180,15 @@ def test_the_wheel_ships_the_page(tmp_path):
     where, assets = found.stdout.splitlines()
     assert where.startswith(str(target)) and assets == str(sorted(TYPES))
     assert sorted(load_assets()) == sorted(TYPES)
+
+
+def test_field_values_from_python_are_the_backends_and_bounded(page_index):
+    """``Engine.field_values`` is what /facets serves (each backend answers it), with the same bounds."""
+    from hce_serve.errors import DataError
+
+    with Engine.open(page_index) as eng:
+        got = eng.field_values(keys=1, values=1)
+        assert len(got["fields"]) == 1 and len(got["fields"][0]["values"]) == 1 and got["more"] is True
+        for bad in ({"keys": 0}, {"values": facets.MAX_VALUES + 1}, {"keys": True}, {"values": "5"}):
+            with pytest.raises(DataError):
+                eng.field_values(**bad)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import defaults
+from .. import defaults, facets
 from ..backend import Batch, StoredHit
 from ..checks import check_documents
 from ..documents import AddResult, DeleteResult, Document
@@ -34,6 +34,7 @@ from ..index.index import Index
 from ..lexical import modes
 from ..lexical.bm25 import LexicalIndex
 from ..lexical.part import NO_LEXICAL, search_part
+from . import facets as folder_facets
 from .recovery import OpenedFolder, clean, open_folder
 from .snapshot import ENCODER_DIR, create_folder, write_snapshot
 from .wal import MutationLog, Record, wal_name
@@ -240,6 +241,12 @@ class IndexStore:
             raise DataError("this index stores no documents (built with --no-store): filters need their metadata")
         return self.docs.match(flt)
 
+    def field_values(self, keys: int, values: int) -> dict[str, Any]:
+        """The metadata keys and values a filter can use, from the documents' filter table."""
+        if self.docs is None or getattr(self.docs, "path", None) is None:
+            return facets.none()
+        return folder_facets.field_values(Path(self.docs.path), keys, values)
+
     def stats(self) -> dict[str, Any]:
         """Counts and parameters (no filesystem paths: this goes to HTTP clients)."""
         return {**self.index.stats(), "generation": self.manifest.generation, "pending_log_records": self.pending,
@@ -250,8 +257,10 @@ class IndexStore:
     def build_lexical(self, analyzer: Any = None, params: Any = None,
                       batch: int = defaults.BATCH_SIZE) -> dict[str, Any]:
         """Give a dense-only folder its lexical part, from its stored documents, as a new generation."""
+        from ..lexical.analyzer import Analyzer
         from ..lexical.segment import SegmentBuilder
 
+        analyzer = analyzer or Analyzer()
         with self._mutex:
             self._require_writable()
             if self.docs is None:

@@ -5,7 +5,7 @@
 - ``GET /`` and ``GET /static/{name}``: the page (index.html, app.js, style.css, icon.svg), each with a
   Content-Security-Policy that allows scripts, styles and requests only from this origin and no inline script,
   so text that reaches the page from the index cannot run even if a rendering bug let it into the DOM;
-- ``GET /facets``: the metadata keys and values a client can filter on (``facets.field_values``), bounded;
+- ``GET /facets``: the metadata keys and values a client can filter on (``Engine.field_values``), bounded;
 - ``GET /search/options``: the modes this index can serve, its default search settings and ``max_k``.
 
 The page reads only: it sends ``GET`` requests and ``POST /search``, and holds no token (the server never puts
@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from .. import defaults
+from .. import defaults, facets
 from ..errors import HCEError
 from ..lexical.fusion import FUSIONS
-from . import facets
 from .limits import Limits
 
 STATIC = "static"
@@ -89,7 +88,7 @@ def add_page(app: Any, engine: Any, limits: Limits) -> None:
                    ) -> dict[str, Any]:
         """Metadata keys and values to filter on, with document counts (capped at ``count_cap``): from the
         folder's filter index, or from a sample of a Milvus collection's documents (``sampled``)."""
-        return {**facets.field_values(engine.store, keys, values), "count_cap": facets.COUNT_CAP}
+        return {**engine.field_values(keys, values), "count_cap": facets.COUNT_CAP}
 
     @app.get("/search/options")
     def search_options() -> dict[str, Any]:

@@ -23,38 +23,21 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import defaults
-from ..errors import ConfigError
 from ..rwlock import RWLock
 from . import topk
 from .analyzer import Analyzer
 from .segment import FILES, Segment, SegmentBuilder, read_segment, write_segment
+from .settings import BM25Params
 from .topk import Postings, Term
-
-K1, B = 1.5, 0.75  # bm25s' defaults: the BM25 reference the hybrid study (benchmarks/hybrid.py) compares with
 
 LexHit = tuple[str, float]
 Accept = Callable[[list[str]], Sequence[bool]]
-
-
-@dataclass(frozen=True)
-class BM25Params:
-    k1: float = K1
-    b: float = B
-
-    def __post_init__(self) -> None:
-        for name, v, hi in (("k1", self.k1, 10.0), ("b", self.b, 1.0)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v <= hi):
-                raise ConfigError(f"BM25 {name} must be a number in [0, {hi:g}], found {v!r}")
-
-    def to_dict(self) -> dict[str, float]:
-        return {"k1": float(self.k1), "b": float(self.b)}
 
 
 class LexicalIndex:
@@ -207,7 +190,7 @@ class LexicalIndex:
                 return [(self.ids[r], float(s)) for r, s in zip(rows.tolist(), top.tolist(), strict=True)]
             # a predicate (a subtree) may reject any candidate: no pruning, every matching row is a candidate
             cand, scores = topk.evaluate(n, excluded, postings, terms, k if accept is None else n + 1)
-            return self._top(cand[scores[cand] > 0], scores, k, accept)
+            return topk.select(cand[scores[cand] > 0], scores, k, self.ids, accept)
 
     def _terms(self, q: Mapping[str, int]) -> list[Term]:
         """The query's terms with their postings (sealed, then delta: rows ascend across both) and bounds."""
@@ -225,26 +208,6 @@ class LexicalIndex:
             if span[1] > span[0] or delta is not None:  # the bound errs high by float32's rounding of w * tfn
                 out.append(Term(j, span, delta, w, topk.bound(w, most)))
         return out
-
-    def _top(self, cand: np.ndarray, scores: np.ndarray, k: int, accept: Accept | None) -> list[LexHit]:
-        """The best ``k`` of ``cand`` by score (ties: the earlier row), passed through ``accept`` when given."""
-        out: list[LexHit] = []
-        take = k if accept is None else 4 * k
-        while len(cand) and len(out) < k:
-            if len(cand) > take:  # the take best, ties at the cut going to the earlier rows (cand ascends)
-                s = scores[cand]
-                cut = np.partition(s, len(s) - take)[len(s) - take]
-                pick = s > cut
-                pick[np.flatnonzero(s == cut)[: take - int(pick.sum())]] = True
-                head, cand = cand[pick], cand[~pick]
-            else:
-                head, cand = cand, cand[:0]
-            head = head[np.lexsort((head, -scores[head]))]
-            ids = [self.ids[r] for r in head.tolist()]
-            keep = accept(ids) if accept is not None else [True] * len(ids)
-            out.extend((i, float(scores[r])) for i, r, ok in zip(ids, head.tolist(), keep, strict=True) if ok)
-            take *= 4
-        return out[:k]
 
     def stats(self) -> dict[str, Any]:
         with self._lock.read():

@@ -15,36 +15,28 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError
 from .analyzer import Analyzer
-from .bm25 import FILES, BM25Params, LexicalIndex
+from .bm25 import FILES, LexicalIndex
+from .settings import KEY, from_settings
+from .settings import settings as _settings
 
 if TYPE_CHECKING:
     from ..formats.tree import Subtree
 
-KEY = "lexical"
 NO_LEXICAL = ("this index has no lexical part (built before hybrid search, or with --no-lexical): "
               "add one with 'hce-serve index build-lexical --index IDX_DIR'")
 
 
 def settings(index: LexicalIndex) -> dict[str, Any]:
     """What the manifest records of a lexical index (no postings: those are files)."""
-    return {"analyzer": index.analyzer.to_dict(), "bm25": index.params.to_dict()}
-
-
-def from_settings(s: Any, where: str) -> tuple[Analyzer, BM25Params]:
-    if not isinstance(s, Mapping) or not isinstance(s.get("bm25"), Mapping):
-        raise FormatError(f"{where}: extra.{KEY} must hold 'analyzer' and 'bm25' settings")
-    analyzer = Analyzer.from_dict(s.get("analyzer") or {}, where)
-    try:
-        return analyzer, BM25Params(**s["bm25"])
-    except (TypeError, ValueError) as e:
-        raise FormatError(f"{where}: bad BM25 settings ({e})") from None
+    return _settings(index.analyzer, index.params)
 
 
 def load_part(gen_folder: Path, extra: Mapping[str, Any], listed: Iterable[str], where: str) -> LexicalIndex | None:
     """The generation's lexical index, or None for a dense-only folder."""
     if KEY not in extra:
         return None
-    analyzer, params = from_settings(extra[KEY], where)
+    analyzer_settings, params = from_settings(extra[KEY], where)
+    analyzer = Analyzer.from_dict(analyzer_settings, where)
     listed = set(listed)
     missing = [f for f in FILES if f"{gen_folder.name}/{f}" not in listed]
     if missing:

@@ -16,11 +16,14 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import FormatError
-from .analyzer import Analyzer
+
+if TYPE_CHECKING:
+    from .analyzer import Analyzer
 
 TERMS_FILE, IDS_FILE, ARRAYS_FILE = "lexical-terms.txt", "lexical-ids.txt", "lexical.npz"
 FILES = (TERMS_FILE, IDS_FILE, ARRAYS_FILE)
@@ -39,8 +42,8 @@ class Segment:
 class SegmentBuilder:
     """Streams (id, text) batches into a ``Segment``, holding postings as arrays, not Python objects."""
 
-    def __init__(self, analyzer: Analyzer | None = None) -> None:
-        self.analyzer = analyzer or Analyzer()
+    def __init__(self, analyzer: Analyzer) -> None:
+        self.analyzer = analyzer
         self.vocab: dict[str, int] = {}  # in order of first sight; sorted at the end
         self.ids: list[str] = []
         self.row_of: dict[str, int] = {}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,6 +160,29 @@ def _prune(touched: np.ndarray, excluded: np.ndarray, scores: np.ndarray, k: int
     return c[scores[c] + np.float32(left) >= np.float32(theta)]
 
 
+def select(cand: np.ndarray, scores: np.ndarray, k: int, ids: list[str],
+           accept: Callable[[list[str]], Sequence[bool]] | None = None) -> list[tuple[str, float]]:
+    """The best ``k`` of ``cand`` (rows, ascending) as (id, score), best first, ties to the earlier row; with
+    ``accept`` (a predicate on a list of ids), only the ids it passes, tried in score order until ``k`` pass."""
+    out: list[tuple[str, float]] = []
+    take = k if accept is None else 4 * k
+    while len(cand) and len(out) < k:
+        if len(cand) > take:  # the take best, ties at the cut going to the earlier rows
+            s = scores[cand]
+            cut = np.partition(s, len(s) - take)[len(s) - take]
+            pick = s > cut
+            pick[np.flatnonzero(s == cut)[: take - int(pick.sum())]] = True
+            head, cand = cand[pick], cand[~pick]
+        else:
+            head, cand = cand, cand[:0]
+        head = head[np.lexsort((head, -scores[head]))]
+        names = [ids[r] for r in head.tolist()]
+        keep = accept(names) if accept is not None else [True] * len(names)
+        out.extend((i, float(scores[r])) for i, r, ok in zip(names, head.tolist(), keep, strict=True) if ok)
+        take *= 4
+    return out[:k]
+
+
 # ---- compiled, document at a time ---------------------------------------------------------------------------
 _kernel: Callable[..., Any] | None | bool = False  # False: not tried yet; None: numba is not there
 
@@ -227,4 +250,4 @@ def top_k(n: int, excluded: np.ndarray, postings: Postings, terms: list[Term],
     return rows[order_], scores[order_]
 
 
-__all__ = ["BLOCK", "Postings", "Term", "bound", "compiled", "evaluate", "top_k"]
+__all__ = ["BLOCK", "Postings", "Term", "bound", "compiled", "evaluate", "select", "top_k"]

@@ -210,6 +210,11 @@ class MilvusCollection:
                                      output_fields=list(fields) or ["leaf"], search_params=params, anns_field="vector")
         return [[(h["id"], float(h["distance"]), h.get("entity") or {}) for h in row] for row in res]
 
+    def metadata_sample(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` documents' ``{"metadata": ...}``, in the collection's own order."""
+        with rpc(f"query {self.name}"):
+            return self.client.query(self.name, filter="", output_fields=["metadata"], limit=limit)
+
     def search_lexical(self, queries: Sequence[str], k: int, expr: str,
                        fields: Sequence[str]) -> list[list[tuple[str, float, dict[str, Any]]]]:
         """BM25's top-``k`` (id, Milvus's distance, {field: value}) per analysed query text, best first."""

@@ -41,7 +41,7 @@ from typing import Any
 from ..documents import Document
 from ..errors import FormatError
 from ..lexical.analyzer import Analyzer
-from ..lexical.bm25 import BM25Params
+from ..lexical.settings import BM25Params, from_settings
 
 TEXT_FIELD, SPARSE_FIELD, FUNCTION = "lexical", "lexical_bm25", "lexical_bm25_fn"
 # The terms are already analysed; Milvus only splits them again on the spaces between them.
@@ -56,15 +56,14 @@ class LexicalSpec:
     params: BM25Params
 
     def to_dict(self) -> dict[str, Any]:
-        """The folder manifest's shape (``lexical.part.settings``), plus the fields that hold it."""
+        """The folder manifest's shape (``lexical.settings.settings``), plus the fields that hold it."""
         return {"analyzer": self.analyzer.to_dict(), "bm25": self.params.to_dict(),
                 "fields": {"text": TEXT_FIELD, "sparse": SPARSE_FIELD}}
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> LexicalSpec:
-        from ..lexical.part import from_settings
-
-        analyzer, params = from_settings(d, where)
+        analyzer_settings, params = from_settings(d, where)
+        analyzer = Analyzer.from_dict(analyzer_settings, where)
         fields = d.get("fields") if isinstance(d, Mapping) else None
         if fields != {"text": TEXT_FIELD, "sparse": SPARSE_FIELD}:
             raise FormatError(f"{where}: lexical fields must be {TEXT_FIELD!r} and {SPARSE_FIELD!r}, found {fields!r}")

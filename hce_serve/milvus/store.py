@@ -25,12 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from .. import facets
 from ..backend import Batch, StoredHit
 from ..checks import check_documents
 from ..documents import AddResult, DeleteResult, Document
 from ..errors import DataError, FormatError, HCEError
 from ..formats.tree import NO_LEAF, Subtree, load_tree
 from ..lexical import modes
+from . import facets as milvus_facets
 from .client import MilvusCollection, connect, release
 from .layout import MilvusTarget, as_document, check_document, encoder_digest, entity, filter_expr
 from .lexical import LexicalSpec
@@ -129,6 +131,12 @@ class MilvusStore:
         if not self.stores_documents:
             return {}
         return {i: as_document(i, e) for i, e in self.collection.fetch(list(ids), self.collection.doc_fields).items()}
+
+    def field_values(self, keys: int, values: int) -> dict[str, Any]:
+        """The metadata keys and values a filter can use, from a sample of the stored documents."""
+        if not self.stores_documents:
+            return facets.none()
+        return milvus_facets.field_values(self.collection.metadata_sample(facets.MILVUS_SAMPLE), keys, values)
 
     def stats(self) -> dict[str, Any]:
         return {**self.collection.stats(), "writable": self.writable, "stores_documents": self.stores_documents}
