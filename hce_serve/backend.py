@@ -24,6 +24,8 @@ from .checks import check_ids, check_leaves, check_vectors
 from .documents import AddResult, DeleteResult, Document
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from .formats.tree import Subtree
     from .lexical.modes import SearchSettings
 
@@ -95,6 +97,12 @@ class Backend(Protocol):
                        subtree: Subtree | None = None, fields: Sequence[str] = ()) -> list[list[StoredHit]]:
         """BM25's top-``k`` per query text under the same rules as ``search``; a backend without a lexical side
         raises ``DataError``."""
+
+    def start_search_lexical(self, texts: Sequence[str], k: int,
+                             filter: Mapping[str, tuple[str, ...]] | None = None,
+                             subtree: Subtree | None = None) -> Future[list[list[StoredHit]]]:
+        """``search_lexical`` (no fields) begun for hybrid's fusion: on a worker thread when it is slow enough to
+        be worth running beside the encoder, else done now; refuses at once without a lexical side."""
 
     def get(self, ids: Iterable[str]) -> dict[str, Document]:
         """The stored documents of those ``ids`` that are live (empty when the backend stores no documents)."""

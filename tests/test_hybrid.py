@@ -215,3 +215,29 @@ def test_cli_mode_and_alpha_and_build_lexical(built, tiny_export, tmp_path):
     assert json.loads(res.output)["lexical"]["documents"] == 42
     res = cli("search", "--index", dense, "--mode", "lexical", "--json", RARE)
     assert {h["id"] for h in json.loads(res.output)["hits"]} == {"rare", "rare2"}
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "beside-the-encoder"])
+def test_hybrid_gives_the_same_hits_with_the_lexical_side_on_its_own_thread(built, monkeypatch, background):
+    """A large index runs hybrid's lexical side on a lexical thread while the query is encoded; the hits are the
+    ones the inline order gives, and a dense-only folder still refuses before anything is encoded."""
+    from hce_serve import defaults
+
+    monkeypatch.setattr(defaults, "LEXICAL_BACKGROUND_MIN_POSTINGS", 0 if background else 10**12)
+    with Engine.open(built) as eng:
+        got = [[(h.id, round(h.score, 6)) for h in eng.search(q, k=5, mode="hybrid")]
+               for q in ("proteins and cells", f"topic 3 {RARE}", "zzz unknown")]
+    monkeypatch.setattr(defaults, "LEXICAL_BACKGROUND_MIN_POSTINGS", 10**12)
+    with Engine.open(built) as eng:
+        want = [[(h.id, round(h.score, 6)) for h in eng.search(q, k=5, mode="hybrid")]
+                for q in ("proteins and cells", f"topic 3 {RARE}", "zzz unknown")]
+    assert got == want and any(got)
+
+
+def test_hybrid_on_a_dense_only_folder_refuses_before_encoding(tiny_export, tmp_path, monkeypatch):
+    idx = tmp_path / "dense"
+    Engine.build(tiny_export, corpus(tmp_path / "corpus.jsonl"), idx, lexical=False)
+    with Engine.open(idx) as eng:
+        monkeypatch.setattr(eng, "query_vectors", lambda texts: pytest.fail("encoded before refusing"))
+        with pytest.raises(DataError, match="no lexical part"):
+            eng.search("anything", mode="hybrid")

@@ -211,7 +211,8 @@ def _both_paths(idx, query, k, allow_ids=None):
     return got, ref
 
 
-def test_the_compiled_kernel_gives_numpys_top_k_bit_for_bit(monkeypatch):
+@pytest.mark.parametrize("sliced", [False, True], ids=["whole", "two-slices"])
+def test_the_compiled_kernel_gives_numpys_top_k_bit_for_bit(monkeypatch, sliced):
     """Same ids, same float32 scores, same tie order (the earlier row first) across windows, blocks, a delta,
     deleted rows and a filter: a small vocabulary and short documents make many ties and long postings."""
     pytest.importorskip("numba")
@@ -220,6 +221,7 @@ def test_the_compiled_kernel_gives_numpys_top_k_bit_for_bit(monkeypatch):
 
     assert topk.compiled()
     monkeypatch.setattr(defaults, "COMPILED_TOPK_MIN_POSTINGS", 0)  # every query through the kernel
+    monkeypatch.setattr(defaults, "COMPILED_TOPK_SLICE_MIN_POSTINGS", 0 if sliced else 10**12)  # halves or whole
     calls = []
     from hce_serve.lexical._maxscore import maxscore
 
@@ -240,7 +242,8 @@ def test_the_compiled_kernel_gives_numpys_top_k_bit_for_bit(monkeypatch):
             got, ref = _both_paths(idx, query, k, allow)
             assert got == ref, (query, k)
             ties += sum(a[1] == b[1] for a, b in zip(got, got[1:], strict=False))
-    assert ties > 100 and len(calls) == 60 * 5  # the tie rule was exercised; every query ran the kernel
+    # the tie rule was exercised; every query ran the kernel (twice when sliced, once per half)
+    assert ties > 100 and len(calls) == 60 * 5 * (2 if sliced else 1)
 
 
 def test_without_numba_the_numpy_path_answers(monkeypatch):

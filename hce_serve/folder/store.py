@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,14 @@ class IndexStore:
             raise DataError(NO_LEXICAL)
         allow_ids = self._match(filter) if filter else None
         return self._with_fields(search_part(self.lexical, self.index, texts, k, allow_ids, subtree), fields)
+
+    def start_search_lexical(self, texts: Sequence[str], k: int, filter: Mapping[str, tuple[str, ...]] | None = None,
+                             subtree: Subtree | None = None) -> Future[list[list[StoredHit]]]:
+        """``search_lexical`` begun: on a lexical thread when the postings are many enough for it to pay."""
+        if self.lexical is None:
+            raise DataError(NO_LEXICAL)
+        big = self.lexical.postings_count >= defaults.LEXICAL_BACKGROUND_MIN_POSTINGS
+        return modes.begin(self.search_lexical, texts, k, filter, subtree, background=big)
 
     def _with_fields(self, rows: list[list[tuple[str, float]]], fields: Sequence[str]) -> list[list[StoredHit]]:
         if not fields or self.docs is None:

@@ -135,6 +135,11 @@ class LexicalIndex:
     def __len__(self) -> int:
         return len(self.row_of)
 
+    @property
+    def postings_count(self) -> int:
+        """The sealed segment's postings (the delta's are few until the next merge)."""
+        return len(self.rows)
+
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self.row_of
 

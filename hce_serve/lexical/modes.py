@@ -8,15 +8,14 @@ by ``index build``) and then from ``defaults``, and checks every value once, for
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .. import defaults
 from ..errors import DataError
+from . import threads
 from .fusion import FUSIONS, fuse
 
 if TYPE_CHECKING:
@@ -89,9 +88,11 @@ Row = list[tuple[str, float, Any, dict[str, Any] | None]]  # (id, score, stored 
 
 
 def run(store: Backend, vectors: Callable[[Sequence[str]], Any], texts: Sequence[str], k: int, s: SearchSettings,
-        ef: int | None, flt: Any, scope: Any, fields: Sequence[str], num_threads: int) -> list[Row]:
+        ef: int | None, flt: Any, scope: Any, fields: Sequence[str], num_threads: int,
+        lexical: Future[Any] | None = None) -> list[Row]:
     """One batch of queries in ``s.mode``: dense and lexical rows come straight from the backend; hybrid
-    retrieves ``max(depth, k)`` from each side (no stored fields), fuses, then fetches the fields of the k kept."""
+    retrieves ``max(depth, k)`` from each side (no stored fields; ``lexical``: that side already begun, by
+    ``start_search_lexical``), fuses, then fetches the fields of the k kept."""
     if s.mode == "dense":
         rows = store.search(vectors(texts), k, ef=ef, filter=flt, subtree=scope, fields=fields, num_threads=num_threads)
         return [[(d, sc, doc, _one_side("dense", r, sc) if s.explain else None) for r, (d, sc, doc) in enumerate(row)]
@@ -101,18 +102,19 @@ def run(store: Backend, vectors: Callable[[Sequence[str]], Any], texts: Sequence
         return [[(d, sc, doc, _one_side("lexical", r, sc) if s.explain else None) for r, (d, sc, doc) in enumerate(row)]
                 for row in rows]
     depth = max(s.depth, k)
-    # The lexical side runs on another thread while the queries are encoded and the vectors searched (the BM25
-    # kernel and onnxruntime release the GIL): with a second core, hybrid takes the slower side's time, not the sum.
-    pending = _pool().submit(store.search_lexical, texts, depth, filter=flt, subtree=scope, fields=())
+    # A slow lexical side runs on another thread while the queries are encoded (searches.run begins it first) and
+    # the vectors searched: the BM25 kernel and onnxruntime release the GIL, so with a second core hybrid takes
+    # the slower side's time. A backend without a lexical side refuses there, before the queries are encoded.
+    pending = lexical or store.start_search_lexical(texts, depth, filter=flt, subtree=scope)
     try:
         dense = store.search(vectors(texts), depth, ef=ef, filter=flt, subtree=scope, fields=(),
                              num_threads=num_threads)
     except BaseException:
         wait([pending])  # never leave a search running on a store the caller may close next
         raise
-    lexical = pending.result()  # a backend without a lexical side raises its DataError here
+    lex_rows = pending.result()
     fused = [fuse([(d, sc) for d, sc, _ in dr], [(d, sc) for d, sc, _ in lr], s.fusion, s.alpha, k)
-             for dr, lr in zip(dense, lexical, strict=True)]
+             for dr, lr in zip(dense, lex_rows, strict=True)]
     docs = store.get({f.id for row in fused for f in row}) if fields and store.stores_documents else None
     out: list[Row] = []
     for row in fused:
@@ -123,26 +125,19 @@ def run(store: Backend, vectors: Callable[[Sequence[str]], Any], texts: Sequence
     return out
 
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _forget_pool() -> None:  # a forked child has none of its parent's threads
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The process's threads for hybrid's lexical side (made on first use, so a forked worker makes its own)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(defaults.LEXICAL_THREADS, thread_name_prefix="hce-lexical")
-        return _POOL
+def begin(fn: Callable[..., Any], *args: Any, background: bool, **kwargs: Any) -> Future[Any]:
+    """``fn(*args, **kwargs)`` as a future: run on the lexical threads when ``background``, else now (its result
+    or exception already set). A backend's ``start_search_lexical`` picks."""
+    if background:
+        return threads.pool("side", defaults.LEXICAL_THREADS).submit(fn, *args, **kwargs)
+    done: Future[Any] = Future()
+    try:
+        done.set_result(fn(*args, **kwargs))
+    except DataError:  # a refusal (no lexical side, a bad filter) is the caller's to see at once
+        raise
+    except Exception as e:  # noqa: BLE001 - handed over like a worker thread's
+        done.set_exception(e)
+    return done
 
 
 def _one_side(side: str, rank: int, score: float) -> dict[str, Any]:
@@ -150,5 +145,5 @@ def _one_side(side: str, rank: int, score: float) -> dict[str, Any]:
     return {side: {"rank": rank + 1, "score": score}, other: None, "fused": None}
 
 
-__all__ = ["SEARCH_KEY", "SearchSettings", "check_alpha", "check_depth", "check_fusion", "check_mode", "resolve",
-           "run", "stored_defaults"]
+__all__ = ["SEARCH_KEY", "SearchSettings", "begin", "check_alpha", "check_depth", "check_fusion", "check_mode",
+           "resolve", "run", "stored_defaults"]

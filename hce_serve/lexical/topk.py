@@ -28,6 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import defaults
+from . import threads
+
 log = logging.getLogger(__name__)
 
 MAX_TRIES = 2  # numpy path: a pruning try that fails costs a pass over the touched rows
@@ -242,12 +245,32 @@ def top_k(n: int, excluded: np.ndarray, postings: Postings, terms: list[Term],
     r1 = np.concatenate(extra_rows) if extra_rows else np.zeros(0, rows_dt)
     t1 = np.concatenate(extra_tfn) if extra_tfn else np.zeros(0, np.float32)
     r0 = postings.rows if len(postings.rows) else np.zeros(0, rows_dt)
-    rows, scores = _kernel(r0, postings.tfn, r1, t1, np.array(lo, np.int64), np.array(hi, np.int64),
-                           np.array(src, np.int8), np.array(w, np.float32), np.array(ub, np.float64),
-                           np.array(blo, np.int64), np.array(bhi, np.int64), postings.block_last,
-                           postings.block_max, SLACK, excluded, int(k))
-    order_ = np.lexsort((rows, -scores))
+    lo_, hi_, blo_ = np.array(lo, np.int64), np.array(hi, np.int64), np.array(blo, np.int64)
+    src_ = np.array(src, np.int8)
+    fixed = (np.array(w, np.float32), np.array(ub, np.float64))
+
+    def run(a: np.ndarray, b: np.ndarray, ba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _kernel(r0, postings.tfn, r1, t1, a, b, src_, *fixed, ba, np.array(bhi, np.int64),
+                       postings.block_last, postings.block_max, SLACK, excluded, int(k))
+
+    if int((hi_ - lo_).sum()) >= defaults.COMPILED_TOPK_SLICE_MIN_POSTINGS and n > 1:
+        # rows below n // 2 on a slice thread, the rest here: each half's exact top k, then the best k of both
+        mid = _split(r0, r1, lo_, hi_, src_, n // 2)
+        first_block = np.where(src_ == 0, blo_ + (mid - lo_) // BLOCK, blo_)
+        low = threads.pool("slice", defaults.LEXICAL_THREADS).submit(run, lo_, mid, blo_)
+        high = run(mid, hi_, first_block)
+        rows, scores = (np.concatenate(x) for x in zip(low.result(), high, strict=True))
+    else:
+        rows, scores = run(lo_, hi_, blo_)
+    order_ = np.lexsort((rows, -scores))[:k]
     return rows[order_], scores[order_]
+
+
+def _split(r0: np.ndarray, r1: np.ndarray, lo: np.ndarray, hi: np.ndarray, src: np.ndarray,
+           row: int) -> np.ndarray:
+    """Per list, the first position holding a row >= ``row``."""
+    return np.array([a + int(np.searchsorted((r0 if s == 0 else r1)[a:b], row))
+                     for a, b, s in zip(lo.tolist(), hi.tolist(), src.tolist(), strict=True)], np.int64)
 
 
 __all__ = ["BLOCK", "Postings", "Term", "bound", "compiled", "evaluate", "select", "top_k"]

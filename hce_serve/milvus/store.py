@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,13 @@ class MilvusStore:
                                                    wanted) if asked else [])
         return [[(i, spec.score(d), as_document(i, e) if wanted else None) for i, d, e in next(rows)] if q else []
                 for q in queries]
+
+    def start_search_lexical(self, texts: Sequence[str], k: int, filter: Mapping[str, tuple[str, ...]] | None = None,
+                             subtree: Subtree | None = None) -> Future[list[list[StoredHit]]]:
+        """``search_lexical`` begun on a lexical thread (a remote call: the encoder runs meanwhile)."""
+        if self.lexical is None:
+            raise DataError(self.NO_LEXICAL)
+        return modes.begin(self.search_lexical, texts, k, filter, subtree, background=True)
 
     def get(self, ids: Iterable[str]) -> dict[str, Document]:
         if not self.stores_documents:
