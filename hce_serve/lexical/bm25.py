@@ -268,7 +268,7 @@ class LexicalIndex:
         compiled top-k, the kernel is loaded (or compiled, once per install) on a background thread now, so the
         first query does not wait for it."""
         index = cls.from_segment(read_segment(Path(folder)), analyzer, params)
-        if len(index.rows) >= defaults.COMPILED_TOPK_MIN_POSTINGS:
+        if len(index.rows) >= defaults.LEXICAL_BACKGROUND_MIN_POSTINGS:  # large: its queries will use the kernel
             threading.Thread(target=topk.compiled, args=(True,), name="hce-bm25-warm-up", daemon=True).start()
         return index
 
