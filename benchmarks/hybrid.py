@@ -43,7 +43,7 @@ from benchmarks.harness.cli import parse, study_parser
 from benchmarks.harness.figures import pyplot, save_figure
 from benchmarks.harness.paths import CACHE, SHARED_DATA, plot_path
 from benchmarks.harness.provenance import stamp, write_result
-from benchmarks.harness.timing import timed
+from benchmarks.hybrid_scale import mode_latency
 from hce_serve import Engine
 from hce_serve.formats.beir import load_beir
 from hce_serve.lexical.fusion import FUSIONS, fuse
@@ -155,20 +155,6 @@ def build(export: Path, data_dir: Path, folder: Path, lexical: bool) -> dict[str
     return out
 
 
-def latency(engine: Engine, texts: list[str], n: int, settings: dict[str, Any]) -> dict[str, Any]:
-    """p50/p99 per mode, one thread, the modes interleaved (``harness.timing.timed``)."""
-    def run(mode: str):
-        return lambda i: engine.search(texts[i % len(texts)], k=10, mode=mode, fields=(), **(
-            settings if mode == "hybrid" else {}))
-    res = timed({m: run(m) for m in ("dense", "lexical", "hybrid")}, n, warmup=20)
-    out = {m: t.stats() for m, t in res.items()}
-    out["hybrid_over_dense_p50"] = round(out["hybrid"]["p50_ms"] / out["dense"]["p50_ms"], 3)
-    # the lexical side runs on a second thread beside the encoder: its CPU cost shows in the process's time
-    out["hybrid_over_dense_process_cpu_p50"] = round(out["hybrid"]["process_cpu_p50_ms"]
-                                                     / out["dense"]["process_cpu_p50_ms"], 3)
-    return out
-
-
 def run_collection(name: str, export: Path, work: Path, args: Any) -> dict[str, Any]:
     data_dir = SHARED_DATA / name
     dev_data, dev_q, test_data, test_q = split_queries(name, data_dir, args.scifact_dev)
@@ -243,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for q, row in zip(sample, got, strict=True)), 4)
             if name == "scifact" and args.latency_queries:
                 texts = [test_data.queries[q] for q in test_q]
-                r["latency"] = latency(engine, texts, args.latency_queries, settings)
+                r["latency"] = mode_latency(engine, texts, args.latency_queries, settings)
     result: dict[str, Any] = {"model": label, "depth": args.depth, "default": default, "collections": per,
                               "targets": targets(per), "wall_minutes": round((time.perf_counter() - t0) / 60, 1),
                               **stamp()}

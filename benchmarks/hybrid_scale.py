@@ -113,18 +113,42 @@ def scale_latency(export: Path, n: int, folder: Path, n_queries: int, settings: 
     info = build_scale_folder(export, n, folder)
     texts = list(load_beir(SHARED_DATA / "scifact", "test").queries.values())
     with Engine.open(folder, query_cache=0, threads=1) as engine:
-        def run(mode: str):
-            extra = settings if mode == "hybrid" else {}
-            return lambda i: engine.search(texts[i % len(texts)], k=10, mode=mode, fields=(), **extra)
-        res = timed({m: run(m) for m in ("dense", "lexical", "hybrid")}, n_queries, warmup=20)
-        lat = {m: t.stats() for m, t in res.items()}
+        lat = mode_latency(engine, texts, n_queries, settings)
         stats = engine.stats()
-    lat["hybrid_over_dense_p50"] = round(lat["hybrid"]["p50_ms"] / lat["dense"]["p50_ms"], 3)
-    # hybrid's lexical side runs on a second thread beside the encoder: its CPU cost shows in the process's time
-    lat["hybrid_over_dense_process_cpu_p50"] = round(lat["hybrid"]["process_cpu_p50_ms"]
-                                                     / lat["dense"]["process_cpu_p50_ms"], 3)
     return {"documents": n, "build": info, "latency": lat, "lexical": stats.get("lexical"),
             "lexical_top_k": lexical_kernel()}
+
+
+def mode_latency(engine: Any, texts: list[str], n: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """p50/p99 and CPU per mode, one encoder thread, interleaved (``harness.timing.timed``): dense, lexical and
+    hybrid as the engine runs them, and hybrid with its lexical side forced inline (before the encoder) and
+    forced beside the encoder (on a lexical thread), the two arrangements ``LEXICAL_BACKGROUND_MIN_POSTINGS``
+    picks between by index size."""
+    from hce_serve import defaults
+
+    def run(mode: str, background: int | None = None):
+        extra = settings if mode == "hybrid" else {}
+
+        def call(i: int) -> object:
+            if background is None:
+                return engine.search(texts[i % len(texts)], k=10, mode=mode, fields=(), **extra)
+            saved, defaults.LEXICAL_BACKGROUND_MIN_POSTINGS = defaults.LEXICAL_BACKGROUND_MIN_POSTINGS, background
+            try:
+                return engine.search(texts[i % len(texts)], k=10, mode=mode, fields=(), **extra)
+            finally:
+                defaults.LEXICAL_BACKGROUND_MIN_POSTINGS = saved
+        return call
+
+    systems = {"dense": run("dense"), "lexical": run("lexical"), "hybrid": run("hybrid"),
+               "hybrid_inline": run("hybrid", 2**62), "hybrid_beside": run("hybrid", 0)}
+    res = timed(systems, n, warmup=20)
+    lat: dict[str, Any] = {m: t.stats() for m, t in res.items()}
+    for m in ("hybrid", "hybrid_inline", "hybrid_beside"):
+        lat[f"{m}_over_dense_p50"] = round(lat[m]["p50_ms"] / lat["dense"]["p50_ms"], 3)
+        # a lexical side beside the encoder runs on a second thread: its CPU cost shows in the process's time
+        lat[f"{m}_over_dense_process_cpu_p50"] = round(lat[m]["process_cpu_p50_ms"]
+                                                       / lat["dense"]["process_cpu_p50_ms"], 3)
+    return lat
 
 
 def lexical_kernel() -> str:

@@ -241,3 +241,18 @@ def test_hybrid_on_a_dense_only_folder_refuses_before_encoding(tiny_export, tmp_
         monkeypatch.setattr(eng, "query_vectors", lambda texts: pytest.fail("encoded before refusing"))
         with pytest.raises(DataError, match="no lexical part"):
             eng.search("anything", mode="hybrid")
+
+
+def test_the_latency_study_times_both_arrangements_of_the_lexical_side(built):
+    """benchmarks.hybrid_scale.mode_latency: every mode and both arrangements, with wall and process CPU, and the
+    engine's threshold left as it was."""
+    from benchmarks.hybrid_scale import mode_latency
+    from hce_serve import defaults
+
+    before = defaults.LEXICAL_BACKGROUND_MIN_POSTINGS
+    with Engine.open(built, query_cache=0) as eng:
+        lat = mode_latency(eng, ["proteins and cells", f"topic 3 {RARE}"], 10, {"fusion": "dbsf", "alpha": 0.5})
+    assert before == defaults.LEXICAL_BACKGROUND_MIN_POSTINGS
+    for m in ("dense", "lexical", "hybrid", "hybrid_inline", "hybrid_beside"):
+        assert lat[m]["p50_ms"] > 0 and lat[m]["process_cpu_p50_ms"] > 0, m
+    assert lat["hybrid_beside_over_dense_p50"] > 0 and lat["hybrid_inline_over_dense_process_cpu_p50"] > 0
