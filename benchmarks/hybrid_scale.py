@@ -121,33 +121,40 @@ def scale_latency(export: Path, n: int, folder: Path, n_queries: int, settings: 
 
 def mode_latency(engine: Any, texts: list[str], n: int, settings: dict[str, Any]) -> dict[str, Any]:
     """p50/p99 and CPU per mode, one encoder thread, interleaved (``harness.timing.timed``): dense, lexical and
-    hybrid as the engine runs them, and hybrid with its lexical side forced inline (before the encoder) and
-    forced beside the encoder (on a lexical thread), the two arrangements ``LEXICAL_BACKGROUND_MIN_POSTINGS``
-    picks between by index size."""
+    hybrid as the engine runs them, and the arrangements its size thresholds pick between: hybrid with its
+    lexical side forced inline (before the encoder) or beside the encoder (on a lexical thread), and lexical and
+    hybrid with a large top k kept whole instead of split into two row halves on two threads."""
     from hce_serve import defaults
 
-    def run(mode: str, background: int | None = None):
+    def run(mode: str, **knobs: int):
         extra = settings if mode == "hybrid" else {}
 
         def call(i: int) -> object:
-            if background is None:
-                return engine.search(texts[i % len(texts)], k=10, mode=mode, fields=(), **extra)
-            saved, defaults.LEXICAL_BACKGROUND_MIN_POSTINGS = defaults.LEXICAL_BACKGROUND_MIN_POSTINGS, background
+            saved = {name: getattr(defaults, name) for name in knobs}
+            for name, value in knobs.items():
+                setattr(defaults, name, value)
             try:
                 return engine.search(texts[i % len(texts)], k=10, mode=mode, fields=(), **extra)
             finally:
-                defaults.LEXICAL_BACKGROUND_MIN_POSTINGS = saved
+                for name, value in saved.items():
+                    setattr(defaults, name, value)
         return call
 
+    never, always = 2**62, 0
     systems = {"dense": run("dense"), "lexical": run("lexical"), "hybrid": run("hybrid"),
-               "hybrid_inline": run("hybrid", 2**62), "hybrid_beside": run("hybrid", 0)}
+               "hybrid_inline": run("hybrid", LEXICAL_BACKGROUND_MIN_POSTINGS=never),
+               "hybrid_beside": run("hybrid", LEXICAL_BACKGROUND_MIN_POSTINGS=always),
+               "lexical_whole": run("lexical", COMPILED_TOPK_SLICE_MIN_POSTINGS=never),
+               "hybrid_beside_whole": run("hybrid", LEXICAL_BACKGROUND_MIN_POSTINGS=always,
+                                          COMPILED_TOPK_SLICE_MIN_POSTINGS=never)}
     res = timed(systems, n, warmup=20)
     lat: dict[str, Any] = {m: t.stats() for m, t in res.items()}
-    for m in ("hybrid", "hybrid_inline", "hybrid_beside"):
-        lat[f"{m}_over_dense_p50"] = round(lat[m]["p50_ms"] / lat["dense"]["p50_ms"], 3)
-        # a lexical side beside the encoder runs on a second thread: its CPU cost shows in the process's time
-        lat[f"{m}_over_dense_process_cpu_p50"] = round(lat[m]["process_cpu_p50_ms"]
-                                                       / lat["dense"]["process_cpu_p50_ms"], 3)
+    for m in systems:
+        if m.startswith("hybrid"):
+            lat[f"{m}_over_dense_p50"] = round(lat[m]["p50_ms"] / lat["dense"]["p50_ms"], 3)
+            # a lexical side beside the encoder runs on another thread: its CPU cost shows in the process's time
+            lat[f"{m}_over_dense_process_cpu_p50"] = round(lat[m]["process_cpu_p50_ms"]
+                                                           / lat["dense"]["process_cpu_p50_ms"], 3)
     return lat
 
 

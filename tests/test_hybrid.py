@@ -243,16 +243,16 @@ def test_hybrid_on_a_dense_only_folder_refuses_before_encoding(tiny_export, tmp_
             eng.search("anything", mode="hybrid")
 
 
-def test_the_latency_study_times_both_arrangements_of_the_lexical_side(built):
-    """benchmarks.hybrid_scale.mode_latency: every mode and both arrangements, with wall and process CPU, and the
-    engine's threshold left as it was."""
+def test_the_latency_study_times_every_arrangement_of_the_lexical_side(built):
+    """benchmarks.hybrid_scale.mode_latency: every mode and arrangement, with wall and process CPU, and the
+    engine's thresholds left as they were."""
     from benchmarks.hybrid_scale import mode_latency
     from hce_serve import defaults
 
-    before = defaults.LEXICAL_BACKGROUND_MIN_POSTINGS
+    before = (defaults.LEXICAL_BACKGROUND_MIN_POSTINGS, defaults.COMPILED_TOPK_SLICE_MIN_POSTINGS)
     with Engine.open(built, query_cache=0) as eng:
         lat = mode_latency(eng, ["proteins and cells", f"topic 3 {RARE}"], 10, {"fusion": "dbsf", "alpha": 0.5})
-    assert before == defaults.LEXICAL_BACKGROUND_MIN_POSTINGS
-    for m in ("dense", "lexical", "hybrid", "hybrid_inline", "hybrid_beside"):
+    assert before == (defaults.LEXICAL_BACKGROUND_MIN_POSTINGS, defaults.COMPILED_TOPK_SLICE_MIN_POSTINGS)
+    for m in ("dense", "lexical", "hybrid", "hybrid_inline", "hybrid_beside", "lexical_whole", "hybrid_beside_whole"):
         assert lat[m]["p50_ms"] > 0 and lat[m]["process_cpu_p50_ms"] > 0, m
     assert lat["hybrid_beside_over_dense_p50"] > 0 and lat["hybrid_inline_over_dense_process_cpu_p50"] > 0
