@@ -55,11 +55,14 @@ FUSION_DEPTH = 100  # hits each side retrieves before fusion (at least k)
 MAX_FUSION_DEPTH = 10_000
 COMPILED_TOPK_MIN_POSTINGS = 50_000  # a query's postings from which BM25 top-k runs compiled (numba, when
 # installed): below it numpy's MaxScore answers as fast, and a short-lived process never loads the kernel
+COMPILED_TOPK_WARM_MIN_POSTINGS = 5_000_000  # an index's postings from which opening it loads the kernel in the
+# background: its queries will use it, and a one-shot CLI search on a smaller index need not load numba
 COMPILED_TOPK_SLICE_MIN_POSTINGS = 400_000  # a query's postings from which its top k is computed in two halves
 # of the rows, one on another thread: on a second core the answer comes in about half the time, at the same CPU
 LEXICAL_THREADS = 4  # threads a process gives hybrid's lexical side, which runs beside the dense side
-LEXICAL_BACKGROUND_MIN_POSTINGS = 5_000_000  # an index's postings from which hybrid's lexical side runs on its
-# own thread beside the encoder; below it the search is shorter than handing it to a thread and back
+LEXICAL_BACKGROUND_MIN_POSTINGS = 0  # an index's postings from which hybrid's lexical side runs on its own thread
+# beside the encoder, else before it: beside was faster at every size measured (benchmarks.hybrid_scale's
+# mode_latency times both), so always
 LEXICAL_LANGUAGE = "english"  # a Snowball stemmer name, or "none"
 LEXICAL_STOPWORDS = "english"  # english | none | a file of words
 QUERY_CACHE = 4096  # query embeddings kept (LRU; 0 = off): ~7 MiB at 384-d, the head of a query log; a hit

@@ -216,18 +216,26 @@ class IndexStore:
     def search_lexical(self, texts: Sequence[str], k: int, filter: Mapping[str, tuple[str, ...]] | None = None,
                        subtree: Subtree | None = None, fields: Sequence[str] = ()) -> list[list[StoredHit]]:
         """BM25's top-``k`` per query text, best first, under the same filter and subtree rules as ``search``."""
-        if self.lexical is None:
-            raise DataError(NO_LEXICAL)
-        allow_ids = self._match(filter) if filter else None
-        return self._with_fields(search_part(self.lexical, self.index, texts, k, allow_ids, subtree), fields)
+        return self._with_fields(self._lexical_rows(texts, k, filter, subtree), fields)
 
     def start_search_lexical(self, texts: Sequence[str], k: int, filter: Mapping[str, tuple[str, ...]] | None = None,
                              subtree: Subtree | None = None) -> Future[list[list[StoredHit]]]:
-        """``search_lexical`` begun: on a lexical thread when the postings are many enough for it to pay."""
+        """``search_lexical`` begun, on a lexical thread from ``LEXICAL_BACKGROUND_MIN_POSTINGS`` on. Beside the
+        encoder a large top k stays whole: split in two it would make three threads on the two cores."""
+        beside = self._lexical().postings_count >= defaults.LEXICAL_BACKGROUND_MIN_POSTINGS
+        return modes.begin(lambda: self._with_fields(self._lexical_rows(texts, k, filter, subtree, not beside), ()),
+                           background=beside)
+
+    def _lexical(self) -> LexicalIndex:
         if self.lexical is None:
             raise DataError(NO_LEXICAL)
-        big = self.lexical.postings_count >= defaults.LEXICAL_BACKGROUND_MIN_POSTINGS
-        return modes.begin(self.search_lexical, texts, k, filter, subtree, background=big)
+        return self.lexical
+
+    def _lexical_rows(self, texts: Sequence[str], k: int, filter: Mapping[str, tuple[str, ...]] | None,
+                      subtree: Subtree | None, split: bool = True) -> list[list[tuple[str, float]]]:
+        lexical = self._lexical()
+        allow_ids = self._match(filter) if filter else None
+        return search_part(lexical, self.index, texts, k, allow_ids, subtree, split)
 
     def _with_fields(self, rows: list[list[tuple[str, float]]], fields: Sequence[str]) -> list[list[StoredHit]]:
         if not fields or self.docs is None:

@@ -172,11 +172,13 @@ class LexicalIndex:
                 scores[rows] += w * self._tf_part(np.asarray(d[1]), self.lengths[rows])
         return scores
 
-    def search(self, query: str, k: int, allow_ids: Any = None, accept: Accept | None = None) -> list[LexHit]:
+    def search(self, query: str, k: int, allow_ids: Any = None, accept: Accept | None = None,
+               split: bool = True) -> list[LexHit]:
         """The ``k`` best live documents for ``query``, best first, with their BM25 scores (only those > 0).
 
         ``allow_ids``: a set of ids to stay within (a metadata filter's matches); ``accept``: a predicate on a
-        list of ids (a subtree), applied to candidates in score order until ``k`` pass.
+        list of ids (a subtree), applied to candidates in score order until ``k`` pass; ``split``: see
+        ``topk.top_k``.
         """
         q = Counter(self.analyzer.terms(query))
         with self._lock.read():
@@ -191,7 +193,7 @@ class LexicalIndex:
                 excluded |= self.dead[:n]
             postings = self.postings
             if accept is None and _postings(terms) >= defaults.COMPILED_TOPK_MIN_POSTINGS and topk.compiled():
-                rows, top = topk.top_k(n, excluded, postings, terms, k)
+                rows, top = topk.top_k(n, excluded, postings, terms, k, split)
                 return [(self.ids[r], float(s)) for r, s in zip(rows.tolist(), top.tolist(), strict=True)]
             # a predicate (a subtree) may reject any candidate: no pruning, every matching row is a candidate
             cand, scores = topk.evaluate(n, excluded, postings, terms, k if accept is None else n + 1)
@@ -268,7 +270,7 @@ class LexicalIndex:
         compiled top-k, the kernel is loaded (or compiled, once per install) on a background thread now, so the
         first query does not wait for it."""
         index = cls.from_segment(read_segment(Path(folder)), analyzer, params)
-        if len(index.rows) >= defaults.LEXICAL_BACKGROUND_MIN_POSTINGS:  # large: its queries will use the kernel
+        if len(index.rows) >= defaults.COMPILED_TOPK_WARM_MIN_POSTINGS:
             threading.Thread(target=topk.compiled, args=(True,), name="hce-bm25-warm-up", daemon=True).start()
         return index
 

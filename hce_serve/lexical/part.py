@@ -56,13 +56,13 @@ __all__ = ["KEY", "from_settings", "load_part", "settings", "with_settings"]
 
 
 def search_part(lex: LexicalIndex, index: Any, texts: Sequence[str], k: int, allow_ids: Collection[str] | None,
-                subtree: Subtree | None) -> list[list[tuple[str, float]]]:
+                subtree: Subtree | None, split: bool = True) -> list[list[tuple[str, float]]]:
     """BM25's top-``k`` (id, score) per query text among the ids live in the folder's vector ``index`` (and
     allowed, and under ``subtree``'s leaves): the same filter and subtree rules as a dense search."""
     if subtree is None:
         # Live in the vector index too: a write changes the lexical side first on delete and last on add, so
         # only a search racing a write can meet an id the index has dropped; checking the k kept is enough.
-        return [[(i, s) for i, s in lex.search(t, k, allow_ids) if i in index] for t in texts]
+        return [[(i, s) for i, s in lex.search(t, k, allow_ids, split=split) if i in index] for t in texts]
     leaves = frozenset(subtree.leaves.tolist())
 
     def accept(ids: list[str]) -> list[bool]:
@@ -74,4 +74,4 @@ def search_part(lex: LexicalIndex, index: Any, texts: Sequence[str], k: int, all
         except KeyError:  # deleted meanwhile
             return None
 
-    return [lex.search(t, k, allow_ids, accept) for t in texts]
+    return [lex.search(t, k, allow_ids, accept, split) for t in texts]

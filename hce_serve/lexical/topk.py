@@ -211,10 +211,11 @@ def compiled(warm: bool = False) -> bool:
     return _kernel is not None
 
 
-def top_k(n: int, excluded: np.ndarray, postings: Postings, terms: list[Term],
-          k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_k(n: int, excluded: np.ndarray, postings: Postings, terms: list[Term], k: int,
+          split: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` rows with a positive score that are not ``excluded``, best first (ties: the earlier row),
-    and their scores. Needs ``compiled()``."""
+    and their scores. Needs ``compiled()``. ``split``: a large one may run as two halves on two threads (off
+    where another thread already works beside it: hybrid's encoder)."""
     if not compiled() or not callable(_kernel):
         raise RuntimeError("top_k needs numba: use evaluate")
     # lists in increasing bound order (the kernel's essential lists are the top ones), each term's delta after
@@ -253,7 +254,7 @@ def top_k(n: int, excluded: np.ndarray, postings: Postings, terms: list[Term],
         return _kernel(r0, postings.tfn, r1, t1, a, b, src_, *fixed, ba, np.array(bhi, np.int64),
                        postings.block_last, postings.block_max, SLACK, excluded, int(k))
 
-    if int((hi_ - lo_).sum()) >= defaults.COMPILED_TOPK_SLICE_MIN_POSTINGS and n > 1:
+    if split and int((hi_ - lo_).sum()) >= defaults.COMPILED_TOPK_SLICE_MIN_POSTINGS and n > 1:
         # rows below n // 2 on a slice thread, the rest here: each half's exact top k, then the best k of both
         mid = _split(r0, r1, lo_, hi_, src_, n // 2)
         first_block = np.where(src_ == 0, blo_ + (mid - lo_) // BLOCK, blo_)
