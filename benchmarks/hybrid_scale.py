@@ -121,9 +121,9 @@ def scale_latency(export: Path, n: int, folder: Path, n_queries: int, settings: 
 
 def mode_latency(engine: Any, texts: list[str], n: int, settings: dict[str, Any]) -> dict[str, Any]:
     """p50/p99 and CPU per mode, one encoder thread, interleaved (``harness.timing.timed``): dense, lexical and
-    hybrid as the engine runs them, and the arrangements its size thresholds pick between: hybrid with its
-    lexical side forced inline (before the encoder) or beside the encoder (on a lexical thread), and lexical and
-    hybrid with a large top k kept whole instead of split into two row halves on two threads."""
+    hybrid as the engine runs them (hybrid's lexical side beside the encoder, its top k whole), and the
+    arrangements the engine's thresholds choose against: hybrid with its lexical side inline (before the
+    encoder), and lexical alone with a large top k kept whole instead of split into two row halves."""
     from hce_serve import defaults
 
     def run(mode: str, **knobs: int):
@@ -140,13 +140,10 @@ def mode_latency(engine: Any, texts: list[str], n: int, settings: dict[str, Any]
                     setattr(defaults, name, value)
         return call
 
-    never, always = 2**62, 0
+    never = 2**62
     systems = {"dense": run("dense"), "lexical": run("lexical"), "hybrid": run("hybrid"),
                "hybrid_inline": run("hybrid", LEXICAL_BACKGROUND_MIN_POSTINGS=never),
-               "hybrid_beside": run("hybrid", LEXICAL_BACKGROUND_MIN_POSTINGS=always),
-               "lexical_whole": run("lexical", COMPILED_TOPK_SLICE_MIN_POSTINGS=never),
-               "hybrid_beside_whole": run("hybrid", LEXICAL_BACKGROUND_MIN_POSTINGS=always,
-                                          COMPILED_TOPK_SLICE_MIN_POSTINGS=never)}
+               "lexical_whole": run("lexical", COMPILED_TOPK_SLICE_MIN_POSTINGS=never)}
     res = timed(systems, n, warmup=20)
     lat: dict[str, Any] = {m: t.stats() for m, t in res.items()}
     for m in systems:
