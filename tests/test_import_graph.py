@@ -53,7 +53,7 @@ def test_hce_serve_has_at_most_ten_import_levels():
     assert levels <= MAX_LEVELS
 
 
-@pytest.mark.xfail(strict=True, reason="issue 31 targets not met: hce_serve measured 257 arrows (70 modules), and "
+@pytest.mark.xfail(strict=True, reason="issue 31 targets not met: hce_serve measured 260 arrows (71 modules), and "
                                        "engine.py and folder/store.py over 300 lines; see the report")
 def test_hce_serve_meets_the_arrow_and_module_size_targets():
     _, arrows, long = _measured()
