@@ -246,12 +246,12 @@ def top_k(n: int, excluded: np.ndarray, postings: Postings, terms: list[Term], k
     r1 = np.concatenate(extra_rows) if extra_rows else np.zeros(0, rows_dt)
     t1 = np.concatenate(extra_tfn) if extra_tfn else np.zeros(0, np.float32)
     r0 = postings.rows if len(postings.rows) else np.zeros(0, rows_dt)
-    lo_, hi_, blo_ = np.array(lo, np.int64), np.array(hi, np.int64), np.array(blo, np.int64)
+    lo_, hi_, blo_, bhi_ = (np.array(x, np.int64) for x in (lo, hi, blo, bhi))
     src_ = np.array(src, np.int8)
     fixed = (np.array(w, np.float32), np.array(ub, np.float64))
 
     def run(a: np.ndarray, b: np.ndarray, ba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return _kernel(r0, postings.tfn, r1, t1, a, b, src_, *fixed, ba, np.array(bhi, np.int64),
+        return _kernel(r0, postings.tfn, r1, t1, a, b, src_, *fixed, ba, bhi_,
                        postings.block_last, postings.block_max, SLACK, excluded, int(k))
 
     if split and int((hi_ - lo_).sum()) >= defaults.COMPILED_TOPK_SLICE_MIN_POSTINGS and n > 1:
